@@ -1,0 +1,300 @@
+"""The `eventrag` command line: serve, ingest, ask, and the operator commands.
+
+`ingest` and `ask` talk to a running server over HTTP when one answers at --server; otherwise they open the
+local store themselves (the local index can be opened by one process at a time).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import os
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="eventrag: event-driven RAG over your files.")
+
+ServerOpt = Annotated[
+    str, typer.Option("--server", envvar="EVENTRAG_SERVER_URL", help="URL of a running eventrag server")
+]
+KeyOpt = Annotated[str | None, typer.Option("--api-key", envvar="EVENTRAG_API_KEY", help="API key for the server")]
+DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="local state directory (EVENTRAG_DATA_DIR)")]
+
+
+def _settings(data_dir: Path | None = None, **overrides: Any) -> Any:
+    from app.settings import Settings
+
+    if data_dir is not None:
+        overrides["data_dir"] = data_dir
+    try:
+        return Settings(**overrides)
+    except Exception as exc:
+        typer.secho(f"configuration error: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _server_up(server: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"{server.rstrip('/')}/healthz", timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _open_container(settings: Any) -> Any:
+    from app.container import build_container
+    from ingest.errors import IngestError
+
+    try:
+        c = build_container(settings)
+    except IngestError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(1) from exc
+    c.recover()
+    return c
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    data_dir: DataDirOpt = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+) -> None:
+    """Run the API and the ingest worker in one process on embedded defaults."""
+    import uvicorn
+
+    from app.container import DEFAULT_WORKSPACE, build_container
+    from app.main import create_app
+    from ingest.errors import IngestError
+
+    settings = _settings(data_dir)
+    if not settings.api_keys and settings.anonymous_workspace is None:
+        if _is_loopback(host):
+            # A single local user: no keys needed, because nothing off this machine can reach the port.
+            settings.anonymous_workspace = DEFAULT_WORKSPACE
+        else:
+            typer.secho(
+                f"no EVENTRAG_API_KEYS set and binding {host} (not loopback): every query will be refused"
+                " with 401 until you configure keys.",
+                fg="yellow",
+                err=True,
+            )
+    try:
+        container = build_container(settings)
+    except IngestError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(1) from exc
+    if container.generated_secret:
+        typer.echo(f"webhook secret for workspace '{DEFAULT_WORKSPACE}' (stored in {settings.generated_secret_path}):")
+        typer.echo(f"  {container.generated_secret}")
+    if settings.anonymous_workspace:
+        typer.echo(f"queries without an API key use workspace '{settings.anonymous_workspace}' (loopback only)")
+    typer.echo(f"data dir: {settings.data_dir.resolve()}  index: {settings.qdrant_url or 'local (embedded)'}")
+    try:
+        uvicorn.run(create_app(container), host=host, port=port, log_level=log_level)
+    finally:
+        container.close()
+
+
+def _walk(paths: list[Path]) -> list[Path]:
+    files: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            files.extend(sorted(f for f in p.rglob("*") if f.is_file() and not any(s.startswith(".") for s in f.parts)))
+        elif p.is_file():
+            files.append(p)
+        else:
+            typer.secho(f"not found: {p}", fg="red", err=True)
+            raise typer.Exit(2)
+    return files
+
+
+def _file_event_body(path: Path, root: Path, workspace: str) -> tuple[str, dict[str, Any]]:
+    import base64
+
+    stat = path.stat()
+    rel = path.resolve().relative_to(root.resolve()).as_posix() if path.resolve().is_relative_to(root.resolve()) else path.name
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    stamp = datetime.fromtimestamp(stat.st_mtime, UTC)
+    body = {
+        "type": "file.updated",
+        "timestamp": stamp.isoformat().replace("+00:00", "Z"),
+        "data": {"workspace": workspace, "file_id": rel, "path": rel, "content_base64": base64.b64encode(data).decode()},
+    }
+    event_id = f"cli-{hashlib.sha256(f'{workspace}/{rel}/{digest}/{stat.st_mtime_ns}'.encode()).hexdigest()[:24]}"
+    return event_id, body
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="files or folders to index")],
+    workspace: Annotated[str, typer.Option(help="workspace to index into")] = "default",
+    root: Annotated[Path | None, typer.Option(help="paths are recorded relative to this folder")] = None,
+    server: ServerOpt = "http://127.0.0.1:8000",
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Index local files (re-running indexes only what changed), with a progress bar."""
+    from rich.progress import Progress
+
+    files = _walk(paths)
+    base = root or (paths[0] if len(paths) == 1 and paths[0].is_dir() else Path.cwd())
+    settings = _settings(data_dir)
+    if _server_up(server):
+        _ingest_via_server(files, base, workspace, server, settings)
+        return
+    from ingest.events import EventStatus, build_event, parse_webhook_body
+
+    c = _open_container(settings)
+    try:
+        with Progress() as progress:
+            task = progress.add_task("queueing", total=len(files))
+            for f in files:
+                event_id, body = _file_event_body(f, base, workspace)
+                event = build_event(event_id, workspace, parse_webhook_body(json.dumps(body).encode()))
+                rec, created = c.state.add_event(event, EventStatus.RECEIVED)
+                if created or rec.status is EventStatus.RECEIVED:
+                    c.queue.enqueue(event.event_id, event.group_key)
+                    c.state.set_event_status(event.event_id, EventStatus.QUEUED)
+                progress.advance(task)
+            progress.update(task, description="indexing", completed=0, total=c.queue.pending())
+            assert c.loop is not None
+            while (n := c.loop.run_once()) > 0:
+                progress.advance(task, n)
+        docs = c.state.list_documents(workspace, limit=100000)
+        failed = [d for d in docs if d.status.value in ("failed", "skipped")]
+        typer.echo(f"{len(files)} file(s); workspace '{workspace}' has {sum(d.status.value == 'indexed' for d in docs)} indexed document(s)")
+        for d in failed:
+            typer.secho(f"  {d.status.value}: {d.path}: {d.last_error}", fg="yellow")
+    finally:
+        c.close()
+
+
+def _ingest_via_server(files: list[Path], base: Path, workspace: str, server: str, settings: Any) -> None:
+    import httpx
+    from rich.progress import Progress
+    from standardwebhooks.webhooks import Webhook
+
+    from app.container import local_webhook_secrets
+
+    secrets, _ = local_webhook_secrets(settings)
+    if workspace not in secrets:
+        typer.secho(f"no webhook secret for workspace {workspace!r} in this configuration", fg="red", err=True)
+        raise typer.Exit(2)
+    signer = Webhook(secrets[workspace][0])
+    typer.echo(f"sending {len(files)} file(s) to the server at {server}")
+    with httpx.Client(base_url=server, timeout=60) as client, Progress() as progress:
+        task = progress.add_task("sending", total=len(files))
+        for f in files:
+            event_id, body = _file_event_body(f, base, workspace)
+            raw = json.dumps(body)
+            now = datetime.now(UTC)
+            headers = {
+                "webhook-id": event_id,
+                "webhook-timestamp": str(int(now.timestamp())),
+                "webhook-signature": signer.sign(event_id, now, raw),
+                "content-type": "application/json",
+            }
+            r = client.post("/webhooks", content=raw, headers=headers)
+            if r.status_code >= 400:
+                typer.secho(f"{f}: {r.status_code} {r.json().get('detail')}", fg="red", err=True)
+            progress.advance(task)
+    typer.echo("queued; the server indexes them in the background (GET /documents shows progress)")
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="your question")],
+    workspace: Annotated[str, typer.Option(help="workspace (local mode)")] = "default",
+    top_k: Annotated[int, typer.Option(help="passages to retrieve")] = 5,
+    server: ServerOpt = "http://127.0.0.1:8000",
+    api_key: KeyOpt = None,
+    data_dir: DataDirOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the raw JSON response")] = False,
+) -> None:
+    """Answer a question and print its sources."""
+    if _server_up(server):
+        import httpx
+
+        headers = {"X-API-Key": api_key} if api_key else {}
+        r = httpx.post(f"{server.rstrip('/')}/query", json={"question": question, "top_k": top_k}, headers=headers, timeout=120)
+        if r.status_code != 200:
+            typer.secho(f"{r.status_code}: {r.json().get('detail')}", fg="red", err=True)
+            raise typer.Exit(1)
+        result = r.json()
+    else:
+        from app.routes.query import answer_out
+
+        settings = _settings(data_dir)
+        c = _open_container(settings)
+        try:
+            result = answer_out(c.answerer.answer(workspace, question, top_k=top_k, mode=settings.search_mode)).model_dump()
+        finally:
+            c.close()
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    typer.echo(result["answer"])
+    if result["citations"]:
+        typer.echo("\nSources:")
+        for cit in result["citations"]:
+            typer.echo(f"  [{cit['n']}] {cit['path']} (v{cit['version']}) chars {cit['start']}-{cit['end']}, score {cit['score']:.3f}")
+
+
+@app.command("retry")
+def retry(
+    event_id: Annotated[str, typer.Argument(help="id of a failed event")],
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Queue a failed event again (local store)."""
+    from app.routes.events import retry_failed
+    from ingest.events import EventStatus
+
+    c = _open_container(_settings(data_dir))
+    try:
+        rec = c.state.get_event(event_id)
+        if rec is None or rec.status is not EventStatus.FAILED:
+            typer.secho(f"event {event_id!r} is {'unknown' if rec is None else rec.status.value}, not failed", fg="red", err=True)
+            raise typer.Exit(1)
+        retry_failed(c, rec)
+        typer.echo(f"event {event_id} queued again")
+    finally:
+        c.close()
+
+
+@app.command("init-index")
+def init_index(data_dir: DataDirOpt = None) -> None:
+    """Create the Qdrant collection (and payload indexes on a server) if missing, and check the model."""
+    c = _open_container(_settings(data_dir))
+    try:
+        typer.echo(f"collection ready; embedding model {c.embedder.model_id}")
+    finally:
+        c.close()
+
+
+def main() -> None:
+    if "EVENTRAG_EMBEDDING_MODEL" not in os.environ:
+        # The bundled model needs no hub; say so, so transformers never tries to reach one.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

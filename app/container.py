@@ -1,0 +1,238 @@
+"""The composition root: the one place that turns settings into adapters and wires them together.
+
+Every port gets exactly one adapter here, chosen by a `match` on the configured backend; optional
+dependencies (boto3) are imported inside the branch that needs them. Nothing here runs at import time.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import secrets
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from app.settings import QueueBackend, Settings, StateBackend
+from ingest.embedding import SentenceTransformerEmbedder, SqliteEmbeddingCache
+from ingest.errors import StoreLockedError
+from ingest.indexing import QdrantIndex, open_qdrant
+from ingest.ports import EmbeddingCache, Embedder, JobQueue, StateStore, VectorIndex
+from ingest.receiver import WebhookVerifier, requeue_received
+from ingest.sources import ContentRouter, LocalFolderSource
+from ingest.sparse import Bm25Encoder
+from ingest.state.sqlite import SqliteDatabase, SqliteJobQueue, SqliteStateStore
+from ingest.worker import FaultHook, IngestWorker, WorkerConfig, WorkerLoop
+from retrieval.answering import Answerer
+from retrieval.llm import ChatModel, OpenAIChatModel
+from retrieval.search import Searcher
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WORKSPACE = "default"
+
+
+@dataclass
+class Container:
+    settings: Settings
+    state: StateStore
+    queue: JobQueue
+    index: VectorIndex
+    embedder: Embedder
+    sparse: Bm25Encoder
+    cache: EmbeddingCache | None
+    sources: ContentRouter
+    verifier: WebhookVerifier
+    worker: IngestWorker
+    searcher: Searcher
+    answerer: Answerer
+    chat: ChatModel | None
+    webhook_secrets: dict[str, list[str]]
+    generated_secret: str | None = None
+    loop: WorkerLoop | None = None
+    _closers: list[Any] = field(default_factory=list)
+
+    def recover(self) -> None:
+        """Start-up recovery of the embedded queue: forget dead leases, queue stored-but-unqueued events."""
+        if isinstance(self.queue, SqliteJobQueue):
+            released = self.queue.release_all_leases()
+            if released:
+                log.info("re-queued %d job(s) that were in flight when the last process stopped", released)
+        if isinstance(self.state, SqliteStateStore):
+            from ingest.events import EventStatus
+
+            requeue_received(self.state, self.queue, self.state.events_with_status(EventStatus.RECEIVED))
+
+    def close(self) -> None:
+        if self.loop is not None:
+            self.loop.stop()
+        for closer in reversed(self._closers):
+            try:
+                closer()
+            except Exception:  # closing is best effort; say so instead of hiding it
+                log.exception("error while closing %r", closer)
+        self._closers.clear()
+
+
+def local_webhook_secrets(settings: Settings) -> tuple[dict[str, list[str]], str | None]:
+    """Configured secrets, or for a single local user a generated one kept in the data dir.
+
+    Returns (secrets by workspace, the generated secret if one was created or loaded).
+    """
+    if settings.webhook_secrets:
+        return {ws: [s.get_secret_value() for s in items] for ws, items in settings.webhook_secrets.items()}, None
+    path = settings.generated_secret_path
+    if path.exists():
+        secret = json.loads(path.read_text())[DEFAULT_WORKSPACE]
+    else:
+        secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump({DEFAULT_WORKSPACE: secret}, fh)
+    return {DEFAULT_WORKSPACE: [secret]}, secret
+
+
+def build_container(
+    settings: Settings,
+    *,
+    embedder: Embedder | None = None,
+    chat: ChatModel | None = None,
+    qdrant_client: Any | None = None,
+    fault: FaultHook | None = None,
+    aws: dict[str, Any] | None = None,
+) -> Container:
+    """Build every adapter from `settings`. Tests inject a shared embedder, a chat model or clients."""
+    closers: list[Any] = []
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+
+    match settings.state_backend:
+        case StateBackend.SQLITE:
+            db = SqliteDatabase(settings.state_path)
+            closers.append(db.close)
+            state: StateStore = SqliteStateStore(db)
+        case StateBackend.DYNAMODB:
+            from ingest.state.dynamodb import DynamoStateStore
+
+            state = DynamoStateStore.from_settings(settings, client=(aws or {}).get("dynamodb"))
+
+    match settings.queue_backend:
+        case QueueBackend.LOCAL:
+            assert isinstance(state, SqliteStateStore)
+            queue: JobQueue = SqliteJobQueue(state.db)
+        case QueueBackend.SQS:
+            from ingest.queues.sqs import SqsJobQueue
+
+            queue = SqsJobQueue.from_settings(settings, client=(aws or {}).get("sqs"))
+
+    if qdrant_client is None:
+        url, api_key = settings.resolved_qdrant()
+        try:
+            qdrant_client = open_qdrant(url=url, api_key=api_key, path=str(settings.qdrant_path))
+        except RuntimeError as exc:
+            if "already accessed" in str(exc):
+                raise StoreLockedError(
+                    f"the local index at {settings.qdrant_path} is open in another process (probably"
+                    " `eventrag serve`). Talk to that server (the CLI does so when it is running), stop it, or"
+                    " use a Qdrant server (EVENTRAG_QDRANT_URL) for concurrent access."
+                ) from exc
+            raise
+    index = QdrantIndex(qdrant_client, settings.qdrant_collection)
+    closers.append(index.close)
+
+    embedder = embedder or SentenceTransformerEmbedder(settings.embedding_model, batch_size=settings.embedding_batch_size)
+    index.ensure_ready(embedder.model_id, embedder.dimension)
+
+    cache: EmbeddingCache | None = None
+    if settings.state_backend is StateBackend.SQLITE:
+        sqlite_cache = SqliteEmbeddingCache(settings.embedding_cache_path)
+        closers.append(sqlite_cache.close)
+        cache = sqlite_cache
+
+    sparse = Bm25Encoder()
+    folder = LocalFolderSource(settings.source_root) if settings.source_root else None
+    extra: dict[str, Any] = {}
+    if settings.source_bucket:
+        from ingest.sources_s3 import S3Source
+
+        extra["s3"] = S3Source(client=(aws or {}).get("s3"))
+    sources = ContentRouter(folder=folder, extra=extra)
+
+    if chat is None and settings.llm_model:
+        chat = OpenAIChatModel(settings.llm_model, timeout=settings.llm_timeout_seconds)
+
+    secrets_by_ws, generated = local_webhook_secrets(settings) if settings.state_backend is StateBackend.SQLITE else (
+        {ws: [s.get_secret_value() for s in items] for ws, items in settings.webhook_secrets.items()},
+        None,
+    )
+    verifier = WebhookVerifier(secrets_by_ws, settings.webhook_tolerance_seconds)
+
+    w = settings.worker
+    worker = IngestWorker(
+        state=state,
+        index=index,
+        embedder=embedder,
+        sources=sources,
+        cache=cache,
+        sparse=sparse,
+        config=WorkerConfig(
+            max_attempts=w.max_attempts,
+            backoff_seconds=w.backoff_seconds,
+            backoff_max_seconds=w.backoff_max_seconds,
+            embed_batch_size=settings.embedding_batch_size,
+            chunk_tokens=settings.chunking.chunk_tokens,
+            overlap_tokens=settings.chunking.overlap_tokens,
+        ),
+        fault=fault,
+    )
+    searcher = Searcher(index=index, state=state, embedder=embedder, sparse=sparse)
+    answerer = Answerer(searcher=searcher, chat=chat, terms=sparse, min_similarity=settings.min_score)
+    loop = None
+    if settings.queue_backend is QueueBackend.LOCAL:
+        loop = WorkerLoop(
+            worker,
+            queue,
+            batch_size=w.batch_size,
+            lease_seconds=w.lease_seconds,
+            poll_seconds=w.poll_seconds,
+            threads=w.threads,
+            retention=timedelta(days=settings.event_retention_days),
+        )
+    return Container(
+        settings=settings,
+        state=state,
+        queue=queue,
+        index=index,
+        embedder=embedder,
+        sparse=sparse,
+        cache=cache,
+        sources=sources,
+        verifier=verifier,
+        worker=worker,
+        searcher=searcher,
+        answerer=answerer,
+        chat=chat,
+        webhook_secrets=secrets_by_ws,
+        generated_secret=generated,
+        loop=loop,
+        _closers=closers,
+    )
+
+
+def data_dir_in_use(path: Path) -> bool:
+    """True when another process holds the local Qdrant directory."""
+    lock = path / "qdrant" / ".lock"
+    if not lock.exists():
+        return False
+    try:
+        import portalocker
+
+        with open(lock, "r+") as fh:
+            portalocker.lock(fh, portalocker.LOCK_EX | portalocker.LOCK_NB)
+            portalocker.unlock(fh)
+        return False
+    except Exception:
+        return True

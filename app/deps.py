@@ -1,0 +1,50 @@
+"""Shared request dependencies as `Annotated` aliases."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import APIKeyHeader
+
+from app.container import Container
+
+_api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="API key of a workspace")
+
+
+def get_container(request: Request) -> Container:
+    container: Container | None = getattr(request.app.state, "container", None)
+    if container is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the service is starting")
+    return container
+
+
+ContainerDep = Annotated[Container, Depends(get_container)]
+
+
+def caller_workspace(
+    request: Request, container: ContainerDep, key: Annotated[str | None, Depends(_api_key)] = None
+) -> str:
+    """The workspace of the caller's API key (X-API-Key, or `Authorization: Bearer` for OpenAI clients)."""
+    if key is None:
+        auth = request.headers.get("authorization", "")
+        if auth.lower().startswith("bearer "):
+            key = auth[7:].strip() or None
+    settings = container.settings
+    if key is None:
+        if settings.anonymous_workspace:
+            return settings.anonymous_workspace
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing API key: send it in the X-API-Key header")
+    found = None
+    for known, workspace in settings.api_keys.items():
+        if hmac.compare_digest(known.encode(), key.encode()):  # constant time: no key prefix leaks
+            found = workspace
+    if found is None:
+        if not settings.api_keys and settings.anonymous_workspace:
+            return settings.anonymous_workspace
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "unknown API key")
+    return found
+
+
+Workspace = Annotated[str, Depends(caller_workspace)]

@@ -1,0 +1,88 @@
+"""The FastAPI application factory. The same app serves `eventrag serve` and, under Mangum, AWS Lambda."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from app.container import Container, build_container
+from app.routes import documents, events, health, query, webhooks
+from app.settings import Settings
+from ingest.errors import EmbeddingModelMismatchError, IngestError, PermanentError, WebhookError
+from retrieval.llm import LLMError
+
+log = logging.getLogger(__name__)
+
+
+def create_app(
+    container: Container | Callable[[], Container] | None = None, *, start_worker: bool = True
+) -> FastAPI:
+    """Build the app. `container` may be ready-made (tests), a factory, or None (built from the environment
+    at start-up, never at import). The in-process worker starts only with the embedded queue."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = not isinstance(container, Container)
+        c = container if isinstance(container, Container) else (container or _from_env)()
+        app.state.container = c
+        c.recover()
+        if start_worker and c.loop is not None:
+            c.loop.start()
+        try:
+            yield
+        finally:
+            if c.loop is not None:
+                c.loop.stop()
+            if owned:
+                c.close()
+            app.state.container = None
+
+    app = FastAPI(
+        title="eventrag",
+        version="0.1.0",
+        summary="Webhooks in, an index that always equals your files, cited answers out.",
+        lifespan=lifespan,
+    )
+    if isinstance(container, Container):
+        app.state.container = container  # usable without the lifespan (Lambda, tests)
+    install_error_handlers(app)
+    for module in (webhooks, query, documents, events, health):
+        app.include_router(module.router)
+    return app
+
+
+def _from_env() -> Container:
+    return build_container(Settings())
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(WebhookError)
+    async def _webhook(_: Request, exc: WebhookError) -> JSONResponse:
+        log.warning("webhook refused (%s): %s", exc.status_code, exc)
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status_code)
+
+    @app.exception_handler(LLMError)
+    async def _llm(_: Request, exc: LLMError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status_code)
+
+    @app.exception_handler(EmbeddingModelMismatchError)
+    async def _model(_: Request, exc: EmbeddingModelMismatchError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503)
+
+    @app.exception_handler(IngestError)
+    async def _ingest(_: Request, exc: IngestError) -> JSONResponse:
+        code = 422 if isinstance(exc, PermanentError) else 503
+        return JSONResponse({"detail": str(exc)}, status_code=code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()))
+            parts.append(f"{where}: {err.get('msg')}")
+        return JSONResponse({"detail": "; ".join(parts)}, status_code=422)

@@ -1,0 +1,79 @@
+"""Events: what happened to each delivery, and retrying a failed one."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, status
+
+from app.deps import ContainerDep, Workspace
+from app.schemas import ErrorBody, EventOut
+from ingest.events import EventStatus
+from ingest.ports import EventRecord
+
+router = APIRouter(tags=["events"])
+
+_AUTH = {401: {"model": ErrorBody, "description": "Missing or unknown API key"}}
+
+
+def event_out(rec: EventRecord) -> EventOut:
+    ev = rec.event
+    return EventOut(
+        event_id=ev.event_id,
+        workspace=ev.workspace,
+        type=ev.type.value,
+        file_id=ev.file_id,
+        path=ev.path,
+        version=ev.version,
+        status=rec.status.value,
+        attempts=rec.attempts,
+        error=rec.error,
+        detail=rec.detail,
+        received_at=rec.received_at,
+        updated_at=rec.updated_at,
+    )
+
+
+def _own_event(container: ContainerDep, workspace: str, event_id: str) -> EventRecord:
+    rec = container.state.get_event(event_id)
+    # Another workspace's event is reported as missing: its existence is not ours to reveal.
+    if rec is None or rec.event.workspace != workspace:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no event {event_id!r} in this workspace")
+    return rec
+
+
+@router.get(
+    "/events/{event_id}",
+    response_model=EventOut,
+    responses={**_AUTH, 404: {"model": ErrorBody, "description": "No such event in the caller's workspace"}},
+)
+def get_event(event_id: str, workspace: Workspace, container: ContainerDep) -> EventOut:
+    """The status of one event: received, queued, processing, done, failed, superseded or held."""
+    return event_out(_own_event(container, workspace, event_id))
+
+
+@router.post(
+    "/events/{event_id}/retry",
+    response_model=EventOut,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={
+        **_AUTH,
+        404: {"model": ErrorBody, "description": "No such event in the caller's workspace"},
+        409: {"model": ErrorBody, "description": "The event is not failed; only failed events can be retried"},
+    },
+)
+def retry_event(event_id: str, workspace: Workspace, container: ContainerDep) -> EventOut:
+    """Queue a failed event again, with a fresh attempt budget."""
+    rec = _own_event(container, workspace, event_id)
+    if rec.status is not EventStatus.FAILED:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"event {event_id!r} is {rec.status.value}, not failed")
+    return event_out(retry_failed(container, rec))
+
+
+def retry_failed(container: ContainerDep, rec: EventRecord) -> EventRecord:
+    reset = getattr(container.state, "reset_attempts", None)
+    if reset is not None:
+        reset(rec.event_id)
+    container.queue.enqueue(rec.event_id, rec.event.group_key)
+    out = container.state.set_event_status(rec.event_id, EventStatus.QUEUED, error=rec.error, detail="retry requested")
+    if container.loop is not None:
+        container.loop.notify()
+    return out

@@ -1,0 +1,70 @@
+"""POST /webhooks: verify, store, queue, answer 202. The file itself is processed later by the worker."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, Request, Response, status
+from starlette.concurrency import run_in_threadpool
+
+from app.deps import ContainerDep
+from app.schemas import Accepted, ErrorBody
+from ingest.errors import PayloadTooLargeError
+from ingest.receiver import receive_webhook
+
+router = APIRouter(tags=["ingest"])
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(f"body of {declared} bytes exceeds the limit of {limit} bytes")
+    body = bytearray()
+    async for part in request.stream():
+        body.extend(part)
+        if len(body) > limit:
+            raise PayloadTooLargeError(f"body exceeds the limit of {limit} bytes")
+    return bytes(body)
+
+
+@router.post(
+    "/webhooks",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Accepted,
+    responses={
+        200: {"model": Accepted, "description": "A duplicate delivery: the original event, unchanged"},
+        401: {"model": ErrorBody, "description": "Missing or bad signature headers, or a stale timestamp"},
+        403: {"model": ErrorBody, "description": "The signing secret belongs to another workspace"},
+        409: {"model": ErrorBody, "description": "The webhook-id is already used by another workspace"},
+        413: {"model": ErrorBody, "description": "The body is larger than EVENTRAG_MAX_BODY_BYTES"},
+        422: {"model": ErrorBody, "description": "Malformed JSON, unknown event type or invalid fields"},
+        503: {"model": ErrorBody, "description": "The event store or queue is unavailable; retry later"},
+    },
+)
+async def post_webhook(request: Request, response: Response, container: ContainerDep) -> Accepted:
+    """Receive a Standard Webhooks delivery about a file (created, updated, deleted).
+
+    The event is committed to the state store before the 202, so a crash afterwards never loses it. The
+    `webhook-id` header is the event id: a repeated delivery returns the original event and changes nothing.
+    """
+    body = await _read_body(request, container.settings.max_body_bytes)
+    delivery = await run_in_threadpool(
+        receive_webhook,
+        body,
+        dict(request.headers),
+        verifier=container.verifier,
+        state=container.state,
+        queue=container.queue,
+        sources=container.sources,
+    )
+    if container.loop is not None:
+        container.loop.notify()
+    event_id = delivery.record.event_id
+    status_url = str(request.url_for("get_event", event_id=event_id).path)
+    response.headers["Location"] = status_url
+    if delivery.duplicate:
+        response.status_code = status.HTTP_200_OK
+    return Accepted(
+        event_id=event_id, status=delivery.record.status.value, status_url=status_url, duplicate=delivery.duplicate
+    )
+
+
+__all__ = ["router", "HTTPException"]

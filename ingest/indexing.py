@@ -1,0 +1,283 @@
+"""The Qdrant adapter of `VectorIndex`: one collection, every workspace a tenant inside it.
+
+Local mode (`QdrantClient(path=...)`) and server mode (`QdrantClient(url=...)`) run the same code; only the
+client differs. The collection has a *named* dense vector ("dense") and a named sparse vector ("bm25", with
+Qdrant's IDF modifier), and records in its metadata which embedding model filled it.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+from qdrant_client import QdrantClient, models
+
+from ingest.errors import EmbeddingModelMismatchError
+from ingest.ports import Hit, IndexPoint, SearchFilter, SearchMode
+
+DENSE = "dense"
+SPARSE = "bm25"
+SCHEMA_VERSION = 1
+_POINT_NAMESPACE = uuid.UUID("6f1c7f53-3f43-4a8e-9a39-6f8d0a4b1e27")
+
+
+def point_id(workspace: str, file_id: str, revision: str, chunk_index: int) -> str:
+    """Deterministic: re-running an event rewrites the same points instead of adding copies."""
+    return str(uuid.uuid5(_POINT_NAMESPACE, f"{workspace}\x1f{file_id}\x1f{revision}\x1f{chunk_index}"))
+
+
+def path_dirs(path: str) -> list[str]:
+    """Every folder prefix of a path ("a/b/c.md" -> ["a/", "a/b/"]): lets a keyword index answer prefixes."""
+    parts = path.strip("/").split("/")[:-1]
+    return ["/".join(parts[: i + 1]) + "/" for i in range(len(parts))]
+
+
+def _match(key: str, value: Any) -> models.FieldCondition:
+    return models.FieldCondition(key=key, match=models.MatchValue(value=value))
+
+
+class QdrantIndex:
+    def __init__(self, client: QdrantClient, collection: str = "eventrag", *, local: bool | None = None) -> None:
+        self.client = client
+        self.collection = collection
+        # qdrant-client's local mode is plain Python over numpy and is not safe for concurrent writers and
+        # readers; a server is. Serialise calls only where needed.
+        self._local = local if local is not None else client._client.__class__.__name__ == "QdrantLocal"
+        self._lock = threading.RLock()
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        if self._local:
+            with self._lock:
+                yield
+        else:
+            yield
+
+    # lifecycle ----------------------------------------------------------------------------------------
+    def ensure_ready(self, model_id: str, dimension: int) -> None:
+        with self._guard():
+            if not self.client.collection_exists(self.collection):
+                self.client.create_collection(
+                    self.collection,
+                    vectors_config={DENSE: models.VectorParams(size=dimension, distance=models.Distance.COSINE)},
+                    sparse_vectors_config={SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)},
+                    metadata={"embedding_model": model_id, "dimension": dimension, "schema": SCHEMA_VERSION},
+                )
+                if not self._local:
+                    self._create_payload_indexes()
+                return
+            info = self.client.get_collection(self.collection)
+        meta = info.config.metadata or {}
+        recorded = meta.get("embedding_model")
+        if recorded is not None and recorded != model_id:
+            raise EmbeddingModelMismatchError(
+                f"collection {self.collection!r} was filled by embedding model {recorded!r}, but this process "
+                f"uses {model_id!r}: vectors of two models are not comparable. Set EVENTRAG_EMBEDDING_MODEL "
+                f"back to {recorded!r}, or use a new EVENTRAG_QDRANT_COLLECTION (and re-send your files)."
+            )
+        vectors = info.config.params.vectors
+        size = vectors[DENSE].size if isinstance(vectors, dict) and DENSE in vectors else None
+        if size is not None and size != dimension:
+            raise EmbeddingModelMismatchError(
+                f"collection {self.collection!r} holds {size}-dimensional vectors; the model gives {dimension}"
+            )
+
+    def _create_payload_indexes(self) -> None:
+        """Only a server uses payload indexes (local mode ignores them and warns)."""
+        keyword = models.PayloadSchemaType.KEYWORD
+        self.client.create_payload_index(
+            self.collection,
+            "workspace",
+            field_schema=models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True),
+        )
+        for field in ("file_id", "revision", "path_dirs", "content_type", "path"):
+            self.client.create_payload_index(self.collection, field, field_schema=keyword)
+        self.client.create_payload_index(self.collection, "version", field_schema=models.PayloadSchemaType.INTEGER)
+
+    def close(self) -> None:
+        self.client.close()
+
+    # writes -------------------------------------------------------------------------------------------
+    def upsert(self, points: Sequence[IndexPoint]) -> None:
+        if not points:
+            return
+        structs = []
+        for p in points:
+            vector: dict[str, Any] = {DENSE: p.dense}
+            if p.sparse is not None and p.sparse[0]:
+                vector[SPARSE] = models.SparseVector(indices=p.sparse[0], values=p.sparse[1])
+            structs.append(
+                models.PointStruct(
+                    id=point_id(p.workspace, p.file_id, p.revision, p.chunk.index),
+                    vector=vector,
+                    payload={
+                        "workspace": p.workspace,
+                        "file_id": p.file_id,
+                        "path": p.path,
+                        "path_dirs": path_dirs(p.path),
+                        "revision": p.revision,
+                        "version": p.version,
+                        "content_type": p.content_type,
+                        "chunk_index": p.chunk.index,
+                        "start": p.chunk.start,
+                        "end": p.chunk.end,
+                        "text": p.chunk.text,
+                        "heading": p.chunk.heading,
+                        "title": p.title,
+                        "metadata": p.metadata,
+                    },
+                )
+            )
+        with self._guard():
+            for i in range(0, len(structs), 256):
+                self.client.upsert(self.collection, points=structs[i : i + 256], wait=True)
+
+    def delete_file(self, workspace: str, file_id: str, keep_revision: str | None = None) -> None:
+        flt = models.Filter(
+            must=[_match("workspace", workspace), _match("file_id", file_id)],
+            must_not=[_match("revision", keep_revision)] if keep_revision is not None else None,
+        )
+        with self._guard():
+            self.client.delete(self.collection, points_selector=models.FilterSelector(filter=flt), wait=True)
+
+    # reads --------------------------------------------------------------------------------------------
+    def _filter(self, workspace: str, flt: SearchFilter | None) -> models.Filter:
+        must: list[Any] = [_match("workspace", workspace)]
+        if flt is not None:
+            if flt.file_ids:
+                must.append(models.FieldCondition(key="file_id", match=models.MatchAny(any=list(flt.file_ids))))
+            if flt.path_prefix:
+                prefix = flt.path_prefix.strip("/")
+                must.append(
+                    models.Filter(should=[_match("path_dirs", prefix + "/"), _match("path", prefix)])
+                )
+            if flt.content_types:
+                must.append(
+                    models.FieldCondition(key="content_type", match=models.MatchAny(any=list(flt.content_types)))
+                )
+            for key, value in flt.metadata_equals:
+                must.append(_match(f"metadata.{key}", value))
+            for key, values in flt.metadata_any:
+                must.append(models.FieldCondition(key=f"metadata.{key}", match=models.MatchAny(any=list(values))))
+            if flt.revisions:
+                must.append(
+                    models.Filter(
+                        should=[
+                            models.Filter(must=[_match("file_id", f), _match("revision", r)])
+                            for f, r in flt.revisions
+                        ]
+                    )
+                )
+        return models.Filter(must=must)
+
+    def search(
+        self,
+        workspace: str,
+        *,
+        dense: list[float] | None,
+        sparse: tuple[list[int], list[float]] | None,
+        mode: SearchMode,
+        limit: int,
+        flt: SearchFilter | None = None,
+    ) -> list[Hit]:
+        qfilter = self._filter(workspace, flt)
+        sparse_vec = models.SparseVector(indices=sparse[0], values=sparse[1]) if sparse and sparse[0] else None
+        with_vectors: Any = [DENSE] if dense is not None and mode is not SearchMode.DENSE else False
+        with self._guard():
+            if mode is SearchMode.DENSE or (mode is SearchMode.HYBRID and sparse_vec is None):
+                assert dense is not None
+                mode = SearchMode.DENSE
+                res = self.client.query_points(
+                    self.collection, query=dense, using=DENSE, query_filter=qfilter, limit=limit, with_payload=True
+                )
+            elif mode is SearchMode.SPARSE:
+                if sparse_vec is None:
+                    return []
+                res = self.client.query_points(
+                    self.collection, query=sparse_vec, using=SPARSE, query_filter=qfilter, limit=limit,
+                    with_payload=True,
+                )
+            else:
+                assert dense is not None
+                # The workspace filter sits inside every prefetch: fusion never sees another tenant's points.
+                res = self.client.query_points(
+                    self.collection,
+                    prefetch=[
+                        models.Prefetch(query=dense, using=DENSE, filter=qfilter, limit=max(limit, 50)),
+                        models.Prefetch(query=sparse_vec, using=SPARSE, filter=qfilter, limit=max(limit, 50)),
+                    ],
+                    query=models.FusionQuery(fusion=models.Fusion.RRF),
+                    query_filter=qfilter,
+                    limit=limit,
+                    with_payload=True,
+                    with_vectors=with_vectors,
+                )
+        hits = []
+        for p in res.points:
+            hit = self._hit(str(p.id), p.score, p.payload or {})
+            if mode is SearchMode.DENSE:
+                hit.similarity = hit.score
+            elif dense is not None and isinstance(p.vector, dict) and DENSE in p.vector:
+                # Stored vectors are unit length (cosine collection), so the dot product is the cosine.
+                hit.similarity = float(np.dot(np.asarray(p.vector[DENSE]), np.asarray(dense)))
+            hits.append(hit)
+        return hits
+
+    @staticmethod
+    def _hit(pid: str, score: float, pl: dict[str, Any]) -> Hit:
+        return Hit(
+            point_id=pid,
+            score=float(score),
+            workspace=pl["workspace"],
+            file_id=pl["file_id"],
+            path=pl["path"],
+            revision=pl["revision"],
+            version=pl.get("version"),
+            chunk_index=int(pl["chunk_index"]),
+            start=int(pl["start"]),
+            end=int(pl["end"]),
+            text=pl["text"],
+            heading=pl.get("heading"),
+            content_type=pl.get("content_type"),
+            metadata=pl.get("metadata") or {},
+            title=pl.get("title"),
+        )
+
+    def _scroll(self, flt: models.Filter, payload: bool | list[str]) -> Iterator[models.Record]:
+        offset: Any = None
+        while True:
+            with self._guard():
+                records, offset = self.client.scroll(
+                    self.collection, scroll_filter=flt, limit=512, offset=offset, with_payload=payload,
+                    with_vectors=False,
+                )
+            yield from records
+            if offset is None:
+                return
+
+    def file_chunks(self, workspace: str, file_id: str, revision: str) -> list[Hit]:
+        flt = models.Filter(
+            must=[_match("workspace", workspace), _match("file_id", file_id), _match("revision", revision)]
+        )
+        hits = [self._hit(str(r.id), 0.0, r.payload or {}) for r in self._scroll(flt, True)]
+        return sorted(hits, key=lambda h: h.chunk_index)
+
+    def revision_counts(self, workspace: str) -> dict[tuple[str, str], int]:
+        counts: dict[tuple[str, str], int] = {}
+        for r in self._scroll(models.Filter(must=[_match("workspace", workspace)]), ["file_id", "revision"]):
+            pl = r.payload or {}
+            key = (pl["file_id"], pl["revision"])
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+
+def open_qdrant(*, url: str | None, api_key: str | None, path: str | None) -> QdrantClient:
+    """Server mode when a URL is given, else local mode on disk (the directory is locked to one process)."""
+    if url:
+        return QdrantClient(url=url, api_key=api_key, timeout=30)
+    assert path is not None
+    return QdrantClient(path=path)

@@ -1,0 +1,287 @@
+"""The ports of the ingest path: one small Protocol per external system.
+
+Each docstring is the contract every adapter keeps; `tests/contracts/` runs the same tests against every
+adapter. The embedded defaults (SQLite, a local queue in the same SQLite file, Qdrant on local disk) and the
+AWS deployment (DynamoDB, SQS, Qdrant server) differ by one adapter per port, chosen in `app.container`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Protocol, runtime_checkable
+
+from ingest.events import EventStatus, FileEvent
+
+
+class DocumentStatus(StrEnum):
+    PENDING = "pending"  # known, first event not applied yet
+    INDEXED = "indexed"
+    DELETED = "deleted"  # a tombstone: remembers the position of the delete
+    SKIPPED = "skipped"  # the latest version cannot be parsed (reason in last_error); nothing indexed
+    FAILED = "failed"  # the latest event failed; the previous active revision (if any) stays searchable
+
+
+@dataclass(slots=True)
+class EventRecord:
+    event: FileEvent
+    status: EventStatus
+    received_at: datetime
+    updated_at: datetime
+    attempts: int = 0
+    error: str | None = None
+    detail: str | None = None
+
+    @property
+    def event_id(self) -> str:
+        return self.event.event_id
+
+
+@dataclass(slots=True)
+class DocumentRecord:
+    workspace: str
+    file_id: str
+    path: str
+    status: DocumentStatus
+    position: str | None  # position of the last applied event (also for deletes: the tombstone)
+    revision: str | None  # the revision whose points are searchable; None: nothing searchable
+    version: int | None = None
+    content_type: str | None = None
+    chunk_count: int = 0
+    embedded: int = 0  # chunks embedded for the active revision
+    reused: int = 0  # chunks whose vectors came from the embedding cache
+    last_event_id: str | None = None
+    last_error: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    updated_at: datetime | None = None
+
+
+@dataclass(slots=True)
+class Job:
+    """A queued unit of work: apply one event. `receipt` is the adapter's handle for ack/release."""
+
+    event_id: str
+    group_key: str
+    receive_count: int
+    receipt: str
+
+
+@runtime_checkable
+class StateStore(Protocol):
+    """Durable state: events (deduplicated by id), the document registry, conversation sessions.
+
+    - `add_event` is idempotent on `event_id`: it returns the stored record and whether it was new. An
+      existing record is returned unchanged, whatever the new payload says.
+    - `switch_document` replaces a document's record in one atomic write: it is the step that makes a new
+      revision searchable (or removes a file), so it must never be partially visible.
+    - `active_revisions` is what searches trust: a point is visible only if its revision is the one
+      recorded here for its file.
+    """
+
+    def add_event(self, event: FileEvent, status: EventStatus) -> tuple[EventRecord, bool]: ...
+
+    def get_event(self, event_id: str) -> EventRecord | None: ...
+
+    def set_event_status(
+        self,
+        event_id: str,
+        status: EventStatus,
+        *,
+        error: str | None = None,
+        detail: str | None = None,
+        count_attempt: bool = False,
+    ) -> EventRecord: ...
+
+    def list_events(
+        self, workspace: str, *, status: EventStatus | None = None, file_id: str | None = None, limit: int = 100
+    ) -> list[EventRecord]: ...
+
+    def purge_events(self, older_than: datetime) -> int: ...
+
+    def get_document(self, workspace: str, file_id: str) -> DocumentRecord | None: ...
+
+    def list_documents(
+        self, workspace: str, *, status: DocumentStatus | None = None, limit: int = 1000, offset: int = 0
+    ) -> list[DocumentRecord]: ...
+
+    def count_documents(self, workspace: str, status: DocumentStatus) -> int: ...
+
+    def switch_document(self, record: DocumentRecord) -> None: ...
+
+    def note_document_error(self, workspace: str, file_id: str, path: str, error: str) -> None: ...
+
+    def active_revisions(self, workspace: str, file_ids: Sequence[str]) -> dict[str, str]: ...
+
+    def workspaces(self) -> list[str]: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class JobQueue(Protocol):
+    """At-least-once delivery of jobs, FIFO within a group, one job in flight per group.
+
+    - `enqueue` is deduplicated on `event_id` while the job is queued or in flight.
+    - `claim` returns at most `limit` jobs, never two of one group, never a group whose head job is in
+      flight or delayed; a claimed job is invisible for `lease_seconds`, then delivered again unless acked.
+    - `release` makes a claimed job visible again after `delay_seconds` (backoff), keeping its place.
+    """
+
+    def enqueue(self, event_id: str, group_key: str) -> None: ...
+
+    def claim(self, limit: int, lease_seconds: float) -> list[Job]: ...
+
+    def ack(self, job: Job) -> None: ...
+
+    def release(self, job: Job, delay_seconds: float) -> None: ...
+
+    def pending(self) -> int: ...
+
+
+class Embedder(Protocol):
+    """Dense text embeddings from one model.
+
+    `model_id` names the model (what fills the index); `max_tokens` is the model's window including special
+    tokens; `count_tokens` uses the model's own tokenizer and counts special tokens too, so a text whose
+    count is <= `max_tokens` is embedded whole. `embed_documents` keeps the input order.
+    """
+
+    @property
+    def model_id(self) -> str: ...
+
+    @property
+    def dimension(self) -> int: ...
+
+    @property
+    def max_tokens(self) -> int: ...
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]: ...
+
+    def token_offsets(self, text: str) -> list[tuple[int, int]]: ...
+
+    def embed_documents(self, texts: Sequence[str]) -> list[list[float]]: ...
+
+    def embed_query(self, text: str) -> list[float]: ...
+
+
+class EmbeddingCache(Protocol):
+    """Content-addressed vectors: key = (model id, sha256 of the exact text embedded)."""
+
+    def get_many(self, model_id: str, keys: Sequence[str]) -> dict[str, list[float]]: ...
+
+    def put_many(self, model_id: str, vectors: dict[str, list[float]]) -> None: ...
+
+
+class ContentSource(Protocol):
+    """Returns the bytes of the file an event points at. Raises `SourceNotFoundError` /
+    `PathOutsideRootError` for what a retry cannot fix, `SourceUnavailableError` otherwise."""
+
+    def fetch(self, event: FileEvent) -> bytes: ...
+
+
+@dataclass(slots=True, frozen=True)
+class Chunk:
+    """A passage of a parsed document. `start`/`end` are character offsets into the parsed text."""
+
+    index: int
+    text: str
+    start: int
+    end: int
+    heading: str | None = None  # the Markdown heading path the passage sits under, "A > B"
+    token_count: int = 0
+
+
+@dataclass(slots=True)
+class IndexPoint:
+    """One chunk of one revision of one file, with its vectors, ready for the index."""
+
+    workspace: str
+    file_id: str
+    path: str
+    revision: str
+    version: int | None
+    content_type: str | None
+    chunk: Chunk
+    dense: list[float]
+    sparse: tuple[list[int], list[float]] | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    title: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class SearchFilter:
+    """Restrictions applied inside every search; the workspace is always applied by the index itself."""
+
+    file_ids: tuple[str, ...] = ()
+    path_prefix: str | None = None
+    content_types: tuple[str, ...] = ()
+    metadata_equals: tuple[tuple[str, Any], ...] = ()
+    metadata_any: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+    # (file_id, revision) pairs: restrict to exactly these revisions (re-reads after a concurrent switch)
+    revisions: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(slots=True)
+class Hit:
+    point_id: str
+    score: float
+    workspace: str
+    file_id: str
+    path: str
+    revision: str
+    version: int | None
+    chunk_index: int
+    start: int
+    end: int
+    text: str
+    heading: str | None = None
+    content_type: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    title: str | None = None
+    # Cosine similarity of the passage to the query's dense vector, when known: the relevance bar that
+    # fused (rank-based) scores cannot give.
+    similarity: float | None = None
+
+
+class SearchMode(StrEnum):
+    DENSE = "dense"
+    SPARSE = "sparse"
+    HYBRID = "hybrid"
+
+
+class VectorIndex(Protocol):
+    """The searchable chunks of every workspace in one collection, filtered by workspace on every read.
+
+    - Point ids are deterministic in (workspace, file id, revision, chunk index): writing a revision twice
+      changes nothing.
+    - `ensure_ready` creates the collection if missing and raises `EmbeddingModelMismatchError` when it was
+      filled by another model.
+    - `delete_file` removes a file's points except those of `keep_revision`.
+    - `search` never returns points of another workspace; it does not know which revision is active (the
+      state store does), so callers filter hits by `StateStore.active_revisions`.
+    """
+
+    def ensure_ready(self, model_id: str, dimension: int) -> None: ...
+
+    def upsert(self, points: Sequence[IndexPoint]) -> None: ...
+
+    def delete_file(self, workspace: str, file_id: str, keep_revision: str | None = None) -> None: ...
+
+    def search(
+        self,
+        workspace: str,
+        *,
+        dense: list[float] | None,
+        sparse: tuple[list[int], list[float]] | None,
+        mode: SearchMode,
+        limit: int,
+        flt: SearchFilter | None = None,
+    ) -> list[Hit]: ...
+
+    def file_chunks(self, workspace: str, file_id: str, revision: str) -> list[Hit]: ...
+
+    def revision_counts(self, workspace: str) -> dict[tuple[str, str], int]: ...
+
+    def close(self) -> None: ...

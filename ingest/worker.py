@@ -1,0 +1,421 @@
+"""The ingest worker: applies queued file events to the index so it always equals the latest version of
+every file, under at-least-once, out-of-order delivery and crashes.
+
+For each event:
+
+1. *decide*: older than (or equal to) what is applied for the file -> `superseded`, index untouched;
+   already switched by an earlier attempt that died before finishing -> only clean up.
+2. *prepare*: fetch, parse, chunk (a type we cannot parse -> the file is `skipped`, its old chunks go).
+3. *embed*: the chunks of the whole batch together, cache first, the rest sorted by length.
+4. *write*: upsert the new revision's points (deterministic ids; invisible until step 5).
+5. *switch*: one atomic write of the document record makes the new revision the searchable one.
+6. *clean up*: delete the file's points of every other revision; mark the event done.
+
+A crash anywhere before 5 leaves the old revision searchable and the event queued; a crash after 5 is
+finished by the retry (step 1 sees the switch). Searches trust only the revision recorded in step 5.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from pathlib import PurePosixPath
+
+from ingest.chunking import Chunker
+from ingest.embedding import embed_with_cache
+from ingest.errors import PermanentError, UnsupportedContentError
+from ingest.events import EventStatus, EventType, FileEvent, describe_position
+from ingest.parsing import parse
+from ingest.ports import (
+    Chunk,
+    ContentSource,
+    DocumentRecord,
+    DocumentStatus,
+    EmbeddingCache,
+    Embedder,
+    EventRecord,
+    IndexPoint,
+    Job,
+    JobQueue,
+    StateStore,
+    VectorIndex,
+)
+from ingest.sparse import Bm25Encoder
+
+log = logging.getLogger(__name__)
+
+# A hook the crash tests use to kill the worker between steps; production passes none.
+FaultHook = Callable[[str, FileEvent], None]
+
+
+class OutcomeKind(StrEnum):
+    DONE = "done"
+    SUPERSEDED = "superseded"
+    RETRY = "retry"  # transient failure: deliver again after `delay`
+    FAILED = "failed"  # gave up: recorded on the event and the document
+    HELD = "held"
+
+
+@dataclass(slots=True)
+class Outcome:
+    kind: OutcomeKind
+    detail: str | None = None
+    delay: float = 0.0
+
+    @property
+    def settled(self) -> bool:
+        """The job can leave the queue."""
+        return self.kind is not OutcomeKind.RETRY
+
+
+class _Action(StrEnum):
+    INDEX = "index"
+    EMPTY = "empty"  # delete, or a version with nothing to index (skipped)
+    FINISH = "finish"  # switched by an earlier attempt: clean up and mark done
+
+
+@dataclass(slots=True)
+class _Plan:
+    record: EventRecord
+    action: _Action
+    status: DocumentStatus = DocumentStatus.INDEXED
+    chunks: list[Chunk] = field(default_factory=list)
+    embed_texts: list[str] = field(default_factory=list)
+    token_counts: list[int] = field(default_factory=list)
+    title: str | None = None
+    content_type: str | None = None
+    reason: str | None = None
+    vectors: list[list[float]] = field(default_factory=list)
+    embedded: int = 0
+    reused: int = 0
+
+    @property
+    def event(self) -> FileEvent:
+        return self.record.event
+
+
+@dataclass(slots=True)
+class WorkerConfig:
+    max_attempts: int = 5
+    backoff_seconds: float = 2.0
+    backoff_max_seconds: float = 300.0
+    embed_batch_size: int = 32
+    chunk_tokens: int = 200
+    overlap_tokens: int = 40
+    title_tokens: int = 24  # at most this many tokens of the title/path are embedded with every chunk
+
+
+class IngestWorker:
+    def __init__(
+        self,
+        *,
+        state: StateStore,
+        index: VectorIndex,
+        embedder: Embedder,
+        sources: ContentSource,
+        cache: EmbeddingCache | None = None,
+        sparse: Bm25Encoder | None = None,
+        config: WorkerConfig | None = None,
+        fault: FaultHook | None = None,
+    ) -> None:
+        self.state = state
+        self.index = index
+        self.embedder = embedder
+        self.sources = sources
+        self.cache = cache
+        self.sparse = sparse
+        self.config = config or WorkerConfig()
+        self.fault = fault
+
+    def _step(self, name: str, event: FileEvent) -> None:
+        if self.fault is not None:
+            self.fault(name, event)
+
+    # the batch ----------------------------------------------------------------------------------------
+    def process(self, event_ids: Sequence[str]) -> dict[str, Outcome]:
+        """Apply a batch of events (at most one per file). Returns an outcome per event id."""
+        outcomes: dict[str, Outcome] = {}
+        plans: list[_Plan] = []
+        for event_id in event_ids:
+            record = self.state.get_event(event_id)
+            if record is None:
+                outcomes[event_id] = Outcome(OutcomeKind.DONE, "unknown event id (expired or never stored)")
+                continue
+            if record.status in (EventStatus.DONE, EventStatus.SUPERSEDED, EventStatus.FAILED, EventStatus.HELD):
+                # A redelivery of something already settled: nothing to do.
+                outcomes[event_id] = Outcome(OutcomeKind(record.status.value), "already settled")
+                continue
+            record = self.state.set_event_status(event_id, EventStatus.PROCESSING, count_attempt=True)
+            try:
+                plan = self._plan(record)
+            except Exception as exc:
+                outcomes[event_id] = self._failure(record, exc)
+                continue
+            if isinstance(plan, Outcome):
+                outcomes[event_id] = plan
+            else:
+                plans.append(plan)
+
+        to_embed = [p for p in plans if p.action is _Action.INDEX and p.chunks]
+        if to_embed:
+            try:
+                self._embed(to_embed)
+            except Exception as exc:
+                for p in to_embed:
+                    outcomes[p.event.event_id] = self._failure(p.record, exc)
+                plans = [p for p in plans if p not in to_embed]
+
+        for plan in plans:
+            try:
+                outcomes[plan.event.event_id] = self._apply(plan)
+            except Exception as exc:
+                outcomes[plan.event.event_id] = self._failure(plan.record, exc)
+        return outcomes
+
+    # 1 + 2: decide and prepare ------------------------------------------------------------------------
+    def _plan(self, record: EventRecord) -> _Plan | Outcome:
+        ev = record.event
+        doc = self.state.get_document(ev.workspace, ev.file_id)
+        if doc is not None and doc.position is not None:
+            if ev.position < doc.position or (ev.position == doc.position and doc.last_event_id != ev.event_id):
+                detail = (
+                    f"{describe_position(ev.position)} is not newer than the applied"
+                    f" {describe_position(doc.position)}"
+                )
+                self.state.set_event_status(ev.event_id, EventStatus.SUPERSEDED, detail=detail)
+                return Outcome(OutcomeKind.SUPERSEDED, detail)
+            if ev.position == doc.position:  # this event's own switch happened; the attempt died after it
+                return _Plan(record, _Action.FINISH)
+        if ev.type is EventType.DELETED:
+            return _Plan(record, _Action.EMPTY, status=DocumentStatus.DELETED)
+
+        data = self.sources.fetch(ev)
+        self._step("fetched", ev)
+        try:
+            parsed = parse(data, ev.content_type, ev.path)
+        except UnsupportedContentError as exc:
+            return _Plan(record, _Action.EMPTY, status=DocumentStatus.SKIPPED, reason=str(exc),
+                         content_type=ev.content_type)
+        title = parsed.title or PurePosixPath(ev.path).name
+        prefix = self._title_prefix(title, ev.path)
+        reserved = max(0, self.embedder.count_tokens([prefix])[0] - 2)  # the prefix shares [CLS]/[SEP]
+        chunker = Chunker(
+            count_tokens=self.embedder.count_tokens,
+            max_tokens=self.embedder.max_tokens,
+            chunk_tokens=min(self.config.chunk_tokens, self.embedder.max_tokens - reserved),
+            overlap_tokens=self.config.overlap_tokens,
+            reserved_tokens=reserved,
+        )
+        chunks = chunker.chunk(parsed.text)
+        self._step("chunked", ev)
+        if not chunks:
+            return _Plan(record, _Action.EMPTY, status=DocumentStatus.INDEXED, title=title,
+                         content_type=parsed.content_type, reason="the file has no text")
+        return _Plan(
+            record,
+            _Action.INDEX,
+            chunks=chunks,
+            embed_texts=[f"{prefix}\n{c.text}" for c in chunks],
+            token_counts=[c.token_count + reserved for c in chunks],
+            title=title,
+            content_type=parsed.content_type,
+        )
+
+    def _title_prefix(self, title: str, path: str) -> str:
+        """What identifies the document in every chunk's vector: its title, or its path."""
+        text = title if title == PurePosixPath(path).name else f"{title} ({path})"
+        counts = self.embedder.count_tokens([text])[0]
+        while counts - 2 > self.config.title_tokens and len(text) > 8:
+            text = text[: int(len(text) * 0.8)]
+            counts = self.embedder.count_tokens([text])[0]
+        return text
+
+    # 3: embed, across the whole batch -----------------------------------------------------------------
+    def _embed(self, plans: list[_Plan]) -> None:
+        texts = [t for p in plans for t in p.embed_texts]
+        counts = [n for p in plans for n in p.token_counts]
+        vectors, stats = embed_with_cache(self.embedder, self.cache, texts, counts, self.config.embed_batch_size)
+        at = 0
+        for p in plans:
+            n = len(p.embed_texts)
+            p.vectors = vectors[at : at + n]
+            p.reused = sum(stats.cached[at : at + n])
+            p.embedded = n - p.reused
+            at += n
+            self._step("embedded", p.event)
+
+    # 4 - 6: write, switch, clean up -------------------------------------------------------------------
+    def _apply(self, plan: _Plan) -> Outcome:
+        ev = plan.event
+        if plan.action is _Action.FINISH:
+            doc = self.state.get_document(ev.workspace, ev.file_id)
+            self.index.delete_file(ev.workspace, ev.file_id, keep_revision=doc.revision if doc else None)
+            self.state.set_event_status(ev.event_id, EventStatus.DONE, detail="finished after an interrupted attempt")
+            return Outcome(OutcomeKind.DONE)
+
+        revision = ev.position if plan.action is _Action.INDEX else None
+        if plan.action is _Action.INDEX:
+            sparse = (
+                self.sparse.encode_documents(plan.embed_texts) if self.sparse is not None else [None] * len(plan.chunks)
+            )
+            points = [
+                IndexPoint(
+                    workspace=ev.workspace,
+                    file_id=ev.file_id,
+                    path=ev.path,
+                    revision=ev.position,
+                    version=ev.version,
+                    content_type=plan.content_type,
+                    chunk=chunk,
+                    dense=vec,
+                    sparse=sp,
+                    metadata=dict(ev.metadata),
+                    title=plan.title,
+                )
+                for chunk, vec, sp in zip(plan.chunks, plan.vectors, sparse, strict=True)
+            ]
+            self.index.upsert(points)
+            self._step("upserted", ev)
+
+        self.state.switch_document(
+            DocumentRecord(
+                workspace=ev.workspace,
+                file_id=ev.file_id,
+                path=ev.path,
+                status=plan.status,
+                position=ev.position,
+                revision=revision,
+                version=ev.version,
+                content_type=plan.content_type,
+                chunk_count=len(plan.chunks),
+                embedded=plan.embedded,
+                reused=plan.reused,
+                last_event_id=ev.event_id,
+                last_error=plan.reason if plan.status is DocumentStatus.SKIPPED else None,
+                metadata=dict(ev.metadata),
+            )
+        )
+        self._step("switched", ev)
+        self.index.delete_file(ev.workspace, ev.file_id, keep_revision=revision)
+        self._step("cleaned", ev)
+        if plan.status is DocumentStatus.DELETED:
+            detail = "deleted"
+        elif plan.status is DocumentStatus.SKIPPED:
+            detail = f"skipped: {plan.reason}"
+        else:
+            detail = f"indexed {len(plan.chunks)} chunk(s): {plan.embedded} embedded, {plan.reused} reused"
+        self.state.set_event_status(ev.event_id, EventStatus.DONE, detail=detail)
+        return Outcome(OutcomeKind.DONE, detail)
+
+    # failures -----------------------------------------------------------------------------------------
+    def _failure(self, record: EventRecord, exc: Exception) -> Outcome:
+        ev = record.event
+        message = f"{type(exc).__name__}: {exc}"
+        attempts = record.attempts
+        permanent = isinstance(exc, PermanentError)
+        if permanent or attempts >= self.config.max_attempts:
+            why = message if permanent else f"{message} (gave up after {attempts} attempt(s))"
+            log.warning("event %s failed: %s", ev.event_id, why)
+            self.state.set_event_status(ev.event_id, EventStatus.FAILED, error=why)
+            self.state.note_document_error(ev.workspace, ev.file_id, ev.path, why)
+            return Outcome(OutcomeKind.FAILED, why)
+        delay = min(self.config.backoff_max_seconds, self.config.backoff_seconds * 2 ** max(0, attempts - 1))
+        log.info("event %s attempt %d failed (%s); retrying in %.1fs", ev.event_id, attempts, message, delay)
+        self.state.set_event_status(ev.event_id, EventStatus.QUEUED, error=message)
+        return Outcome(OutcomeKind.RETRY, message, delay)
+
+
+class WorkerLoop:
+    """Drains the local queue in background threads (`eventrag serve`), or on demand (`drain`)."""
+
+    def __init__(
+        self,
+        worker: IngestWorker,
+        queue: JobQueue,
+        *,
+        batch_size: int = 8,
+        lease_seconds: float = 600.0,
+        poll_seconds: float = 0.5,
+        threads: int = 1,
+        retention: timedelta = timedelta(days=7),
+    ) -> None:
+        self.worker = worker
+        self.queue = queue
+        self.batch_size = batch_size
+        self.lease_seconds = lease_seconds
+        self.poll_seconds = poll_seconds
+        self.n_threads = threads
+        self.retention = retention
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._last_purge = datetime.min.replace(tzinfo=UTC)
+
+    def run_once(self) -> int:
+        """Claim one batch and settle it; returns how many jobs were claimed."""
+        jobs = self.queue.claim(self.batch_size, self.lease_seconds)
+        if not jobs:
+            return 0
+        outcomes = self.worker.process([j.event_id for j in jobs])
+        for job in jobs:
+            self._settle(job, outcomes[job.event_id])
+        return len(jobs)
+
+    def _settle(self, job: Job, outcome: Outcome) -> None:
+        if outcome.settled:
+            self.queue.ack(job)
+        else:
+            self.queue.release(job, outcome.delay)
+
+    def drain(self, max_batches: int | None = None) -> int:
+        """Process until nothing is claimable now (delayed retries are left for later)."""
+        total = batches = 0
+        while max_batches is None or batches < max_batches:
+            n = self.run_once()
+            if n == 0:
+                break
+            total += n
+            batches += 1
+        return total
+
+    def notify(self) -> None:
+        """A new job was queued: wake an idle thread now instead of at the next poll."""
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._maybe_purge()
+                n = self.run_once()
+            except Exception:
+                log.exception("worker loop error; continuing")
+                n = 0
+            if n == 0:
+                self._wake.wait(self.poll_seconds)
+                self._wake.clear()
+
+    def _maybe_purge(self) -> None:
+        now = datetime.now(UTC)
+        if now - self._last_purge > timedelta(hours=1):
+            self._last_purge = now
+            purged = self.worker.state.purge_events(now - self.retention)
+            if purged:
+                log.info("forgot %d event id(s) older than %s", purged, self.retention)
+
+    def start(self) -> None:
+        self._stop.clear()
+        for i in range(self.n_threads):
+            t = threading.Thread(target=self._loop, name=f"eventrag-worker-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        for t in self._threads:
+            t.join(timeout)
+        self._threads.clear()

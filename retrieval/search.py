@@ -1,0 +1,93 @@
+"""Search: the passages of a workspace that best match a question, from the active revision of each file only.
+
+The index holds, for a moment, more than one revision of a file being replaced (the new one is written before
+the switch, the old one deleted after). The state store says which revision is active; a hit from any
+other revision is dropped, and if a file's active revision was missed because the switch happened while the
+index was being read, that file is read again at its active revision. So a query sees the whole old version
+or the whole new one: never a mix, never nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from ingest.embedding import Embedder
+from ingest.ports import Hit, SearchFilter, SearchMode, StateStore, VectorIndex
+from ingest.sparse import Bm25Encoder
+
+
+@dataclass(slots=True, frozen=True)
+class SearchRequest:
+    workspace: str
+    query: str
+    top_k: int = 5
+    mode: SearchMode = SearchMode.HYBRID
+    flt: SearchFilter | None = None
+    score_threshold: float | None = None
+    group_by_document: bool = False
+
+
+class Searcher:
+    def __init__(
+        self,
+        *,
+        index: VectorIndex,
+        state: StateStore,
+        embedder: Embedder,
+        sparse: Bm25Encoder | None,
+        overfetch: int = 3,
+    ) -> None:
+        self.index = index
+        self.state = state
+        self.embedder = embedder
+        self.sparse = sparse
+        self.overfetch = overfetch
+
+    def search(self, req: SearchRequest) -> list[Hit]:
+        mode = req.mode if self.sparse is not None else SearchMode.DENSE
+        dense = self.embedder.embed_query(req.query) if mode is not SearchMode.SPARSE else None
+        sparse = self.sparse.encode_query(req.query) if self.sparse is not None and mode is not SearchMode.DENSE else None
+        if mode is SearchMode.SPARSE and not (sparse and sparse[0]):
+            return []
+
+        def run(limit: int, flt: SearchFilter | None) -> list[Hit]:
+            return self.index.search(req.workspace, dense=dense, sparse=sparse, mode=mode, limit=limit, flt=flt)
+
+        want = req.top_k * (4 if req.group_by_document else 1)
+        limit = want * self.overfetch + 10
+        for _ in range(4):
+            raw = run(limit, req.flt)
+            hits = self._active_only(req, raw, run, want)
+            if len(hits) >= want or len(raw) < limit:
+                break
+            limit *= 4  # many hits were from inactive revisions: look further down the list
+        if req.score_threshold is not None:
+            hits = [h for h in hits if h.score >= req.score_threshold]
+        if req.group_by_document:
+            hits = _best_per_document(hits)
+        return hits[: req.top_k]
+
+    def _active_only(self, req: SearchRequest, raw: list[Hit], run: object, want: int) -> list[Hit]:
+        active = self.state.active_revisions(req.workspace, [h.file_id for h in raw])
+        kept = [h for h in raw if active.get(h.file_id) == h.revision]
+        kept_files = {h.file_id for h in kept}
+        # Files seen only at a revision that is no longer active: switched while we were reading.
+        missed = sorted({(h.file_id, active[h.file_id]) for h in raw if h.file_id in active and h.file_id not in kept_files})
+        if missed:
+            base = req.flt or SearchFilter()
+            reread = replace(base, revisions=tuple(missed))
+            assert callable(run)
+            kept.extend(h for h in run(want, reread) if active.get(h.file_id) == h.revision)
+            kept.sort(key=lambda h: -h.score)
+        return kept
+
+
+def _best_per_document(hits: Sequence[Hit]) -> list[Hit]:
+    seen: set[str] = set()
+    out = []
+    for h in hits:
+        if h.file_id not in seen:
+            seen.add(h.file_id)
+            out.append(h)
+    return out
