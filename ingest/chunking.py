@@ -302,11 +302,13 @@ class Chunker:
         """Cut one whitespace-free run into measured pieces of at most `budget` tokens."""
         pieces: list[tuple[int, int, int]] = []
         position = start
+        guess = budget * 3  # characters; then each piece's length guesses the next one's
         while position < end:
             window = min(end, position + budget * _CHARS_PER_TOKEN_BOUND)
-            cut, n = self._longest_fit(text, position, range(position + 1, window + 1), budget)
+            cuts = range(position + 1, window + 1)  # cuts[k] leaves a piece of k + 1 characters
+            cut, n = self._longest_fit(text, position, cuts, budget, hint=guess - 1)
             pieces.append((position, cut, n))
-            position = cut
+            guess, position = cut - position, cut
         return pieces
 
     def _split_measured(self, text: str, start: int, end: int, budget: int) -> list[tuple[int, int, int]]:
@@ -320,7 +322,8 @@ class Chunker:
                 break
             word_ends = [m.end() for m in _WORD.finditer(text, position, end)][:-1]
             try:
-                cut, n = self._longest_fit(text, position, word_ends, budget)
+                # A piece still too long is usually a little too long: search down from its last word.
+                cut, n = self._longest_fit(text, position, word_ends, budget, hint=len(word_ends) - 1)
                 pieces.append((position, cut, n))
             except _NothingFits:  # the first word alone is too long: cut inside it
                 first_word_end = _WORD.match(text, position)
@@ -330,27 +333,41 @@ class Chunker:
             position, _ = _trim(text, cut, end)
         return pieces
 
-    def _longest_fit(self, text: str, start: int, cuts: Sequence[int], budget: int) -> tuple[int, int]:
+    def _longest_fit(
+        self, text: str, start: int, cuts: Sequence[int], budget: int, hint: int = 0
+    ) -> tuple[int, int]:
         """The largest cut c in ascending `cuts` with count_tokens(text[start:c]) <= budget, and its count.
 
-        Galloping then binary search: O(log n) calls, each on a prefix at most twice the answer's length.
-        Token counts of prefixes are nearly monotone; only measured prefixes are ever returned, so a
-        non-monotone step can cost length, never the bound.
+        Gallops outward from the index `hint` (a guess at the answer) until the answer is bracketed, then
+        binary-searches the bracket: O(log distance) calls, each on one prefix. Token counts of prefixes
+        are only nearly monotone, but only measured prefixes are returned, so a non-monotone step can cost
+        length, never the bound. Raises `_NothingFits` when not even cuts[0] fits.
         """
         if not cuts:
-            raise _NothingFits
+            raise _NothingFits("no cut position to try")
         best: tuple[int, int] | None = None
-        lo, hi = 0, len(cuts) - 1  # the answer's index lies in [lo, hi] once best is None or cuts[lo] fits
-        probe = 0
-        while True:  # gallop: probe 0, 1, 3, 7, ... until a prefix does not fit
-            [n] = self._count([text[start : cuts[probe]]])
-            if n > budget:
-                hi = probe - 1
-                break
+        lo, hi = 0, len(cuts) - 1  # the answer's index is in [lo, hi], or it is `best` (lo - 1)
+        probe = min(max(hint, lo), hi)
+        step = 1
+        [n] = self._count([text[start : cuts[probe]]])
+        if n <= budget:
             best, lo = (cuts[probe], n), probe + 1
-            if probe == len(cuts) - 1:
-                return best
-            probe = min(2 * probe + 1, len(cuts) - 1)
+            while lo <= hi:  # gallop up: hint + 1, + 3, + 7, ...
+                probe = min(probe + step, hi)
+                [n] = self._count([text[start : cuts[probe]]])
+                if n > budget:
+                    hi = probe - 1
+                    break
+                best, lo, step = (cuts[probe], n), probe + 1, step * 2
+        else:
+            hi = probe - 1
+            while lo <= hi:  # gallop down: hint - 1, - 3, - 7, ...
+                probe = max(probe - step, lo)
+                [n] = self._count([text[start : cuts[probe]]])
+                if n <= budget:
+                    best, lo = (cuts[probe], n), probe + 1
+                    break
+                hi, step = probe - 1, step * 2
         while lo <= hi:
             middle = (lo + hi) // 2
             [n] = self._count([text[start : cuts[middle]]])
@@ -359,7 +376,7 @@ class Chunker:
             else:
                 hi = middle - 1
         if best is None:
-            raise _NothingFits
+            raise _NothingFits(f"not even {text[start : cuts[0]]!r} fits in {budget} tokens")
         return best
 
 
