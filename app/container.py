@@ -185,6 +185,9 @@ def build_container(
             embed_batch_size=settings.embedding_batch_size,
             chunk_tokens=settings.chunking.chunk_tokens,
             overlap_tokens=settings.chunking.overlap_tokens,
+            mass_delete_share=w.mass_delete_share,
+            mass_delete_min=w.mass_delete_min,
+            mass_delete_window_seconds=w.mass_delete_window_seconds,
         ),
         fault=fault,
     )

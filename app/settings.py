@@ -45,6 +45,11 @@ class WorkerSettings(BaseModel):
     backoff_max_seconds: float = Field(300.0, ge=0)
     lease_seconds: float = Field(600.0, gt=0, description="a claimed job is redelivered after this long")
     poll_seconds: float = Field(0.5, gt=0)
+    mass_delete_share: float = Field(
+        0.2, gt=0, le=1, description="deletes beyond this share of a workspace wait as held (1 = off)"
+    )
+    mass_delete_min: int = Field(5, ge=1, description="the brake ignores bursts smaller than this")
+    mass_delete_window_seconds: float = Field(600.0, gt=0, description="how far back deletes count as a burst")
 
 
 def _parse_mapping(value: Any, what: str) -> Any:

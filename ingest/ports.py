@@ -33,6 +33,7 @@ class EventRecord:
     attempts: int = 0
     error: str | None = None
     detail: str | None = None
+    confirmed: bool = False  # a held delete that an operator confirmed: the brake lets it through
 
     @property
     def event_id(self) -> str:
@@ -99,6 +100,14 @@ class StateStore(Protocol):
     ) -> list[EventRecord]: ...
 
     def purge_events(self, older_than: datetime) -> int: ...
+
+    def reset_for_retry(self, event_id: str, *, confirmed: bool = False) -> EventRecord:
+        """Back to `queued` with a fresh attempt budget (on-demand retry, confirmed held delete)."""
+        ...
+
+    def count_recent_deletes(self, workspace: str, since: datetime) -> int:
+        """Delete events of the workspace applied (`done`) since `since`."""
+        ...
 
     def get_document(self, workspace: str, file_id: str) -> DocumentRecord | None: ...
 

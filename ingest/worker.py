@@ -107,6 +107,11 @@ class WorkerConfig:
     chunk_tokens: int = 200
     overlap_tokens: int = 40
     title_tokens: int = 24  # at most this many tokens of the title/path are embedded with every chunk
+    # The mass-deletion brake: deletes wait as `held` when, within the window, they would remove more than
+    # this share of a workspace's documents (and at least `mass_delete_min` of them). 1.0 turns it off.
+    mass_delete_share: float = 0.2
+    mass_delete_min: int = 5
+    mass_delete_window_seconds: float = 600.0
 
 
 class IngestWorker:
@@ -140,6 +145,7 @@ class IngestWorker:
         """Apply a batch of events (at most one per file). Returns an outcome per event id."""
         outcomes: dict[str, Outcome] = {}
         plans: list[_Plan] = []
+        deletes_in_batch: dict[str, int] = {}
         for event_id in event_ids:
             record = self.state.get_event(event_id)
             if record is None:
@@ -151,7 +157,7 @@ class IngestWorker:
                 continue
             record = self.state.set_event_status(event_id, EventStatus.PROCESSING, count_attempt=True)
             try:
-                plan = self._plan(record)
+                plan = self._plan(record, deletes_in_batch)
             except Exception as exc:
                 outcomes[event_id] = self._failure(record, exc)
                 continue
@@ -177,7 +183,7 @@ class IngestWorker:
         return outcomes
 
     # 1 + 2: decide and prepare ------------------------------------------------------------------------
-    def _plan(self, record: EventRecord) -> _Plan | Outcome:
+    def _plan(self, record: EventRecord, deletes_in_batch: dict[str, int]) -> _Plan | Outcome:
         ev = record.event
         doc = self.state.get_document(ev.workspace, ev.file_id)
         if doc is not None and doc.position is not None:
@@ -191,6 +197,10 @@ class IngestWorker:
             if ev.position == doc.position:  # this event's own switch happened; the attempt died after it
                 return _Plan(record, _Action.FINISH)
         if ev.type is EventType.DELETED:
+            if not record.confirmed and (why := self._brake(ev.workspace, deletes_in_batch)):
+                self.state.set_event_status(ev.event_id, EventStatus.HELD, detail=why)
+                return Outcome(OutcomeKind.HELD, why)
+            deletes_in_batch[ev.workspace] = deletes_in_batch.get(ev.workspace, 0) + 1
             return _Plan(record, _Action.EMPTY, status=DocumentStatus.DELETED)
 
         data = self.sources.fetch(ev)
@@ -209,6 +219,7 @@ class IngestWorker:
             chunk_tokens=min(self.config.chunk_tokens, self.embedder.max_tokens - reserved),
             overlap_tokens=self.config.overlap_tokens,
             reserved_tokens=reserved,
+            token_offsets=self.embedder.token_offsets,
         )
         chunks = chunker.chunk(parsed.text)
         self._step("chunked", ev)
@@ -224,6 +235,24 @@ class IngestWorker:
             title=title,
             content_type=parsed.content_type,
         )
+
+    def _brake(self, workspace: str, deletes_in_batch: dict[str, int]) -> str | None:
+        """Why this delete must wait for confirmation, or None. A sync bug or a wiped source folder shows
+        up as a burst of deletes; holding them costs a confirmation, applying them costs the index."""
+        cfg = self.config
+        if cfg.mass_delete_share >= 1.0:
+            return None
+        since = datetime.now(UTC) - timedelta(seconds=cfg.mass_delete_window_seconds)
+        applied = self.state.count_recent_deletes(workspace, since)
+        held = len(self.state.list_events(workspace, status=EventStatus.HELD, limit=100_000))
+        burst = applied + held + deletes_in_batch.get(workspace, 0) + 1
+        size = self.state.count_documents(workspace, DocumentStatus.INDEXED) + applied
+        if burst >= cfg.mass_delete_min and burst > cfg.mass_delete_share * size:
+            return (
+                f"held by the mass-deletion brake: {burst} deletes within {cfg.mass_delete_window_seconds:.0f} s"
+                f" would remove more than {cfg.mass_delete_share:.0%} of {size} documents; confirm to apply"
+            )
+        return None
 
     def _title_prefix(self, title: str, path: str) -> str:
         """What identifies the document in every chunk's vector: its title, or its path."""

@@ -75,9 +75,16 @@ def make_harness(tmp_path: Path, embedder: SentenceTransformerEmbedder) -> Itera
     """Builds harnesses; the worker does not run in the background, tests call `drain()`."""
     made: list[tuple[TestClient, Container]] = []
 
-    def make(*, data_dir: Path | None = None, chat: Any = None, fault: Any = None, **overrides: Any) -> Harness:
+    def make(
+        *,
+        data_dir: Path | None = None,
+        chat: Any = None,
+        fault: Any = None,
+        model: Any = None,
+        **overrides: Any,
+    ) -> Harness:
         settings = base_settings(data_dir or tmp_path / "data", **overrides)
-        container = build_container(settings, embedder=embedder, chat=chat, fault=fault)
+        container = build_container(settings, embedder=model or embedder, chat=chat, fault=fault)
         client = TestClient(create_app(container, start_worker=False))
         client.__enter__()
         made.append((client, container))

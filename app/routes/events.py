@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, status
 
+from app.container import Container
 from app.deps import ContainerDep, Workspace
 from app.schemas import ErrorBody, EventOut
 from ingest.events import EventStatus
@@ -68,12 +69,10 @@ def retry_event(event_id: str, workspace: Workspace, container: ContainerDep) ->
     return event_out(retry_failed(container, rec))
 
 
-def retry_failed(container: ContainerDep, rec: EventRecord) -> EventRecord:
-    reset = getattr(container.state, "reset_attempts", None)
-    if reset is not None:
-        reset(rec.event_id)
+def retry_failed(container: Container, rec: EventRecord, *, confirmed: bool = False) -> EventRecord:
+    """Queue an event again with a fresh attempt budget (a failed event, or a held delete once confirmed)."""
+    out = container.state.reset_for_retry(rec.event_id, confirmed=confirmed)
     container.queue.enqueue(rec.event_id, rec.event.group_key)
-    out = container.state.set_event_status(rec.event_id, EventStatus.QUEUED, error=rec.error, detail="retry requested")
     if container.loop is not None:
         container.loop.notify()
     return out

@@ -30,12 +30,15 @@ CREATE TABLE IF NOT EXISTS events (
     attempts    INTEGER NOT NULL DEFAULT 0,
     error       TEXT,
     detail      TEXT,
+    confirmed   INTEGER NOT NULL DEFAULT 0,
+    kind        TEXT NOT NULL,
     payload     TEXT NOT NULL,
     received_at REAL NOT NULL,
     updated_at  REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_by_file ON events (workspace, file_id);
 CREATE INDEX IF NOT EXISTS events_by_status ON events (status);
+CREATE INDEX IF NOT EXISTS events_by_kind ON events (workspace, kind, status, updated_at);
 CREATE TABLE IF NOT EXISTS documents (
     workspace     TEXT NOT NULL,
     file_id       TEXT NOT NULL,
@@ -122,15 +125,25 @@ class SqliteStateStore:
             attempts=row["attempts"],
             error=row["error"],
             detail=row["detail"],
+            confirmed=bool(row["confirmed"]),
         )
 
     def add_event(self, event: FileEvent, status: EventStatus) -> tuple[EventRecord, bool]:
         now = time.time()
         with self.db.transaction() as conn:
             cur = conn.execute(
-                "INSERT OR IGNORE INTO events (event_id, workspace, file_id, status, payload, received_at,"
-                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (event.event_id, event.workspace, event.file_id, status.value, event.model_dump_json(), now, now),
+                "INSERT OR IGNORE INTO events (event_id, workspace, file_id, status, kind, payload, received_at,"
+                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    event.event_id,
+                    event.workspace,
+                    event.file_id,
+                    status.value,
+                    event.type.value,
+                    event.model_dump_json(),
+                    now,
+                    now,
+                ),
             )
             created = cur.rowcount == 1
             row = conn.execute("SELECT * FROM events WHERE event_id = ?", (event.event_id,)).fetchone()
@@ -160,9 +173,25 @@ class SqliteStateStore:
             row = conn.execute("SELECT * FROM events WHERE event_id = ?", (event_id,)).fetchone()
         return self._event(row)
 
-    def reset_attempts(self, event_id: str) -> None:
+    def reset_for_retry(self, event_id: str, *, confirmed: bool = False) -> EventRecord:
         with self.db.transaction() as conn:
-            conn.execute("UPDATE events SET attempts = 0 WHERE event_id = ?", (event_id,))
+            conn.execute(
+                "UPDATE events SET status = 'queued', attempts = 0, confirmed = MAX(confirmed, ?), updated_at = ?"
+                " WHERE event_id = ?",
+                (1 if confirmed else 0, time.time(), event_id),
+            )
+            row = conn.execute("SELECT * FROM events WHERE event_id = ?", (event_id,)).fetchone()
+        if row is None:
+            raise KeyError(event_id)
+        return self._event(row)
+
+    def count_recent_deletes(self, workspace: str, since: datetime) -> int:
+        rows = self.db.query(
+            "SELECT COUNT(*) FROM events WHERE workspace = ? AND kind = 'file.deleted' AND status = 'done'"
+            " AND updated_at >= ?",
+            (workspace, since.timestamp()),
+        )
+        return int(rows[0][0])
 
     def list_events(
         self, workspace: str, *, status: EventStatus | None = None, file_id: str | None = None, limit: int = 100

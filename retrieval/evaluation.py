@@ -1,0 +1,369 @@
+"""Retrieval quality on a BEIR-layout dataset, measured through the production ingest and search code.
+
+The point is to measure what users get, so nothing here re-implements a step of the pipeline:
+
+1. *load*: `corpus.jsonl` ({_id, title, text}), `queries.jsonl` ({_id, text}) and `qrels/<split>.tsv`
+   (query-id, corpus-id, score; a header row) from a BEIR folder.
+2. *index*: every document becomes a `file.created` event (Markdown: a "# title" heading line, a blank
+   line, the text; file id = the BEIR `_id`, version 1) stored and queued exactly as a webhook would be,
+   then the production `WorkerLoop` drains the queue: the worker's batches hold many documents, so
+   embedding batches are sorted by length across documents as in production.
+3. *search*: every query goes through `Searcher.search` with `group_by_document=True` (a document is
+   scored by its best chunk) for its top 100 documents, once per search mode.
+4. *score*: `retrieval.metrics.score_run`: nDCG@10, recall@100 and MRR@10 over the judged queries.
+
+The store is fresh and temporary for every run. This module does not build it: the caller passes a
+`StoreFactory` (the CLI builds one from `app.container.build_container`), which keeps the import direction
+of the code base (nothing in `retrieval/` imports `app/`).
+
+Errors::
+
+    EvaluationError
+    └── DatasetFormatError   the folder is not a readable BEIR dataset
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ingest.events import EventStatus, EventType, FileEvent, position_key
+from ingest.ports import JobQueue, SearchMode, StateStore
+from ingest.worker import WorkerLoop
+from retrieval.metrics import RetrievalScores, score_run
+from retrieval.search import Searcher, SearchRequest
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+EVAL_WORKSPACE = "eval"
+RANK_DEPTH = 100  # recall@100 needs the top 100 documents
+
+
+class EvaluationError(Exception):
+    """Base of the evaluation errors."""
+
+
+class DatasetFormatError(EvaluationError):
+    """The folder is not a BEIR dataset we can read; the message names the file and the line."""
+
+
+# the dataset ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BeirDocument:
+    doc_id: str
+    title: str
+    text: str
+
+    def markdown(self) -> str:
+        """The file the evaluation sends: the title as a Markdown heading, so the parser finds it."""
+        title = " ".join(self.title.split())  # a heading is one line
+        return f"# {title}\n\n{self.text}" if title else self.text
+
+
+@dataclass(slots=True)
+class BeirDataset:
+    """A corpus (in file order), the queries and the split's judgments (query id -> doc id -> grade)."""
+
+    corpus: dict[str, BeirDocument]
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, int]]
+
+    @property
+    def judged_queries(self) -> list[str]:
+        """Ids of the queries with at least one judgment, in `queries.jsonl` order: the ones scored."""
+        return [q for q in self.queries if self.qrels.get(q)]
+
+    def subset(self, *, queries: int | None = None, documents: int | None = None) -> BeirDataset:
+        """A deterministic smaller dataset.
+
+        `queries`: the first N judged queries in file order. `documents`: every document judged for the
+        kept queries (so no query loses its answers), then the first documents of the corpus in file
+        order until there are N (more than N only when the judged documents alone exceed N).
+        """
+        kept_queries = self.judged_queries if queries is None else self.judged_queries[:queries]
+        qrels = {q: dict(self.qrels[q]) for q in kept_queries}
+        if documents is None:
+            corpus = dict(self.corpus)
+        else:
+            wanted = {d for judged in qrels.values() for d in judged if d in self.corpus}
+            for doc_id in self.corpus:
+                if len(wanted) >= documents:
+                    break
+                wanted.add(doc_id)
+            corpus = {d: doc for d, doc in self.corpus.items() if d in wanted}
+        return BeirDataset(corpus=corpus, queries={q: self.queries[q] for q in kept_queries}, qrels=qrels)
+
+
+def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    if not path.is_file():
+        raise DatasetFormatError(f"{path} is missing (a BEIR dataset has corpus.jsonl and queries.jsonl)")
+    with path.open(encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DatasetFormatError(f"{path}:{line_no}: not JSON: {exc}") from exc
+            if not isinstance(row, dict) or "_id" not in row:
+                raise DatasetFormatError(f"{path}:{line_no}: expected a JSON object with an _id")
+            yield row
+
+
+def load_beir(folder: Path, split: str = "train") -> BeirDataset:
+    """Read a BEIR folder. Raises DatasetFormatError naming the file (and line) that is wrong."""
+    corpus: dict[str, BeirDocument] = {}
+    for row in _read_jsonl(folder / "corpus.jsonl"):
+        doc_id = str(row["_id"])
+        corpus[doc_id] = BeirDocument(doc_id, str(row.get("title") or ""), str(row.get("text") or ""))
+    queries = {str(row["_id"]): str(row.get("text") or "") for row in _read_jsonl(folder / "queries.jsonl")}
+
+    qrels_path = folder / "qrels" / f"{split}.tsv"
+    if not qrels_path.is_file():
+        found = sorted(p.stem for p in (folder / "qrels").glob("*.tsv"))
+        raise DatasetFormatError(f"{qrels_path} is missing; splits found: {', '.join(found) or 'none'}")
+    qrels: dict[str, dict[str, int]] = {}
+    with qrels_path.open(encoding="utf-8", newline="") as fh:
+        for line_no, row in enumerate(csv.reader(fh, delimiter="\t"), start=1):
+            if not row or (line_no == 1 and row[0] == "query-id"):
+                continue  # BEIR's header row
+            if len(row) != 3:
+                raise DatasetFormatError(f"{qrels_path}:{line_no}: expected query-id, corpus-id, score")
+            query_id, doc_id, grade = row
+            try:
+                qrels.setdefault(query_id, {})[doc_id] = int(grade)
+            except ValueError as exc:
+                raise DatasetFormatError(f"{qrels_path}:{line_no}: score {grade!r} is not an integer") from exc
+    unknown = sorted(set(qrels) - set(queries))
+    if unknown:
+        raise DatasetFormatError(f"{qrels_path}: {len(unknown)} judged query id(s) not in queries.jsonl, e.g. {unknown[0]}")
+    return BeirDataset(corpus=corpus, queries=queries, qrels=qrels)
+
+
+# the store under test ---------------------------------------------------------------------------------
+
+
+class EvalStore(Protocol):
+    """What the evaluation needs of a built store: `app.container.Container` is one."""
+
+    @property
+    def state(self) -> StateStore: ...
+
+    @property
+    def queue(self) -> JobQueue: ...
+
+    @property
+    def loop(self) -> WorkerLoop | None: ...
+
+    @property
+    def searcher(self) -> Searcher: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class IndexVariant:
+    """How the corpus is cut before embedding.
+
+    `chunked`: the configured chunk size and overlap (what production does). `whole-document`: chunks as
+    large as the embedding model reads whole (its window, less the title prefix) and no overlap: the
+    closest the pipeline gets to one vector per document without truncating anything.
+    """
+
+    name: str
+    whole_documents: bool = False
+
+
+CHUNKED = IndexVariant("chunked")
+WHOLE_DOCUMENT = IndexVariant("whole-document", whole_documents=True)
+
+# Opens a fresh store in `data_dir` configured for `variant`; the caller closes it.
+StoreFactory = Callable[[Path, IndexVariant], EvalStore]
+
+
+def document_event(doc: BeirDocument, workspace: str = EVAL_WORKSPACE, received: datetime | None = None) -> FileEvent:
+    """The webhook event a file source would send for one document (created, version 1)."""
+    stamp = received or datetime.now(UTC)
+    return FileEvent(
+        event_id=f"eval-{doc.doc_id}",
+        workspace=workspace,
+        type=EventType.CREATED,
+        file_id=doc.doc_id,
+        path=f"{doc.doc_id}.md",
+        position=position_key(version=1, sequencer=None, timestamp=stamp),
+        timestamp=stamp,
+        version=1,
+        content_type="text/markdown",
+        content=doc.markdown(),
+    )
+
+
+@contextmanager
+def _task(progress: Progress | None, description: str, total: int) -> Iterator[Callable[[int], None]]:
+    if progress is None:
+        yield lambda n: None
+        return
+    task = progress.add_task(description, total=total)
+    try:
+        yield lambda n: progress.advance(task, n)
+    finally:
+        progress.update(task, completed=total)
+
+
+def index_corpus(
+    store: EvalStore, documents: Iterable[BeirDocument], *, progress: Progress | None = None, label: str = ""
+) -> int:
+    """Store and queue one event per document, then drain the queue with the production worker.
+
+    Returns the number of documents indexed. Raises EvaluationError if any event did not end `done`.
+    """
+    docs = list(documents)
+    if store.loop is None:
+        raise EvaluationError("the evaluation needs the local queue and its worker loop (queue_backend=local)")
+    received = datetime.now(UTC)
+    for doc in docs:
+        event = document_event(doc, received=received)
+        store.state.add_event(event, EventStatus.RECEIVED)
+        store.queue.enqueue(event.event_id, event.group_key)
+        store.state.set_event_status(event.event_id, EventStatus.QUEUED)
+    with _task(progress, f"indexing {label}".strip(), len(docs)) as advance:
+        while (claimed := store.loop.run_once()) > 0:
+            advance(claimed)
+    failed = []
+    for doc in docs:
+        record = store.state.get_event(f"eval-{doc.doc_id}")
+        if record is None or record.status is not EventStatus.DONE:
+            failed.append(f"{doc.doc_id}: {record.status.value if record else 'missing'} {record.error if record else ''}")
+    if failed:
+        raise EvaluationError(f"{len(failed)} document(s) were not indexed, e.g. {failed[0]}")
+    return len(docs)
+
+
+def rank_documents(searcher: Searcher, query: str, mode: SearchMode, depth: int = RANK_DEPTH) -> list[str]:
+    """The file ids of the best `depth` documents for `query`, each scored by its best chunk."""
+    hits = searcher.search(
+        SearchRequest(EVAL_WORKSPACE, query, top_k=depth, mode=mode, group_by_document=True)
+    )
+    return [h.file_id for h in hits]
+
+
+def run_queries(
+    searcher: Searcher,
+    dataset: BeirDataset,
+    mode: SearchMode,
+    *,
+    progress: Progress | None = None,
+    label: str = "",
+) -> dict[str, list[str]]:
+    """A BEIR run: judged query id -> ranked document ids."""
+    judged = dataset.judged_queries
+    run: dict[str, list[str]] = {}
+    with _task(progress, f"querying {label} {mode.value}".replace("  ", " "), len(judged)) as advance:
+        for query_id in judged:
+            run[query_id] = rank_documents(searcher, dataset.queries[query_id], mode)
+            advance(1)
+    return run
+
+
+# the report -------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ModeResult:
+    mode: str
+    scores: RetrievalScores
+    query_seconds: float
+
+
+@dataclass(slots=True)
+class VariantResult:
+    variant: str
+    documents: int
+    chunks: int
+    index_seconds: float
+    modes: list[ModeResult] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class EvalReport:
+    dataset: str
+    split: str
+    queries: int
+    documents: int
+    settings: dict[str, Any]
+    variants: list[VariantResult] = field(default_factory=list)
+    wall_seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def rows(self) -> list[tuple[str, str, float, float, float]]:
+        """(variant, mode, nDCG@10, recall@100, MRR@10) per measured combination."""
+        return [
+            (v.variant, m.mode, m.scores.ndcg_at_10, m.scores.recall_at_100, m.scores.mrr_at_10)
+            for v in self.variants
+            for m in v.modes
+        ]
+
+
+def evaluate(
+    dataset: BeirDataset,
+    open_store: StoreFactory,
+    *,
+    modes: Sequence[SearchMode] = (SearchMode.DENSE, SearchMode.SPARSE, SearchMode.HYBRID),
+    variants: Sequence[IndexVariant] = (CHUNKED,),
+    progress: Progress | None = None,
+    name: str = "",
+    split: str = "train",
+    settings: dict[str, Any] | None = None,
+) -> EvalReport:
+    """Index `dataset` into a fresh temporary store per variant and score every mode on it."""
+    started = time.perf_counter()
+    report = EvalReport(
+        dataset=name,
+        split=split,
+        queries=len(dataset.judged_queries),
+        documents=len(dataset.corpus),
+        settings=dict(settings or {}),
+    )
+    for variant in variants:
+        with tempfile.TemporaryDirectory(prefix="eventrag-eval-") as tmp:
+            store = open_store(Path(tmp), variant)
+            try:
+                t0 = time.perf_counter()
+                indexed = index_corpus(store, dataset.corpus.values(), progress=progress, label=variant.name)
+                result = VariantResult(
+                    variant=variant.name,
+                    documents=indexed,
+                    chunks=sum(d.chunk_count for d in _documents(store.state)),
+                    index_seconds=round(time.perf_counter() - t0, 1),
+                )
+                for mode in modes:
+                    t0 = time.perf_counter()
+                    run = run_queries(store.searcher, dataset, mode, progress=progress, label=variant.name)
+                    result.modes.append(
+                        ModeResult(mode.value, score_run(run, dataset.qrels), round(time.perf_counter() - t0, 1))
+                    )
+                report.variants.append(result)
+            finally:
+                store.close()
+    report.wall_seconds = round(time.perf_counter() - started, 1)
+    return report
+
+
+def _documents(state: StateStore) -> Iterator[Any]:
+    offset = 0
+    while page := state.list_documents(EVAL_WORKSPACE, limit=1000, offset=offset):
+        yield from page
+        offset += len(page)

@@ -1,0 +1,57 @@
+"""A fast, deterministic stand-in for the embedding model (the consistency tests need speed, not meaning).
+
+Words are hashed into a fixed number of dimensions; the vector is L2-normalised, so texts sharing words are
+close. Token counting splits on words and punctuation and adds two special tokens, like a BERT tokenizer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Sequence
+
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+
+
+class HashEmbedder:
+    def __init__(self, dimension: int = 64, max_tokens: int = 256, model_id: str = "test/hash-embedder") -> None:
+        self._dimension = dimension
+        self._max_tokens = max_tokens
+        self._model_id = model_id
+        self.embedded_texts = 0  # how many texts went through `embed_documents` (for the cache tests)
+
+    @property
+    def model_id(self) -> str:
+        return self._model_id
+
+    @property
+    def dimension(self) -> int:
+        return self._dimension
+
+    @property
+    def max_tokens(self) -> int:
+        return self._max_tokens
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return [len(_TOKEN.findall(t)) + 2 for t in texts]
+
+    def token_offsets(self, text: str) -> list[tuple[int, int]]:
+        return [m.span() for m in _TOKEN.finditer(text)]
+
+    def _vector(self, text: str) -> list[float]:
+        v = [0.0] * self._dimension
+        for word in re.findall(r"\w+", text.lower()):
+            h = int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "little")
+            v[h % self._dimension] += 1.0 if (h >> 32) & 1 else -1.0
+        norm = math.sqrt(sum(x * x for x in v)) or 1.0
+        if norm == 1.0 and not any(v):
+            v[0] = 1.0
+        return [x / norm for x in v]
+
+    def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
+        self.embedded_texts += len(texts)
+        return [self._vector(t) for t in texts]
+
+    def embed_query(self, text: str) -> list[float]:
+        return self._vector(text)
