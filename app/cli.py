@@ -306,13 +306,13 @@ def _eval_store_factory(base: Any, embedder: Any, batch_size: int) -> Any:
 
 @app.command("eval")
 def evaluate(
-    dataset_dir: Annotated[Path, typer.Argument(help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv")],
+    dataset_dir: Annotated[Path, typer.Argument(help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/)")],
     split: Annotated[str, typer.Option(help="qrels split to score")] = "train",
     modes: Annotated[str, typer.Option(help="comma-separated search modes")] = "dense,sparse,hybrid",
-    json_out: Annotated[Path | None, typer.Option("--json", help="also write the figures to this file")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write the figures here")] = None,
     limit_queries: Annotated[int | None, typer.Option(min=1, help="only the first N judged queries")] = None,
     limit_docs: Annotated[
-        int | None, typer.Option(min=1, help="the judged documents of the kept queries, then the first in file order")
+        int | None, typer.Option(min=1, help="the kept queries' judged documents, then others in file order")
     ] = None,
     whole_documents: Annotated[
         bool, typer.Option("--whole-documents", help="also index with chunks as large as the model window")
@@ -353,7 +353,8 @@ def evaluate(
         "group_by_document": True,
         "rank_depth": 100,
     }
-    typer.echo(f"{dataset_dir} ({split}): {len(dataset.corpus)} documents, {len(dataset.judged_queries)} judged queries")
+    n_queries = len(dataset.judged_queries)
+    typer.echo(f"{dataset_dir} ({split}): {len(dataset.corpus)} documents, {n_queries} queries")
     try:
         with Progress(transient=True) as progress:
             report = run_evaluation(
@@ -370,14 +371,14 @@ def evaluate(
         typer.secho(str(exc), fg="red", err=True)
         raise typer.Exit(1) from exc
 
-    table = Table(title=f"{dataset_dir.name} ({split}, {report.queries} queries, {report.documents} documents)")
+    table = Table(title=f"{dataset_dir.name} ({split}): {report.queries} queries, {report.documents} docs")
     for column in ("index", "mode", "nDCG@10", "recall@100", "MRR@10"):
         table.add_column(column, justify="left" if column in ("index", "mode") else "right")
     for variant, mode, ndcg, recall, mrr in report.rows():
         table.add_row(variant, mode, f"{ndcg:.4f}", f"{recall:.4f}", f"{mrr:.4f}")
     Console().print(table)
     for v in report.variants:
-        typer.echo(f"{v.variant}: {v.chunks} chunks from {v.documents} documents, indexed in {v.index_seconds:.0f}s")
+        typer.echo(f"{v.variant}: {v.chunks} chunks of {v.documents} docs, indexed in {v.index_seconds}s")
     typer.echo(f"wall time {report.wall_seconds:.0f}s")
     if json_out is not None:
         json_out.write_text(json.dumps(report.to_json(), indent=2) + "\n")

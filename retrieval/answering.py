@@ -126,9 +126,13 @@ class Answerer:
         flt: SearchFilter | None = None,
         mode: SearchMode = SearchMode.HYBRID,
         score_threshold: float | None = None,
+        group_by_document: bool = False,
     ) -> list[Hit]:
         hits = self.searcher.search(
-            SearchRequest(workspace, question, top_k=top_k, mode=mode, flt=flt, score_threshold=score_threshold)
+            SearchRequest(
+                workspace, question, top_k=top_k, mode=mode, flt=flt, score_threshold=score_threshold,
+                group_by_document=group_by_document,  # the API's "at most one passage per file"
+            )
         )
         return [h for h in hits if self.relevant(h)]
 
@@ -147,8 +151,12 @@ class Answerer:
         score_threshold: float | None = None,
         history: Sequence[dict[str, Any]] = (),
         extractive: bool = False,
+        group_by_document: bool = False,
     ) -> Answer:
-        hits = self.retrieve(workspace, question, top_k=top_k, flt=flt, mode=mode, score_threshold=score_threshold)
+        hits = self.retrieve(
+            workspace, question, top_k=top_k, flt=flt, mode=mode, score_threshold=score_threshold,
+            group_by_document=group_by_document,
+        )
         use_llm = self.chat is not None and not extractive
         if not hits:
             return Answer(NOT_COVERED, "llm" if use_llm else "extractive", [], covered=False)

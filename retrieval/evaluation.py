@@ -144,10 +144,12 @@ def load_beir(folder: Path, split: str = "train") -> BeirDataset:
             try:
                 qrels.setdefault(query_id, {})[doc_id] = int(grade)
             except ValueError as exc:
-                raise DatasetFormatError(f"{qrels_path}:{line_no}: score {grade!r} is not an integer") from exc
+                raise DatasetFormatError(f"{qrels_path}:{line_no}: score {grade!r} is no integer") from exc
     unknown = sorted(set(qrels) - set(queries))
     if unknown:
-        raise DatasetFormatError(f"{qrels_path}: {len(unknown)} judged query id(s) not in queries.jsonl, e.g. {unknown[0]}")
+        raise DatasetFormatError(
+            f"{qrels_path}: {len(unknown)} judged query id(s) not in queries.jsonl, e.g. {unknown[0]}"
+        )
     return BeirDataset(corpus=corpus, queries=queries, qrels=qrels)
 
 
@@ -192,7 +194,9 @@ WHOLE_DOCUMENT = IndexVariant("whole-document", whole_documents=True)
 StoreFactory = Callable[[Path, IndexVariant], EvalStore]
 
 
-def document_event(doc: BeirDocument, workspace: str = EVAL_WORKSPACE, received: datetime | None = None) -> FileEvent:
+def document_event(
+    doc: BeirDocument, workspace: str = EVAL_WORKSPACE, received: datetime | None = None
+) -> FileEvent:
     """The webhook event a file source would send for one document (created, version 1)."""
     stamp = received or datetime.now(UTC)
     return FileEvent(
@@ -230,7 +234,7 @@ def index_corpus(
     """
     docs = list(documents)
     if store.loop is None:
-        raise EvaluationError("the evaluation needs the local queue and its worker loop (queue_backend=local)")
+        raise EvaluationError("the evaluation needs the local queue and its worker loop")
     received = datetime.now(UTC)
     for doc in docs:
         event = document_event(doc, received=received)
@@ -244,7 +248,8 @@ def index_corpus(
     for doc in docs:
         record = store.state.get_event(f"eval-{doc.doc_id}")
         if record is None or record.status is not EventStatus.DONE:
-            failed.append(f"{doc.doc_id}: {record.status.value if record else 'missing'} {record.error if record else ''}")
+            why = f"{record.status.value}: {record.error}" if record is not None else "missing"
+            failed.append(f"{doc.doc_id} ({why})")
     if failed:
         raise EvaluationError(f"{len(failed)} document(s) were not indexed, e.g. {failed[0]}")
     return len(docs)
@@ -352,9 +357,8 @@ def evaluate(
                 for mode in modes:
                     t0 = time.perf_counter()
                     run = run_queries(store.searcher, dataset, mode, progress=progress, label=variant.name)
-                    result.modes.append(
-                        ModeResult(mode.value, score_run(run, dataset.qrels), round(time.perf_counter() - t0, 1))
-                    )
+                    seconds = round(time.perf_counter() - t0, 1)
+                    result.modes.append(ModeResult(mode.value, score_run(run, dataset.qrels), seconds))
                 report.variants.append(result)
             finally:
                 store.close()

@@ -72,6 +72,7 @@ def query(body: QueryRequest, workspace: Workspace, container: ContainerDep) -> 
         flt=to_filter(body.filters),
         mode=body.mode or s.search_mode,
         score_threshold=body.score_threshold,
+        group_by_document=body.group_by_document,  # accepted by the schema; passed on since issue 4
     )
     try:
         result = container.answerer.answer(workspace, body.question, extractive=body.extractive, **kwargs)  # type: ignore[arg-type]
