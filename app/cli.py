@@ -258,12 +258,31 @@ def ask(
             typer.echo(f"  [{cit['n']}] {cit['path']} (v{cit['version']}) chars {cit['start']}-{cit['end']}, score {cit['score']:.3f}")
 
 
+def _via_server(server: str, api_key: str | None, method: str, path: str, body: Any = None) -> Any | None:
+    """Call a running server, or return None when none answers (the caller then opens the local store)."""
+    if not _server_up(server):
+        return None
+    import httpx
+
+    headers = {"X-API-Key": api_key} if api_key else {}
+    r = httpx.request(method, f"{server.rstrip('/')}{path}", json=body, headers=headers, timeout=120)
+    if r.status_code >= 400:
+        typer.secho(f"{r.status_code}: {r.json().get('detail')}", fg="red", err=True)
+        raise typer.Exit(1)
+    return r.json()
+
+
 @app.command("retry")
 def retry(
     event_id: Annotated[str, typer.Argument(help="id of a failed event")],
+    server: ServerOpt = "http://127.0.0.1:8000",
+    api_key: KeyOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
-    """Queue a failed event again (local store)."""
+    """Queue a failed event again, with a fresh attempt budget."""
+    if _via_server(server, api_key, "POST", f"/events/{event_id}/retry") is not None:
+        typer.echo(f"event {event_id} queued again")
+        return
     from app.routes.events import retry_failed
     from ingest.events import EventStatus
 
@@ -271,118 +290,84 @@ def retry(
     try:
         rec = c.state.get_event(event_id)
         if rec is None or rec.status is not EventStatus.FAILED:
-            typer.secho(f"event {event_id!r} is {'unknown' if rec is None else rec.status.value}, not failed", fg="red", err=True)
+            state = "unknown" if rec is None else rec.status.value
+            typer.secho(f"event {event_id!r} is {state}, not failed", fg="red", err=True)
             raise typer.Exit(1)
         retry_failed(c, rec)
-        typer.echo(f"event {event_id} queued again")
+        assert c.loop is not None
+        c.loop.drain()
+        after = c.state.get_event(event_id)
+        typer.echo(f"event {event_id} retried: {after.status.value if after else 'unknown'}")
     finally:
         c.close()
 
 
-def _eval_store_factory(base: Any, embedder: Any, batch_size: int) -> Any:
-    """Opens fresh local stores for `retrieval.evaluation`: the production container on a temp data dir."""
-    from app.container import build_container
-    from app.settings import ChunkingSettings, QueueBackend, StateBackend
-    from retrieval.evaluation import IndexVariant
-
-    def open_store(data_dir: Path, variant: IndexVariant) -> Any:
-        chunking = base.chunking
-        if variant.whole_documents:
-            # The worker caps chunks at the model window less the title prefix: as whole as it gets.
-            chunking = ChunkingSettings(chunk_tokens=embedder.max_tokens, overlap_tokens=0)
-        settings = base.model_copy(
-            update={
-                # Always a fresh embedded store, whatever server the environment points at.
-                "data_dir": data_dir, "qdrant_url": None, "qdrant_url_ssm_parameter": None,
-                "qdrant_collection": "eval", "state_backend": StateBackend.SQLITE,
-                "queue_backend": QueueBackend.LOCAL, "source_root": None, "chunking": chunking,
-                "worker": base.worker.model_copy(update={"batch_size": batch_size}),
-            }
-        )
-        return build_container(settings, embedder=embedder)
-
-    return open_store
-
-
-@app.command("eval")
-def evaluate(
-    dataset_dir: Annotated[Path, typer.Argument(help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/)")],
-    split: Annotated[str, typer.Option(help="qrels split to score")] = "train",
-    modes: Annotated[str, typer.Option(help="comma-separated search modes")] = "dense,sparse,hybrid",
-    json_out: Annotated[Path | None, typer.Option("--json", help="also write the figures here")] = None,
-    limit_queries: Annotated[int | None, typer.Option(min=1, help="only the first N judged queries")] = None,
-    limit_docs: Annotated[
-        int | None, typer.Option(min=1, help="the kept queries' judged documents, then others in file order")
-    ] = None,
-    whole_documents: Annotated[
-        bool, typer.Option("--whole-documents", help="also index with chunks as large as the model window")
-    ] = False,
-    batch_size: Annotated[int, typer.Option(min=1, max=256, help="events per worker batch")] = 64,
+@app.command("held")
+def held(
+    confirm: Annotated[bool, typer.Option("--confirm", help="apply the held deletes")] = False,
+    discard: Annotated[bool, typer.Option("--discard", help="drop the held deletes; files stay indexed")] = False,
+    workspace: Annotated[str, typer.Option(help="workspace (local mode)")] = "default",
+    server: ServerOpt = "http://127.0.0.1:8000",
+    api_key: KeyOpt = None,
+    data_dir: DataDirOpt = None,
 ) -> None:
-    """Index a BEIR dataset into a temporary store and print nDCG@10, recall@100 and MRR@10 per mode."""
-    from rich.console import Console
-    from rich.progress import Progress
-    from rich.table import Table
+    """List deletes held by the mass-deletion brake; --confirm applies them, --discard drops them."""
+    if confirm and discard:
+        typer.secho("choose --confirm or --discard, not both", fg="red", err=True)
+        raise typer.Exit(2)
+    action = "confirm" if confirm else "discard" if discard else None
+    path = f"/held-deletes/{action}" if action else "/held-deletes"
+    result = _via_server(server, api_key, "POST" if action else "GET", path, {} if action else None)
+    if result is None:
+        from app.routes import operations
 
-    from ingest.embedding import SentenceTransformerEmbedder
-    from ingest.ports import SearchMode
-    from ingest.sparse import Bm25Encoder
-    from retrieval.evaluation import CHUNKED, WHOLE_DOCUMENT, EvaluationError, load_beir
-    from retrieval.evaluation import evaluate as run_evaluation
+        c = _open_container(_settings(data_dir))
+        try:
+            if action == "confirm":
+                out = operations.confirm_held(workspace, c, None)
+            elif action == "discard":
+                out = operations.discard_held(workspace, c, None)
+            else:
+                out = operations.list_held(workspace, c)
+            if action and c.loop is not None:
+                c.loop.drain()
+            result = out.model_dump(mode="json")
+        finally:
+            c.close()
+    verb = {"confirm": "confirmed", "discard": "discarded", None: "held"}[action]
+    typer.echo(f"{result['count']} delete(s) {verb}")
+    for e in result["events"]:
+        typer.echo(f"  {e['event_id']}  {e['path']}  {e.get('detail') or ''}")
 
-    try:
-        wanted = [SearchMode(m.strip()) for m in modes.split(",") if m.strip()]
-    except ValueError as exc:
-        typer.secho(f"--modes: {exc}; use dense, sparse and/or hybrid", fg="red", err=True)
-        raise typer.Exit(2) from exc
-    base = _settings()
-    try:
-        dataset = load_beir(dataset_dir, split).subset(queries=limit_queries, documents=limit_docs)
-    except EvaluationError as exc:
-        typer.secho(str(exc), fg="red", err=True)
-        raise typer.Exit(2) from exc
-    embedder = SentenceTransformerEmbedder(base.embedding_model, batch_size=base.embedding_batch_size)
-    bm25 = Bm25Encoder()
-    used = {
-        "embedding_model": embedder.model_id,
-        "chunk_tokens": base.chunking.chunk_tokens,
-        "overlap_tokens": base.chunking.overlap_tokens,
-        "worker_batch_size": batch_size,
-        "embedding_batch_size": base.embedding_batch_size,
-        "bm25": {"k1": bm25.k1, "b": bm25.b, "avg_doc_tokens": bm25.avg_doc_tokens},
-        "group_by_document": True,
-        "rank_depth": 100,
-    }
-    n_queries = len(dataset.judged_queries)
-    typer.echo(f"{dataset_dir} ({split}): {len(dataset.corpus)} documents, {n_queries} queries")
-    try:
-        with Progress(transient=True) as progress:
-            report = run_evaluation(
-                dataset,
-                _eval_store_factory(base, embedder, batch_size),
-                modes=wanted,
-                variants=(CHUNKED, WHOLE_DOCUMENT) if whole_documents else (CHUNKED,),
-                progress=progress,
-                name=str(dataset_dir),
-                split=split,
-                settings=used,
-            )
-    except EvaluationError as exc:
-        typer.secho(str(exc), fg="red", err=True)
-        raise typer.Exit(1) from exc
 
-    table = Table(title=f"{dataset_dir.name} ({split}): {report.queries} queries, {report.documents} docs")
-    for column in ("index", "mode", "nDCG@10", "recall@100", "MRR@10"):
-        table.add_column(column, justify="left" if column in ("index", "mode") else "right")
-    for variant, mode, ndcg, recall, mrr in report.rows():
-        table.add_row(variant, mode, f"{ndcg:.4f}", f"{recall:.4f}", f"{mrr:.4f}")
-    Console().print(table)
-    for v in report.variants:
-        typer.echo(f"{v.variant}: {v.chunks} chunks of {v.documents} docs, indexed in {v.index_seconds}s")
-    typer.echo(f"wall time {report.wall_seconds:.0f}s")
-    if json_out is not None:
-        json_out.write_text(json.dumps(report.to_json(), indent=2) + "\n")
-        typer.echo(f"figures written to {json_out}")
+@app.command("reconcile")
+def reconcile_cmd(
+    repair: Annotated[bool, typer.Option("--repair", help="fix what differs")] = False,
+    workspace: Annotated[str, typer.Option(help="workspace (local mode)")] = "default",
+    server: ServerOpt = "http://127.0.0.1:8000",
+    api_key: KeyOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Check the index against the document registry (missing points, orphans, version mismatches)."""
+    result = _via_server(server, api_key, "POST", f"/reconcile?repair={'true' if repair else 'false'}")
+    if result is None:
+        from app.routes.operations import post_reconcile
+
+        c = _open_container(_settings(data_dir))
+        try:
+            result = post_reconcile(workspace, c, repair).model_dump(mode="json")
+            if repair and c.loop is not None:
+                c.loop.drain()
+        finally:
+            c.close()
+    typer.echo(
+        f"workspace {result['workspace']}: {result['documents_checked']} document(s), {result['points_checked']}"
+        f" point(s): {'clean' if result['clean'] else str(len(result['problems'])) + ' problem(s)'}"
+    )
+    for p in result["problems"]:
+        typer.echo(f"  {p['kind']:<16} {p['file_id']}: {p['detail']}" + (f" -> {p['repaired']}" if p["repaired"] else ""))
+    if not result["clean"] and not repair:
+        raise typer.Exit(3)
 
 
 @app.command("init-index")

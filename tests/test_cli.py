@@ -128,3 +128,25 @@ def test_ingest_and_ask_without_a_server(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout)
     assert res["citations"][0]["path"] == "it/vpn.md"
+
+
+def test_operator_commands_on_the_local_store(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from app.cli import app
+
+    data = tmp_path / "data"
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"n{i}.md").write_text(f"# Note {i}\nNote number {i} is about subject {i}.\n")
+    runner = CliRunner()
+    common = ["--server", "http://127.0.0.1:9", "--data-dir", str(data)]
+    r = runner.invoke(app, ["ingest", str(folder), *common])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["reconcile", *common])
+    assert r.exit_code == 0 and "3 document(s)" in r.output and "clean" in r.output
+    r = runner.invoke(app, ["held", *common])
+    assert r.exit_code == 0 and "0 delete(s) held" in r.output
+    r = runner.invoke(app, ["retry", "no-such-event", *common])
+    assert r.exit_code == 1 and "unknown, not failed" in r.output

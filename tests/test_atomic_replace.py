@@ -1,0 +1,70 @@
+"""While a file is being replaced, a query sees the whole old version or the whole new one: never a mix,
+never nothing."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from ingest.ports import SearchFilter, SearchMode
+from retrieval.search import SearchRequest
+from tests.conftest import Harness
+from tests.fakes.embedder import HashEmbedder
+from tests.fakes.webhooks import file_event
+
+VERSIONS = 12
+
+
+def content(version: int) -> str:
+    return "\n\n".join(f"Handbook part {i}, edition {version}: rules for topic {i} marker e{version}." for i in range(8))
+
+
+def test_queries_during_replacement_never_mix_or_vanish(make_harness: Callable[..., Harness]) -> None:
+    h = make_harness(
+        model=HashEmbedder(), chunking={"chunk_tokens": 32, "overlap_tokens": 0}, worker={"mass_delete_share": 1.0}
+    )
+    h.post_event(file_event("created", "handbook", content=content(1), version=1))
+    h.drain()
+    chunks_per_version = h.get("/documents/handbook").json()["chunk_count"]
+    assert chunks_per_version >= 4  # a partial write would be visible as a mix
+
+    done = threading.Event()
+    errors: list[str] = []
+    observed: set[int] = set()
+    queries = 0
+
+    def writer() -> None:
+        try:
+            for v in range(2, VERSIONS + 1):
+                h.post_event(file_event("updated", "handbook", content=content(v), version=v))
+                h.drain()
+        finally:
+            done.set()
+
+    def reader() -> None:
+        nonlocal queries
+        req = SearchRequest("acme", "handbook rules topic edition", top_k=50, mode=SearchMode.DENSE,
+                            flt=SearchFilter(file_ids=("handbook",)))
+        while not done.is_set() or queries < 50:
+            hits = h.container.searcher.search(req)
+            queries += 1
+            versions = {hit.version for hit in hits}
+            if not hits:
+                errors.append(f"query {queries}: nothing found")
+            elif len(versions) > 1:
+                errors.append(f"query {queries}: versions {sorted(versions)} mixed")
+            elif len(hits) != chunks_per_version:
+                errors.append(f"query {queries}: {len(hits)} of {chunks_per_version} chunks")
+            observed.update(v for v in versions if v is not None)
+            if queries > 5000:
+                break
+
+    threads = [threading.Thread(target=writer), threading.Thread(target=reader), threading.Thread(target=reader)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == []
+    assert len(observed) > 1, "the readers never saw a replacement happen"
+    assert max(observed) == VERSIONS
