@@ -24,11 +24,13 @@ from ingest.ports import EmbeddingCache, Embedder, JobQueue, StateStore, VectorI
 from ingest.receiver import WebhookVerifier, requeue_received
 from ingest.sources import ContentRouter, LocalFolderSource
 from ingest.sparse import Bm25Encoder
-from ingest.state.sqlite import SqliteDatabase, SqliteJobQueue, SqliteStateStore
+from ingest.state.sqlite import SqliteDatabase, SqliteJobQueue, SqliteSessionStore, SqliteStateStore
 from ingest.worker import FaultHook, IngestWorker, WorkerConfig, WorkerLoop
+from retrieval.agent import Agent, AgentConfig
 from retrieval.answering import Answerer
 from retrieval.llm import ChatModel, OpenAIChatModel
 from retrieval.search import Searcher
+from retrieval.sessions import SessionStore
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,8 @@ class Container:
     worker: IngestWorker
     searcher: Searcher
     answerer: Answerer
+    agent: Agent
+    sessions: SessionStore
     chat: ChatModel | None
     webhook_secrets: dict[str, list[str]]
     generated_secret: str | None = None
@@ -114,10 +118,12 @@ def build_container(
             db = SqliteDatabase(settings.state_path)
             closers.append(db.close)
             state: StateStore = SqliteStateStore(db)
+            sessions: SessionStore = SqliteSessionStore(db)
         case StateBackend.DYNAMODB:
-            from ingest.state.dynamodb import DynamoStateStore
+            from ingest.state.dynamodb import DynamoSessionStore, DynamoStateStore
 
             state = DynamoStateStore.from_settings(settings, client=(aws or {}).get("dynamodb"))
+            sessions = DynamoSessionStore.from_settings(settings, client=(aws or {}).get("dynamodb"))
 
     match settings.queue_backend:
         case QueueBackend.LOCAL:
@@ -193,6 +199,19 @@ def build_container(
     )
     searcher = Searcher(index=index, state=state, embedder=embedder, sparse=sparse)
     answerer = Answerer(searcher=searcher, chat=chat, terms=sparse, min_similarity=settings.min_score)
+    agent = Agent(
+        answerer=answerer,
+        chat=chat,
+        state=state,
+        index=index,
+        count_tokens=embedder.count_tokens,
+        config=AgentConfig(
+            tools=settings.agent.tools,
+            max_steps=settings.agent.max_steps,
+            time_budget_seconds=settings.agent.time_budget_seconds,
+            history_tokens=settings.agent.history_tokens,
+        ),
+    )
     loop = None
     if settings.queue_backend is QueueBackend.LOCAL:
         loop = WorkerLoop(
@@ -217,6 +236,8 @@ def build_container(
         worker=worker,
         searcher=searcher,
         answerer=answerer,
+        agent=agent,
+        sessions=sessions,
         chat=chat,
         webhook_secrets=secrets_by_ws,
         generated_secret=generated,

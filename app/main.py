@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from app.container import Container, build_container
-from app.routes import documents, events, health, operations, query, webhooks
+from app.routes import documents, events, health, openai_compat, operations, query, sessions, webhooks
 from app.settings import Settings
 from ingest.errors import EmbeddingModelMismatchError, IngestError, PermanentError, WebhookError
 from retrieval.llm import LLMError
@@ -51,7 +51,7 @@ def create_app(
     if isinstance(container, Container):
         app.state.container = container  # usable without the lifespan (Lambda, tests)
     install_error_handlers(app)
-    for module in (webhooks, query, documents, events, operations, health):
+    for module in (webhooks, query, sessions, openai_compat, documents, events, operations, health):
         app.include_router(module.router)
     return app
 

@@ -45,6 +45,10 @@ class QueryRequest(BaseModel):
     llm_fallback: Literal["error", "extractive"] = Field(
         "error", description="when the LLM fails: answer 502/503/504, or fall back to an extractive answer"
     )
+    session_id: str | None = Field(
+        None, min_length=1, max_length=128, description="continue (or start) a conversation kept by the server"
+    )
+    stream: bool = Field(False, description="server-sent events: tokens, then citations, then done")
 
 
 class CitationOut(BaseModel):
@@ -109,3 +113,18 @@ class EventOut(BaseModel):
 class Health(BaseModel):
     status: str
     checks: dict[str, str] = Field(default_factory=dict)
+
+
+class TurnOut(BaseModel):
+    role: str
+    content: str
+    citations: list[dict[str, Any]] = Field(default_factory=list)
+    at: float
+
+
+class SessionOut(BaseModel):
+    session_id: str
+    workspace: str
+    turns: list[TurnOut]
+    created_at: datetime
+    updated_at: datetime

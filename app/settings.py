@@ -52,6 +52,14 @@ class WorkerSettings(BaseModel):
     mass_delete_window_seconds: float = Field(600.0, gt=0, description="how far back deletes count as a burst")
 
 
+class AgentSettings(BaseModel):
+    tools: bool = Field(True, description="let the LLM call search/read/list tools (needs tool-call support)")
+    max_steps: int = Field(4, ge=1, le=20, description="model calls that may use tools before answering")
+    time_budget_seconds: float = Field(60.0, gt=0, description="after this, the answer is forced")
+    history_tokens: int = Field(1500, ge=0, description="conversation history kept in the prompt")
+    session_ttl_days: float = Field(30.0, gt=0, description="sessions expire this long after their last turn")
+
+
 def _parse_mapping(value: Any, what: str) -> Any:
     """Accept JSON, or the short form `a=b,c=d` that is easier to write in a shell."""
     if not isinstance(value, str):
@@ -119,6 +127,7 @@ class Settings(BaseSettings):
 
     chunking: ChunkingSettings = Field(default_factory=ChunkingSettings)  # type: ignore[arg-type]
     worker: WorkerSettings = Field(default_factory=WorkerSettings)  # type: ignore[arg-type]
+    agent: AgentSettings = Field(default_factory=AgentSettings)  # type: ignore[arg-type]
 
     # Backends (the AWS deployment sets these)
     state_backend: StateBackend = StateBackend.SQLITE
@@ -127,7 +136,11 @@ class Settings(BaseSettings):
     dynamodb_documents_table: str = "eventrag-documents"
     dynamodb_sessions_table: str = "eventrag-sessions"
     sqs_queue_url: str | None = None
+    sqs_dlq_url: str | None = Field(None, description="the ingest dead-letter queue, for `eventrag redrive`")
     source_bucket: str | None = Field(None, description="S3 bucket that s3:// sources and S3 notifications use")
+    s3_workspace: str = Field(
+        "default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="workspace that S3 notifications write to"
+    )
     # Names of SSM parameters read at cold start, so secrets never sit in the template or its environment.
     qdrant_url_ssm_parameter: str | None = None
     qdrant_api_key_ssm_parameter: str | None = None

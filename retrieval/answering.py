@@ -71,10 +71,11 @@ class Answer:
     covered: bool = True
 
 
-def fence_passages(hits: Sequence[Hit]) -> str:
-    """The passages as a data block. Closing tags inside documents are defanged so they cannot end it."""
+def fence_passages(hits: Sequence[Hit], start: int = 1) -> str:
+    """The passages as a data block numbered from `start`. Closing tags inside documents are defanged so
+    they cannot end it."""
     parts = []
-    for n, h in enumerate(hits, start=1):
+    for n, h in enumerate(hits, start=start):
         body = h.text.replace("</passage", "<\\/passage").replace("</passages", "<\\/passages")
         parts.append(f'<passage n="{n}" path="{_attr(h.path)}">\n{body}\n</passage>')
     return "<passages>\n" + "\n".join(parts) + "\n</passages>"

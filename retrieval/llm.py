@@ -44,7 +44,11 @@ class ChatModel(Protocol):
 
     def complete(self, messages: Sequence[dict[str, Any]], *, tools: Sequence[dict[str, Any]] | None = None) -> ChatReply: ...
 
-    def stream(self, messages: Sequence[dict[str, Any]]) -> Iterator[str]: ...
+    def stream(
+        self, messages: Sequence[dict[str, Any]], *, tools: Sequence[dict[str, Any]] | None = None
+    ) -> Iterator[str | ChatReply]:
+        """Text deltas as they arrive, then one final `ChatReply` (whole text and any tool calls)."""
+        ...
 
 
 class OpenAIChatModel:
@@ -97,13 +101,35 @@ class OpenAIChatModel:
         ]
         return ChatReply(text=msg.content or "", tool_calls=calls)
 
-    def stream(self, messages: Sequence[dict[str, Any]]) -> Iterator[str]:
+    def stream(
+        self, messages: Sequence[dict[str, Any]], *, tools: Sequence[dict[str, Any]] | None = None
+    ) -> Iterator[str | ChatReply]:
+        kwargs: dict[str, Any] = {"model": self._model, "messages": list(messages), "temperature": 0, "stream": True}
+        if tools:
+            kwargs["tools"] = list(tools)
+        text: list[str] = []
+        calls: dict[int, dict[str, str]] = {}
         try:
-            stream = self.client.chat.completions.create(
-                model=self._model, messages=list(messages), temperature=0, stream=True
-            )
-            for chunk in stream:
-                if chunk.choices and chunk.choices[0].delta and chunk.choices[0].delta.content:
-                    yield chunk.choices[0].delta.content
+            for chunk in self.client.chat.completions.create(**kwargs):
+                if not chunk.choices:
+                    continue
+                delta = chunk.choices[0].delta
+                if delta is None:
+                    continue
+                if delta.content:
+                    text.append(delta.content)
+                    yield delta.content
+                # Tool calls arrive in fragments keyed by index: the id and name first, then the arguments.
+                for tc in delta.tool_calls or []:
+                    slot = calls.setdefault(tc.index, {"id": "", "name": "", "arguments": ""})
+                    if tc.id:
+                        slot["id"] = tc.id
+                    if tc.function is not None:
+                        slot["name"] += tc.function.name or ""
+                        slot["arguments"] += tc.function.arguments or ""
         except self._openai.OpenAIError as exc:
             raise self._map(exc) from exc
+        yield ChatReply(
+            text="".join(text),
+            tool_calls=[ToolCall(c["id"], c["name"], c["arguments"] or "{}") for _, c in sorted(calls.items())],
+        )

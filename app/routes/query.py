@@ -1,14 +1,22 @@
-"""POST /query: a cited answer from the caller's documents."""
+"""POST /query: a cited answer from the caller's documents; multi-turn with `session_id`; SSE streaming."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import json
+import time
+from collections.abc import Iterator
 
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from app.container import Container
 from app.deps import ContainerDep, Workspace
 from app.schemas import CitationOut, ErrorBody, QueryFilters, QueryRequest, QueryResponse
 from ingest.ports import SearchFilter
+from retrieval.agent import AgentEvent, Ask
 from retrieval.answering import Answer
 from retrieval.llm import LLMError
+from retrieval.sessions import Turn
 
 router = APIRouter(tags=["query"])
 
@@ -31,27 +39,75 @@ def to_filter(f: QueryFilters | None) -> SearchFilter | None:
     )
 
 
+def citations_out(a: Answer) -> list[CitationOut]:
+    return [
+        CitationOut(
+            n=c.n, file_id=c.file_id, path=c.path, version=c.version, start=c.start, end=c.end, text=c.text,
+            score=c.score, heading=c.heading, title=c.title,
+        )
+        for c in a.citations
+    ]
+
+
 def answer_out(a: Answer, fallback_reason: str | None = None) -> QueryResponse:
     return QueryResponse(
         answer=a.answer,
         mode=a.mode,
-        citations=[
-            CitationOut(
-                n=c.n, file_id=c.file_id, path=c.path, version=c.version, start=c.start, end=c.end, text=c.text,
-                score=c.score, heading=c.heading, title=c.title,
-            )
-            for c in a.citations
-        ],
+        citations=citations_out(a),
         invented_citations=a.invented_citations,
         covered=a.covered,
         fallback_reason=fallback_reason,
     )
 
 
+def make_ask(container: Container, workspace: str, body: QueryRequest, history: list[Turn]) -> Ask:
+    s = container.settings
+    return Ask(
+        workspace=workspace,
+        question=body.question,
+        top_k=min(body.top_k or s.top_k_default, s.top_k_max),
+        flt=to_filter(body.filters),
+        mode=body.mode or s.search_mode,
+        score_threshold=body.score_threshold,
+        history=tuple(history),
+        extractive=body.extractive,
+    )
+
+
+def remember(container: Container, workspace: str, session_id: str | None, question: str, a: Answer) -> None:
+    if session_id is None:
+        return
+    now = time.time()
+    container.sessions.append_turns(
+        workspace,
+        session_id,
+        [
+            Turn("user", question, at=now),
+            Turn("assistant", a.answer, [c.model_dump() for c in citations_out(a)], at=now),
+        ],
+    )
+
+
+def history_of(container: Container, workspace: str, session_id: str | None) -> list[Turn]:
+    if session_id is None:
+        return []
+    session = container.sessions.get_session(workspace, session_id)
+    return list(session.turns) if session else []
+
+
+def _sse(event: str, data: object) -> str:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
+
+
 @router.post(
     "/query",
     response_model=QueryResponse,
     responses={
+        200: {
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "description": "The answer; or, with `stream` or `Accept: text/event-stream`, server-sent events:"
+            " `token` ({text}) as the answer is written, then `citations`, then `done` (the whole answer)",
+        },
         401: {"model": ErrorBody, "description": "Missing or unknown API key"},
         422: {"model": ErrorBody, "description": "Invalid request body"},
         502: {"model": ErrorBody, "description": "The language model failed"},
@@ -59,26 +115,64 @@ def answer_out(a: Answer, fallback_reason: str | None = None) -> QueryResponse:
         504: {"model": ErrorBody, "description": "The language model timed out"},
     },
 )
-def query(body: QueryRequest, workspace: Workspace, container: ContainerDep) -> QueryResponse:
+def query(body: QueryRequest, request: Request, workspace: Workspace, container: ContainerDep) -> object:
     """Answer a question from the caller's workspace only, citing the passages used.
 
-    With an LLM configured (EVENTRAG_LLM_MODEL) the answer is written by the model from fenced passages;
-    without one it is extractive. When nothing relevant is found the answer says so (`covered: false`).
+    With an LLM configured (EVENTRAG_LLM_MODEL) the answer is written by the model from fenced passages (and
+    tools, when the model supports them); without one it is extractive. When nothing relevant is found the
+    answer says so (`covered: false`). With `session_id` the conversation is kept and follow-ups are
+    rewritten into standalone searches. Behind AWS Lambda (Mangum) a streamed response arrives whole.
     """
-    s = container.settings
-    top_k = min(body.top_k or s.top_k_default, s.top_k_max)
-    kwargs = dict(
-        top_k=top_k,
-        flt=to_filter(body.filters),
-        mode=body.mode or s.search_mode,
-        score_threshold=body.score_threshold,
-        group_by_document=body.group_by_document,  # accepted by the schema; passed on since issue 4
-    )
+    ask = make_ask(container, workspace, body, history_of(container, workspace, body.session_id))
+    if body.stream or "text/event-stream" in request.headers.get("accept", ""):
+        return stream_answer(container, ask, body)
     try:
-        result = container.answerer.answer(workspace, body.question, extractive=body.extractive, **kwargs)  # type: ignore[arg-type]
+        result = container.agent.answer(ask)
     except LLMError as exc:
         if body.llm_fallback != "extractive":
             raise
-        fallback = container.answerer.answer(workspace, body.question, extractive=True, **kwargs)  # type: ignore[arg-type]
+        fallback = container.agent.answer(_extractive(ask))
+        remember(container, workspace, body.session_id, body.question, fallback)
         return answer_out(fallback, fallback_reason=str(exc))
+    remember(container, workspace, body.session_id, body.question, result)
     return answer_out(result)
+
+
+def _extractive(ask: Ask) -> Ask:
+    from dataclasses import replace
+
+    return replace(ask, extractive=True)
+
+
+def stream_answer(container: Container, ask: Ask, body: QueryRequest) -> object:
+    events = container.agent.run(ask, stream=True)
+    fallback_reason: str | None = None
+    try:
+        first: AgentEvent | None = next(events)  # errors before the first byte still get a proper status code
+    except LLMError as exc:
+        if body.llm_fallback != "extractive":
+            return JSONResponse({"detail": str(exc)}, status_code=exc.status_code)
+        fallback_reason = str(exc)
+        events = container.agent.run(_extractive(ask), stream=True)
+        first = next(events)
+
+    def generate() -> Iterator[str]:
+        pending: list[AgentEvent] = [first] if first is not None else []
+        try:
+            for event in _chain(pending, events):
+                if event.kind == "token":
+                    yield _sse("token", {"text": event.text})
+                elif event.answer is not None:
+                    out = answer_out(event.answer, fallback_reason)
+                    remember(container, ask.workspace, body.session_id, ask.question, event.answer)
+                    yield _sse("citations", {"citations": [c.model_dump() for c in out.citations]})
+                    yield _sse("done", out.model_dump())
+        except LLMError as exc:
+            yield _sse("error", {"status": exc.status_code, "detail": str(exc)})
+
+    return StreamingResponse(generate(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def _chain(first: list[AgentEvent], rest: Iterator[AgentEvent]) -> Iterator[AgentEvent]:
+    yield from first
+    yield from rest

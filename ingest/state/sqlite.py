@@ -67,6 +67,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     receipt       TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_group ON jobs (group_key, seq);
+CREATE TABLE IF NOT EXISTS sessions (
+    workspace   TEXT NOT NULL,
+    session_id  TEXT NOT NULL,
+    turns       TEXT NOT NULL,
+    created_at  REAL NOT NULL,
+    updated_at  REAL NOT NULL,
+    PRIMARY KEY (workspace, session_id)
+);
 """
 
 
@@ -372,3 +380,50 @@ class SqliteJobQueue:
 
     def pending(self) -> int:
         return int(self.db.query("SELECT COUNT(*) FROM jobs")[0][0])
+
+
+class SqliteSessionStore:
+    """Conversation history, keyed by (workspace, session id)."""
+
+    def __init__(self, db: SqliteDatabase) -> None:
+        self.db = db
+
+    def get_session(self, workspace: str, session_id: str) -> Any:
+        from retrieval.sessions import Session, Turn
+
+        rows = self.db.query(
+            "SELECT * FROM sessions WHERE workspace = ? AND session_id = ?", (workspace, session_id)
+        )
+        if not rows:
+            return None
+        row = rows[0]
+        return Session(
+            workspace=workspace,
+            session_id=session_id,
+            turns=[Turn(**t) for t in json.loads(row["turns"])],
+            created_at=_ts(row["created_at"]),
+            updated_at=_ts(row["updated_at"]),
+        )
+
+    def append_turns(self, workspace: str, session_id: str, turns: Sequence[Any]) -> Any:
+        from dataclasses import asdict
+
+        now = time.time()
+        with self.db.transaction() as conn:
+            row = conn.execute(
+                "SELECT turns FROM sessions WHERE workspace = ? AND session_id = ?", (workspace, session_id)
+            ).fetchone()
+            existing = json.loads(row["turns"]) if row else []
+            existing.extend(asdict(t) for t in turns)
+            conn.execute(
+                "INSERT INTO sessions (workspace, session_id, turns, created_at, updated_at) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (workspace, session_id) DO UPDATE SET turns = excluded.turns,"
+                " updated_at = excluded.updated_at",
+                (workspace, session_id, json.dumps(existing), now, now),
+            )
+        return self.get_session(workspace, session_id)
+
+    def delete_session(self, workspace: str, session_id: str) -> bool:
+        with self.db.transaction() as conn:
+            cur = conn.execute("DELETE FROM sessions WHERE workspace = ? AND session_id = ?", (workspace, session_id))
+            return cur.rowcount > 0

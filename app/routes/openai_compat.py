@@ -1,0 +1,149 @@
+"""An OpenAI-compatible face: `POST /v1/chat/completions` and `GET /v1/models`.
+
+Tools that speak OpenAI's API (the official SDKs, chat front ends) can use eventrag as a "model". The API
+key (Bearer) maps to the workspace as elsewhere. The conversation comes from the client's `messages`: the
+last user message is the question, earlier user/assistant turns are history (client system messages are
+not passed on: eventrag's own grounding prompt applies). Citations travel twice: as a "Sources" list at the
+end of the text, and in the extra top-level field `citations` (in the last chunk when streaming).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.deps import ContainerDep, Workspace
+from app.routes.query import citations_out
+from retrieval.agent import Ask
+from retrieval.answering import Answer
+from retrieval.llm import LLMError
+from retrieval.sessions import Turn
+
+router = APIRouter(prefix="/v1", tags=["openai-compatible"])
+
+MODEL_ID = "eventrag"
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: str = MODEL_ID
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+
+
+def _text(m: ChatMessage) -> str:
+    if isinstance(m.content, str):
+        return m.content
+    if isinstance(m.content, list):
+        return " ".join(str(p.get("text", "")) for p in m.content if isinstance(p, dict))
+    return ""
+
+
+def _error(status: int, message: str, kind: str) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
+
+
+def sources_text(a: Answer) -> str:
+    if not a.citations:
+        return ""
+    lines = [f"[{c.n}] {c.path} (version {c.version}, characters {c.start}-{c.end})" for c in a.citations]
+    return "\n\nSources:\n" + "\n".join(lines)
+
+
+@router.get("/models")
+def list_models(workspace: Workspace) -> dict[str, Any]:
+    """The one model eventrag serves: answers grounded in the caller's documents."""
+    return {"object": "list", "data": [{"id": MODEL_ID, "object": "model", "created": 0, "owned_by": "eventrag"}]}
+
+
+@router.post(
+    "/chat/completions",
+    responses={
+        200: {"description": "A chat.completion object (or chat.completion.chunk events when streaming),"
+              " with the extra field `citations`"},
+        400: {"description": "No user message to answer"},
+        401: {"description": "Missing or unknown API key"},
+        502: {"description": "The language model failed"},
+        503: {"description": "The language model is rate limited or unreachable"},
+        504: {"description": "The language model timed out"},
+    },
+)
+def chat_completions(body: ChatRequest, workspace: Workspace, container: ContainerDep) -> Any:
+    """OpenAI Chat Completions over the caller's documents, streaming and not."""
+    turns = [m for m in body.messages if m.role in ("user", "assistant")]
+    if not turns or turns[-1].role != "user" or not _text(turns[-1]).strip():
+        return _error(400, "the last message must be a non-empty user message", "invalid_request_error")
+    history = tuple(Turn(m.role, _text(m)) for m in turns[:-1])
+    s = container.settings
+    ask = Ask(workspace, _text(turns[-1]), top_k=s.top_k_default, mode=s.search_mode, history=history)
+    created = int(time.time())
+    cid = f"chatcmpl-{uuid.uuid4().hex}"
+    if not body.stream:
+        try:
+            a = container.agent.answer(ask)
+        except LLMError as exc:
+            return _error(exc.status_code, str(exc), "upstream_error")
+        return {
+            "id": cid,
+            "object": "chat.completion",
+            "created": created,
+            "model": body.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": a.answer + sources_text(a)},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+            "citations": [c.model_dump() for c in citations_out(a)],
+        }
+
+    events = container.agent.run(ask, stream=True)
+    try:
+        first = next(events)
+    except LLMError as exc:
+        return _error(exc.status_code, str(exc), "upstream_error")
+
+    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+        payload = {
+            "id": cid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": body.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            **extra,
+        }
+        return f"data: {json.dumps(payload)}\n\n"
+
+    def generate() -> Iterator[str]:
+        yield chunk({"role": "assistant", "content": ""})
+        try:
+            for event in [first, *events]:
+                if event.kind == "token":
+                    yield chunk({"content": event.text})
+                elif event.answer is not None:
+                    a = event.answer
+                    if sources_text(a):
+                        yield chunk({"content": sources_text(a)})
+                    yield chunk({}, "stop", citations=[c.model_dump() for c in citations_out(a)])
+        except LLMError as exc:
+            yield f"data: {json.dumps({'error': {'message': str(exc), 'code': exc.status_code}})}\n\n"
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(generate(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
