@@ -486,6 +486,46 @@ def init_index(data_dir: DataDirOpt = None) -> None:
         c.close()
 
 
+@app.command("redrive")
+def redrive(
+    max_messages: Annotated[int, typer.Option("--max", min=1, help="move at most this many messages")] = 1000,
+) -> None:
+    """Move dead-lettered events back to the SQS queue with a fresh attempt budget (AWS deployment)."""
+    from app.container import build_state_and_queue
+    from app.settings import QueueBackend
+    from ingest.events import EventStatus
+    from ingest.queues.sqs import SqsJobQueue
+
+    settings = _settings()
+    if settings.queue_backend is not QueueBackend.SQS or not (settings.sqs_queue_url and settings.sqs_dlq_url):
+        typer.secho(
+            "redrive moves messages from the SQS dead-letter queue: set EVENTRAG_QUEUE_BACKEND=sqs,"
+            " EVENTRAG_SQS_QUEUE_URL and EVENTRAG_SQS_DLQ_URL (docs/deploy.md, \"Watching failures\")",
+            fg="red",
+            err=True,
+        )
+        raise typer.Exit(2)
+    # Only the state store and the queue: no index, no model.
+    state, queue = build_state_and_queue(settings)
+    assert isinstance(queue, SqsJobQueue)
+
+    def reset(event_id: str) -> None:
+        rec = state.get_event(event_id)
+        if rec is None:
+            typer.secho(f"  {event_id}: no longer in the state store; the worker will drop it", fg="yellow")
+        elif rec.status in (EventStatus.DONE, EventStatus.SUPERSEDED):
+            typer.echo(f"  {event_id}: already {rec.status.value}")
+        else:
+            state.reset_for_retry(event_id)
+            typer.echo(f"  {event_id}: {rec.event.path} (was {rec.status.value}: {rec.error or 'no error recorded'})")
+
+    try:
+        moved = queue.redrive(max_messages, prepare=reset)
+    finally:
+        state.close()
+    typer.echo(f"moved {moved} message(s) from the dead-letter queue back to the queue")
+
+
 def main() -> None:
     if "EVENTRAG_EMBEDDING_MODEL" not in os.environ:
         # The bundled model needs no hub; say so, so transformers never tries to reach one.

@@ -100,6 +100,29 @@ def local_webhook_secrets(settings: Settings) -> tuple[dict[str, list[str]], str
     return {DEFAULT_WORKSPACE: [secret]}, secret
 
 
+def build_state_and_queue(settings: Settings, *, aws: dict[str, Any] | None = None) -> tuple[StateStore, JobQueue]:
+    """Only the state store and the job queue, chosen as in `build_container`: for what needs neither the
+    index nor the model, i.e. the S3 notification mapper (a 512 MB function that must not load torch) and
+    `eventrag redrive`. The caller closes the state store."""
+    match settings.state_backend:
+        case StateBackend.SQLITE:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            state: StateStore = SqliteStateStore(SqliteDatabase(settings.state_path))
+        case StateBackend.DYNAMODB:
+            from ingest.state.dynamodb import DynamoStateStore
+
+            state = DynamoStateStore.from_settings(settings, client=(aws or {}).get("dynamodb"))
+    match settings.queue_backend:
+        case QueueBackend.LOCAL:
+            assert isinstance(state, SqliteStateStore)
+            queue: JobQueue = SqliteJobQueue(state.db)
+        case QueueBackend.SQS:
+            from ingest.queues.sqs import SqsJobQueue
+
+            queue = SqsJobQueue.from_settings(settings, client=(aws or {}).get("sqs"))
+    return state, queue
+
+
 def build_container(
     settings: Settings,
     *,

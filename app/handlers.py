@@ -15,8 +15,9 @@ import json
 import logging
 from typing import Any
 
-from app.container import Container, build_container
+from app.container import Container, build_container, build_state_and_queue
 from app.settings import Settings
+from ingest.ports import JobQueue, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +34,8 @@ def container() -> Container:
 
 def set_container(c: Container | None) -> None:
     """Tests (and embedders of eventrag) install their own container; `None` resets to lazy building."""
-    global _container, _api
-    _container, _api = c, None
+    global _container, _api, _edge
+    _container, _api, _edge = c, None, None
 
 
 def api_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
@@ -52,38 +53,84 @@ def api_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
 
 def ingest_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    """Process an SQS batch; report the records to deliver again (SQS then backs off, then dead-letters)."""
+    """Process an SQS batch; report the records to deliver again.
+
+    A FIFO batch can hold several messages of one group (one file), in order. The worker plans a whole
+    batch before it applies it, so it must never get two events of one file at once: the batch is applied
+    in rounds, the n-th message of every group in round n. A failed message does not hold back the ones
+    after it; the positions keep the index right whatever order they are applied in.
+
+    Reported records come back: RETRY (transient) after the visibility timeout; FAILED (a permanent error,
+    or the attempts used up; the error is on the event and the document) at once, so its remaining receives
+    happen now and SQS moves it to the dead-letter queue after maxReceiveCount receives instead of keeping
+    the file's later events waiting for hours. A redelivered event that is already FAILED is reported
+    failed again, so it can only end in the DLQ, where `eventrag redrive` picks it up. maxReceiveCount is
+    EVENTRAG_WORKER__MAX_ATTEMPTS (serverless.yml sets both from `maxAttempts`), so "failed" in the state
+    store and "in the DLQ" mean the same thing. An unreadable message is sent on to the DLQ the same way.
+    """
+    from ingest.ports import Job
     from ingest.worker import OutcomeKind
 
     c = container()
-    records = event.get("Records", [])
-    ids: dict[str, str] = {}  # event id -> SQS message id
-    failures: list[dict[str, str]] = []
-    for record in records:
+    failures: list[str] = []  # SQS message ids
+    groups: dict[str, list[tuple[str, dict[str, Any]]]] = {}  # group -> (event id, record), in queue order
+
+    def fail_now(record: dict[str, Any]) -> None:
+        failures.append(record.get("messageId", ""))
+        job = Job("", record.get("attributes", {}).get("MessageGroupId", ""), 0, record.get("receiptHandle", ""))
         try:
-            body = json.loads(record["body"])
-            ids[body["event_id"]] = record["messageId"]
+            c.queue.release(job, 0)
+        except Exception:  # it still reaches the DLQ, one visibility timeout per receive later
+            log.warning("could not make message %s visible again", record.get("messageId"), exc_info=True)
+
+    for record in event.get("Records", []):
+        try:
+            event_id = json.loads(record["body"])["event_id"]
+            if not isinstance(event_id, str) or not event_id:
+                raise TypeError("event_id must be a non-empty string")
         except (KeyError, ValueError, TypeError):
             log.error("unreadable queue message %s; sending it to the dead-letter queue", record.get("messageId"))
-            failures.append({"itemIdentifier": record.get("messageId", "")})
-    if ids:
+            fail_now(record)
+            continue
+        group = record.get("attributes", {}).get("MessageGroupId") or event_id
+        groups.setdefault(group, []).append((event_id, record))
+
+    while groups:
+        batch = {items[0][0]: items[0][1] for items in groups.values()}
+        groups = {g: items[1:] for g, items in groups.items() if len(items) > 1}
         try:
-            outcomes = c.worker.process(list(ids))
+            outcomes = c.worker.process(list(batch))
         except Exception:
-            log.exception("batch failed as a whole; every record will be retried")
-            return {"batchItemFailures": [{"itemIdentifier": m} for m in ids.values()] + failures}
-        for event_id, outcome in outcomes.items():
-            # A FAILED event is recorded in the state store; reporting it too sends the message to the DLQ
-            # after maxReceiveCount, where `eventrag redrive` can pick it up.
-            if outcome.kind in (OutcomeKind.RETRY, OutcomeKind.FAILED):
-                failures.append({"itemIdentifier": ids[event_id]})
-    return {"batchItemFailures": failures}
+            log.exception("batch failed as a whole; its records and the rest of the batch will be retried")
+            failures.extend(r["messageId"] for r in batch.values())
+            failures.extend(r["messageId"] for items in groups.values() for _, r in items)
+            break
+        for event_id, record in batch.items():
+            kind = outcomes[event_id].kind
+            if kind is OutcomeKind.FAILED:
+                fail_now(record)
+            elif kind is OutcomeKind.RETRY:
+                failures.append(record["messageId"])
+    return {"batchItemFailures": [{"itemIdentifier": m} for m in failures]}
+
+
+_edge: tuple[Settings, StateStore, JobQueue] | None = None
 
 
 def s3_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    """Turn S3 notifications into file events (ordered by the S3 `sequencer`) and queue them."""
+    """Turn S3 notifications into file events (ordered by the S3 `sequencer`) and queue them.
+
+    Needs the state store and the queue only; without an installed container it builds just those, so
+    the function never loads the index or the embedding model (no torch at its cold start)."""
+    global _edge
     from ingest.s3_events import receive_s3_notification
 
-    c = container()
-    accepted = receive_s3_notification(event, state=c.state, queue=c.queue, settings_workspace=c.settings.s3_workspace)
+    if _container is not None:
+        settings, state, queue = _container.settings, _container.state, _container.queue
+    else:
+        if _edge is None:
+            edge_settings = Settings()
+            _edge = (edge_settings, *build_state_and_queue(edge_settings))
+        settings, state, queue = _edge
+    accepted = receive_s3_notification(event, state=state, queue=queue, settings_workspace=settings.s3_workspace)
     return {"accepted": accepted}

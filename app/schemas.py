@@ -46,7 +46,10 @@ class QueryRequest(BaseModel):
         "error", description="when the LLM fails: answer 502/503/504, or fall back to an extractive answer"
     )
     session_id: str | None = Field(
-        None, min_length=1, max_length=128, description="continue (or start) a conversation kept by the server"
+        None,
+        min_length=1,
+        max_length=128,
+        description="continue (or start) a conversation kept by the server",
     )
     stream: bool = Field(False, description="server-sent events: tokens, then citations, then done")
 

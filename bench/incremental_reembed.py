@@ -31,7 +31,9 @@ PARAGRAPHS = 100
 
 def paragraph(i: int, edited: bool = False) -> str:
     words = " ".join(f"term{i}x{j}" for j in range(25))
-    lead = "This paragraph was rewritten completely." if edited else f"Paragraph {i} describes process step {i}."
+    lead = (
+        "This paragraph was rewritten completely." if edited else f"Paragraph {i} describes process step {i}."
+    )
     return f"## Step {i}\n{lead} It lists the following terms in order: {words}."
 
 
@@ -40,9 +42,17 @@ def document(edit: int | None = None) -> str:
 
 
 def apply(container, event_id: str, version: int, text: str) -> tuple[float, dict]:  # type: ignore[no-untyped-def]
-    body = {"type": "file.updated", "timestamp": "2026-11-26T00:00:00Z",
-            "data": {"file_id": "manual", "path": "manual.md", "version": version, "content": text,
-                     "content_type": "text/markdown"}}
+    body = {
+        "type": "file.updated",
+        "timestamp": "2026-11-26T00:00:00Z",
+        "data": {
+            "file_id": "manual",
+            "path": "manual.md",
+            "version": version,
+            "content": text,
+            "content_type": "text/markdown",
+        },
+    }
     event = build_event(event_id, "bench", parse_webhook_body(json.dumps(body).encode()))
     container.state.add_event(event, EventStatus.RECEIVED)
     container.queue.enqueue(event.event_id, event.group_key)
@@ -62,7 +72,9 @@ def main() -> None:
         t_edit, edit = apply(c, "e2", 2, document(edit=PARAGRAPHS // 2))
         c.close()
         # A full re-index of the edited version: the same work with an empty cache.
-        c2 = build_container(Settings(data_dir=Path(tmp) / "b", worker={"mass_delete_share": 1.0}), embedder=c.embedder)
+        c2 = build_container(
+            Settings(data_dir=Path(tmp) / "b", worker={"mass_delete_share": 1.0}), embedder=c.embedder
+        )
         t_full, full = apply(c2, "e3", 2, document(edit=PARAGRAPHS // 2))
         c2.close()
     print(f"first index:        {first['chunks']} chunks, {first['embedded']} embedded, {t_first:.2f} s")

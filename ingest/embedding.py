@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ingest.ports import EmbeddingCache, Embedder
+from ingest.ports import Embedder, EmbeddingCache
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -58,7 +58,9 @@ class SentenceTransformerEmbedder:
 
                     local = Path(self._location).exists()
                     log.info("loading embedding model %s", self._location)
-                    self._model = SentenceTransformer(self._location, device=self._device, local_files_only=local)
+                    self._model = SentenceTransformer(
+                        self._location, device=self._device, local_files_only=local
+                    )
         return self._model
 
     @property
@@ -76,7 +78,9 @@ class SentenceTransformerEmbedder:
 
     @property
     def max_tokens(self) -> int:
-        return int(self.model.max_seq_length)
+        window = self.model.max_seq_length
+        assert window is not None, "the model declares no maximum sequence length"
+        return int(window)
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         if not texts:
@@ -193,7 +197,9 @@ class SqliteEmbeddingCache:
         rows = [(model_id, k, np.asarray(v, dtype=np.float32).tobytes()) for k, v in vectors.items()]
         with self._lock:
             self._conn.execute("BEGIN")
-            self._conn.executemany("INSERT OR REPLACE INTO vectors (model, key, vector) VALUES (?, ?, ?)", rows)
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO vectors (model, key, vector) VALUES (?, ?, ?)", rows
+            )
             self._conn.execute("COMMIT")
 
     def close(self) -> None:

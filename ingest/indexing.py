@@ -41,7 +41,9 @@ def _match(key: str, value: Any) -> models.FieldCondition:
 
 
 class QdrantIndex:
-    def __init__(self, client: QdrantClient, collection: str = "eventrag", *, local: bool | None = None) -> None:
+    def __init__(
+        self, client: QdrantClient, collection: str = "eventrag", *, local: bool | None = None
+    ) -> None:
         self.client = client
         self.collection = collection
         # qdrant-client's local mode is plain Python over numpy and is not safe for concurrent writers and
@@ -63,7 +65,9 @@ class QdrantIndex:
             if not self.client.collection_exists(self.collection):
                 self.client.create_collection(
                     self.collection,
-                    vectors_config={DENSE: models.VectorParams(size=dimension, distance=models.Distance.COSINE)},
+                    vectors_config={
+                        DENSE: models.VectorParams(size=dimension, distance=models.Distance.COSINE)
+                    },
                     sparse_vectors_config={SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)},
                     metadata={"embedding_model": model_id, "dimension": dimension, "schema": SCHEMA_VERSION},
                 )
@@ -96,7 +100,9 @@ class QdrantIndex:
         )
         for field in ("file_id", "revision", "path_dirs", "content_type", "path"):
             self.client.create_payload_index(self.collection, field, field_schema=keyword)
-        self.client.create_payload_index(self.collection, "version", field_schema=models.PayloadSchemaType.INTEGER)
+        self.client.create_payload_index(
+            self.collection, "version", field_schema=models.PayloadSchemaType.INTEGER
+        )
 
     def close(self) -> None:
         self.client.close()
@@ -149,20 +155,24 @@ class QdrantIndex:
         must: list[Any] = [_match("workspace", workspace)]
         if flt is not None:
             if flt.file_ids:
-                must.append(models.FieldCondition(key="file_id", match=models.MatchAny(any=list(flt.file_ids))))
+                must.append(
+                    models.FieldCondition(key="file_id", match=models.MatchAny(any=list(flt.file_ids)))
+                )
             if flt.path_prefix:
                 prefix = flt.path_prefix.strip("/")
-                must.append(
-                    models.Filter(should=[_match("path_dirs", prefix + "/"), _match("path", prefix)])
-                )
+                must.append(models.Filter(should=[_match("path_dirs", prefix + "/"), _match("path", prefix)]))
             if flt.content_types:
                 must.append(
-                    models.FieldCondition(key="content_type", match=models.MatchAny(any=list(flt.content_types)))
+                    models.FieldCondition(
+                        key="content_type", match=models.MatchAny(any=list(flt.content_types))
+                    )
                 )
             for key, value in flt.metadata_equals:
                 must.append(_match(f"metadata.{key}", value))
             for key, values in flt.metadata_any:
-                must.append(models.FieldCondition(key=f"metadata.{key}", match=models.MatchAny(any=list(values))))
+                must.append(
+                    models.FieldCondition(key=f"metadata.{key}", match=models.MatchAny(any=list(values)))
+                )
             if flt.revisions:
                 must.append(
                     models.Filter(
@@ -185,20 +195,31 @@ class QdrantIndex:
         flt: SearchFilter | None = None,
     ) -> list[Hit]:
         qfilter = self._filter(workspace, flt)
-        sparse_vec = models.SparseVector(indices=sparse[0], values=sparse[1]) if sparse and sparse[0] else None
+        sparse_vec = (
+            models.SparseVector(indices=sparse[0], values=sparse[1]) if sparse and sparse[0] else None
+        )
         with_vectors: Any = [DENSE] if dense is not None and mode is not SearchMode.DENSE else False
         with self._guard():
             if mode is SearchMode.DENSE or (mode is SearchMode.HYBRID and sparse_vec is None):
                 assert dense is not None
                 mode = SearchMode.DENSE
                 res = self.client.query_points(
-                    self.collection, query=dense, using=DENSE, query_filter=qfilter, limit=limit, with_payload=True
+                    self.collection,
+                    query=dense,
+                    using=DENSE,
+                    query_filter=qfilter,
+                    limit=limit,
+                    with_payload=True,
                 )
             elif mode is SearchMode.SPARSE:
                 if sparse_vec is None:
                     return []
                 res = self.client.query_points(
-                    self.collection, query=sparse_vec, using=SPARSE, query_filter=qfilter, limit=limit,
+                    self.collection,
+                    query=sparse_vec,
+                    using=SPARSE,
+                    query_filter=qfilter,
+                    limit=limit,
                     with_payload=True,
                 )
             else:
@@ -252,7 +273,11 @@ class QdrantIndex:
         while True:
             with self._guard():
                 records, offset = self.client.scroll(
-                    self.collection, scroll_filter=flt, limit=512, offset=offset, with_payload=payload,
+                    self.collection,
+                    scroll_filter=flt,
+                    limit=512,
+                    offset=offset,
+                    with_payload=payload,
                     with_vectors=False,
                 )
             yield from records

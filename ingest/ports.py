@@ -96,7 +96,12 @@ class StateStore(Protocol):
     ) -> EventRecord: ...
 
     def list_events(
-        self, workspace: str, *, status: EventStatus | None = None, file_id: str | None = None, limit: int = 100
+        self,
+        workspace: str,
+        *,
+        status: EventStatus | None = None,
+        file_id: str | None = None,
+        limit: int = 100,
     ) -> list[EventRecord]: ...
 
     def purge_events(self, older_than: datetime) -> int: ...

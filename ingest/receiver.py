@@ -25,7 +25,7 @@ from ingest.errors import (
     WebhookError,
     WorkspaceMismatchError,
 )
-from ingest.events import EventStatus, build_event, parse_webhook_body
+from ingest.events import EventStatus, FileEvent, build_event, parse_webhook_body
 from ingest.ports import EventRecord, JobQueue, StateStore
 from ingest.sources import ContentRouter
 
@@ -111,9 +111,15 @@ def receive_webhook(
         )
     event = build_event(event_id, workspace, parsed)
     sources.check(event)
+    return record_and_enqueue(event, state=state, queue=queue)
+
+
+def record_and_enqueue(event: FileEvent, *, state: StateStore, queue: JobQueue) -> Delivery:
+    """Store an event durably, then queue it; a known event id is not queued again (unless it was stored
+    but never queued). Shared by webhooks and S3 notifications."""
     record, created = state.add_event(event, EventStatus.RECEIVED)
-    if record.event.workspace != workspace:
-        raise EventIdConflictError(f"webhook-id {event_id!r} is already used; use a new id per event")
+    if record.event.workspace != event.workspace:
+        raise EventIdConflictError(f"webhook-id {event.event_id!r} is already used; use a new id per event")
     if not created and record.status is not EventStatus.RECEIVED:
         return Delivery(record, duplicate=True)
     # Stored first, queued second: a crash between the two leaves a `received` event that a redelivery or

@@ -60,21 +60,27 @@ def reconcile(
             kind = "version_mismatch"
             detail = f"active revision {doc.revision} has no points; the index holds {sorted(others)}"
         elif have == 0:
-            kind, detail = "missing", f"active revision {doc.revision} has no points (expected {doc.chunk_count})"
+            kind, detail = (
+                "missing",
+                f"active revision {doc.revision} has no points (expected {doc.chunk_count})",
+            )
         else:
-            kind, detail = "incomplete", f"active revision {doc.revision} has {have} of {doc.chunk_count} points"
+            kind, detail = (
+                "incomplete",
+                f"active revision {doc.revision} has {have} of {doc.chunk_count} points",
+            )
         problem = Discrepancy(file_id, kind, detail, doc.revision)
         if repair:
             problem.repaired = _reindex(doc.workspace, file_id, state=state, queue=queue)
         report.problems.append(problem)
 
     for file_id, revisions in by_file.items():
-        doc = docs.get(file_id)
-        active = doc.revision if doc is not None else None
+        known = docs.get(file_id)
+        active = known.revision if known is not None else None
         for revision, n in revisions.items():
             if revision == active:
                 continue
-            why = "unknown file" if doc is None else f"not the active revision ({active or 'none'})"
+            why = "unknown file" if known is None else f"not the active revision ({active or 'none'})"
             problem = Discrepancy(file_id, "orphan", f"{n} point(s) of revision {revision}: {why}", revision)
             if repair:
                 index.delete_file(workspace, file_id, keep_revision=active)
@@ -98,4 +104,3 @@ def _reindex(workspace: str, file_id: str, *, state: StateStore, queue: JobQueue
     state.reset_for_retry(event.event_id)
     queue.enqueue(event.event_id, event.event.group_key)
     return f"re-queued event {event.event_id}"
-

@@ -35,8 +35,8 @@ from ingest.ports import (
     ContentSource,
     DocumentRecord,
     DocumentStatus,
-    EmbeddingCache,
     Embedder,
+    EmbeddingCache,
     EventRecord,
     IndexPoint,
     Job,
@@ -151,7 +151,12 @@ class IngestWorker:
             if record is None:
                 outcomes[event_id] = Outcome(OutcomeKind.DONE, "unknown event id (expired or never stored)")
                 continue
-            if record.status in (EventStatus.DONE, EventStatus.SUPERSEDED, EventStatus.FAILED, EventStatus.HELD):
+            if record.status in (
+                EventStatus.DONE,
+                EventStatus.SUPERSEDED,
+                EventStatus.FAILED,
+                EventStatus.HELD,
+            ):
                 # A redelivery of something already settled: nothing to do.
                 outcomes[event_id] = Outcome(OutcomeKind(record.status.value), "already settled")
                 continue
@@ -187,7 +192,9 @@ class IngestWorker:
         ev = record.event
         doc = self.state.get_document(ev.workspace, ev.file_id)
         if doc is not None and doc.position is not None:
-            if ev.position < doc.position or (ev.position == doc.position and doc.last_event_id != ev.event_id):
+            if ev.position < doc.position or (
+                ev.position == doc.position and doc.last_event_id != ev.event_id
+            ):
                 detail = (
                     f"{describe_position(ev.position)} is not newer than the applied"
                     f" {describe_position(doc.position)}"
@@ -208,8 +215,13 @@ class IngestWorker:
         try:
             parsed = parse(data, ev.content_type, ev.path)
         except UnsupportedContentError as exc:
-            return _Plan(record, _Action.EMPTY, status=DocumentStatus.SKIPPED, reason=str(exc),
-                         content_type=ev.content_type)
+            return _Plan(
+                record,
+                _Action.EMPTY,
+                status=DocumentStatus.SKIPPED,
+                reason=str(exc),
+                content_type=ev.content_type,
+            )
         title = parsed.title or PurePosixPath(ev.path).name
         prefix = self._title_prefix(title, ev.path)
         reserved = max(0, self.embedder.count_tokens([prefix])[0] - 2)  # the prefix shares [CLS]/[SEP]
@@ -224,8 +236,14 @@ class IngestWorker:
         chunks = chunker.chunk(parsed.text)
         self._step("chunked", ev)
         if not chunks:
-            return _Plan(record, _Action.EMPTY, status=DocumentStatus.INDEXED, title=title,
-                         content_type=parsed.content_type, reason="the file has no text")
+            return _Plan(
+                record,
+                _Action.EMPTY,
+                status=DocumentStatus.INDEXED,
+                title=title,
+                content_type=parsed.content_type,
+                reason="the file has no text",
+            )
         return _Plan(
             record,
             _Action.INDEX,
@@ -267,7 +285,9 @@ class IngestWorker:
     def _embed(self, plans: list[_Plan]) -> None:
         texts = [t for p in plans for t in p.embed_texts]
         counts = [n for p in plans for n in p.token_counts]
-        vectors, stats = embed_with_cache(self.embedder, self.cache, texts, counts, self.config.embed_batch_size)
+        vectors, stats = embed_with_cache(
+            self.embedder, self.cache, texts, counts, self.config.embed_batch_size
+        )
         at = 0
         for p in plans:
             n = len(p.embed_texts)
@@ -283,13 +303,17 @@ class IngestWorker:
         if plan.action is _Action.FINISH:
             doc = self.state.get_document(ev.workspace, ev.file_id)
             self.index.delete_file(ev.workspace, ev.file_id, keep_revision=doc.revision if doc else None)
-            self.state.set_event_status(ev.event_id, EventStatus.DONE, detail="finished after an interrupted attempt")
+            self.state.set_event_status(
+                ev.event_id, EventStatus.DONE, detail="finished after an interrupted attempt"
+            )
             return Outcome(OutcomeKind.DONE)
 
         revision = ev.position if plan.action is _Action.INDEX else None
         if plan.action is _Action.INDEX:
             sparse = (
-                self.sparse.encode_documents(plan.embed_texts) if self.sparse is not None else [None] * len(plan.chunks)
+                self.sparse.encode_documents(plan.embed_texts)
+                if self.sparse is not None
+                else [None] * len(plan.chunks)
             )
             points = [
                 IndexPoint(

@@ -21,7 +21,14 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ingest.ports import DocumentStatus, Hit, SearchFilter, SearchMode, StateStore, VectorIndex
-from retrieval.answering import NOT_COVERED, SYSTEM_PROMPT, Answer, Answerer, fence_passages, resolve_citations
+from retrieval.answering import (
+    NOT_COVERED,
+    SYSTEM_PROMPT,
+    Answer,
+    Answerer,
+    fence_passages,
+    resolve_citations,
+)
 from retrieval.llm import ChatModel, ChatReply, ToolCall
 from retrieval.search import SearchRequest
 from retrieval.sessions import Turn
@@ -152,7 +159,12 @@ class Agent:
         use_llm = self.chat is not None and not ask.extractive
         query = self.standalone_query(ask.question, history, use_llm)
         hits = self.answerer.retrieve(
-            ask.workspace, query, top_k=ask.top_k, flt=ask.flt, mode=ask.mode, score_threshold=ask.score_threshold
+            ask.workspace,
+            query,
+            top_k=ask.top_k,
+            flt=ask.flt,
+            mode=ask.mode,
+            score_threshold=ask.score_threshold,
         )
         if not hits:
             answer = Answer(NOT_COVERED, "llm" if use_llm else "extractive", [], covered=False)
@@ -182,7 +194,9 @@ class Agent:
         return rewritten or question
 
     # the model loop -----------------------------------------------------------------------------------
-    def _converse(self, ask: Ask, history: Sequence[Turn], passages: list[Hit], stream: bool) -> Iterator[AgentEvent]:
+    def _converse(
+        self, ask: Ask, history: Sequence[Turn], passages: list[Hit], stream: bool
+    ) -> Iterator[AgentEvent]:
         assert self.chat is not None
         tools = TOOLS if self.config.tools else None
         system = SYSTEM_PROMPT + (TOOLS_PROMPT if tools else "")
@@ -216,13 +230,19 @@ class Agent:
                     "role": "assistant",
                     "content": reply.text or None,
                     "tool_calls": [
-                        {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                        {
+                            "id": c.id,
+                            "type": "function",
+                            "function": {"name": c.name, "arguments": c.arguments},
+                        }
                         for c in reply.tool_calls
                     ],
                 }
             )
             for call in reply.tool_calls:
-                messages.append({"role": "tool", "tool_call_id": call.id, "content": self._tool(ask, call, passages)})
+                messages.append(
+                    {"role": "tool", "tool_call_id": call.id, "content": self._tool(ask, call, passages)}
+                )
 
     def _finish(self, text: str, passages: Sequence[Hit]) -> Answer:
         text = _strip_prompt_echo(text)
@@ -248,7 +268,9 @@ class Agent:
     def _search_tool(self, ask: Ask, args: dict[str, Any], passages: list[Hit]) -> str:
         unknown = set(args) - {"query", "filters"}
         if unknown:
-            raise ValueError(f"unknown argument(s) {sorted(unknown)}; the search is limited to your workspace")
+            raise ValueError(
+                f"unknown argument(s) {sorted(unknown)}; the search is limited to your workspace"
+            )
         query = str(args["query"])
         f = args.get("filters") or {}
         bad = set(f) - {"path_prefix", "content_type", "file_id"}
@@ -262,7 +284,9 @@ class Agent:
             file_ids=tuple(f.get("file_id") or base.file_ids),
         )
         # ask.workspace, never anything from the arguments: the model cannot widen the scope.
-        found = self.answerer.searcher.search(SearchRequest(ask.workspace, query, top_k=ask.top_k, mode=ask.mode, flt=flt))
+        found = self.answerer.searcher.search(
+            SearchRequest(ask.workspace, query, top_k=ask.top_k, mode=ask.mode, flt=flt)
+        )
         found = [h for h in found if self.answerer.relevant(h)]
         return self._number(found, passages) if found else "no passages found"
 
@@ -284,14 +308,24 @@ class Agent:
         if start >= end:
             return f"empty range; the document has {length} characters"
         first = chunks[0]
-        hit = replace(first, point_id=f"read:{file_id}:{start}:{end}", score=0.0, chunk_index=-1, start=start,
-                      end=end, text=text[start:end], heading=None, similarity=None)
+        hit = replace(
+            first,
+            point_id=f"read:{file_id}:{start}:{end}",
+            score=0.0,
+            chunk_index=-1,
+            start=start,
+            end=end,
+            text=text[start:end],
+            heading=None,
+            similarity=None,
+        )
         return self._number([hit], passages) + f"\n(the document has {length} characters)"
 
     def _list_tool(self, ask: Ask, args: dict[str, Any]) -> str:
         prefix = str(args.get("path_prefix") or "").lstrip("/")
         docs = [
-            d for d in self.state.list_documents(ask.workspace, status=DocumentStatus.INDEXED, limit=10_000)
+            d
+            for d in self.state.list_documents(ask.workspace, status=DocumentStatus.INDEXED, limit=10_000)
             if d.path.startswith(prefix)
         ]
         lines = [f"{d.file_id} | {d.path} | version {d.version}" for d in docs[:100]]

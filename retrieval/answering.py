@@ -131,7 +131,12 @@ class Answerer:
     ) -> list[Hit]:
         hits = self.searcher.search(
             SearchRequest(
-                workspace, question, top_k=top_k, mode=mode, flt=flt, score_threshold=score_threshold,
+                workspace,
+                question,
+                top_k=top_k,
+                mode=mode,
+                flt=flt,
+                score_threshold=score_threshold,
                 group_by_document=group_by_document,  # the API's "at most one passage per file"
             )
         )
@@ -155,7 +160,12 @@ class Answerer:
         group_by_document: bool = False,
     ) -> Answer:
         hits = self.retrieve(
-            workspace, question, top_k=top_k, flt=flt, mode=mode, score_threshold=score_threshold,
+            workspace,
+            question,
+            top_k=top_k,
+            flt=flt,
+            mode=mode,
+            score_threshold=score_threshold,
             group_by_document=group_by_document,
         )
         use_llm = self.chat is not None and not extractive
@@ -182,15 +192,21 @@ class Answerer:
 
     def extractive(self, question: str, hits: Sequence[Hit], max_passages: int = 3) -> Answer:
         """The best sentence or two of the best passages, each cited: no model, no invention."""
-        q_terms = set(self.terms.tokenize(question)) if self.terms is not None else set(question.lower().split())
+        q_terms = (
+            set(self.terms.tokenize(question)) if self.terms is not None else set(question.lower().split())
+        )
         lines, citations = [], []
         for n, hit in enumerate(hits[:max_passages], start=1):
             sentences = [s for s in re.split(r"(?<=[.!?])\s+|\n+", hit.text) if s.strip()]
+
             def overlap(s: str) -> int:
                 toks = set(self.terms.tokenize(s)) if self.terms is not None else set(s.lower().split())
                 return len(q_terms & toks)
+
             best = sorted(range(len(sentences)), key=lambda i: (-overlap(sentences[i]), i))[:2]
-            quote = " ".join(sentences[i].strip().lstrip("#").strip() for i in sorted(best)) or hit.text.strip()
+            quote = (
+                " ".join(sentences[i].strip().lstrip("#").strip() for i in sorted(best)) or hit.text.strip()
+            )
             lines.append(f"{quote} [{n}]")
             citations.append(Citation.from_hit(n, hit))
         return Answer("\n".join(lines), "extractive", citations)

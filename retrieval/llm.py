@@ -42,7 +42,9 @@ class ChatModel(Protocol):
     @property
     def model(self) -> str: ...
 
-    def complete(self, messages: Sequence[dict[str, Any]], *, tools: Sequence[dict[str, Any]] | None = None) -> ChatReply: ...
+    def complete(
+        self, messages: Sequence[dict[str, Any]], *, tools: Sequence[dict[str, Any]] | None = None
+    ) -> ChatReply: ...
 
     def stream(
         self, messages: Sequence[dict[str, Any]], *, tools: Sequence[dict[str, Any]] | None = None
@@ -104,7 +106,12 @@ class OpenAIChatModel:
     def stream(
         self, messages: Sequence[dict[str, Any]], *, tools: Sequence[dict[str, Any]] | None = None
     ) -> Iterator[str | ChatReply]:
-        kwargs: dict[str, Any] = {"model": self._model, "messages": list(messages), "temperature": 0, "stream": True}
+        kwargs: dict[str, Any] = {
+            "model": self._model,
+            "messages": list(messages),
+            "temperature": 0,
+            "stream": True,
+        }
         if tools:
             kwargs["tools"] = list(tools)
         text: list[str] = []
@@ -131,5 +138,7 @@ class OpenAIChatModel:
             raise self._map(exc) from exc
         yield ChatReply(
             text="".join(text),
-            tool_calls=[ToolCall(c["id"], c["name"], c["arguments"] or "{}") for _, c in sorted(calls.items())],
+            tool_calls=[
+                ToolCall(c["id"], c["name"], c["arguments"] or "{}") for _, c in sorted(calls.items())
+            ],
         )

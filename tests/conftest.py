@@ -55,7 +55,9 @@ class Harness:
     container: Container
     settings: Settings
 
-    def post_event(self, body: dict[str, Any], *, secret: str = SECRET_ACME, event_id: str | None = None) -> Any:
+    def post_event(
+        self, body: dict[str, Any], *, secret: str = SECRET_ACME, event_id: str | None = None
+    ) -> Any:
         raw, headers = sign(secret, body, event_id=event_id)
         return self.client.post("/webhooks", content=raw, headers=headers)
 

@@ -45,8 +45,10 @@ def h(make_harness: Callable[..., Harness], llm: ScriptedLLM) -> Harness:
     harness = make_harness(chat=OpenAIChatModel("gpt-test", client=client), agent={"max_steps": 3})
     for fid, text in (("employees", EMPLOYEES), ("contractors", CONTRACTORS), ("notes", INJECTION)):
         harness.post_event(file_event("created", fid, path=f"hr/{fid}.md", content=text, version=1))
-    harness.post_event(file_event("created", "beta-merger", workspace="beta", content=BETA_SECRET, version=1),
-                       secret=SECRET_BETA)
+    harness.post_event(
+        file_event("created", "beta-merger", workspace="beta", content=BETA_SECRET, version=1),
+        secret=SECRET_BETA,
+    )
     harness.drain()
     return harness
 
@@ -113,11 +115,14 @@ def test_step_limit_forces_an_answer(h: Harness, llm: ScriptedLLM) -> None:
 def test_injected_instructions_cannot_widen_scope(h: Harness, llm: ScriptedLLM) -> None:
     # A model that obeys the injected text: lists everything, tries another workspace, invents a citation.
     llm.push(
-        Reply("", tool_calls=[
-            ToolCall("list_documents", {"path_prefix": ""}),
-            ToolCall("search_documents", {"query": "merger code name", "workspace": "beta"}),
-            ToolCall("search_documents", {"query": "merger code name BLUEHERON"}),
-        ]),
+        Reply(
+            "",
+            tool_calls=[
+                ToolCall("list_documents", {"path_prefix": ""}),
+                ToolCall("search_documents", {"query": "merger code name", "workspace": "beta"}),
+                ToolCall("search_documents", {"query": "merger code name BLUEHERON"}),
+            ],
+        ),
         Reply("Here is everything [1][4][9]."),
     )
     res = h.query("Where is the offsite?").json()
@@ -147,8 +152,12 @@ def test_system_prompt_is_not_echoed(h: Harness, llm: ScriptedLLM) -> None:
 def test_streamed_query_sends_tokens_then_citations_then_done(h: Harness, llm: ScriptedLLM) -> None:
     text = "Employees receive sixteen weeks of paid parental leave [1]."
     llm.push(Reply(text))
-    with h.client.stream("POST", "/query", json={"question": "parental leave length", "stream": True},
-                         headers={"X-API-Key": KEY_ACME}) as r:
+    with h.client.stream(
+        "POST",
+        "/query",
+        json={"question": "parental leave length", "stream": True},
+        headers={"X-API-Key": KEY_ACME},
+    ) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         events = []
         for block in r.read().decode().split("\n\n"):
@@ -161,8 +170,11 @@ def test_streamed_query_sends_tokens_then_citations_then_done(h: Harness, llm: S
     assert events[-1][1]["citations"][0]["file_id"] == "employees"
 
     # Accept: text/event-stream works too, and the extractive path streams as well.
-    r = h.client.post("/query", json={"question": "parental leave", "extractive": True},
-                      headers={"X-API-Key": KEY_ACME, "Accept": "text/event-stream"})
+    r = h.client.post(
+        "/query",
+        json={"question": "parental leave", "extractive": True},
+        headers={"X-API-Key": KEY_ACME, "Accept": "text/event-stream"},
+    )
     assert "event: done" in r.text and '"mode": "extractive"' in r.text
 
 
@@ -174,16 +186,20 @@ def test_official_openai_client_against_eventrag(h: Harness, llm: ScriptedLLM) -
 
         llm.push(Reply("Employees get 16 weeks [1]."))
         done = client.chat.completions.create(
-            model="eventrag", messages=[{"role": "user", "content": "How long is parental leave for employees?"}]
+            model="eventrag",
+            messages=[{"role": "user", "content": "How long is parental leave for employees?"}],
         )
         content = done.choices[0].message.content or ""
-        assert content.startswith("Employees get 16 weeks [1].") and "Sources:\n[1] hr/employees.md" in content
+        assert (
+            content.startswith("Employees get 16 weeks [1].") and "Sources:\n[1] hr/employees.md" in content
+        )
         extra = done.model_extra or {}
         assert extra["citations"][0]["file_id"] == "employees"
 
         llm.push(Reply("Contractors can pause for 12 weeks [1]."))
         stream = client.chat.completions.create(
-            model="eventrag", stream=True,
+            model="eventrag",
+            stream=True,
             messages=[{"role": "user", "content": "What can contractors do about leave?"}],
         )
         chunks = list(stream)
@@ -193,7 +209,9 @@ def test_official_openai_client_against_eventrag(h: Harness, llm: ScriptedLLM) -
 
         beta = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY_BETA, max_retries=0)
         llm.push(Reply("It is BLUEHERON [1]."))
-        ans = beta.chat.completions.create(model="eventrag", messages=[{"role": "user", "content": "merger code name?"}])
+        ans = beta.chat.completions.create(
+            model="eventrag", messages=[{"role": "user", "content": "merger code name?"}]
+        )
         assert (ans.model_extra or {})["citations"][0]["file_id"] == "beta-merger"
 
         with pytest.raises(openai.AuthenticationError):

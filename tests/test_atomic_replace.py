@@ -16,12 +16,16 @@ VERSIONS = 12
 
 
 def content(version: int) -> str:
-    return "\n\n".join(f"Handbook part {i}, edition {version}: rules for topic {i} marker e{version}." for i in range(8))
+    return "\n\n".join(
+        f"Handbook part {i}, edition {version}: rules for topic {i} marker e{version}." for i in range(8)
+    )
 
 
 def test_queries_during_replacement_never_mix_or_vanish(make_harness: Callable[..., Harness]) -> None:
     h = make_harness(
-        model=HashEmbedder(), chunking={"chunk_tokens": 32, "overlap_tokens": 0}, worker={"mass_delete_share": 1.0}
+        model=HashEmbedder(),
+        chunking={"chunk_tokens": 32, "overlap_tokens": 0},
+        worker={"mass_delete_share": 1.0},
     )
     h.post_event(file_event("created", "handbook", content=content(1), version=1))
     h.drain()
@@ -43,8 +47,13 @@ def test_queries_during_replacement_never_mix_or_vanish(make_harness: Callable[.
 
     def reader() -> None:
         nonlocal queries
-        req = SearchRequest("acme", "handbook rules topic edition", top_k=50, mode=SearchMode.DENSE,
-                            flt=SearchFilter(file_ids=("handbook",)))
+        req = SearchRequest(
+            "acme",
+            "handbook rules topic edition",
+            top_k=50,
+            mode=SearchMode.DENSE,
+            flt=SearchFilter(file_ids=("handbook",)),
+        )
         while not done.is_set() or queries < 50:
             hits = h.container.searcher.search(req)
             queries += 1
@@ -59,7 +68,11 @@ def test_queries_during_replacement_never_mix_or_vanish(make_harness: Callable[.
             if queries > 5000:
                 break
 
-    threads = [threading.Thread(target=writer), threading.Thread(target=reader), threading.Thread(target=reader)]
+    threads = [
+        threading.Thread(target=writer),
+        threading.Thread(target=reader),
+        threading.Thread(target=reader),
+    ]
     for t in threads:
         t.start()
     for t in threads:

@@ -28,13 +28,19 @@ def free_port() -> int:
 
 def cli_env(data_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EVENTRAG_", "OPENAI_"))}
-    env.update({"EVENTRAG_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1", "EVENTRAG_WORKER__POLL_SECONDS": "0.1"})
+    env.update(
+        {"EVENTRAG_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1", "EVENTRAG_WORKER__POLL_SECONDS": "0.1"}
+    )
     return env
 
 
 def run_cli(*args: str, data_dir: Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*EVENTRAG, *args], env=cli_env(data_dir), capture_output=True, text=True, timeout=timeout,
+        [*EVENTRAG, *args],
+        env=cli_env(data_dir),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         cwd=Path(__file__).parent.parent,
     )
 
@@ -55,7 +61,10 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Path, subprocess.Popen[str], l
     port = free_port()
     proc = subprocess.Popen(
         [*EVENTRAG, "serve", "--port", str(port), "--data-dir", str(data), "--log-level", "warning"],
-        env=cli_env(data), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=cli_env(data),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         cwd=Path(__file__).parent.parent,
     )
     url = f"http://127.0.0.1:{port}"
@@ -87,8 +96,16 @@ def test_serve_ingest_ask_over_loopback(server, tmp_path: Path) -> None:  # type
     secret = json.loads((data / "webhook-secret.json").read_text())["default"]
     assert secret.startswith("whsec_")
 
-    raw, headers = sign(secret, file_event("created", "menu", workspace=None,
-                                           content="The canteen serves vegan curry on Thursdays.", version=1))
+    raw, headers = sign(
+        secret,
+        file_event(
+            "created",
+            "menu",
+            workspace=None,
+            content="The canteen serves vegan curry on Thursdays.",
+            version=1,
+        ),
+    )
     r = httpx.post(f"{url}/webhooks", content=raw, headers=headers)
     assert r.status_code == 202, r.text
     status_url = url + r.json()["status_url"]
@@ -101,8 +118,14 @@ def test_serve_ingest_ask_over_loopback(server, tmp_path: Path) -> None:  # type
     out = run_cli("ingest", str(folder), "--server", url, data_dir=data)
     assert out.returncode == 0, out.stderr
     assert "sending 1 file(s) to the server" in out.stdout
-    wait_for(lambda: any(d["path"] == "parking.md" and d["status"] == "indexed"
-                         for d in httpx.get(f"{url}/documents").json()["documents"]), 60, "parking.md indexed")
+    wait_for(
+        lambda: any(
+            d["path"] == "parking.md" and d["status"] == "indexed"
+            for d in httpx.get(f"{url}/documents").json()["documents"]
+        ),
+        60,
+        "parking.md indexed",
+    )
 
     out = run_cli("ask", "Where can visitors park?", "--server", url, data_dir=data)
     assert out.returncode == 0, out.stderr
@@ -118,13 +141,22 @@ def test_ingest_and_ask_without_a_server(tmp_path: Path) -> None:
     data = tmp_path / "data"
     folder = tmp_path / "docs"
     (folder / "it").mkdir(parents=True)
-    (folder / "it" / "vpn.md").write_text("# VPN\nThe VPN client must be updated every quarter by the IT desk.\n")
+    (folder / "it" / "vpn.md").write_text(
+        "# VPN\nThe VPN client must be updated every quarter by the IT desk.\n"
+    )
     (folder / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     out = run_cli("ingest", str(folder), "--server", "http://127.0.0.1:9", data_dir=data)
     assert out.returncode == 0, out.stderr
     assert "1 indexed document(s)" in out.stdout
     assert re.search(r"skipped: logo\.png", out.stdout)
-    out = run_cli("ask", "How often is the VPN client updated?", "--server", "http://127.0.0.1:9", "--json", data_dir=data)
+    out = run_cli(
+        "ask",
+        "How often is the VPN client updated?",
+        "--server",
+        "http://127.0.0.1:9",
+        "--json",
+        data_dir=data,
+    )
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout)
     assert res["citations"][0]["path"] == "it/vpn.md"

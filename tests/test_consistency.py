@@ -20,7 +20,10 @@ FAST: dict[str, Any] = {"mass_delete_share": 1.0}
 
 
 def doc(topic: str, version: int, paragraphs: int = 1) -> str:
-    return "\n\n".join(f"{topic} paragraph {i} of version {version} mentions {topic}v{version}p{i}." for i in range(paragraphs))
+    return "\n\n".join(
+        f"{topic} paragraph {i} of version {version} mentions {topic}v{version}p{i}."
+        for i in range(paragraphs)
+    )
 
 
 @pytest.fixture
@@ -62,8 +65,12 @@ def test_duplicate_while_queued_returns_the_original(h: Harness) -> None:
 
 def test_sequencer_and_timestamp_order_events_without_versions(h: Harness) -> None:
     # S3 sequencers are hex numbers: 0C0F... is a later change than 0A0F...2, although shorter-looking.
-    newer = h.post_event(file_event("updated", "s3obj", content=doc("gamma", 2), sequencer="C0F6F405D6ED209E1"))
-    older = h.post_event(file_event("created", "s3obj", content=doc("gamma", 1), sequencer="0A0F6F405D6ED209E2"))
+    newer = h.post_event(
+        file_event("updated", "s3obj", content=doc("gamma", 2), sequencer="C0F6F405D6ED209E1")
+    )
+    older = h.post_event(
+        file_event("created", "s3obj", content=doc("gamma", 1), sequencer="0A0F6F405D6ED209E2")
+    )
     h.drain()
     assert status(h, newer.json()["event_id"]) == "done"
     assert status(h, older.json()["event_id"]) == "superseded"
@@ -71,7 +78,9 @@ def test_sequencer_and_timestamp_order_events_without_versions(h: Harness) -> No
     from datetime import UTC, datetime, timedelta
 
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
-    late = h.post_event(file_event("updated", "plain", content=doc("zeta", 2), timestamp=t0 + timedelta(seconds=5)))
+    late = h.post_event(
+        file_event("updated", "plain", content=doc("zeta", 2), timestamp=t0 + timedelta(seconds=5))
+    )
     early = h.post_event(file_event("created", "plain", content=doc("zeta", 1), timestamp=t0))
     h.drain()
     assert status(h, late.json()["event_id"]) == "done"
@@ -94,14 +103,18 @@ def test_tombstone_stops_a_late_create(h: Harness) -> None:
     assert searchable(h, "f") == {4}
 
 
-def test_retries_back_off_then_fail_and_can_be_retried_on_demand(make_harness: Callable[..., Harness]) -> None:
+def test_retries_back_off_then_fail_and_can_be_retried_on_demand(
+    make_harness: Callable[..., Harness],
+) -> None:
     broken = {"on": True}
 
     def fault(step: str, event: FileEvent) -> None:
         if broken["on"] and step == "embedded" and event.version == 2:
             raise RuntimeError("embedding backend unavailable")
 
-    h = make_harness(model=HashEmbedder(), fault=fault, worker={"backoff_seconds": 0.0, "max_attempts": 3, **FAST})
+    h = make_harness(
+        model=HashEmbedder(), fault=fault, worker={"backoff_seconds": 0.0, "max_attempts": 3, **FAST}
+    )
     h.post_event(file_event("created", "f", content=doc("eps", 1), version=1))
     h.drain()
     ev = h.post_event(file_event("updated", "f", content=doc("eps", 2), version=2)).json()["event_id"]
@@ -138,7 +151,9 @@ def test_backoff_delays_grow(make_harness: Callable[..., Harness]) -> None:
 
 
 def test_mass_deletion_is_held_until_confirmed(make_harness: Callable[..., Harness]) -> None:
-    h = make_harness(model=HashEmbedder(), worker={"backoff_seconds": 0.0, "mass_delete_share": 0.2, "mass_delete_min": 3})
+    h = make_harness(
+        model=HashEmbedder(), worker={"backoff_seconds": 0.0, "mass_delete_share": 0.2, "mass_delete_min": 3}
+    )
     for i in range(10):
         h.post_event(file_event("created", f"f{i}", content=doc(f"t{i}", 1), version=1))
     h.drain()
@@ -169,8 +184,16 @@ def test_reconcile_reports_and_repairs(h: Harness) -> None:
 
     # Damage the index behind the registry's back: lose b's points, add an orphan revision for c.
     h.container.index.delete_file("acme", "b")
-    orphan = IndexPoint("acme", "c", "c", "v:00000000000000000000", 0, "text/markdown",
-                        Chunk(0, "stale text", 0, 10), HashEmbedder().embed_query("stale text"))
+    orphan = IndexPoint(
+        "acme",
+        "c",
+        "c",
+        "v:00000000000000000000",
+        0,
+        "text/markdown",
+        Chunk(0, "stale text", 0, 10),
+        HashEmbedder().embed_query("stale text"),
+    )
     h.container.index.upsert([orphan])
     report = h.client.post("/reconcile", headers=key).json()
     kinds = {(p["file_id"], p["kind"]) for p in report["problems"]}
@@ -187,7 +210,9 @@ def test_reconcile_reports_and_repairs(h: Harness) -> None:
 def test_only_changed_chunks_are_re_embedded(make_harness: Callable[..., Harness]) -> None:
     model = HashEmbedder()
     h = make_harness(model=model, chunking={"chunk_tokens": 40, "overlap_tokens": 0}, worker=FAST)
-    paragraphs = [f"Section {i} explains topic {i} in some detail with words w{i}a w{i}b w{i}c." for i in range(30)]
+    paragraphs = [
+        f"Section {i} explains topic {i} in some detail with words w{i}a w{i}b w{i}c." for i in range(30)
+    ]
     h.post_event(file_event("created", "long", content="\n\n".join(paragraphs), version=1))
     h.drain()
     first = h.get("/documents/long").json()
@@ -221,8 +246,11 @@ def test_one_file_at_a_time_many_files_at_once(make_harness: Callable[..., Harne
                 in_flight.discard(event.file_id)
         time.sleep(0.002)  # widen the window in which a second event of one file could slip in
 
-    h = make_harness(model=HashEmbedder(), fault=fault,
-                     worker={"threads": 3, "batch_size": 4, "poll_seconds": 0.01, **FAST})
+    h = make_harness(
+        model=HashEmbedder(),
+        fault=fault,
+        worker={"threads": 3, "batch_size": 4, "poll_seconds": 0.01, **FAST},
+    )
     for v in range(1, 6):
         for f in ("a", "b", "c", "d"):
             h.post_event(file_event("updated", f, content=doc(f, v), version=v))

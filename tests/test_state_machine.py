@@ -9,6 +9,7 @@ CI runs a few dozen examples; `HYPOTHESIS_PROFILE=long pytest tests/test_state_m
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -33,11 +34,17 @@ from tests.fakes.embedder import HashEmbedder
 from tests.fakes.webhooks import file_event, sign
 
 settings.register_profile(
-    "ci", max_examples=25, stateful_step_count=30, deadline=None,
+    "ci",
+    max_examples=25,
+    stateful_step_count=30,
+    deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.register_profile(
-    "long", max_examples=1000, stateful_step_count=60, deadline=None,
+    "long",
+    max_examples=1000,
+    stateful_step_count=60,
+    deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
@@ -81,11 +88,13 @@ class IndexMachine(RuleBasedStateMachine):
 
     def _build(self) -> Container:
         s = base_settings(
-            self.tmp, worker={"backoff_seconds": 0.0, "max_attempts": 1000, "mass_delete_share": 1.0, "batch_size": 3},
+            self.tmp,
+            worker={"backoff_seconds": 0.0, "max_attempts": 1000, "mass_delete_share": 1.0, "batch_size": 3},
             chunking={"chunk_tokens": 40, "overlap_tokens": 8},
         )
-        return build_container(s, embedder=HashEmbedder(), qdrant_client=QdrantClient(location=":memory:"),
-                               fault=self._fault)
+        return build_container(
+            s, embedder=HashEmbedder(), qdrant_client=QdrantClient(location=":memory:"), fault=self._fault
+        )
 
     def _fault(self, step: str, event: FileEvent) -> None:
         if self.crash_at == (step, event.event_id):
@@ -114,9 +123,13 @@ class IndexMachine(RuleBasedStateMachine):
     def deliver(self, data: st.DataObject) -> None:
         """Deliver any sent event: out of order, and possibly again (a duplicate)."""
         e = data.draw(st.sampled_from(self.sent))
-        body = file_event(e.kind, e.file_id, version=e.version,
-                          content=None if e.kind == "deleted" else content_of(e),
-                          content_type=None if e.kind == "deleted" else "text/markdown")
+        body = file_event(
+            e.kind,
+            e.file_id,
+            version=e.version,
+            content=None if e.kind == "deleted" else content_of(e),
+            content_type=None if e.kind == "deleted" else "text/markdown",
+        )
         raw, headers = sign(SECRET_ACME, body, event_id=e.event_id)
         r = self.client.post("/webhooks", content=raw, headers=headers)
         if e.event_id in self.delivered:
@@ -133,10 +146,8 @@ class IndexMachine(RuleBasedStateMachine):
         if queued:
             self.crash_at = (step, data.draw(st.sampled_from(queued)))
         assert self.container.loop is not None
-        try:
+        with contextlib.suppress(SimulatedCrash):
             self.container.loop.drain()
-        except SimulatedCrash:
-            pass
         self.crash_at = None
         self._restart()
         self.container.loop.drain()
@@ -190,8 +201,13 @@ class IndexMachine(RuleBasedStateMachine):
             e = applied[f]
             doc = self.container.state.get_document("acme", f)
             hits = self.container.searcher.search(
-                SearchRequest("acme", "paragraph topic", top_k=50, mode=SearchMode.DENSE,
-                              flt=SearchFilter(file_ids=(f,)))
+                SearchRequest(
+                    "acme",
+                    "paragraph topic",
+                    top_k=50,
+                    mode=SearchMode.DENSE,
+                    flt=SearchFilter(file_ids=(f,)),
+                )
             )
             points = {rev: n for (fid, rev), n in counts.items() if fid == f}
             if e is None:

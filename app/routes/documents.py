@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, status
 
@@ -12,7 +12,7 @@ from ingest.ports import DocumentRecord, DocumentStatus
 
 router = APIRouter(tags=["documents"])
 
-_AUTH = {401: {"model": ErrorBody, "description": "Missing or unknown API key"}}
+_AUTH: dict[int | str, dict[str, Any]] = {401: {"model": ErrorBody, "description": "Missing or unknown API key"}}
 
 
 def document_out(d: DocumentRecord) -> DocumentOut:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, HTTPException, status
 
 from app.container import Container
@@ -12,7 +14,7 @@ from ingest.ports import EventRecord
 
 router = APIRouter(tags=["events"])
 
-_AUTH = {401: {"model": ErrorBody, "description": "Missing or unknown API key"}}
+_AUTH: dict[int | str, dict[str, Any]] = {401: {"model": ErrorBody, "description": "Missing or unknown API key"}}
 
 
 def event_out(rec: EventRecord) -> EventOut:
@@ -58,7 +60,10 @@ def get_event(event_id: str, workspace: Workspace, container: ContainerDep) -> E
     responses={
         **_AUTH,
         404: {"model": ErrorBody, "description": "No such event in the caller's workspace"},
-        409: {"model": ErrorBody, "description": "The event is not failed; only failed events can be retried"},
+        409: {
+            "model": ErrorBody,
+            "description": "The event is not failed; only failed events can be retried",
+        },
     },
 )
 def retry_event(event_id: str, workspace: Workspace, container: ContainerDep) -> EventOut:

@@ -68,14 +68,19 @@ def sources_text(a: Answer) -> str:
 @router.get("/models")
 def list_models(workspace: Workspace) -> dict[str, Any]:
     """The one model eventrag serves: answers grounded in the caller's documents."""
-    return {"object": "list", "data": [{"id": MODEL_ID, "object": "model", "created": 0, "owned_by": "eventrag"}]}
+    return {
+        "object": "list",
+        "data": [{"id": MODEL_ID, "object": "model", "created": 0, "owned_by": "eventrag"}],
+    }
 
 
 @router.post(
     "/chat/completions",
     responses={
-        200: {"description": "A chat.completion object (or chat.completion.chunk events when streaming),"
-              " with the extra field `citations`"},
+        200: {
+            "description": "A chat.completion object (or chat.completion.chunk events when streaming),"
+            " with the extra field `citations`"
+        },
         400: {"description": "No user message to answer"},
         401: {"description": "Missing or unknown API key"},
         502: {"description": "The language model failed"},

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
@@ -16,7 +16,7 @@ from ingest.reconcile import reconcile
 
 router = APIRouter(tags=["operations"])
 
-_AUTH = {401: {"model": ErrorBody, "description": "Missing or unknown API key"}}
+_AUTH: dict[int | str, dict[str, Any]] = {401: {"model": ErrorBody, "description": "Missing or unknown API key"}}
 
 
 class HeldSelection(BaseModel):
@@ -68,7 +68,9 @@ def confirm_held(workspace: Workspace, container: ContainerDep, body: HeldSelect
 def discard_held(workspace: Workspace, container: ContainerDep, body: HeldSelection | None = None) -> HeldResult:
     """Drop held deletes: the files stay indexed; the events are recorded as superseded."""
     out = [
-        event_out(container.state.set_event_status(r.event_id, EventStatus.SUPERSEDED, detail="discarded by an operator"))
+        event_out(
+            container.state.set_event_status(r.event_id, EventStatus.SUPERSEDED, detail="discarded by an operator")
+        )
         for r in _select(container, workspace, body)
     ]
     return HeldResult(events=out, count=len(out))

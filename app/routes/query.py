@@ -42,8 +42,16 @@ def to_filter(f: QueryFilters | None) -> SearchFilter | None:
 def citations_out(a: Answer) -> list[CitationOut]:
     return [
         CitationOut(
-            n=c.n, file_id=c.file_id, path=c.path, version=c.version, start=c.start, end=c.end, text=c.text,
-            score=c.score, heading=c.heading, title=c.title,
+            n=c.n,
+            file_id=c.file_id,
+            path=c.path,
+            version=c.version,
+            start=c.start,
+            end=c.end,
+            text=c.text,
+            score=c.score,
+            heading=c.heading,
+            title=c.title,
         )
         for c in a.citations
     ]

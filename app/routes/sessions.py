@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, HTTPException, Response, status
 
 from app.deps import ContainerDep, Workspace
@@ -9,7 +11,7 @@ from app.schemas import ErrorBody, SessionOut, TurnOut
 
 router = APIRouter(tags=["sessions"])
 
-_RESPONSES = {
+_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "Missing or unknown API key"},
     404: {"model": ErrorBody, "description": "No such session in the caller's workspace"},
 }
@@ -31,7 +33,10 @@ def get_session(session_id: str, workspace: Workspace, container: ContainerDep) 
 
 
 @router.delete(
-    "/sessions/{session_id}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response, responses=_RESPONSES
+    "/sessions/{session_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=_RESPONSES,
 )
 def delete_session(session_id: str, workspace: Workspace, container: ContainerDep) -> Response:
     """Forget a conversation."""

@@ -63,7 +63,10 @@ async def post_webhook(request: Request, response: Response, container: Containe
     if delivery.duplicate:
         response.status_code = status.HTTP_200_OK
     return Accepted(
-        event_id=event_id, status=delivery.record.status.value, status_url=status_url, duplicate=delivery.duplicate
+        event_id=event_id,
+        status=delivery.record.status.value,
+        status_url=status_url,
+        duplicate=delivery.duplicate,
     )
 
 

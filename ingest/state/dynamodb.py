@@ -539,25 +539,40 @@ class DynamoSessionStore:
         return self._session(values)
 
     def append_turns(self, workspace: str, session_id: str, turns: Sequence[Turn]) -> Session:
-        now = time.time()
-        # One UpdateItem appends atomically, so two requests of one session never lose each other's turns.
-        resp = self.client.update_item(
-            TableName=self.table,
-            Key=_item({"workspace": workspace, "session_id": session_id}),
-            UpdateExpression=(
-                "SET #t = list_append(if_not_exists(#t, :empty), :new), #c = if_not_exists(#c, :now),"
-                " #u = :now, #x = :x"
-            ),
-            ExpressionAttributeNames={"#t": "turns", "#c": "created_at", "#u": "updated_at", "#x": "expires_at"},
-            ExpressionAttributeValues={
-                ":empty": {"L": []},
-                ":new": {"L": [{"S": json.dumps(asdict(t))} for t in turns]},
-                ":now": _serializer.serialize(_seconds(now)),
-                ":x": _serializer.serialize(int(now + self.ttl.total_seconds())),
-            },
-            ReturnValues="ALL_NEW",
-        )
-        return self._session(_plain(resp["Attributes"]))
+        key = _item({"workspace": workspace, "session_id": session_id})
+        for _ in range(2):
+            now = time.time()
+            try:
+                # One UpdateItem appends atomically: two requests of one session never lose each other's turns.
+                resp = self.client.update_item(
+                    TableName=self.table,
+                    Key=key,
+                    UpdateExpression=(
+                        "SET #t = list_append(if_not_exists(#t, :empty), :new), #c = if_not_exists(#c, :now),"
+                        " #u = :now, #x = :x"
+                    ),
+                    # An expired session that TTL has not deleted yet must not be continued.
+                    ConditionExpression="attribute_not_exists(#x) OR #x >= :now",
+                    ExpressionAttributeNames={
+                        "#t": "turns",
+                        "#c": "created_at",
+                        "#u": "updated_at",
+                        "#x": "expires_at",
+                    },
+                    ExpressionAttributeValues={
+                        ":empty": {"L": []},
+                        ":new": {"L": [{"S": json.dumps(asdict(t))} for t in turns]},
+                        ":now": _serializer.serialize(_seconds(now)),
+                        ":x": _serializer.serialize(int(now + self.ttl.total_seconds())),
+                    },
+                    ReturnValues="ALL_NEW",
+                )
+                return self._session(_plain(resp["Attributes"]))
+            except ClientError as exc:
+                if _error_code(exc) != "ConditionalCheckFailedException":
+                    raise
+                self.client.delete_item(TableName=self.table, Key=key)
+        raise RuntimeError(f"session {session_id!r} could not be written")  # pragma: no cover
 
     def delete_session(self, workspace: str, session_id: str) -> bool:
         resp = self.client.delete_item(

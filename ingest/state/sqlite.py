@@ -202,7 +202,12 @@ class SqliteStateStore:
         return int(rows[0][0])
 
     def list_events(
-        self, workspace: str, *, status: EventStatus | None = None, file_id: str | None = None, limit: int = 100
+        self,
+        workspace: str,
+        *,
+        status: EventStatus | None = None,
+        file_id: str | None = None,
+        limit: int = 100,
     ) -> list[EventRecord]:
         sql, params = "SELECT * FROM events WHERE workspace = ?", [workspace]
         if status is not None:
@@ -213,7 +218,9 @@ class SqliteStateStore:
         return [self._event(r) for r in rows]
 
     def events_with_status(self, status: EventStatus, limit: int = 1000) -> list[EventRecord]:
-        rows = self.db.query("SELECT * FROM events WHERE status = ? ORDER BY received_at LIMIT ?", (status.value, limit))
+        rows = self.db.query(
+            "SELECT * FROM events WHERE status = ? ORDER BY received_at LIMIT ?", (status.value, limit)
+        )
         return [self._event(r) for r in rows]
 
     def purge_events(self, older_than: datetime) -> int:
@@ -247,7 +254,9 @@ class SqliteStateStore:
         )
 
     def get_document(self, workspace: str, file_id: str) -> DocumentRecord | None:
-        rows = self.db.query("SELECT * FROM documents WHERE workspace = ? AND file_id = ?", (workspace, file_id))
+        rows = self.db.query(
+            "SELECT * FROM documents WHERE workspace = ? AND file_id = ?", (workspace, file_id)
+        )
         return self._document(rows[0]) if rows else None
 
     def list_documents(
@@ -261,7 +270,8 @@ class SqliteStateStore:
 
     def count_documents(self, workspace: str, status: DocumentStatus) -> int:
         rows = self.db.query(
-            "SELECT COUNT(*) AS n FROM documents WHERE workspace = ? AND status = ?", (workspace, status.value)
+            "SELECT COUNT(*) AS n FROM documents WHERE workspace = ? AND status = ?",
+            (workspace, status.value),
         )
         return int(rows[0]["n"])
 
@@ -319,7 +329,9 @@ class SqliteStateStore:
         return out
 
     def workspaces(self) -> list[str]:
-        rows = self.db.query("SELECT DISTINCT workspace FROM documents UNION SELECT DISTINCT workspace FROM events")
+        rows = self.db.query(
+            "SELECT DISTINCT workspace FROM documents UNION SELECT DISTINCT workspace FROM events"
+        )
         return sorted(r[0] for r in rows)
 
     def close(self) -> None:
@@ -425,5 +437,7 @@ class SqliteSessionStore:
 
     def delete_session(self, workspace: str, session_id: str) -> bool:
         with self.db.transaction() as conn:
-            cur = conn.execute("DELETE FROM sessions WHERE workspace = ? AND session_id = ?", (workspace, session_id))
+            cur = conn.execute(
+                "DELETE FROM sessions WHERE workspace = ? AND session_id = ?", (workspace, session_id)
+            )
             return cur.rowcount > 0

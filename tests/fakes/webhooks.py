@@ -40,7 +40,11 @@ def file_event(
 
 
 def sign(
-    secret: str, body: dict[str, Any] | bytes | str, *, event_id: str | None = None, sent: datetime | None = None
+    secret: str,
+    body: dict[str, Any] | bytes | str,
+    *,
+    event_id: str | None = None,
+    sent: datetime | None = None,
 ) -> tuple[bytes, dict[str, str]]:
     raw = body if isinstance(body, bytes) else (body if isinstance(body, str) else json.dumps(body)).encode()
     event_id = event_id or f"msg_{uuid.uuid4().hex}"

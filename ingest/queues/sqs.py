@@ -1,0 +1,234 @@
+"""The AWS job queue: an SQS FIFO queue, one message per event, its dead-letter queue for what keeps failing.
+
+- Message group = the event's `group_key` (workspace/file id): SQS hands out a group's messages in order and
+  none while one is in flight, which is the `JobQueue` contract's "one job in flight per group".
+- Deduplication id = sha256 of the event id, so a webhook stored twice is queued once (SQS remembers the id
+  for 5 minutes). SQS limits both ids to 128 characters of printable ASCII; event ids may be longer or
+  anything, hence the hash, and a group key that does not fit is hashed too.
+- The message body is `{"event_id": ...}`: the event itself stays in the state store.
+
+In Lambda the event source mapping receives and deletes messages; `claim`/`ack`/`release` serve a polling
+worker and the tests. `redrive` moves dead-lettered messages back (`eventrag redrive`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from botocore.exceptions import ClientError
+
+from ingest.ports import Job
+
+log = logging.getLogger(__name__)
+
+# ReceiveMessage returns at most 10 messages per call; a visibility timeout is at most 12 hours
+# (https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_ReceiveMessage.html).
+MAX_RECEIVE = 10
+MAX_VISIBILITY_SECONDS = 43200
+# MessageGroupId / MessageDeduplicationId: up to 128 of a-z, A-Z, 0-9 and punctuation, i.e. ASCII ! to ~.
+_SQS_ID = re.compile(r"[!-~]{1,128}")
+
+
+class SqsSettings(Protocol):
+    sqs_queue_url: str | None
+    sqs_dlq_url: str | None
+
+
+def deduplication_id(event_id: str) -> str:
+    return hashlib.sha256(event_id.encode("utf-8")).hexdigest()
+
+
+def message_group_id(group_key: str) -> str:
+    """The group key itself when SQS accepts it (readable in the console), else a stable hash of it."""
+    if _SQS_ID.fullmatch(group_key):
+        return group_key
+    return "sha256:" + hashlib.sha256(group_key.encode("utf-8")).hexdigest()
+
+
+def _visibility(seconds: float) -> int:
+    return max(0, min(MAX_VISIBILITY_SECONDS, math.ceil(seconds)))
+
+
+class SqsJobQueue:
+    """`JobQueue` on an SQS FIFO queue.
+
+    One `ReceiveMessage` can return several messages of one group (in order). `claim` hands out only the
+    first; the others stay in flight under this process's receipt, held here, and are handed out by later
+    claims once the job before them is acked, so they are never received twice just to wait. Releasing a
+    job makes its held successors visible again (they keep their order behind it).
+    """
+
+    def __init__(
+        self, client: Any, queue_url: str, *, dead_letter_url: str | None = None, wait_seconds: int = 0
+    ) -> None:
+        self.client = client
+        self.queue_url = queue_url
+        self.dead_letter_url = dead_letter_url
+        self.wait_seconds = wait_seconds  # long polling for `claim`; 0 = answer at once
+        self._lock = threading.Lock()
+        self._held: dict[str, deque[Job]] = {}  # group -> messages received behind a job of that group
+        # group -> when the lease of its claimed job ends (monotonic); a job never settled stops counting then
+        self._in_flight: dict[str, float] = {}
+
+    @classmethod
+    def from_settings(cls, settings: SqsSettings, *, client: Any | None = None) -> SqsJobQueue:
+        if not settings.sqs_queue_url:
+            raise ValueError("EVENTRAG_SQS_QUEUE_URL must be set for queue_backend=sqs")
+        if client is None:
+            import boto3
+
+            client = boto3.session.Session().client("sqs")
+        return cls(client, settings.sqs_queue_url, dead_letter_url=settings.sqs_dlq_url)
+
+    # the JobQueue port ----------------------------------------------------------------------------------
+    def enqueue(self, event_id: str, group_key: str) -> None:
+        self._send(self.queue_url, event_id, message_group_id(group_key), deduplication_id(event_id))
+
+    def _send(self, queue_url: str, event_id: str, group_id: str, dedupe_id: str) -> None:
+        self.client.send_message(
+            QueueUrl=queue_url,
+            MessageBody=json.dumps({"event_id": event_id}),
+            MessageGroupId=group_id,
+            MessageDeduplicationId=dedupe_id,
+        )
+
+    def _receive(self, queue_url: str, count: int, visibility: int, wait: int) -> list[dict[str, Any]]:
+        resp = self.client.receive_message(
+            QueueUrl=queue_url,
+            MaxNumberOfMessages=max(1, min(MAX_RECEIVE, count)),
+            VisibilityTimeout=visibility,
+            WaitTimeSeconds=wait,
+            MessageSystemAttributeNames=["ApproximateReceiveCount", "MessageGroupId"],
+        )
+        messages: list[dict[str, Any]] = resp.get("Messages", [])
+        return messages
+
+    @staticmethod
+    def _job(message: dict[str, Any]) -> Job:
+        attributes = message.get("Attributes", {})
+        try:
+            event_id = str(json.loads(message["Body"])["event_id"])
+        except (KeyError, TypeError, ValueError):
+            event_id = ""  # unreadable: the caller's worker reports it unknown; it ends in the DLQ
+            log.error("queue message %s has no event id: %.200r", message.get("MessageId"), message.get("Body"))
+        return Job(
+            event_id=event_id,
+            group_key=attributes.get("MessageGroupId", ""),
+            receive_count=int(attributes.get("ApproximateReceiveCount", "1")),
+            receipt=message["ReceiptHandle"],
+        )
+
+    def _busy(self, group: str) -> bool:
+        return self._in_flight.get(group, 0.0) > time.monotonic()
+
+    def claim(self, limit: int, lease_seconds: float) -> list[Job]:
+        lease = _visibility(lease_seconds)
+        jobs: list[Job] = []
+        with self._lock:
+            for group in [g for g in self._held if not self._busy(g)]:
+                if len(jobs) >= limit:
+                    break
+                job = self._held[group].popleft()
+                try:  # its lease ran since it was received: renew it before handing it out
+                    self.client.change_message_visibility(
+                        QueueUrl=self.queue_url, ReceiptHandle=job.receipt, VisibilityTimeout=lease
+                    )
+                except ClientError as exc:
+                    # Its visibility ran out while it waited here, so SQS may have delivered it again; the
+                    # ones behind it were received with it and have run out too.
+                    log.warning("dropping %d held message(s) of group %s: %s", len(self._held[group]) + 1, group, exc)
+                    del self._held[group]
+                    continue
+                if not self._held[group]:
+                    del self._held[group]
+                jobs.append(job)
+                self._in_flight[group] = time.monotonic() + lease
+            while len(jobs) < limit:
+                wanted = min(MAX_RECEIVE, limit - len(jobs))
+                messages = self._receive(self.queue_url, wanted, lease, self.wait_seconds)
+                for message in messages:
+                    job = self._job(message)
+                    if not job.event_id:
+                        continue  # left in flight: it comes back after the lease and ends in the DLQ
+                    if self._busy(job.group_key) or job.group_key in self._held:
+                        self._held.setdefault(job.group_key, deque()).append(job)
+                    else:
+                        jobs.append(job)
+                        self._in_flight[job.group_key] = time.monotonic() + lease
+                if len(messages) < wanted:
+                    break
+        return jobs
+
+    def ack(self, job: Job) -> None:
+        self.client.delete_message(QueueUrl=self.queue_url, ReceiptHandle=job.receipt)
+        with self._lock:
+            self._in_flight.pop(job.group_key, None)
+
+    def release(self, job: Job, delay_seconds: float) -> None:
+        """Visible again after `delay_seconds`. The job also works with a receipt from a Lambda event."""
+        with self._lock:
+            behind = self._held.pop(job.group_key, deque())
+            self._in_flight.pop(job.group_key, None)
+        # The job stays in flight until its delay is over, so the group stays locked and the ones behind it,
+        # visible again now, still come after it.
+        for held in behind:
+            self._change_visibility(held.receipt, 0)
+        self._change_visibility(job.receipt, _visibility(delay_seconds))
+
+    def _change_visibility(self, receipt: str, seconds: int) -> None:
+        self.client.change_message_visibility(QueueUrl=self.queue_url, ReceiptHandle=receipt, VisibilityTimeout=seconds)
+
+    def pending(self) -> int:
+        attrs = self.client.get_queue_attributes(
+            QueueUrl=self.queue_url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )["Attributes"]
+        return int(attrs.get("ApproximateNumberOfMessages", 0)) + int(attrs.get("ApproximateNumberOfMessagesNotVisible", 0))
+
+    # the dead-letter queue ------------------------------------------------------------------------------
+    def redrive(
+        self,
+        max_messages: int,
+        *,
+        prepare: Callable[[str], None] | None = None,
+        wait_seconds: int = 1,
+        lease_seconds: int = 60,
+    ) -> int:
+        """Move up to `max_messages` messages from the dead-letter queue back to the queue; returns how many.
+
+        For each message: `prepare(event_id)` (the CLI resets the event's attempts), then a send to the
+        queue with the same group and a new deduplication id (the original one may still be remembered),
+        then the delete from the dead-letter queue. A crash in between leaves the message in both queues,
+        which the worker tolerates (the second delivery finds the event settled). A message without an
+        event id stays in the dead-letter queue; if `prepare` raises, the redrive stops there and that
+        message stays too (visible again after `lease_seconds`).
+        """
+        if not self.dead_letter_url:
+            raise ValueError("no dead-letter queue configured (EVENTRAG_SQS_DLQ_URL)")
+        moved = 0
+        while moved < max_messages:
+            messages = self._receive(self.dead_letter_url, max_messages - moved, lease_seconds, wait_seconds)
+            if not messages:
+                break
+            for message in messages:
+                job = self._job(message)
+                if not job.event_id:
+                    continue
+                if prepare is not None:
+                    prepare(job.event_id)
+                # Keyed on the dead-lettered message, so re-running a redrive that died after this send
+                # does not queue the event twice (within SQS's 5-minute deduplication window).
+                fresh = deduplication_id(f"redrive:{message['MessageId']}:{job.event_id}")
+                self._send(self.queue_url, job.event_id, job.group_key or message_group_id(job.event_id), fresh)
+                self.client.delete_message(QueueUrl=self.dead_letter_url, ReceiptHandle=job.receipt)
+                moved += 1
+        return moved

@@ -1,0 +1,86 @@
+"""S3 notifications as file events: ObjectCreated -> `file.updated`, ObjectRemoved -> `file.deleted`.
+
+S3 cannot notify a FIFO queue, so the s3 Lambda function maps each notification here and queues it the way a
+webhook is queued (`record_and_enqueue`). The notification format:
+https://docs.aws.amazon.com/AmazonS3/latest/userguide/notification-content-structure.html
+
+- The file is the object: file id and URL `s3://bucket/key`, path = the key (URL-decoded: S3 sends keys
+  form-encoded, a space as `+`). All objects go to one workspace (`EVENTRAG_S3_WORKSPACE`).
+- Order: S3 delivers notifications late, twice or out of order; the object's `sequencer` (hex, growing per
+  key) is the event's position, so a stale notification is recorded as superseded.
+- The event id is derived from bucket, key and sequencer: Lambda's retries of one invocation, and S3's
+  duplicate deliveries, map to the same event, which is stored and queued once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import unquote_plus
+
+from ingest.events import EventType, FileEvent, position_key
+from ingest.ports import JobQueue, StateStore
+from ingest.receiver import record_and_enqueue
+
+log = logging.getLogger(__name__)
+
+_KINDS = {"ObjectCreated": EventType.UPDATED, "ObjectRemoved": EventType.DELETED}
+
+
+def s3_file_event(record: Mapping[str, Any], workspace: str) -> FileEvent | None:
+    """One notification record -> a file event; None for records that are not about an object's content."""
+    if record.get("eventSource") != "aws:s3":
+        return None
+    kind = _KINDS.get(str(record.get("eventName", "")).split(":", 1)[0])
+    if kind is None:
+        return None  # e.g. ObjectRestore, Replication, LifecycleTransition: the content did not change
+    s3 = record["s3"]
+    bucket = s3["bucket"]["name"]
+    key = unquote_plus(s3["object"]["key"])
+    if key.endswith("/"):
+        return None  # a "folder" placeholder the console creates, not a file
+    sequencer = s3["object"].get("sequencer") or None
+    timestamp = datetime.fromisoformat(str(record["eventTime"]).replace("Z", "+00:00"))
+    if timestamp.tzinfo is None:
+        timestamp = timestamp.replace(tzinfo=UTC)
+    url = f"s3://{bucket}/{key}"
+    # Without a sequencer (never seen for object events) the time and event name keep ids distinct.
+    identity = f"{bucket}\n{key}\n{sequencer or record['eventTime'] + record['eventName']}"
+    return FileEvent(
+        event_id="s3-" + hashlib.sha256(identity.encode("utf-8")).hexdigest()[:40],
+        workspace=workspace,
+        type=kind,
+        file_id=url,
+        path=key,
+        position=position_key(version=None, sequencer=sequencer, timestamp=timestamp),
+        timestamp=timestamp,
+        url=url,
+    )
+
+
+def receive_s3_notification(
+    event: Mapping[str, Any], *, state: StateStore, queue: JobQueue, settings_workspace: str
+) -> int:
+    """Store and queue the file events of one S3 notification; returns how many records became events
+    (already known ones included, so a retried invocation reports the same number)."""
+    if event.get("Event") == "s3:TestEvent":  # sent once when a notification configuration is saved
+        return 0
+    accepted = 0
+    for record in event.get("Records", []):
+        file_event = s3_file_event(record, settings_workspace)
+        if file_event is None:
+            log.info("ignoring S3 record %s", record.get("eventName"))
+            continue
+        delivery = record_and_enqueue(file_event, state=state, queue=queue)
+        log.info(
+            "S3 %s %s -> event %s (%s)",
+            record.get("eventName"),
+            file_event.url,
+            file_event.event_id,
+            "duplicate" if delivery.duplicate else delivery.record.status.value,
+        )
+        accepted += 1
+    return accepted
