@@ -35,9 +35,12 @@ class EventStatus(StrEnum):
     FAILED = "failed"  # gave up after the configured attempts; can be retried on demand
     SUPERSEDED = "superseded"  # older than what is already applied for the file: index untouched
     HELD = "held"  # a delete waiting for confirmation (mass-deletion brake)
+    REJECTED = "rejected"  # signed, but invalid: refused with a 4xx, recorded with the reason, never queued
 
 
-TERMINAL_STATUSES = frozenset({EventStatus.DONE, EventStatus.FAILED, EventStatus.SUPERSEDED})
+TERMINAL_STATUSES = frozenset(
+    {EventStatus.DONE, EventStatus.FAILED, EventStatus.SUPERSEDED, EventStatus.REJECTED}
+)
 
 
 class FileEventData(BaseModel):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -25,7 +26,7 @@ from ingest.errors import (
     WebhookError,
     WorkspaceMismatchError,
 )
-from ingest.events import EventStatus, FileEvent, build_event, parse_webhook_body
+from ingest.events import EventStatus, EventType, FileEvent, build_event, parse_webhook_body
 from ingest.ports import EventRecord, JobQueue, StateStore
 from ingest.sources import ContentRouter
 
@@ -51,7 +52,8 @@ class WebhookVerifier:
         """Returns (event id, workspace of the secret that signed it)."""
         h = {k.lower(): v for k, v in headers.items()}
         msg_id, ts, sig = h.get("webhook-id"), h.get("webhook-timestamp"), h.get("webhook-signature")
-        missing = [n for n, v in (("webhook-id", msg_id), ("webhook-timestamp", ts), ("webhook-signature", sig)) if not v]
+        named = (("webhook-id", msg_id), ("webhook-timestamp", ts), ("webhook-signature", sig))
+        missing = [n for n, v in named if not v]
         if missing:
             raise SignatureError(f"missing Standard Webhooks header(s): {', '.join(missing)}")
         assert msg_id and ts and sig
@@ -102,16 +104,46 @@ def receive_webhook(
 ) -> Delivery:
     """Verify and durably record one delivery; the caller answers 202 only after this returns."""
     event_id, signer_workspace = verifier.verify(body, headers)
-    parsed = parse_webhook_body(body)
-    workspace = parsed.data.workspace or signer_workspace
-    if workspace != signer_workspace:
-        raise WorkspaceMismatchError(
-            f"the secret that signed this delivery belongs to workspace {signer_workspace!r}, which cannot write"
-            f" to workspace {workspace!r}"
-        )
-    event = build_event(event_id, workspace, parsed)
-    sources.check(event)
+    try:
+        parsed = parse_webhook_body(body)
+        workspace = parsed.data.workspace or signer_workspace
+        if workspace != signer_workspace:
+            raise WorkspaceMismatchError(
+                f"the secret that signed this delivery belongs to workspace {signer_workspace!r}, which cannot"
+                f" write to workspace {workspace!r}"
+            )
+        event = build_event(event_id, workspace, parsed)
+        sources.check(event)
+    except (InvalidEventError, WorkspaceMismatchError) as exc:
+        record_rejection(event_id, signer_workspace, body, exc, state)
+        raise
     return record_and_enqueue(event, state=state, queue=queue)
+
+
+def record_rejection(event_id: str, workspace: str, body: bytes, error: Exception, state: StateStore) -> None:
+    """Keep a signed but invalid delivery visible as `rejected` in `GET /events/{id}`, with the reason.
+
+    Only deliveries with a valid signature are recorded (unsigned junk is not ours to store). Nothing is
+    queued and the index is never touched. An id already used by a valid event keeps that event.
+    """
+    try:
+        raw = json.loads(body)
+    except ValueError:
+        raw = None
+    data = raw.get("data") if isinstance(raw, dict) and isinstance(raw.get("data"), dict) else {}
+    kind = raw.get("type") if isinstance(raw, dict) and raw.get("type") in {t.value for t in EventType} else None
+    stub = FileEvent(
+        event_id=event_id,
+        workspace=workspace,
+        type=EventType(kind) if kind else EventType.UPDATED,
+        file_id=str(data.get("file_id") or "")[:512],
+        path=str(data.get("path") or "")[:1024],
+        position="",
+        timestamp=datetime.now(UTC),
+    )
+    record, created = state.add_event(stub, EventStatus.REJECTED)
+    if created:
+        state.set_event_status(event_id, EventStatus.REJECTED, error=str(error))
 
 
 def record_and_enqueue(event: FileEvent, *, state: StateStore, queue: JobQueue) -> Delivery:

@@ -174,8 +174,12 @@ def test_bad_input_is_refused_with_reasons_and_leaves_no_trace(harness: Harness)
     r = harness.client.post("/webhooks", content=raw_bad, headers=headers_bad)
     assert r.status_code == 422 and "JSON" in r.json()["detail"]
 
-    r = harness.post_event({**ok, "type": "file.renamed"})
+    r = harness.post_event({**ok, "type": "file.renamed"}, event_id="evt-renamed")
     assert r.status_code == 422 and "unknown event type" in r.json()["detail"]
+    # A signed but invalid delivery is recorded with its reason (never queued).
+    rejected = harness.get("/events/evt-renamed").json()
+    assert rejected["status"] == "rejected" and "unknown event type" in rejected["error"]
+    assert harness.get("/events/evt-renamed", key=KEY_BETA).status_code == 404
 
     r = harness.post_event(file_event("created", "doc-y", content="a", content_base64="YQ==", version=1))
     assert r.status_code == 422 and "at most one" in r.json()["detail"]

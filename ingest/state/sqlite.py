@@ -227,7 +227,7 @@ class SqliteStateStore:
         """Forget terminal events older than the retention window (their ids stop deduplicating)."""
         with self.db.transaction() as conn:
             cur = conn.execute(
-                "DELETE FROM events WHERE received_at < ? AND status IN ('done', 'superseded', 'failed')",
+                "DELETE FROM events WHERE received_at < ? AND status IN ('done', 'superseded', 'failed', 'rejected')",
                 (older_than.timestamp(),),
             )
             return cur.rowcount
