@@ -11,7 +11,6 @@ import ipaddress
 import json
 import os
 import sys
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -130,14 +129,23 @@ def _file_event_body(path: Path, root: Path, workspace: str) -> tuple[str, dict[
     import base64
 
     stat = path.stat()
-    rel = path.resolve().relative_to(root.resolve()).as_posix() if path.resolve().is_relative_to(root.resolve()) else path.name
+    rel = (
+        path.resolve().relative_to(root.resolve()).as_posix()
+        if path.resolve().is_relative_to(root.resolve())
+        else path.name
+    )
     data = path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()[:16]
     stamp = datetime.fromtimestamp(stat.st_mtime, UTC)
     body = {
         "type": "file.updated",
         "timestamp": stamp.isoformat().replace("+00:00", "Z"),
-        "data": {"workspace": workspace, "file_id": rel, "path": rel, "content_base64": base64.b64encode(data).decode()},
+        "data": {
+            "workspace": workspace,
+            "file_id": rel,
+            "path": rel,
+            "content_base64": base64.b64encode(data).decode(),
+        },
     }
     event_id = f"cli-{hashlib.sha256(f'{workspace}/{rel}/{digest}/{stat.st_mtime_ns}'.encode()).hexdigest()[:24]}"
     return event_id, body
@@ -180,7 +188,10 @@ def ingest(
                 progress.advance(task, n)
         docs = c.state.list_documents(workspace, limit=100000)
         failed = [d for d in docs if d.status.value in ("failed", "skipped")]
-        typer.echo(f"{len(files)} file(s); workspace '{workspace}' has {sum(d.status.value == 'indexed' for d in docs)} indexed document(s)")
+        typer.echo(
+            f"{len(files)} file(s); workspace '{workspace}' has"
+            f" {sum(d.status.value == 'indexed' for d in docs)} indexed document(s)"
+        )
         for d in failed:
             typer.secho(f"  {d.status.value}: {d.path}: {d.last_error}", fg="yellow")
     finally:
@@ -234,7 +245,9 @@ def ask(
         import httpx
 
         headers = {"X-API-Key": api_key} if api_key else {}
-        r = httpx.post(f"{server.rstrip('/')}/query", json={"question": question, "top_k": top_k}, headers=headers, timeout=120)
+        r = httpx.post(
+            f"{server.rstrip('/')}/query", json={"question": question, "top_k": top_k}, headers=headers, timeout=120
+        )
         if r.status_code != 200:
             typer.secho(f"{r.status_code}: {r.json().get('detail')}", fg="red", err=True)
             raise typer.Exit(1)
@@ -245,7 +258,9 @@ def ask(
         settings = _settings(data_dir)
         c = _open_container(settings)
         try:
-            result = answer_out(c.answerer.answer(workspace, question, top_k=top_k, mode=settings.search_mode)).model_dump()
+            result = answer_out(
+                c.answerer.answer(workspace, question, top_k=top_k, mode=settings.search_mode)
+            ).model_dump()
         finally:
             c.close()
     if as_json:
@@ -255,7 +270,10 @@ def ask(
     if result["citations"]:
         typer.echo("\nSources:")
         for cit in result["citations"]:
-            typer.echo(f"  [{cit['n']}] {cit['path']} (v{cit['version']}) chars {cit['start']}-{cit['end']}, score {cit['score']:.3f}")
+            typer.echo(
+                f"  [{cit['n']}] {cit['path']} (v{cit['version']}) chars {cit['start']}-{cit['end']},"
+                f" score {cit['score']:.3f}"
+            )
 
 
 def _via_server(server: str, api_key: str | None, method: str, path: str, body: Any = None) -> Any | None:
@@ -365,7 +383,9 @@ def reconcile_cmd(
         f" point(s): {'clean' if result['clean'] else str(len(result['problems'])) + ' problem(s)'}"
     )
     for p in result["problems"]:
-        typer.echo(f"  {p['kind']:<16} {p['file_id']}: {p['detail']}" + (f" -> {p['repaired']}" if p["repaired"] else ""))
+        typer.echo(
+            f"  {p['kind']:<16} {p['file_id']}: {p['detail']}" + (f" -> {p['repaired']}" if p["repaired"] else "")
+        )
     if not result["clean"] and not repair:
         raise typer.Exit(3)
 
@@ -384,9 +404,14 @@ def eval_store_factory(base: Any, embedder: Any, batch_size: int) -> Any:
         settings = base.model_copy(
             update={
                 # Always a fresh embedded store, whatever server the environment points at.
-                "data_dir": data_dir, "qdrant_url": None, "qdrant_url_ssm_parameter": None,
-                "qdrant_collection": "eval", "state_backend": StateBackend.SQLITE,
-                "queue_backend": QueueBackend.LOCAL, "source_root": None, "chunking": chunking,
+                "data_dir": data_dir,
+                "qdrant_url": None,
+                "qdrant_url_ssm_parameter": None,
+                "qdrant_collection": "eval",
+                "state_backend": StateBackend.SQLITE,
+                "queue_backend": QueueBackend.LOCAL,
+                "source_root": None,
+                "chunking": chunking,
                 "worker": base.worker.model_copy(update={"batch_size": batch_size}),
             }
         )
@@ -500,7 +525,7 @@ def redrive(
     if settings.queue_backend is not QueueBackend.SQS or not (settings.sqs_queue_url and settings.sqs_dlq_url):
         typer.secho(
             "redrive moves messages from the SQS dead-letter queue: set EVENTRAG_QUEUE_BACKEND=sqs,"
-            " EVENTRAG_SQS_QUEUE_URL and EVENTRAG_SQS_DLQ_URL (docs/deploy.md, \"Watching failures\")",
+            ' EVENTRAG_SQS_QUEUE_URL and EVENTRAG_SQS_DLQ_URL (docs/deploy.md, "Watching failures")',
             fg="red",
             err=True,
         )

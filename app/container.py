@@ -16,11 +16,13 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from app.settings import QueueBackend, Settings, StateBackend
+from pydantic import SecretStr
+
+from app.settings import QueueBackend, Settings, StateBackend, read_ssm_parameter
 from ingest.embedding import SentenceTransformerEmbedder, SqliteEmbeddingCache
 from ingest.errors import StoreLockedError
 from ingest.indexing import QdrantIndex, open_qdrant
-from ingest.ports import EmbeddingCache, Embedder, JobQueue, StateStore, VectorIndex
+from ingest.ports import Embedder, EmbeddingCache, JobQueue, StateStore, VectorIndex
 from ingest.receiver import WebhookVerifier, requeue_received
 from ingest.sources import ContentRouter, LocalFolderSource
 from ingest.sparse import Bm25Encoder
@@ -100,6 +102,18 @@ def local_webhook_secrets(settings: Settings) -> tuple[dict[str, list[str]], str
     return {DEFAULT_WORKSPACE: [secret]}, secret
 
 
+def with_remote_secrets(settings: Settings) -> Settings:
+    """Settings with webhook secrets and API keys read from SSM Parameter Store when parameter names are
+    configured (the AWS deployment): the template and the function environment hold names, never values."""
+    update: dict[str, Any] = {}
+    if settings.webhook_secrets_ssm_parameter:
+        raw = Settings.parse_webhook_secrets(read_ssm_parameter(settings.webhook_secrets_ssm_parameter))
+        update["webhook_secrets"] = {ws: [SecretStr(s) for s in items] for ws, items in raw.items()}
+    if settings.api_keys_ssm_parameter:
+        update["api_keys"] = Settings.parse_api_keys(read_ssm_parameter(settings.api_keys_ssm_parameter))
+    return settings.model_copy(update=update) if update else settings
+
+
 def build_state_and_queue(settings: Settings, *, aws: dict[str, Any] | None = None) -> tuple[StateStore, JobQueue]:
     """Only the state store and the job queue, chosen as in `build_container`: for what needs neither the
     index nor the model, i.e. the S3 notification mapper (a 512 MB function that must not load torch) and
@@ -134,28 +148,18 @@ def build_container(
 ) -> Container:
     """Build every adapter from `settings`. Tests inject a shared embedder, a chat model or clients."""
     closers: list[Any] = []
+    settings = with_remote_secrets(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
 
-    match settings.state_backend:
-        case StateBackend.SQLITE:
-            db = SqliteDatabase(settings.state_path)
-            closers.append(db.close)
-            state: StateStore = SqliteStateStore(db)
-            sessions: SessionStore = SqliteSessionStore(db)
-        case StateBackend.DYNAMODB:
-            from ingest.state.dynamodb import DynamoSessionStore, DynamoStateStore
+    state, queue = build_state_and_queue(settings, aws=aws)
+    closers.append(state.close)
+    sessions: SessionStore
+    if isinstance(state, SqliteStateStore):
+        sessions = SqliteSessionStore(state.db)
+    else:
+        from ingest.state.dynamodb import DynamoSessionStore
 
-            state = DynamoStateStore.from_settings(settings, client=(aws or {}).get("dynamodb"))
-            sessions = DynamoSessionStore.from_settings(settings, client=(aws or {}).get("dynamodb"))
-
-    match settings.queue_backend:
-        case QueueBackend.LOCAL:
-            assert isinstance(state, SqliteStateStore)
-            queue: JobQueue = SqliteJobQueue(state.db)
-        case QueueBackend.SQS:
-            from ingest.queues.sqs import SqsJobQueue
-
-            queue = SqsJobQueue.from_settings(settings, client=(aws or {}).get("sqs"))
+        sessions = DynamoSessionStore.from_settings(settings, client=(aws or {}).get("dynamodb"))
 
     if qdrant_client is None:
         url, api_key = settings.resolved_qdrant()
@@ -172,7 +176,9 @@ def build_container(
     index = QdrantIndex(qdrant_client, settings.qdrant_collection)
     closers.append(index.close)
 
-    embedder = embedder or SentenceTransformerEmbedder(settings.embedding_model, batch_size=settings.embedding_batch_size)
+    embedder = embedder or SentenceTransformerEmbedder(
+        settings.embedding_model, batch_size=settings.embedding_batch_size
+    )
     index.ensure_ready(embedder.model_id, embedder.dimension)
 
     cache: EmbeddingCache | None = None
@@ -187,15 +193,24 @@ def build_container(
     if settings.source_bucket:
         from ingest.sources_s3 import S3Source
 
-        extra["s3"] = S3Source(client=(aws or {}).get("s3"))
-    sources = ContentRouter(folder=folder, extra=extra)
+        extra["s3"] = S3Source(client=(aws or {}).get("s3"), bucket=settings.source_bucket)
+    # s3:// content is the S3 event source's: only its workspace may point at it, so one tenant's webhook
+    # cannot read another tenant's objects from the shared bucket.
+    sources = ContentRouter(folder=folder, extra=extra, scheme_workspaces={"s3": settings.s3_workspace})
 
     if chat is None and settings.llm_model:
-        chat = OpenAIChatModel(settings.llm_model, timeout=settings.llm_timeout_seconds)
+        key = (
+            read_ssm_parameter(settings.openai_api_key_ssm_parameter) if settings.openai_api_key_ssm_parameter else None
+        )
+        chat = OpenAIChatModel(settings.llm_model, timeout=settings.llm_timeout_seconds, api_key=key)
 
-    secrets_by_ws, generated = local_webhook_secrets(settings) if settings.state_backend is StateBackend.SQLITE else (
-        {ws: [s.get_secret_value() for s in items] for ws, items in settings.webhook_secrets.items()},
-        None,
+    secrets_by_ws, generated = (
+        local_webhook_secrets(settings)
+        if settings.state_backend is StateBackend.SQLITE
+        else (
+            {ws: [s.get_secret_value() for s in items] for ws, items in settings.webhook_secrets.items()},
+            None,
+        )
     )
     verifier = WebhookVerifier(secrets_by_ws, settings.webhook_tolerance_seconds)
 

@@ -19,9 +19,7 @@ from retrieval.llm import LLMError
 log = logging.getLogger(__name__)
 
 
-def create_app(
-    container: Container | Callable[[], Container] | None = None, *, start_worker: bool = True
-) -> FastAPI:
+def create_app(container: Container | Callable[[], Container] | None = None, *, start_worker: bool = True) -> FastAPI:
     """Build the app. `container` may be ready-made (tests), a factory, or None (built from the environment
     at start-up, never at import). The in-process worker starts only with the embedded queue."""
 

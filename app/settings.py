@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
-from ingest.ports import SearchMode
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from ingest.ports import SearchMode
 
 
 class StateBackend(StrEnum):
@@ -178,6 +179,16 @@ class Settings(BaseSettings):
                     raise ValueError("API keys must be at least 16 characters long")
                 out[key] = ws_name
             return out
+        return parsed
+
+    @classmethod
+    def parse_webhook_secrets(cls, value: str) -> dict[str, list[str]]:
+        parsed: dict[str, list[str]] = cls._secrets(value)
+        return parsed
+
+    @classmethod
+    def parse_api_keys(cls, value: str) -> dict[str, str]:
+        parsed: dict[str, str] = cls._keys(value)
         return parsed
 
     @field_validator("qdrant_url")

@@ -34,9 +34,7 @@ _WORD = re.compile(r"\S+")
 _SENTENCE_END = re.compile(r"""[.!?…]+["'”’)\]]*(?=\s)""")
 _SENTENCE_OPENERS = frozenset("\"'“‘«")
 # Words whose trailing period does not end a sentence ("e.g. The", "Dr. Smith", "et al. Then").
-_ABBREVIATIONS = frozenset(
-    {"cf", "vs", "al", "dr", "mr", "mrs", "ms", "prof", "sr", "jr", "st", "approx", "ca"}
-)
+_ABBREVIATIONS = frozenset({"cf", "vs", "al", "dr", "mr", "mrs", "ms", "prof", "sr", "jr", "st", "approx", "ca"})
 # Abbreviations only before a number ("No. 5", "Fig. 3"): "said no. Then" still ends a sentence.
 _NUMBER_ABBREVIATIONS = frozenset({"no", "nos", "fig", "figs", "eq", "vol", "pp", "ch", "sec", "art"})
 _INITIALISM = re.compile(r"(?:[^\W\d_]\.)+[^\W\d_]")  # "e.g", "u.s", "ph.d": periods inside a word
@@ -103,9 +101,7 @@ class Chunker:
         if reserved_tokens < 0 or overlap_tokens < 0 or chunk_tokens < 1:
             raise ValueError("chunk_tokens must be positive; overlap_tokens and reserved_tokens not negative")
         if max_tokens - reserved_tokens < 1:
-            raise ValueError(
-                f"reserved_tokens={reserved_tokens} leaves no room under max_tokens={max_tokens}"
-            )
+            raise ValueError(f"reserved_tokens={reserved_tokens} leaves no room under max_tokens={max_tokens}")
         self._count_tokens = count_tokens
         self._token_offsets = token_offsets
         self._limit = max_tokens - reserved_tokens  # for count_tokens(chunk.text): the hard bound
@@ -333,9 +329,7 @@ class Chunker:
             position, _ = _trim(text, cut, end)
         return pieces
 
-    def _longest_fit(
-        self, text: str, start: int, cuts: Sequence[int], budget: int, hint: int = 0
-    ) -> tuple[int, int]:
+    def _longest_fit(self, text: str, start: int, cuts: Sequence[int], budget: int, hint: int = 0) -> tuple[int, int]:
         """The largest cut c in ascending `cuts` with count_tokens(text[start:c]) <= budget, and its count.
 
         Gallops outward from the index `hint` (a guess at the answer) until the answer is bracketed, then
@@ -438,9 +432,7 @@ def _segment(text: str) -> list[_Segment]:
     def flush_paragraph() -> None:
         nonlocal paragraph
         if paragraph is not None:
-            segments.extend(
-                _Segment(start, end, heading_path, False) for start, end in _sentences(text, *paragraph)
-            )
+            segments.extend(_Segment(start, end, heading_path, False) for start, end in _sentences(text, *paragraph))
             paragraph = None
 
     line_start = 0

@@ -58,9 +58,7 @@ class SentenceTransformerEmbedder:
 
                     local = Path(self._location).exists()
                     log.info("loading embedding model %s", self._location)
-                    self._model = SentenceTransformer(
-                        self._location, device=self._device, local_files_only=local
-                    )
+                    self._model = SentenceTransformer(self._location, device=self._device, local_files_only=local)
         return self._model
 
     @property
@@ -197,9 +195,7 @@ class SqliteEmbeddingCache:
         rows = [(model_id, k, np.asarray(v, dtype=np.float32).tobytes()) for k, v in vectors.items()]
         with self._lock:
             self._conn.execute("BEGIN")
-            self._conn.executemany(
-                "INSERT OR REPLACE INTO vectors (model, key, vector) VALUES (?, ?, ?)", rows
-            )
+            self._conn.executemany("INSERT OR REPLACE INTO vectors (model, key, vector) VALUES (?, ?, ?)", rows)
             self._conn.execute("COMMIT")
 
     def close(self) -> None:

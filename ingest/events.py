@@ -38,17 +38,15 @@ class EventStatus(StrEnum):
     REJECTED = "rejected"  # signed, but invalid: refused with a 4xx, recorded with the reason, never queued
 
 
-TERMINAL_STATUSES = frozenset(
-    {EventStatus.DONE, EventStatus.FAILED, EventStatus.SUPERSEDED, EventStatus.REJECTED}
-)
+TERMINAL_STATUSES = frozenset({EventStatus.DONE, EventStatus.FAILED, EventStatus.SUPERSEDED, EventStatus.REJECTED})
 
 
 class FileEventData(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    workspace: (
-        Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")] | None
-    ) = None
+    workspace: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")] | None = (
+        None
+    )
     file_id: Annotated[str, Field(min_length=1, max_length=512)]
     path: Annotated[str, Field(min_length=1, max_length=1024)]
     version: Annotated[int, Field(ge=0)] | None = None

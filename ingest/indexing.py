@@ -41,9 +41,7 @@ def _match(key: str, value: Any) -> models.FieldCondition:
 
 
 class QdrantIndex:
-    def __init__(
-        self, client: QdrantClient, collection: str = "eventrag", *, local: bool | None = None
-    ) -> None:
+    def __init__(self, client: QdrantClient, collection: str = "eventrag", *, local: bool | None = None) -> None:
         self.client = client
         self.collection = collection
         # qdrant-client's local mode is plain Python over numpy and is not safe for concurrent writers and
@@ -65,9 +63,7 @@ class QdrantIndex:
             if not self.client.collection_exists(self.collection):
                 self.client.create_collection(
                     self.collection,
-                    vectors_config={
-                        DENSE: models.VectorParams(size=dimension, distance=models.Distance.COSINE)
-                    },
+                    vectors_config={DENSE: models.VectorParams(size=dimension, distance=models.Distance.COSINE)},
                     sparse_vectors_config={SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)},
                     metadata={"embedding_model": model_id, "dimension": dimension, "schema": SCHEMA_VERSION},
                 )
@@ -100,9 +96,7 @@ class QdrantIndex:
         )
         for field in ("file_id", "revision", "path_dirs", "content_type", "path"):
             self.client.create_payload_index(self.collection, field, field_schema=keyword)
-        self.client.create_payload_index(
-            self.collection, "version", field_schema=models.PayloadSchemaType.INTEGER
-        )
+        self.client.create_payload_index(self.collection, "version", field_schema=models.PayloadSchemaType.INTEGER)
 
     def close(self) -> None:
         self.client.close()
@@ -155,30 +149,23 @@ class QdrantIndex:
         must: list[Any] = [_match("workspace", workspace)]
         if flt is not None:
             if flt.file_ids:
-                must.append(
-                    models.FieldCondition(key="file_id", match=models.MatchAny(any=list(flt.file_ids)))
-                )
+                must.append(models.FieldCondition(key="file_id", match=models.MatchAny(any=list(flt.file_ids))))
             if flt.path_prefix:
                 prefix = flt.path_prefix.strip("/")
                 must.append(models.Filter(should=[_match("path_dirs", prefix + "/"), _match("path", prefix)]))
             if flt.content_types:
                 must.append(
-                    models.FieldCondition(
-                        key="content_type", match=models.MatchAny(any=list(flt.content_types))
-                    )
+                    models.FieldCondition(key="content_type", match=models.MatchAny(any=list(flt.content_types)))
                 )
             for key, value in flt.metadata_equals:
                 must.append(_match(f"metadata.{key}", value))
             for key, values in flt.metadata_any:
-                must.append(
-                    models.FieldCondition(key=f"metadata.{key}", match=models.MatchAny(any=list(values)))
-                )
+                must.append(models.FieldCondition(key=f"metadata.{key}", match=models.MatchAny(any=list(values))))
             if flt.revisions:
                 must.append(
                     models.Filter(
                         should=[
-                            models.Filter(must=[_match("file_id", f), _match("revision", r)])
-                            for f, r in flt.revisions
+                            models.Filter(must=[_match("file_id", f), _match("revision", r)]) for f, r in flt.revisions
                         ]
                     )
                 )
@@ -195,9 +182,7 @@ class QdrantIndex:
         flt: SearchFilter | None = None,
     ) -> list[Hit]:
         qfilter = self._filter(workspace, flt)
-        sparse_vec = (
-            models.SparseVector(indices=sparse[0], values=sparse[1]) if sparse and sparse[0] else None
-        )
+        sparse_vec = models.SparseVector(indices=sparse[0], values=sparse[1]) if sparse and sparse[0] else None
         with_vectors: Any = [DENSE] if dense is not None and mode is not SearchMode.DENSE else False
         with self._guard():
             if mode is SearchMode.DENSE or (mode is SearchMode.HYBRID and sparse_vec is None):

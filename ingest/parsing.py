@@ -145,9 +145,7 @@ def _decode(data: bytes, kind: str, path: str) -> str:
             ) from exc
         text = _decode_declared(data, declared.group(1).decode("ascii"), path)
     if "\x00" in text:
-        raise UnsupportedContentError(
-            f"{path!r} is not valid UTF-8 text: it contains NUL bytes (binary data?)"
-        )
+        raise UnsupportedContentError(f"{path!r} is not valid UTF-8 text: it contains NUL bytes (binary data?)")
     return text
 
 
@@ -160,9 +158,7 @@ def _decode_declared(data: bytes, label: str, path: str) -> str:
             f"{path!r} is not valid UTF-8 text and its declared charset {label!r} is unknown"
         ) from None
     if codec == "utf-8":
-        raise UnsupportedContentError(
-            f"{path!r} is not valid UTF-8 text (though it declares charset {label!r})"
-        )
+        raise UnsupportedContentError(f"{path!r} is not valid UTF-8 text (though it declares charset {label!r})")
     if codec in {"iso8859-1", "ascii"}:
         # WHATWG Encoding maps these labels to windows-1252: pages labelled latin-1 use its curly quotes.
         try:
@@ -230,9 +226,7 @@ def scan_markdown_lines(lines: Sequence[str]) -> list[MarkdownLine]:
             continue
         heading = _ATX_HEADING.fullmatch(line)
         if heading and heading.group(2).strip():
-            result.append(
-                MarkdownLine(MarkdownHeading(len(heading.group(1)), heading.group(2).strip()), False)
-            )
+            result.append(MarkdownLine(MarkdownHeading(len(heading.group(1)), heading.group(2).strip()), False))
         else:
             result.append(_NOT_SPECIAL)
     return result
@@ -330,9 +324,7 @@ def _style_hides(style: str) -> bool:
         prop, _, value = declaration.partition(":")
         prop = prop.strip().lower()
         value = _IMPORTANT.sub("", value.strip().lower()).strip()
-        if (prop == "display" and value == "none") or (
-            prop == "visibility" and value in {"hidden", "collapse"}
-        ):
+        if (prop == "display" and value == "none") or (prop == "visibility" and value in {"hidden", "collapse"}):
             return True
     return False
 
@@ -492,9 +484,7 @@ def _html_to_text(markup: str) -> tuple[str, str | None]:
                 continue
             _enter(writer, node)
             stack.append((node, False))
-            stack.extend(
-                (child, True) for child in reversed(node.contents) if isinstance(child, Tag | NavigableString)
-            )
+            stack.extend((child, True) for child in reversed(node.contents) if isinstance(child, Tag | NavigableString))
         else:
             _leave(writer, node)
     return writer.finish(), title or writer.first_h1

@@ -102,5 +102,5 @@ def _reindex(workspace: str, file_id: str, *, state: StateStore, queue: JobQueue
     doc.position = None
     state.switch_document(doc)
     state.reset_for_retry(event.event_id)
-    queue.enqueue(event.event_id, event.event.group_key)
+    queue.requeue(event.event_id, event.event.group_key)
     return f"re-queued event {event.event_id}"

@@ -56,11 +56,13 @@ class ContentRouter:
         folder: LocalFolderSource | None = None,
         url: ContentSource | None = None,
         extra: dict[str, ContentSource] | None = None,
+        scheme_workspaces: dict[str, str] | None = None,
     ) -> None:
         self.inline = InlineSource()
         self.folder = folder
         self.url = url
         self.extra = extra or {}  # scheme -> source, e.g. {"s3": S3Source(...)}
+        self.scheme_workspaces = scheme_workspaces or {}  # scheme -> the only workspace that may use it
 
     def _scheme(self, event: FileEvent) -> str | None:
         if event.url is None:
@@ -73,6 +75,9 @@ class ContentRouter:
         scheme = self._scheme(event)
         if scheme is not None:
             if scheme in self.extra:
+                owner = self.scheme_workspaces.get(scheme)
+                if owner is not None and owner != event.workspace:
+                    raise InvalidEventError(f"{scheme}:// content is reserved to workspace {owner!r}")
                 return
             if scheme in ("http", "https"):
                 if self.url is None:

@@ -192,12 +192,9 @@ class IngestWorker:
         ev = record.event
         doc = self.state.get_document(ev.workspace, ev.file_id)
         if doc is not None and doc.position is not None:
-            if ev.position < doc.position or (
-                ev.position == doc.position and doc.last_event_id != ev.event_id
-            ):
+            if ev.position < doc.position or (ev.position == doc.position and doc.last_event_id != ev.event_id):
                 detail = (
-                    f"{describe_position(ev.position)} is not newer than the applied"
-                    f" {describe_position(doc.position)}"
+                    f"{describe_position(ev.position)} is not newer than the applied {describe_position(doc.position)}"
                 )
                 self.state.set_event_status(ev.event_id, EventStatus.SUPERSEDED, detail=detail)
                 return Outcome(OutcomeKind.SUPERSEDED, detail)
@@ -285,9 +282,7 @@ class IngestWorker:
     def _embed(self, plans: list[_Plan]) -> None:
         texts = [t for p in plans for t in p.embed_texts]
         counts = [n for p in plans for n in p.token_counts]
-        vectors, stats = embed_with_cache(
-            self.embedder, self.cache, texts, counts, self.config.embed_batch_size
-        )
+        vectors, stats = embed_with_cache(self.embedder, self.cache, texts, counts, self.config.embed_batch_size)
         at = 0
         for p in plans:
             n = len(p.embed_texts)
@@ -303,17 +298,13 @@ class IngestWorker:
         if plan.action is _Action.FINISH:
             doc = self.state.get_document(ev.workspace, ev.file_id)
             self.index.delete_file(ev.workspace, ev.file_id, keep_revision=doc.revision if doc else None)
-            self.state.set_event_status(
-                ev.event_id, EventStatus.DONE, detail="finished after an interrupted attempt"
-            )
+            self.state.set_event_status(ev.event_id, EventStatus.DONE, detail="finished after an interrupted attempt")
             return Outcome(OutcomeKind.DONE)
 
         revision = ev.position if plan.action is _Action.INDEX else None
         if plan.action is _Action.INDEX:
             sparse = (
-                self.sparse.encode_documents(plan.embed_texts)
-                if self.sparse is not None
-                else [None] * len(plan.chunks)
+                self.sparse.encode_documents(plan.embed_texts) if self.sparse is not None else [None] * len(plan.chunks)
             )
             points = [
                 IndexPoint(

@@ -124,6 +124,7 @@ class Ask:
     score_threshold: float | None = None
     history: tuple[Turn, ...] = ()
     extractive: bool = False
+    group_by_document: bool = False  # at most one passage per file (the API's `group_by_document`)
 
 
 class Agent:
@@ -165,6 +166,7 @@ class Agent:
             flt=ask.flt,
             mode=ask.mode,
             score_threshold=ask.score_threshold,
+            group_by_document=ask.group_by_document,
         )
         if not hits:
             answer = Answer(NOT_COVERED, "llm" if use_llm else "extractive", [], covered=False)
@@ -194,9 +196,7 @@ class Agent:
         return rewritten or question
 
     # the model loop -----------------------------------------------------------------------------------
-    def _converse(
-        self, ask: Ask, history: Sequence[Turn], passages: list[Hit], stream: bool
-    ) -> Iterator[AgentEvent]:
+    def _converse(self, ask: Ask, history: Sequence[Turn], passages: list[Hit], stream: bool) -> Iterator[AgentEvent]:
         assert self.chat is not None
         tools = TOOLS if self.config.tools else None
         system = SYSTEM_PROMPT + (TOOLS_PROMPT if tools else "")
@@ -240,9 +240,7 @@ class Agent:
                 }
             )
             for call in reply.tool_calls:
-                messages.append(
-                    {"role": "tool", "tool_call_id": call.id, "content": self._tool(ask, call, passages)}
-                )
+                messages.append({"role": "tool", "tool_call_id": call.id, "content": self._tool(ask, call, passages)})
 
     def _finish(self, text: str, passages: Sequence[Hit]) -> Answer:
         text = _strip_prompt_echo(text)
@@ -268,9 +266,7 @@ class Agent:
     def _search_tool(self, ask: Ask, args: dict[str, Any], passages: list[Hit]) -> str:
         unknown = set(args) - {"query", "filters"}
         if unknown:
-            raise ValueError(
-                f"unknown argument(s) {sorted(unknown)}; the search is limited to your workspace"
-            )
+            raise ValueError(f"unknown argument(s) {sorted(unknown)}; the search is limited to your workspace")
         query = str(args["query"])
         f = args.get("filters") or {}
         bad = set(f) - {"path_prefix", "content_type", "file_id"}

@@ -192,9 +192,7 @@ class Answerer:
 
     def extractive(self, question: str, hits: Sequence[Hit], max_passages: int = 3) -> Answer:
         """The best sentence or two of the best passages, each cited: no model, no invention."""
-        q_terms = (
-            set(self.terms.tokenize(question)) if self.terms is not None else set(question.lower().split())
-        )
+        q_terms = set(self.terms.tokenize(question)) if self.terms is not None else set(question.lower().split())
         lines, citations = [], []
         for n, hit in enumerate(hits[:max_passages], start=1):
             sentences = [s for s in re.split(r"(?<=[.!?])\s+|\n+", hit.text) if s.strip()]
@@ -204,9 +202,7 @@ class Answerer:
                 return len(q_terms & toks)
 
             best = sorted(range(len(sentences)), key=lambda i: (-overlap(sentences[i]), i))[:2]
-            quote = (
-                " ".join(sentences[i].strip().lstrip("#").strip() for i in sorted(best)) or hit.text.strip()
-            )
+            quote = " ".join(sentences[i].strip().lstrip("#").strip() for i in sorted(best)) or hit.text.strip()
             lines.append(f"{quote} [{n}]")
             citations.append(Citation.from_hit(n, hit))
         return Answer("\n".join(lines), "extractive", citations)

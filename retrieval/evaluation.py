@@ -194,9 +194,7 @@ WHOLE_DOCUMENT = IndexVariant("whole-document", whole_documents=True)
 StoreFactory = Callable[[Path, IndexVariant], EvalStore]
 
 
-def document_event(
-    doc: BeirDocument, workspace: str = EVAL_WORKSPACE, received: datetime | None = None
-) -> FileEvent:
+def document_event(doc: BeirDocument, workspace: str = EVAL_WORKSPACE, received: datetime | None = None) -> FileEvent:
     """The webhook event a file source would send for one document (created, version 1)."""
     stamp = received or datetime.now(UTC)
     return FileEvent(
@@ -257,9 +255,7 @@ def index_corpus(
 
 def rank_documents(searcher: Searcher, query: str, mode: SearchMode, depth: int = RANK_DEPTH) -> list[str]:
     """The file ids of the best `depth` documents for `query`, each scored by its best chunk."""
-    hits = searcher.search(
-        SearchRequest(EVAL_WORKSPACE, query, top_k=depth, mode=mode, group_by_document=True)
-    )
+    hits = searcher.search(SearchRequest(EVAL_WORKSPACE, query, top_k=depth, mode=mode, group_by_document=True))
     return [h.file_id for h in hits]
 
 

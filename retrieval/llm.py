@@ -61,13 +61,20 @@ class OpenAIChatModel:
     """
 
     def __init__(
-        self, model: str, *, client: Any | None = None, timeout: float = 60.0, max_retries: int = 3
+        self,
+        model: str,
+        *,
+        client: Any | None = None,
+        timeout: float = 60.0,
+        max_retries: int = 3,
+        api_key: str | None = None,
     ) -> None:
         import openai
 
         self._model = model
         self._openai = openai
-        self.client = client or openai.OpenAI(timeout=timeout, max_retries=max_retries)
+        # api_key None: the client reads OPENAI_API_KEY (and OPENAI_BASE_URL) itself.
+        self.client = client or openai.OpenAI(timeout=timeout, max_retries=max_retries, api_key=api_key)
 
     @property
     def model(self) -> str:
@@ -138,7 +145,5 @@ class OpenAIChatModel:
             raise self._map(exc) from exc
         yield ChatReply(
             text="".join(text),
-            tool_calls=[
-                ToolCall(c["id"], c["name"], c["arguments"] or "{}") for _, c in sorted(calls.items())
-            ],
+            tool_calls=[ToolCall(c["id"], c["name"], c["arguments"] or "{}") for _, c in sorted(calls.items())],
         )

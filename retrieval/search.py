@@ -48,17 +48,13 @@ class Searcher:
         mode = req.mode if self.sparse is not None else SearchMode.DENSE
         dense = self.embedder.embed_query(req.query) if mode is not SearchMode.SPARSE else None
         sparse = (
-            self.sparse.encode_query(req.query)
-            if self.sparse is not None and mode is not SearchMode.DENSE
-            else None
+            self.sparse.encode_query(req.query) if self.sparse is not None and mode is not SearchMode.DENSE else None
         )
         if mode is SearchMode.SPARSE and not (sparse and sparse[0]):
             return []
 
         def run(limit: int, flt: SearchFilter | None) -> list[Hit]:
-            return self.index.search(
-                req.workspace, dense=dense, sparse=sparse, mode=mode, limit=limit, flt=flt
-            )
+            return self.index.search(req.workspace, dense=dense, sparse=sparse, mode=mode, limit=limit, flt=flt)
 
         want = req.top_k * (4 if req.group_by_document else 1)
         limit = want * self.overfetch + 10
@@ -80,11 +76,7 @@ class Searcher:
         kept_files = {h.file_id for h in kept}
         # Files seen only at a revision that is no longer active: switched while we were reading.
         missed = sorted(
-            {
-                (h.file_id, active[h.file_id])
-                for h in raw
-                if h.file_id in active and h.file_id not in kept_files
-            }
+            {(h.file_id, active[h.file_id]) for h in raw if h.file_id in active and h.file_id not in kept_files}
         )
         if missed:
             base = req.flt or SearchFilter()

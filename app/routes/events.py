@@ -77,7 +77,7 @@ def retry_event(event_id: str, workspace: Workspace, container: ContainerDep) ->
 def retry_failed(container: Container, rec: EventRecord, *, confirmed: bool = False) -> EventRecord:
     """Queue an event again with a fresh attempt budget (a failed event, or a held delete once confirmed)."""
     out = container.state.reset_for_retry(rec.event_id, confirmed=confirmed)
-    container.queue.enqueue(rec.event_id, rec.event.group_key)
+    container.queue.requeue(rec.event_id, rec.event.group_key)
     if container.loop is not None:
         container.loop.notify()
     return out

@@ -79,6 +79,7 @@ def make_ask(container: Container, workspace: str, body: QueryRequest, history: 
         score_threshold=body.score_threshold,
         history=tuple(history),
         extractive=body.extractive,
+        group_by_document=body.group_by_document,
     )
 
 

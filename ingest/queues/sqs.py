@@ -13,6 +13,7 @@ worker and the tests. `redrive` moves dead-lettered messages back (`eventrag red
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 # (https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_ReceiveMessage.html).
 MAX_RECEIVE = 10
 MAX_VISIBILITY_SECONDS = 43200
+# A held message whose lease ends sooner than this is given back rather than renewed at the last moment.
+RENEW_MARGIN_SECONDS = 1.0
 # MessageGroupId / MessageDeduplicationId: up to 128 of a-z, A-Z, 0-9 and punctuation, i.e. ASCII ! to ~.
 _SQS_ID = re.compile(r"[!-~]{1,128}")
 
@@ -75,7 +78,8 @@ class SqsJobQueue:
         self.dead_letter_url = dead_letter_url
         self.wait_seconds = wait_seconds  # long polling for `claim`; 0 = answer at once
         self._lock = threading.Lock()
-        self._held: dict[str, deque[Job]] = {}  # group -> messages received behind a job of that group
+        # group -> (job, when its lease ends) for messages received behind a job of that group
+        self._held: dict[str, deque[tuple[Job, float]]] = {}
         # group -> when the lease of its claimed job ends (monotonic); a job never settled stops counting then
         self._in_flight: dict[str, float] = {}
 
@@ -92,6 +96,11 @@ class SqsJobQueue:
     # the JobQueue port ----------------------------------------------------------------------------------
     def enqueue(self, event_id: str, group_key: str) -> None:
         self._send(self.queue_url, event_id, message_group_id(group_key), deduplication_id(event_id))
+
+    def requeue(self, event_id: str, group_key: str) -> None:
+        # SQS drops a repeated deduplication id for 5 minutes: a deliberate re-queue needs a fresh one.
+        fresh = deduplication_id(f"{event_id}#requeue#{time.time_ns()}")
+        self._send(self.queue_url, event_id, message_group_id(group_key), fresh)
 
     def _send(self, queue_url: str, event_id: str, group_id: str, dedupe_id: str) -> None:
         self.client.send_message(
@@ -130,6 +139,27 @@ class SqsJobQueue:
     def _busy(self, group: str) -> bool:
         return self._in_flight.get(group, 0.0) > time.monotonic()
 
+    def _take_held(self, group: str, lease: int) -> Job | None:
+        """The next held job of `group`, its lease renewed; None (and the group's held jobs made visible
+        again, in order) when its lease has run out, since SQS may then deliver it to someone else."""
+        queue = self._held[group]
+        job, deadline = queue.popleft()
+        try:
+            if deadline - time.monotonic() < RENEW_MARGIN_SECONDS:
+                raise TimeoutError(f"the lease of message {job.event_id} ran out while it was held")
+            self._change_visibility(job.receipt, lease)
+        except (ClientError, TimeoutError) as exc:
+            log.warning("giving back %d held message(s) of group %s: %s", len(queue) + 1, group, exc)
+            del self._held[group]
+            for other in [job, *(j for j, _ in queue)]:
+                # No longer in flight means visible again already, which is what this wants.
+                with contextlib.suppress(ClientError):
+                    self._change_visibility(other.receipt, 0)
+            return None
+        if not queue:
+            del self._held[group]
+        return job
+
     def claim(self, limit: int, lease_seconds: float) -> list[Job]:
         lease = _visibility(lease_seconds)
         jobs: list[Job] = []
@@ -137,33 +167,25 @@ class SqsJobQueue:
             for group in [g for g in self._held if not self._busy(g)]:
                 if len(jobs) >= limit:
                     break
-                job = self._held[group].popleft()
-                try:  # its lease ran since it was received: renew it before handing it out
-                    self.client.change_message_visibility(
-                        QueueUrl=self.queue_url, ReceiptHandle=job.receipt, VisibilityTimeout=lease
-                    )
-                except ClientError as exc:
-                    # Its visibility ran out while it waited here, so SQS may have delivered it again; the
-                    # ones behind it were received with it and have run out too.
-                    log.warning("dropping %d held message(s) of group %s: %s", len(self._held[group]) + 1, group, exc)
-                    del self._held[group]
-                    continue
-                if not self._held[group]:
-                    del self._held[group]
-                jobs.append(job)
-                self._in_flight[group] = time.monotonic() + lease
+                job = self._take_held(group, lease)
+                if job is not None:
+                    jobs.append(job)
+                    self._in_flight[group] = time.monotonic() + lease
+            taken = {job.group_key for job in jobs}  # never two of a group in one claim, whatever the lease
             while len(jobs) < limit:
                 wanted = min(MAX_RECEIVE, limit - len(jobs))
+                received_at = time.monotonic()
                 messages = self._receive(self.queue_url, wanted, lease, self.wait_seconds)
                 for message in messages:
                     job = self._job(message)
                     if not job.event_id:
                         continue  # left in flight: it comes back after the lease and ends in the DLQ
-                    if self._busy(job.group_key) or job.group_key in self._held:
-                        self._held.setdefault(job.group_key, deque()).append(job)
+                    if job.group_key in taken or job.group_key in self._held or self._busy(job.group_key):
+                        self._held.setdefault(job.group_key, deque()).append((job, received_at + lease))
                     else:
                         jobs.append(job)
-                        self._in_flight[job.group_key] = time.monotonic() + lease
+                        taken.add(job.group_key)
+                        self._in_flight[job.group_key] = received_at + lease
                 if len(messages) < wanted:
                     break
         return jobs
@@ -180,7 +202,7 @@ class SqsJobQueue:
             self._in_flight.pop(job.group_key, None)
         # The job stays in flight until its delay is over, so the group stays locked and the ones behind it,
         # visible again now, still come after it.
-        for held in behind:
+        for held, _ in behind:
             self._change_visibility(held.receipt, 0)
         self._change_visibility(job.receipt, _visibility(delay_seconds))
 
@@ -192,7 +214,11 @@ class SqsJobQueue:
             QueueUrl=self.queue_url,
             AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
         )["Attributes"]
-        return int(attrs.get("ApproximateNumberOfMessages", 0)) + int(attrs.get("ApproximateNumberOfMessagesNotVisible", 0))
+        visible, in_flight = (
+            attrs.get("ApproximateNumberOfMessages", 0),
+            attrs.get("ApproximateNumberOfMessagesNotVisible", 0),
+        )
+        return int(visible) + int(in_flight)
 
     # the dead-letter queue ------------------------------------------------------------------------------
     def redrive(
@@ -215,11 +241,14 @@ class SqsJobQueue:
         if not self.dead_letter_url:
             raise ValueError("no dead-letter queue configured (EVENTRAG_SQS_DLQ_URL)")
         moved = 0
+        seen: set[str] = set()
         while moved < max_messages:
             messages = self._receive(self.dead_letter_url, max_messages - moved, lease_seconds, wait_seconds)
-            if not messages:
+            # Messages left here come back after `lease_seconds`: seeing only those again means done.
+            if not messages or all(m["MessageId"] in seen for m in messages):
                 break
             for message in messages:
+                seen.add(message["MessageId"])
                 job = self._job(message)
                 if not job.event_id:
                     continue

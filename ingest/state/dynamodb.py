@@ -172,14 +172,13 @@ class DynamoStateStore:
         raise RuntimeError(f"event {event.event_id!r} neither stored nor readable")  # pragma: no cover
 
     def get_event(self, event_id: str) -> EventRecord | None:
-        resp = self.client.get_item(
-            TableName=self.events_table, Key=_item({"event_id": event_id}), ConsistentRead=True
-        )
+        resp = self.client.get_item(TableName=self.events_table, Key=_item({"event_id": event_id}), ConsistentRead=True)
         item = resp.get("Item")
         return self._event(_plain(item)) if item else None
 
-    def _update_event(self, event_id: str, sets: dict[str, Any], *, remove: Sequence[str] = (),
-                      add_attempts: int = 0) -> EventRecord:
+    def _update_event(
+        self, event_id: str, sets: dict[str, Any], *, remove: Sequence[str] = (), add_attempts: int = 0
+    ) -> EventRecord:
         names = {f"#{i}": name for i, name in enumerate([*sets, *remove])}
         by_name = {name: key for key, name in names.items()}
         parts = [f"{by_name[name]} = :{i}" for i, name in enumerate(sets)]

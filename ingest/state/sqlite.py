@@ -254,9 +254,7 @@ class SqliteStateStore:
         )
 
     def get_document(self, workspace: str, file_id: str) -> DocumentRecord | None:
-        rows = self.db.query(
-            "SELECT * FROM documents WHERE workspace = ? AND file_id = ?", (workspace, file_id)
-        )
+        rows = self.db.query("SELECT * FROM documents WHERE workspace = ? AND file_id = ?", (workspace, file_id))
         return self._document(rows[0]) if rows else None
 
     def list_documents(
@@ -329,9 +327,7 @@ class SqliteStateStore:
         return out
 
     def workspaces(self) -> list[str]:
-        rows = self.db.query(
-            "SELECT DISTINCT workspace FROM documents UNION SELECT DISTINCT workspace FROM events"
-        )
+        rows = self.db.query("SELECT DISTINCT workspace FROM documents UNION SELECT DISTINCT workspace FROM events")
         return sorted(r[0] for r in rows)
 
     def close(self) -> None:
@@ -350,6 +346,10 @@ class SqliteJobQueue:
                 "INSERT OR IGNORE INTO jobs (event_id, group_key, available_at) VALUES (?, ?, ?)",
                 (event_id, group_key, time.time()),
             )
+
+    def requeue(self, event_id: str, group_key: str) -> None:
+        """Queue an event again on purpose (retry, confirmed delete, repair); a job still queued stays."""
+        self.enqueue(event_id, group_key)
 
     def claim(self, limit: int, lease_seconds: float) -> list[Job]:
         now = time.time()
@@ -379,7 +379,8 @@ class SqliteJobQueue:
     def release(self, job: Job, delay_seconds: float) -> None:
         with self.db.transaction() as conn:
             conn.execute(
-                "UPDATE jobs SET lease_until = NULL, receipt = NULL, available_at = ? WHERE event_id = ? AND receipt = ?",
+                "UPDATE jobs SET lease_until = NULL, receipt = NULL, available_at = ?"
+                " WHERE event_id = ? AND receipt = ?",
                 (time.time() + delay_seconds, job.event_id, job.receipt),
             )
 
@@ -403,9 +404,7 @@ class SqliteSessionStore:
     def get_session(self, workspace: str, session_id: str) -> Any:
         from retrieval.sessions import Session, Turn
 
-        rows = self.db.query(
-            "SELECT * FROM sessions WHERE workspace = ? AND session_id = ?", (workspace, session_id)
-        )
+        rows = self.db.query("SELECT * FROM sessions WHERE workspace = ? AND session_id = ?", (workspace, session_id))
         if not rows:
             return None
         row = rows[0]
@@ -437,7 +436,5 @@ class SqliteSessionStore:
 
     def delete_session(self, workspace: str, session_id: str) -> bool:
         with self.db.transaction() as conn:
-            cur = conn.execute(
-                "DELETE FROM sessions WHERE workspace = ? AND session_id = ?", (workspace, session_id)
-            )
+            cur = conn.execute("DELETE FROM sessions WHERE workspace = ? AND session_id = ?", (workspace, session_id))
             return cur.rowcount > 0

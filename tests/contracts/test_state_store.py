@@ -1,0 +1,360 @@
+"""The `StateStore` contract, against SQLite and against DynamoDB (moto, tables from serverless.yml)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ingest.events import EventStatus, EventType, FileEvent, position_key
+from ingest.ports import DocumentRecord, DocumentStatus, StateStore
+from ingest.state.dynamodb import DynamoStateStore
+from ingest.state.sqlite import SqliteDatabase, SqliteStateStore
+from tests.fakes.aws import create_stack, mocked_aws
+
+ADAPTERS = ["sqlite", "dynamodb"]
+
+
+@pytest.fixture(params=ADAPTERS)
+def store(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[StateStore]:
+    if request.param == "sqlite":
+        sqlite = SqliteStateStore(SqliteDatabase(tmp_path / "state.sqlite3"))
+        yield sqlite
+        sqlite.close()
+        return
+    with mocked_aws(monkeypatch) as session:
+        stack = create_stack(session)
+        dynamo = DynamoStateStore(
+            session.client("dynamodb"),
+            events_table=stack.events_table,
+            documents_table=stack.documents_table,
+            retention=timedelta(days=7),
+        )
+        yield dynamo
+        dynamo.close()
+
+
+def file_event(
+    event_id: str,
+    *,
+    workspace: str = "acme",
+    file_id: str = "f1",
+    kind: EventType = EventType.UPDATED,
+    version: int | None = 1,
+    content: str | None = "text",
+) -> FileEvent:
+    now = datetime.now(UTC)
+    return FileEvent(
+        event_id=event_id,
+        workspace=workspace,
+        type=kind,
+        file_id=file_id,
+        path=f"docs/{file_id}.md",
+        position=position_key(version=version, sequencer=None, timestamp=now),
+        timestamp=now,
+        version=version,
+        content=content if kind is not EventType.DELETED else None,
+        metadata={"team": "hr", "weight": 1.5, "tags": ["a", "b"], "draft": False},
+    )
+
+
+def document(
+    file_id: str,
+    *,
+    workspace: str = "acme",
+    path: str | None = None,
+    status: DocumentStatus = DocumentStatus.INDEXED,
+    revision: str | None = "rev-1",
+    **extra: object,
+) -> DocumentRecord:
+    return DocumentRecord(
+        workspace=workspace,
+        file_id=file_id,
+        path=path or f"docs/{file_id}.md",
+        status=status,
+        position=revision,
+        revision=revision,
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+class TestStateStoreContract:
+    def test_is_a_state_store(self, store: StateStore) -> None:
+        assert isinstance(store, StateStore)
+
+    # events ---------------------------------------------------------------------------------------------
+    def test_add_event_is_idempotent_on_the_event_id(self, store: StateStore) -> None:
+        first = file_event("e1")
+        before = datetime.now(UTC) - timedelta(seconds=1)
+        rec, created = store.add_event(first, EventStatus.RECEIVED)
+        assert created
+        assert (rec.event, rec.status, rec.attempts, rec.error, rec.confirmed) == (
+            first,
+            EventStatus.RECEIVED,
+            0,
+            None,
+            False,
+        )
+        assert before <= rec.received_at <= datetime.now(UTC) + timedelta(seconds=1)
+
+        store.set_event_status("e1", EventStatus.QUEUED)
+        again, created = store.add_event(
+            file_event("e1", file_id="other", version=9, content="new"), EventStatus.RECEIVED
+        )
+        assert not created
+        assert again.event == first and again.status is EventStatus.QUEUED  # unchanged, whatever the payload
+        assert store.get_event("e1") == again
+
+    def test_unknown_events(self, store: StateStore) -> None:
+        assert store.get_event("nope") is None
+        with pytest.raises(KeyError):
+            store.set_event_status("nope", EventStatus.DONE)
+        with pytest.raises(KeyError):
+            store.reset_for_retry("nope")
+
+    def test_status_error_detail_and_attempts(self, store: StateStore) -> None:
+        store.add_event(file_event("e1"), EventStatus.QUEUED)
+        rec = store.set_event_status("e1", EventStatus.PROCESSING, count_attempt=True)
+        assert (rec.status, rec.attempts) == (EventStatus.PROCESSING, 1)
+        rec = store.set_event_status("e1", EventStatus.QUEUED, error="OSError: boom")
+        assert (rec.status, rec.attempts, rec.error) == (EventStatus.QUEUED, 1, "OSError: boom")
+        rec = store.set_event_status("e1", EventStatus.PROCESSING, count_attempt=True)
+        assert (rec.attempts, rec.error) == (2, None)  # each update says the whole error and detail
+        rec = store.set_event_status("e1", EventStatus.DONE, detail="indexed 3 chunk(s)")
+        assert (rec.status, rec.detail, rec.attempts) == (EventStatus.DONE, "indexed 3 chunk(s)", 2)
+        assert rec.updated_at >= rec.received_at
+        assert store.get_event("e1") == rec
+
+    def test_reset_for_retry_gives_a_fresh_budget_and_keeps_confirmation(self, store: StateStore) -> None:
+        store.add_event(file_event("e1"), EventStatus.QUEUED)
+        store.set_event_status("e1", EventStatus.PROCESSING, count_attempt=True)
+        store.set_event_status("e1", EventStatus.FAILED, error="SourceNotFoundError: gone")
+        rec = store.reset_for_retry("e1")
+        assert (rec.status, rec.attempts, rec.confirmed) == (EventStatus.QUEUED, 0, False)
+        assert store.reset_for_retry("e1", confirmed=True).confirmed
+        last = store.reset_for_retry("e1")
+        assert last.confirmed  # a confirmation is never taken back
+        assert store.get_event("e1") == last
+
+    def test_list_events_newest_first_with_filters(self, store: StateStore) -> None:
+        for event_id, file_id in (("e1", "f1"), ("e2", "f2"), ("e3", "f1"), ("e4", "f3")):
+            store.add_event(file_event(event_id, file_id=file_id), EventStatus.QUEUED)
+        store.add_event(file_event("b1", workspace="beta", file_id="f1"), EventStatus.QUEUED)
+        store.set_event_status("e2", EventStatus.DONE)
+        store.set_event_status("e1", EventStatus.DONE)
+
+        def ids(**kw: object) -> list[str]:
+            return [r.event_id for r in store.list_events("acme", **kw)]  # type: ignore[arg-type]
+
+        assert ids() == ["e4", "e3", "e2", "e1"]
+        assert ids(limit=2) == ["e4", "e3"]
+        assert ids(file_id="f1") == ["e3", "e1"]
+        assert ids(status=EventStatus.DONE) == ["e2", "e1"]
+        assert ids(status=EventStatus.DONE, file_id="f1") == ["e1"]
+        assert ids(status=EventStatus.HELD) == []
+        assert [r.event_id for r in store.list_events("beta")] == ["b1"]
+
+    def test_events_with_status_oldest_first_across_workspaces(self, store: StateStore) -> None:
+        store.add_event(file_event("e1"), EventStatus.RECEIVED)
+        store.add_event(file_event("b1", workspace="beta"), EventStatus.RECEIVED)
+        store.add_event(file_event("e2", file_id="f2"), EventStatus.QUEUED)
+        events_with_status = store.events_with_status  # type: ignore[attr-defined]
+        assert [r.event_id for r in events_with_status(EventStatus.RECEIVED)] == ["e1", "b1"]
+        assert [r.event_id for r in events_with_status(EventStatus.RECEIVED, limit=1)] == ["e1"]
+
+    def test_count_recent_deletes(self, store: StateStore) -> None:
+        before = datetime.now(UTC) - timedelta(seconds=1)
+        for event_id, workspace, kind, status in (
+            ("d1", "acme", EventType.DELETED, EventStatus.DONE),
+            ("d2", "acme", EventType.DELETED, EventStatus.DONE),
+            ("d3", "acme", EventType.DELETED, EventStatus.HELD),
+            ("u1", "acme", EventType.UPDATED, EventStatus.DONE),
+            ("b1", "beta", EventType.DELETED, EventStatus.DONE),
+        ):
+            store.add_event(file_event(event_id, workspace=workspace, file_id=event_id, kind=kind), EventStatus.QUEUED)
+            store.set_event_status(event_id, status)
+        assert store.count_recent_deletes("acme", before) == 2
+        assert store.count_recent_deletes("beta", before) == 1
+        assert store.count_recent_deletes("acme", datetime.now(UTC) + timedelta(minutes=1)) == 0
+
+    # documents ------------------------------------------------------------------------------------------
+    def test_switch_get_list_and_count_documents(self, store: StateStore) -> None:
+        assert store.get_document("acme", "f1") is None
+        store.switch_document(
+            document(
+                "f1",
+                path="b.md",
+                version=2,
+                content_type="text/markdown",
+                chunk_count=3,
+                embedded=2,
+                reused=1,
+                last_event_id="e1",
+                metadata={"team": "hr", "w": 1.5},
+            )
+        )
+        got = store.get_document("acme", "f1")
+        assert got is not None and got.updated_at is not None
+        assert (got.path, got.status, got.position, got.revision, got.version, got.content_type) == (
+            "b.md",
+            DocumentStatus.INDEXED,
+            "rev-1",
+            "rev-1",
+            2,
+            "text/markdown",
+        )
+        assert (got.chunk_count, got.embedded, got.reused, got.last_event_id, got.last_error, got.metadata) == (
+            3,
+            2,
+            1,
+            "e1",
+            None,
+            {"team": "hr", "w": 1.5},
+        )
+
+        # The switch replaces the whole record: nothing of the old one survives.
+        store.switch_document(
+            document("f1", path="b.md", status=DocumentStatus.SKIPPED, revision=None, last_error="cannot parse")
+        )
+        got = store.get_document("acme", "f1")
+        assert got is not None
+        assert (got.status, got.revision, got.version, got.chunk_count, got.metadata, got.last_error) == (
+            DocumentStatus.SKIPPED,
+            None,
+            None,
+            0,
+            {},
+            "cannot parse",
+        )
+
+        store.switch_document(document("f2", path="a.md"))
+        store.switch_document(document("f3", path="c.md"))
+        store.switch_document(document("f0", path="c.md", status=DocumentStatus.DELETED, revision=None))
+        store.switch_document(document("f1", workspace="beta", path="a.md"))
+        assert [d.file_id for d in store.list_documents("acme")] == ["f2", "f1", "f0", "f3"]  # by path, file id
+        assert [d.file_id for d in store.list_documents("acme", status=DocumentStatus.INDEXED)] == ["f2", "f3"]
+        assert [d.file_id for d in store.list_documents("acme", limit=2, offset=1)] == ["f1", "f0"]
+        assert store.count_documents("acme", DocumentStatus.INDEXED) == 2
+        assert store.count_documents("acme", DocumentStatus.DELETED) == 1
+        assert store.count_documents("beta", DocumentStatus.INDEXED) == 1
+        assert store.count_documents("gamma", DocumentStatus.INDEXED) == 0
+
+    def test_active_revisions_for_many_files(self, store: StateStore) -> None:
+        expected = {}
+        for i in range(230):  # more than one DynamoDB BatchGetItem (100 keys)
+            revision = None if i % 10 == 0 else f"rev-{i}"  # a deleted file has nothing searchable
+            store.switch_document(document(f"f{i}", revision=revision))
+            if revision:
+                expected[f"f{i}"] = revision
+        store.switch_document(document("f1", workspace="beta", revision="other-workspace"))
+        asked = [f"f{i}" for i in range(240)] + ["f1", "f2"]  # unknown files and repeats too
+        assert store.active_revisions("acme", asked) == expected
+        assert store.active_revisions("acme", []) == {}
+        assert store.active_revisions("beta", ["f1", "f2"]) == {"f1": "other-workspace"}
+
+    def test_note_document_error_keeps_the_active_revision(self, store: StateStore) -> None:
+        store.switch_document(document("f1", revision="rev-7", chunk_count=4, metadata={"team": "hr"}))
+        store.note_document_error("acme", "f1", "docs/f1.md", "SourceUnavailableError: timeout")
+        got = store.get_document("acme", "f1")
+        assert got is not None
+        assert (got.status, got.revision, got.chunk_count, got.last_error, got.metadata) == (
+            DocumentStatus.FAILED,
+            "rev-7",
+            4,
+            "SourceUnavailableError: timeout",
+            {"team": "hr"},
+        )
+        assert store.active_revisions("acme", ["f1"]) == {"f1": "rev-7"}
+
+        store.note_document_error("acme", "new", "docs/new.md", "SourceNotFoundError: gone")
+        new = store.get_document("acme", "new")
+        assert new is not None
+        assert (new.path, new.status, new.revision, new.position, new.chunk_count, new.metadata, new.last_error) == (
+            "docs/new.md",
+            DocumentStatus.FAILED,
+            None,
+            None,
+            0,
+            {},
+            "SourceNotFoundError: gone",
+        )
+
+    def test_workspaces_of_documents_and_events(self, store: StateStore) -> None:
+        assert store.workspaces() == []
+        store.add_event(file_event("e1", workspace="gamma"), EventStatus.RECEIVED)
+        store.switch_document(document("f1", workspace="acme"))
+        store.switch_document(document("f2", workspace="acme"))
+        store.add_event(file_event("e2", workspace="acme"), EventStatus.RECEIVED)
+        assert store.workspaces() == ["acme", "gamma"]
+
+    def test_purge_forgets_no_event_that_is_still_pending(self, store: StateStore) -> None:
+        store.add_event(file_event("e1"), EventStatus.QUEUED)
+        store.add_event(file_event("e2", file_id="f2"), EventStatus.HELD)
+        assert store.purge_events(datetime.now(UTC) + timedelta(days=1)) == 0
+        assert store.get_event("e1") is not None and store.get_event("e2") is not None
+
+
+def test_dynamodb_events_expire_only_once_settled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TTL does what `purge_events` does for SQLite: settled events are forgotten after the retention."""
+    with mocked_aws(monkeypatch) as session:
+        stack = create_stack(session)
+        client = session.client("dynamodb")
+        store = DynamoStateStore(
+            client, events_table=stack.events_table, documents_table=stack.documents_table, retention=timedelta(days=2)
+        )
+
+        def expires_at(event_id: str) -> int | None:
+            item = client.get_item(TableName=stack.events_table, Key={"event_id": {"S": event_id}})["Item"]
+            return int(item["expires_at"]["N"]) if "expires_at" in item else None
+
+        store.add_event(file_event("e1"), EventStatus.RECEIVED)
+        assert expires_at("e1") is None
+        store.set_event_status("e1", EventStatus.HELD)
+        assert expires_at("e1") is None
+        store.set_event_status("e1", EventStatus.DONE)
+        expiry = expires_at("e1")
+        assert expiry is not None
+        assert abs(expiry - (datetime.now(UTC) + timedelta(days=2)).timestamp()) < 60
+        store.reset_for_retry("e1")
+        assert expires_at("e1") is None
+        assert store.purge_events(datetime.now(UTC) + timedelta(days=30)) == 0  # TTL's job, not ours
+
+
+class PartialBatchGets:
+    """The moto client, except that BatchGetItem serves at most `serve` keys per call and hands the rest
+    back as UnprocessedKeys, as DynamoDB does when a call is throttled or its response passes 16 MB."""
+
+    def __init__(self, client: Any, serve: int) -> None:
+        self.client = client
+        self.serve = serve
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+    def batch_get_item(self, RequestItems: dict[str, Any]) -> dict[str, Any]:  # noqa: N803 (boto3's name)
+        self.calls += 1
+        served, unprocessed = {}, {}
+        for table, spec in RequestItems.items():
+            served[table] = {**spec, "Keys": spec["Keys"][: self.serve]}
+            if spec["Keys"][self.serve :]:
+                unprocessed[table] = {**spec, "Keys": spec["Keys"][self.serve :]}
+        resp: dict[str, Any] = self.client.batch_get_item(RequestItems=served)
+        resp["UnprocessedKeys"] = unprocessed
+        return resp
+
+
+def test_dynamodb_active_revisions_retries_unprocessed_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    with mocked_aws(monkeypatch) as session:
+        stack = create_stack(session)
+        client = PartialBatchGets(session.client("dynamodb"), serve=70)
+        store = DynamoStateStore(client, events_table=stack.events_table, documents_table=stack.documents_table)
+        for i in range(150):
+            store.switch_document(document(f"f{i}", revision=f"rev-{i}"))
+        assert store.active_revisions("acme", [f"f{i}" for i in range(150)]) == {
+            f"f{i}": f"rev-{i}" for i in range(150)
+        }
+        assert client.calls == 3  # keys 0-69, then 70-99 again; keys 100-149 in one call
