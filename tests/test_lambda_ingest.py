@@ -330,3 +330,55 @@ def test_s3_handler_on_its_own_builds_only_the_state_store_and_the_queue(
             )
         finally:
             handlers.set_container(None)
+
+
+def test_secrets_come_from_ssm_at_cold_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The template holds parameter names only; the composition root reads the values from SSM."""
+    from tests.conftest import SECRET_BETA
+
+    with mocked_aws(monkeypatch) as session:
+        stack = create_stack(session)
+        ssm = session.client("ssm")
+        ssm.put_parameter(
+            Name="/eventrag/test/webhook-secrets",
+            Type="SecureString",
+            Value=json.dumps({"acme": [SECRET_ACME], "beta": [SECRET_BETA]}),
+        )
+        ssm.put_parameter(Name="/eventrag/test/api-keys", Type="SecureString", Value=json.dumps({KEY_ACME: "acme"}))
+        clients = {"dynamodb": session.client("dynamodb"), "sqs": session.client("sqs"), "s3": session.client("s3")}
+        settings = base_settings(
+            tmp_path / "data",
+            **stack.settings(),
+            webhook_secrets={},
+            api_keys={},
+            webhook_secrets_ssm_parameter="/eventrag/test/webhook-secrets",
+            api_keys_ssm_parameter="/eventrag/test/api-keys",
+            source_bucket="bucket",
+            s3_workspace="acme",
+        )
+        c = build_container(
+            settings, embedder=HashEmbedder(), qdrant_client=QdrantClient(location=":memory:"), aws=clients
+        )
+        handlers.set_container(c)
+        try:
+            raw, headers = sign(SECRET_ACME, file_event("created", "x", content="hello there", version=1))
+            r = handlers.api_handler(
+                http_event("apigw_http_v2.json", "POST", "/webhooks", raw, headers), LambdaContext()
+            )
+            assert r["statusCode"] == 202, r["body"]
+            r = handlers.api_handler(
+                http_event("apigw_http_v2.json", "GET", "/documents", headers={"x-api-key": KEY_ACME}), LambdaContext()
+            )
+            assert r["statusCode"] == 200
+            # Another workspace may not point at the shared S3 source bucket.
+            raw, headers = sign(
+                SECRET_BETA,
+                file_event("created", "y", workspace="beta", url="s3://bucket/secret.md", version=1, content_type=None),
+            )
+            r = handlers.api_handler(
+                http_event("apigw_http_v2.json", "POST", "/webhooks", raw, headers), LambdaContext()
+            )
+            assert r["statusCode"] == 422 and "reserved to workspace 'acme'" in r["body"]
+        finally:
+            handlers.set_container(None)
+            c.close()
