@@ -16,6 +16,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from standardwebhooks.webhooks import Webhook
 
@@ -127,11 +128,12 @@ def record_rejection(event_id: str, workspace: str, body: bytes, error: Exceptio
     queued and the index is never touched. An id already used by a valid event keeps that event.
     """
     try:
-        raw = json.loads(body)
+        parsed = json.loads(body)
     except ValueError:
-        raw = None
-    data = raw.get("data") if isinstance(raw, dict) and isinstance(raw.get("data"), dict) else {}
-    kind = raw.get("type") if isinstance(raw, dict) and raw.get("type") in {t.value for t in EventType} else None
+        parsed = None
+    raw: dict[str, Any] = parsed if isinstance(parsed, dict) else {}
+    data: dict[str, Any] = raw["data"] if isinstance(raw.get("data"), dict) else {}
+    kind = raw.get("type") if raw.get("type") in {t.value for t in EventType} else None
     stub = FileEvent(
         event_id=event_id,
         workspace=workspace,
