@@ -135,12 +135,12 @@ def load_beir(folder: Path, split: str = "train") -> BeirDataset:
         raise DatasetFormatError(f"{qrels_path} is missing; splits found: {', '.join(found) or 'none'}")
     qrels: dict[str, dict[str, int]] = {}
     with qrels_path.open(encoding="utf-8", newline="") as fh:
-        for line_no, row in enumerate(csv.reader(fh, delimiter="\t"), start=1):
-            if not row or (line_no == 1 and row[0] == "query-id"):
+        for line_no, fields in enumerate(csv.reader(fh, delimiter="\t"), start=1):
+            if not fields or (line_no == 1 and fields[0] == "query-id"):
                 continue  # BEIR's header row
-            if len(row) != 3:
+            if len(fields) != 3:
                 raise DatasetFormatError(f"{qrels_path}:{line_no}: expected query-id, corpus-id, score")
-            query_id, doc_id, grade = row
+            query_id, doc_id, grade = fields
             try:
                 qrels.setdefault(query_id, {})[doc_id] = int(grade)
             except ValueError as exc:
