@@ -15,7 +15,6 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
@@ -235,6 +234,3 @@ TestIndexMachine = IndexMachine.TestCase
 def test_profile_is_ci_sized_by_default() -> None:
     # The long profile is for a deliberate long run; CI keeps the example count small.
     assert PROFILE != "ci" or settings.get_profile("ci").max_examples <= 50
-
-
-_ = Any
