@@ -32,20 +32,10 @@ from tests.conftest import SECRET_ACME, base_settings
 from tests.fakes.embedder import HashEmbedder
 from tests.fakes.webhooks import file_event, sign
 
-settings.register_profile(
-    "ci",
-    max_examples=25,
-    stateful_step_count=30,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-settings.register_profile(
-    "long",
-    max_examples=1000,
-    stateful_step_count=60,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+# Each example builds a store and runs the real worker: no per-example deadline, and "slow" is expected.
+_COMMON = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large]}
+settings.register_profile("ci", max_examples=25, stateful_step_count=30, **_COMMON)  # type: ignore[arg-type]
+settings.register_profile("long", max_examples=1000, stateful_step_count=60, **_COMMON)  # type: ignore[arg-type]
 PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
 
 FILES = ("f0", "f1", "f2")
