@@ -23,6 +23,7 @@ RUN pip install --no-cache-dir ".[aws]"
 COPY app/ app/
 COPY ingest/ ingest/
 COPY retrieval/ retrieval/
+COPY stores/ stores/
 RUN pip install --no-cache-dir --no-deps --force-reinstall . \
  && cd / && rm -rf /build
 

@@ -2,6 +2,10 @@
 
 Every port gets exactly one adapter here, chosen by a `match` on the configured backend; optional
 dependencies (boto3) are imported inside the branch that needs them. Nothing here runs at import time.
+
+The write path (`ingest`: the webhook verifier, the content sources, the worker and its loop) is built on
+first use, so a process that only answers questions (the Lambda API function serving `/query`) never
+imports it: see `Container.write_path`.
 """
 
 from __future__ import annotations
@@ -11,32 +15,52 @@ import json
 import logging
 import os
 import secrets
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
 from app.settings import QueueBackend, Settings, StateBackend, read_ssm_parameter
-from ingest.embedding import SentenceTransformerEmbedder, SqliteEmbeddingCache
-from ingest.errors import StoreLockedError
-from ingest.indexing import QdrantIndex, open_qdrant
-from ingest.ports import Embedder, EmbeddingCache, JobQueue, StateStore, VectorIndex
-from ingest.receiver import WebhookVerifier, requeue_received
-from ingest.sources import ContentRouter, LocalFolderSource
-from ingest.sparse import Bm25Encoder
-from ingest.state.sqlite import SqliteDatabase, SqliteJobQueue, SqliteSessionStore, SqliteStateStore
-from ingest.worker import FaultHook, IngestWorker, WorkerConfig, WorkerLoop
 from retrieval.agent import Agent, AgentConfig
 from retrieval.answering import Answerer
 from retrieval.llm import ChatModel, OpenAIChatModel
 from retrieval.search import Searcher
-from retrieval.sessions import SessionStore
+from stores.embedding import SentenceTransformerEmbedder, SqliteEmbeddingCache
+from stores.errors import StoreLockedError
+from stores.ports import Embedder, EmbeddingCache, JobQueue, StateStore, VectorIndex
+from stores.qdrant import QdrantIndex, open_qdrant
+from stores.sessions import SessionStore
+from stores.sparse import Bm25Encoder
+from stores.sqlite.database import SqliteDatabase
+from stores.sqlite.queue import SqliteJobQueue
+from stores.sqlite.sessions import SqliteSessionStore
+from stores.sqlite.state import SqliteStateStore
+
+if TYPE_CHECKING:
+    from ingest.receiver import WebhookVerifier
+    from ingest.sources import ContentRouter
+    from ingest.worker import IngestWorker, WorkerLoop
 
 log = logging.getLogger(__name__)
 
+# A hook the crash tests use to kill the worker between steps (`ingest.worker.FaultHook`).
+FaultHook = Callable[[str, Any], None]
+
 DEFAULT_WORKSPACE = "default"
+
+
+@dataclass
+class WritePath:
+    """The ingest side of a container: built on first use (`Container.write_path`)."""
+
+    sources: ContentRouter
+    verifier: WebhookVerifier
+    worker: IngestWorker
+    loop: WorkerLoop | None
 
 
 @dataclass
@@ -48,9 +72,6 @@ class Container:
     embedder: Embedder
     sparse: Bm25Encoder
     cache: EmbeddingCache | None
-    sources: ContentRouter
-    verifier: WebhookVerifier
-    worker: IngestWorker
     searcher: Searcher
     answerer: Answerer
     agent: Agent
@@ -58,8 +79,38 @@ class Container:
     chat: ChatModel | None
     webhook_secrets: dict[str, list[str]]
     generated_secret: str | None = None
-    loop: WorkerLoop | None = None
+    fault: FaultHook | None = None
+    aws: dict[str, Any] | None = None
     _closers: list[Any] = field(default_factory=list)
+    _write: WritePath | None = None
+    # Two first requests (a webhook and a retry, say) must not build two workers.
+    _write_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def write_path(self) -> WritePath:
+        with self._write_lock:
+            if self._write is None:
+                self._write = build_write_path(self)
+            return self._write
+
+    @property
+    def sources(self) -> ContentRouter:
+        return self.write_path.sources
+
+    @property
+    def verifier(self) -> WebhookVerifier:
+        return self.write_path.verifier
+
+    @property
+    def worker(self) -> IngestWorker:
+        return self.write_path.worker
+
+    @property
+    def loop(self) -> WorkerLoop | None:
+        """The in-process worker loop of the embedded queue; None with SQS (the Lambda worker drains it)."""
+        if self.settings.queue_backend is not QueueBackend.LOCAL:
+            return None
+        return self.write_path.loop
 
     def recover(self) -> None:
         """Start-up recovery of the embedded queue: forget dead leases, queue stored-but-unqueued events."""
@@ -68,13 +119,14 @@ class Container:
             if released:
                 log.info("re-queued %d job(s) that were in flight when the last process stopped", released)
         if isinstance(self.state, SqliteStateStore):
-            from ingest.events import EventStatus
+            from ingest.receiver import requeue_received
+            from stores.events import EventStatus
 
             requeue_received(self.state, self.queue, self.state.events_with_status(EventStatus.RECEIVED))
 
     def close(self) -> None:
-        if self.loop is not None:
-            self.loop.stop()
+        if self._write is not None and self._write.loop is not None:
+            self._write.loop.stop()
         for closer in reversed(self._closers):
             try:
                 closer()
@@ -123,7 +175,7 @@ def build_state_and_queue(settings: Settings, *, aws: dict[str, Any] | None = No
             settings.data_dir.mkdir(parents=True, exist_ok=True)
             state: StateStore = SqliteStateStore(SqliteDatabase(settings.state_path))
         case StateBackend.DYNAMODB:
-            from ingest.state.dynamodb import DynamoStateStore
+            from stores.dynamodb.state import DynamoStateStore
 
             state = DynamoStateStore.from_settings(settings, client=(aws or {}).get("dynamodb"))
     match settings.queue_backend:
@@ -131,7 +183,7 @@ def build_state_and_queue(settings: Settings, *, aws: dict[str, Any] | None = No
             assert isinstance(state, SqliteStateStore)
             queue: JobQueue = SqliteJobQueue(state.db)
         case QueueBackend.SQS:
-            from ingest.queues.sqs import SqsJobQueue
+            from stores.sqs import SqsJobQueue
 
             queue = SqsJobQueue.from_settings(settings, client=(aws or {}).get("sqs"))
     return state, queue
@@ -157,7 +209,7 @@ def build_container(
     if isinstance(state, SqliteStateStore):
         sessions = SqliteSessionStore(state.db)
     else:
-        from ingest.state.dynamodb import DynamoSessionStore
+        from stores.dynamodb.sessions import DynamoSessionStore
 
         sessions = DynamoSessionStore.from_settings(settings, client=(aws or {}).get("dynamodb"))
 
@@ -188,15 +240,6 @@ def build_container(
         cache = sqlite_cache
 
     sparse = Bm25Encoder()
-    folder = LocalFolderSource(settings.source_root) if settings.source_root else None
-    extra: dict[str, Any] = {}
-    if settings.source_bucket:
-        from ingest.sources_s3 import S3Source
-
-        extra["s3"] = S3Source(client=(aws or {}).get("s3"), bucket=settings.source_bucket)
-    # s3:// content is the S3 event source's: only its workspace may point at it, so one tenant's webhook
-    # cannot read another tenant's objects from the shared bucket.
-    sources = ContentRouter(folder=folder, extra=extra, scheme_workspaces={"s3": settings.s3_workspace})
 
     if chat is None and settings.llm_model:
         key = (
@@ -211,29 +254,6 @@ def build_container(
             {ws: [s.get_secret_value() for s in items] for ws, items in settings.webhook_secrets.items()},
             None,
         )
-    )
-    verifier = WebhookVerifier(secrets_by_ws, settings.webhook_tolerance_seconds)
-
-    w = settings.worker
-    worker = IngestWorker(
-        state=state,
-        index=index,
-        embedder=embedder,
-        sources=sources,
-        cache=cache,
-        sparse=sparse,
-        config=WorkerConfig(
-            max_attempts=w.max_attempts,
-            backoff_seconds=w.backoff_seconds,
-            backoff_max_seconds=w.backoff_max_seconds,
-            embed_batch_size=settings.embedding_batch_size,
-            chunk_tokens=settings.chunking.chunk_tokens,
-            overlap_tokens=settings.chunking.overlap_tokens,
-            mass_delete_share=w.mass_delete_share,
-            mass_delete_min=w.mass_delete_min,
-            mass_delete_window_seconds=w.mass_delete_window_seconds,
-        ),
-        fault=fault,
     )
     searcher = Searcher(index=index, state=state, embedder=embedder, sparse=sparse)
     answerer = Answerer(searcher=searcher, chat=chat, terms=sparse, min_similarity=settings.min_score)
@@ -250,17 +270,6 @@ def build_container(
             history_tokens=settings.agent.history_tokens,
         ),
     )
-    loop = None
-    if settings.queue_backend is QueueBackend.LOCAL:
-        loop = WorkerLoop(
-            worker,
-            queue,
-            batch_size=w.batch_size,
-            lease_seconds=w.lease_seconds,
-            poll_seconds=w.poll_seconds,
-            threads=w.threads,
-            retention=timedelta(days=settings.event_retention_days),
-        )
     return Container(
         settings=settings,
         state=state,
@@ -269,9 +278,6 @@ def build_container(
         embedder=embedder,
         sparse=sparse,
         cache=cache,
-        sources=sources,
-        verifier=verifier,
-        worker=worker,
         searcher=searcher,
         answerer=answerer,
         agent=agent,
@@ -279,9 +285,64 @@ def build_container(
         chat=chat,
         webhook_secrets=secrets_by_ws,
         generated_secret=generated,
-        loop=loop,
+        fault=fault,
+        aws=aws,
         _closers=closers,
     )
+
+
+def build_write_path(c: Container) -> WritePath:
+    """The ingest side of `c`: content sources, the webhook verifier, the worker and (with the embedded
+    queue) its loop. Imported and built here, on first use, so the read path never loads it."""
+    from ingest.receiver import WebhookVerifier
+    from ingest.sources import ContentRouter, LocalFolderSource
+    from ingest.worker import IngestWorker, WorkerConfig, WorkerLoop
+
+    settings = c.settings
+    folder = LocalFolderSource(settings.source_root) if settings.source_root else None
+    extra: dict[str, Any] = {}
+    if settings.source_bucket:
+        from ingest.sources_s3 import S3Source
+
+        extra["s3"] = S3Source(client=(c.aws or {}).get("s3"), bucket=settings.source_bucket)
+    # s3:// content is the S3 event source's: only its workspace may point at it, so one tenant's webhook
+    # cannot read another tenant's objects from the shared bucket.
+    sources = ContentRouter(folder=folder, extra=extra, scheme_workspaces={"s3": settings.s3_workspace})
+    verifier = WebhookVerifier(c.webhook_secrets, settings.webhook_tolerance_seconds)
+
+    w = settings.worker
+    worker = IngestWorker(
+        state=c.state,
+        index=c.index,
+        embedder=c.embedder,
+        sources=sources,
+        cache=c.cache,
+        sparse=c.sparse,
+        config=WorkerConfig(
+            max_attempts=w.max_attempts,
+            backoff_seconds=w.backoff_seconds,
+            backoff_max_seconds=w.backoff_max_seconds,
+            embed_batch_size=settings.embedding_batch_size,
+            chunk_tokens=settings.chunking.chunk_tokens,
+            overlap_tokens=settings.chunking.overlap_tokens,
+            mass_delete_share=w.mass_delete_share,
+            mass_delete_min=w.mass_delete_min,
+            mass_delete_window_seconds=w.mass_delete_window_seconds,
+        ),
+        fault=c.fault,
+    )
+    loop = None
+    if settings.queue_backend is QueueBackend.LOCAL:
+        loop = WorkerLoop(
+            worker,
+            c.queue,
+            batch_size=w.batch_size,
+            lease_seconds=w.lease_seconds,
+            poll_seconds=w.poll_seconds,
+            threads=w.threads,
+            retention=timedelta(days=settings.event_retention_days),
+        )
+    return WritePath(sources=sources, verifier=verifier, worker=worker, loop=loop)
 
 
 def data_dir_in_use(path: Path) -> bool:

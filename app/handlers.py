@@ -17,7 +17,7 @@ from typing import Any
 
 from app.container import Container, build_container, build_state_and_queue
 from app.settings import Settings
-from ingest.ports import JobQueue, StateStore
+from stores.ports import JobQueue, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +68,8 @@ def ingest_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     EVENTRAG_WORKER__MAX_ATTEMPTS (serverless.yml sets both from `maxAttempts`), so "failed" in the state
     store and "in the DLQ" mean the same thing. An unreadable message is sent on to the DLQ the same way.
     """
-    from ingest.ports import Job
     from ingest.worker import OutcomeKind
+    from stores.ports import Job
 
     c = container()
     failures: list[str] = []  # SQS message ids

@@ -13,8 +13,7 @@ from fastapi.responses import JSONResponse
 from app.container import Container, build_container
 from app.routes import documents, events, health, openai_compat, operations, query, sessions, webhooks
 from app.settings import Settings
-from ingest.errors import EmbeddingModelMismatchError, IngestError, PermanentError, WebhookError
-from retrieval.llm import LLMError
+from stores.errors import EventragError
 
 log = logging.getLogger(__name__)
 
@@ -59,23 +58,13 @@ def _from_env() -> Container:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(WebhookError)
-    async def _webhook(_: Request, exc: WebhookError) -> JSONResponse:
-        log.warning("webhook refused (%s): %s", exc.status_code, exc)
+    @app.exception_handler(EventragError)
+    async def _eventrag(_: Request, exc: EventragError) -> JSONResponse:
+        # Every error eventrag raises on purpose says which status it means (`stores.errors`), so this one
+        # handler serves both paths without importing either.
+        if exc.status_code < 500:
+            log.warning("request refused (%s): %s", exc.status_code, exc)
         return JSONResponse({"detail": str(exc)}, status_code=exc.status_code)
-
-    @app.exception_handler(LLMError)
-    async def _llm(_: Request, exc: LLMError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=exc.status_code)
-
-    @app.exception_handler(EmbeddingModelMismatchError)
-    async def _model(_: Request, exc: EmbeddingModelMismatchError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=503)
-
-    @app.exception_handler(IngestError)
-    async def _ingest(_: Request, exc: IngestError) -> JSONResponse:
-        code = 422 if isinstance(exc, PermanentError) else 503
-        return JSONResponse({"detail": str(exc)}, status_code=code)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

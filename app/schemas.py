@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ingest.ports import SearchMode
+from stores.ports import SearchMode
 
 
 class ErrorBody(BaseModel):

@@ -24,16 +24,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.container import build_container  # noqa: E402
 from app.settings import Settings  # noqa: E402
-from ingest.events import EventStatus, build_event, parse_webhook_body  # noqa: E402
+from ingest.webhook_body import build_event, parse_webhook_body  # noqa: E402
+from stores.events import EventStatus  # noqa: E402
 
 PARAGRAPHS = 100
 
 
 def paragraph(i: int, edited: bool = False) -> str:
     words = " ".join(f"term{i}x{j}" for j in range(25))
-    lead = (
-        "This paragraph was rewritten completely." if edited else f"Paragraph {i} describes process step {i}."
-    )
+    lead = "This paragraph was rewritten completely." if edited else f"Paragraph {i} describes process step {i}."
     return f"## Step {i}\n{lead} It lists the following terms in order: {words}."
 
 
@@ -72,9 +71,7 @@ def main() -> None:
         t_edit, edit = apply(c, "e2", 2, document(edit=PARAGRAPHS // 2))
         c.close()
         # A full re-index of the edited version: the same work with an empty cache.
-        c2 = build_container(
-            Settings(data_dir=Path(tmp) / "b", worker={"mass_delete_share": 1.0}), embedder=c.embedder
-        )
+        c2 = build_container(Settings(data_dir=Path(tmp) / "b", worker={"mass_delete_share": 1.0}), embedder=c.embedder)
         t_full, full = apply(c2, "e3", 2, document(edit=PARAGRAPHS // 2))
         c2.close()
     print(f"first index:        {first['chunks']} chunks, {first['embedded']} embedded, {t_first:.2f} s")

@@ -1,32 +1,37 @@
-"""Errors raised along the ingest path.
+"""Errors raised along the write path (a subtree of `stores.errors.EventragError`).
 
-    IngestError
+    IngestError                       (503 when it reaches a route: transient)
     ├── WebhookError                  a delivery is refused before anything is stored
     │   ├── SignatureError            bad, missing or unknown signature (401)
     │   ├── StaleTimestampError       webhook-timestamp outside the tolerance (401)
     │   ├── WorkspaceMismatchError    a workspace's secret used for another workspace (403)
-    │   └── InvalidEventError         malformed JSON, unknown type, bad fields (422)
+    │   ├── InvalidEventError         malformed JSON, unknown type, bad fields (422)
+    │   └── PayloadTooLargeError      the body is over EVENTRAG_MAX_BODY_BYTES (413)
     ├── SourceError                   fetching a file's bytes failed
     │   ├── SourceNotFoundError       the file is not there (permanent)
     │   ├── PathOutsideRootError      a path escapes EVENTRAG_SOURCE_ROOT (permanent)
     │   └── SourceUnavailableError    network or backend trouble (transient: retried)
-    ├── UnsupportedContentError       a type we cannot parse: the file is recorded as skipped
-    ├── EmbeddingModelMismatchError   the index was filled by another embedding model
-    └── StoreLockedError              the local store is held by another process
+    └── UnsupportedContentError       a type we cannot parse: the file is recorded as skipped
 
 `PermanentError` marks the errors a retry cannot fix; the worker records them at once instead of
-backing off.
+backing off; when one reaches a route it is answered 422.
 """
 
 from __future__ import annotations
 
+from stores.errors import EventragError
 
-class IngestError(Exception):
+
+class IngestError(EventragError):
     """Base class of every error raised by the ingest package."""
+
+    status_code = 503
 
 
 class PermanentError(IngestError):
     """Retrying will not help: the same input gives the same failure."""
+
+    status_code = 422
 
 
 class WebhookError(IngestError):
@@ -70,12 +75,4 @@ class SourceUnavailableError(SourceError):
 
 
 class UnsupportedContentError(PermanentError):
-    pass
-
-
-class EmbeddingModelMismatchError(IngestError):
-    pass
-
-
-class StoreLockedError(IngestError):
     pass

@@ -27,9 +27,10 @@ from ingest.errors import (
     WebhookError,
     WorkspaceMismatchError,
 )
-from ingest.events import EventStatus, EventType, FileEvent, build_event, parse_webhook_body
-from ingest.ports import EventRecord, JobQueue, StateStore
 from ingest.sources import ContentRouter
+from ingest.webhook_body import build_event, parse_webhook_body
+from stores.events import EventStatus, EventType, FileEvent
+from stores.ports import EventRecord, JobQueue, StateStore
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ingest.ports import JobQueue, StateStore, VectorIndex
+from stores.ports import JobQueue, StateStore, VectorIndex
 
 
 @dataclass(slots=True)

@@ -21,9 +21,9 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote_plus
 
-from ingest.events import EventType, FileEvent, position_key
-from ingest.ports import JobQueue, StateStore
 from ingest.receiver import record_and_enqueue
+from stores.events import EventType, FileEvent, position_key
+from stores.ports import JobQueue, StateStore
 
 log = logging.getLogger(__name__)
 

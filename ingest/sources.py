@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ingest.errors import InvalidEventError, PathOutsideRootError, SourceNotFoundError, SourceUnavailableError
-from ingest.events import EventType, FileEvent
-from ingest.ports import ContentSource
+from stores.events import EventType, FileEvent
+from stores.ports import ContentSource
 
 
 class InlineSource:

@@ -12,7 +12,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ingest.errors import SourceNotFoundError, SourceUnavailableError
-from ingest.events import FileEvent
+from stores.events import FileEvent
 
 # What S3 answers for a key or bucket that is not there. A missing key reads as AccessDenied instead when
 # the caller may not s3:ListBucket; the ingest role may (serverless.yml), so a 403 stays a transient error.

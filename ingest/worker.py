@@ -26,11 +26,11 @@ from enum import StrEnum
 from pathlib import PurePosixPath
 
 from ingest.chunking import Chunker
-from ingest.embedding import embed_with_cache
 from ingest.errors import PermanentError, UnsupportedContentError
-from ingest.events import EventStatus, EventType, FileEvent, describe_position
 from ingest.parsing import parse
-from ingest.ports import (
+from stores.embedding import embed_with_cache
+from stores.events import EventStatus, EventType, FileEvent, describe_position
+from stores.ports import (
     Chunk,
     ContentSource,
     DocumentRecord,
@@ -44,7 +44,7 @@ from ingest.ports import (
     StateStore,
     VectorIndex,
 )
-from ingest.sparse import Bm25Encoder
+from stores.sparse import Bm25Encoder
 
 log = logging.getLogger(__name__)
 

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ingest.ports import DocumentStatus, Hit, SearchFilter, SearchMode, StateStore, VectorIndex
 from retrieval.answering import (
     NOT_COVERED,
     SYSTEM_PROMPT,
@@ -31,7 +30,8 @@ from retrieval.answering import (
 )
 from retrieval.llm import ChatModel, ChatReply, ToolCall
 from retrieval.search import SearchRequest
-from retrieval.sessions import Turn
+from stores.ports import DocumentStatus, Hit, SearchFilter, SearchMode, StateStore, VectorIndex
+from stores.sessions import Turn
 
 REWRITE_PROMPT = """Rewrite the user's last message as one standalone search query for a document search,
 using the conversation only to resolve what it refers to. Output only the query, nothing else."""
@@ -336,8 +336,6 @@ class Agent:
         return fence_passages(found, start=first)
 
     def _trim(self, turns: Sequence[Turn]) -> list[Turn]:
-        from retrieval.sessions import trim_history
-
         return trim_history(turns, self.config.history_tokens, lambda t: self.count_tokens([t])[0])
 
 
@@ -347,3 +345,16 @@ def _strip_prompt_echo(text: str) -> str:
     for line in (ln for ln in lines if len(ln) > 40):
         text = text.replace(line, "")
     return text
+
+
+def trim_history(turns: Sequence[Turn], budget_tokens: int, count: Callable[[str], int]) -> list[Turn]:
+    """The most recent turns whose total size fits the budget (oldest dropped first, whole turns only)."""
+    kept: list[Turn] = []
+    used = 0
+    for turn in reversed(turns):
+        cost = count(turn.content)
+        if used + cost > budget_tokens:
+            break
+        kept.append(turn)
+        used += cost
+    return list(reversed(kept))

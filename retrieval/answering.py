@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ingest.ports import Hit, SearchFilter, SearchMode
-from ingest.sparse import Bm25Encoder
 from retrieval.llm import ChatModel
 from retrieval.search import Searcher, SearchRequest
+from stores.ports import Hit, SearchFilter, SearchMode
+from stores.sparse import Bm25Encoder
 
 NOT_COVERED = "The indexed documents do not cover this question."
 

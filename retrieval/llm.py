@@ -6,8 +6,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from stores.errors import EventragError
 
-class LLMError(Exception):
+
+class LLMError(EventragError):
     """The model could not answer. `status_code` is what the API should answer with (502/503/504)."""
 
     status_code = 502

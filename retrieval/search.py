@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from ingest.embedding import Embedder
-from ingest.ports import Hit, SearchFilter, SearchMode, StateStore, VectorIndex
-from ingest.sparse import Bm25Encoder
+from stores.embedding import Embedder
+from stores.ports import Hit, SearchFilter, SearchMode, StateStore, VectorIndex
+from stores.sparse import Bm25Encoder
 
 
 @dataclass(slots=True, frozen=True)

@@ -18,7 +18,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from app.container import Container, build_container  # noqa: E402
 from app.main import create_app  # noqa: E402
 from app.settings import Settings  # noqa: E402
-from ingest.embedding import SentenceTransformerEmbedder  # noqa: E402
+from stores.embedding import SentenceTransformerEmbedder  # noqa: E402
 from tests.fakes.webhooks import sign  # noqa: E402
 
 SECRET_ACME = "whsec_" + base64.b64encode(b"acme-secret-0123456789abcdef0123").decode()
@@ -55,9 +55,7 @@ class Harness:
     container: Container
     settings: Settings
 
-    def post_event(
-        self, body: dict[str, Any], *, secret: str = SECRET_ACME, event_id: str | None = None
-    ) -> Any:
+    def post_event(self, body: dict[str, Any], *, secret: str = SECRET_ACME, event_id: str | None = None) -> Any:
         raw, headers = sign(secret, body, event_id=event_id)
         return self.client.post("/webhooks", content=raw, headers=headers)
 

@@ -190,9 +190,7 @@ def test_official_openai_client_against_eventrag(h: Harness, llm: ScriptedLLM) -
             messages=[{"role": "user", "content": "How long is parental leave for employees?"}],
         )
         content = done.choices[0].message.content or ""
-        assert (
-            content.startswith("Employees get 16 weeks [1].") and "Sources:\n[1] hr/employees.md" in content
-        )
+        assert content.startswith("Employees get 16 weeks [1].") and "Sources:\n[1] hr/employees.md" in content
         extra = done.model_extra or {}
         assert extra["citations"][0]["file_id"] == "employees"
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from ingest.ports import SearchFilter, SearchMode
 from retrieval.search import SearchRequest
+from stores.ports import SearchFilter, SearchMode
 from tests.conftest import Harness
 from tests.fakes.embedder import HashEmbedder
 from tests.fakes.webhooks import file_event

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from ingest.chunking import Chunker
-from ingest.ports import Chunk
+from stores.ports import Chunk
 
 CountTokens = Callable[[Sequence[str]], list[int]]
 TokenOffsets = Callable[[str], list[tuple[int, int]]]
@@ -72,9 +72,7 @@ def prose(rng: random.Random, sentences: int) -> str:
     return " ".join(out)
 
 
-RUN_ON = (
-    ", ".join(f"and clause {i} of the agreement keeps going without a full stop" for i in range(80)) + "."
-)
+RUN_ON = ", ".join(f"and clause {i} of the agreement keeps going without a full stop" for i in range(80)) + "."
 GIANT_WORD = "-".join(["alpha", "beta", "gamma", "delta"] * 250)  # no whitespace, ~2000 tokens
 NO_SPACES = "长期休假政策适用于所有员工" * 60  # CJK: one token per character, no whitespace at all
 CODE_COMMENT = "# not a heading, a shell comment"

@@ -28,9 +28,7 @@ def free_port() -> int:
 
 def cli_env(data_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EVENTRAG_", "OPENAI_"))}
-    env.update(
-        {"EVENTRAG_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1", "EVENTRAG_WORKER__POLL_SECONDS": "0.1"}
-    )
+    env.update({"EVENTRAG_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1", "EVENTRAG_WORKER__POLL_SECONDS": "0.1"})
     return env
 
 
@@ -141,9 +139,7 @@ def test_ingest_and_ask_without_a_server(tmp_path: Path) -> None:
     data = tmp_path / "data"
     folder = tmp_path / "docs"
     (folder / "it").mkdir(parents=True)
-    (folder / "it" / "vpn.md").write_text(
-        "# VPN\nThe VPN client must be updated every quarter by the IT desk.\n"
-    )
+    (folder / "it" / "vpn.md").write_text("# VPN\nThe VPN client must be updated every quarter by the IT desk.\n")
     (folder / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     out = run_cli("ingest", str(folder), "--server", "http://127.0.0.1:9", data_dir=data)
     assert out.returncode == 0, out.stderr

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from ingest.events import FileEvent
-from ingest.ports import Chunk, IndexPoint, SearchFilter, SearchMode
 from retrieval.search import SearchRequest
+from stores.events import FileEvent
+from stores.ports import Chunk, IndexPoint, SearchFilter, SearchMode
 from tests.conftest import Harness
 from tests.fakes.embedder import HashEmbedder
 from tests.fakes.webhooks import file_event
@@ -21,8 +21,7 @@ FAST: dict[str, Any] = {"mass_delete_share": 1.0}
 
 def doc(topic: str, version: int, paragraphs: int = 1) -> str:
     return "\n\n".join(
-        f"{topic} paragraph {i} of version {version} mentions {topic}v{version}p{i}."
-        for i in range(paragraphs)
+        f"{topic} paragraph {i} of version {version} mentions {topic}v{version}p{i}." for i in range(paragraphs)
     )
 
 
@@ -65,12 +64,8 @@ def test_duplicate_while_queued_returns_the_original(h: Harness) -> None:
 
 def test_sequencer_and_timestamp_order_events_without_versions(h: Harness) -> None:
     # S3 sequencers are hex numbers: 0C0F... is a later change than 0A0F...2, although shorter-looking.
-    newer = h.post_event(
-        file_event("updated", "s3obj", content=doc("gamma", 2), sequencer="C0F6F405D6ED209E1")
-    )
-    older = h.post_event(
-        file_event("created", "s3obj", content=doc("gamma", 1), sequencer="0A0F6F405D6ED209E2")
-    )
+    newer = h.post_event(file_event("updated", "s3obj", content=doc("gamma", 2), sequencer="C0F6F405D6ED209E1"))
+    older = h.post_event(file_event("created", "s3obj", content=doc("gamma", 1), sequencer="0A0F6F405D6ED209E2"))
     h.drain()
     assert status(h, newer.json()["event_id"]) == "done"
     assert status(h, older.json()["event_id"]) == "superseded"
@@ -78,9 +73,7 @@ def test_sequencer_and_timestamp_order_events_without_versions(h: Harness) -> No
     from datetime import UTC, datetime, timedelta
 
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
-    late = h.post_event(
-        file_event("updated", "plain", content=doc("zeta", 2), timestamp=t0 + timedelta(seconds=5))
-    )
+    late = h.post_event(file_event("updated", "plain", content=doc("zeta", 2), timestamp=t0 + timedelta(seconds=5)))
     early = h.post_event(file_event("created", "plain", content=doc("zeta", 1), timestamp=t0))
     h.drain()
     assert status(h, late.json()["event_id"]) == "done"
@@ -112,9 +105,7 @@ def test_retries_back_off_then_fail_and_can_be_retried_on_demand(
         if broken["on"] and step == "embedded" and event.version == 2:
             raise RuntimeError("embedding backend unavailable")
 
-    h = make_harness(
-        model=HashEmbedder(), fault=fault, worker={"backoff_seconds": 0.0, "max_attempts": 3, **FAST}
-    )
+    h = make_harness(model=HashEmbedder(), fault=fault, worker={"backoff_seconds": 0.0, "max_attempts": 3, **FAST})
     h.post_event(file_event("created", "f", content=doc("eps", 1), version=1))
     h.drain()
     ev = h.post_event(file_event("updated", "f", content=doc("eps", 2), version=2)).json()["event_id"]
@@ -210,9 +201,7 @@ def test_reconcile_reports_and_repairs(h: Harness) -> None:
 def test_only_changed_chunks_are_re_embedded(make_harness: Callable[..., Harness]) -> None:
     model = HashEmbedder()
     h = make_harness(model=model, chunking={"chunk_tokens": 40, "overlap_tokens": 0}, worker=FAST)
-    paragraphs = [
-        f"Section {i} explains topic {i} in some detail with words w{i}a w{i}b w{i}c." for i in range(30)
-    ]
+    paragraphs = [f"Section {i} explains topic {i} in some detail with words w{i}a w{i}b w{i}c." for i in range(30)]
     h.post_event(file_event("created", "long", content="\n\n".join(paragraphs), version=1))
     h.drain()
     first = h.get("/documents/long").json()

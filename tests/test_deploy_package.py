@@ -78,9 +78,7 @@ def package_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def template(package_dir: Path) -> dict[str, Any]:
-    parsed: dict[str, Any] = json.loads(
-        (package_dir / "cloudformation-template-update-stack.json").read_text()
-    )
+    parsed: dict[str, Any] = json.loads((package_dir / "cloudformation-template-update-stack.json").read_text())
     return parsed
 
 
@@ -135,9 +133,7 @@ def test_cfn_lint_reports_nothing(package_dir: Path) -> None:
     )
     # Errors would fail a deploy; warnings on our own resources are mistakes too. Exit code bits:
     # 2 = error, 4 = warning (cfn-lint docs), anything else nonzero is a crash.
-    assert proc.returncode == 0 and not findings, (
-        f"cfn-lint exit {proc.returncode}:\n{described}{proc.stderr}"
-    )
+    assert proc.returncode == 0 and not findings, f"cfn-lint exit {proc.returncode}:\n{described}{proc.stderr}"
 
 
 def test_package_without_image_uri_names_the_missing_param(tmp_path: Path) -> None:
@@ -211,8 +207,7 @@ def test_dead_letter_queue_raises_an_alarm(template: dict[str, Any]) -> None:
     alarms = [
         a["Properties"]
         for a in resources_of(template, "AWS::CloudWatch::Alarm").values()
-        if a["Properties"]["Dimensions"]
-        == [{"Name": "QueueName", "Value": {"Fn::GetAtt": [dlq_id, "QueueName"]}}]
+        if a["Properties"]["Dimensions"] == [{"Name": "QueueName", "Value": {"Fn::GetAtt": [dlq_id, "QueueName"]}}]
     ]
     assert len(alarms) == 1
     alarm = alarms[0]
@@ -233,9 +228,7 @@ def test_environment_holds_parameter_names_never_secrets(template: dict[str, Any
             if any(word in key for word in ("QDRANT", "KEY", "SECRET", "TOKEN", "PASSWORD")):
                 assert key.endswith("_SSM_PARAMETER"), f"{key} must name an SSM parameter, not hold a value"
             if key.endswith("_SSM_PARAMETER"):
-                assert isinstance(value, str) and value.startswith("/"), (
-                    f"{key}={value!r} is not a parameter name"
-                )
+                assert isinstance(value, str) and value.startswith("/"), f"{key}={value!r} is not a parameter name"
                 seen_names.add(key)
             elif key != "OPENAI_BASE_URL" and isinstance(value, str):  # a public endpoint, not a secret
                 assert not SECRET_LOOKING.match(value), f"{key}={value!r} looks like a secret"
@@ -278,9 +271,7 @@ def test_every_function_has_its_own_role(template: dict[str, Any]) -> None:
             actions = s["Action"] if isinstance(s["Action"], list) else [s["Action"]]
             assert not any(a.endswith(":*") or a == "*" for a in actions), s
         (logs,) = [s for s in statements if "logs:PutLogEvents" in s["Action"]]
-        assert logs["Resource"]["Fn::Sub"].endswith(
-            f":log-group:/aws/lambda/{fn['Properties']['FunctionName']}:*"
-        )
+        assert logs["Resource"]["Fn::Sub"].endswith(f":log-group:/aws/lambda/{fn['Properties']['FunctionName']}:*")
 
 
 def test_tables_keys_ttl_and_recovery(template: dict[str, Any]) -> None:
@@ -300,17 +291,13 @@ def test_tables_keys_ttl_and_recovery(template: dict[str, Any]) -> None:
     for recovered in (events, documents):
         assert recovered["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
 
-    indexes = {
-        i["IndexName"]: [k["AttributeName"] for k in i["KeySchema"]] for i in events["GlobalSecondaryIndexes"]
-    }
+    indexes = {i["IndexName"]: [k["AttributeName"] for k in i["KeySchema"]] for i in events["GlobalSecondaryIndexes"]}
     assert indexes == {"by_file": ["group_key", "received_at"], "by_status": ["status", "received_at"]}
 
 
 def test_source_bucket_notifies_the_s3_function(template: dict[str, Any]) -> None:
     (bucket,) = [
-        r
-        for name, r in resources_of(template, "AWS::S3::Bucket").items()
-        if name != "ServerlessDeploymentBucket"
+        r for name, r in resources_of(template, "AWS::S3::Bucket").items() if name != "ServerlessDeploymentBucket"
     ]
     configs = bucket["Properties"]["NotificationConfiguration"]["LambdaConfigurations"]
     assert {c["Event"] for c in configs} == {"s3:ObjectCreated:*", "s3:ObjectRemoved:*"}

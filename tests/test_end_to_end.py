@@ -47,9 +47,7 @@ def test_create_query_update_delete(harness: Harness) -> None:
     assert accepted["status"] == "queued"
     assert accepted["status_url"] == f"/events/{accepted['event_id']}"
     assert r.headers["location"] == accepted["status_url"]
-    harness.post_event(
-        file_event("created", "doc-travel", path="handbook/travel.md", content=EXPENSES, version=1)
-    )
+    harness.post_event(file_event("created", "doc-travel", path="handbook/travel.md", content=EXPENSES, version=1))
     assert harness.drain() == 2
 
     event = harness.get(accepted["status_url"]).json()
@@ -75,9 +73,7 @@ def test_create_query_update_delete(harness: Harness) -> None:
     assert {d["file_id"] for d in listed["documents"]} == {"doc-leave", "doc-travel"}
 
     # Update: only the new version answers.
-    r = harness.post_event(
-        file_event("updated", "doc-leave", path="handbook/leave.md", content=LEAVE_V2, version=2)
-    )
+    r = harness.post_event(file_event("updated", "doc-leave", path="handbook/leave.md", content=LEAVE_V2, version=2))
     assert r.status_code == 202
     harness.drain()
     res = harness.query("How many days of annual leave do employees get?", top_k=10).json()
@@ -88,9 +84,7 @@ def test_create_query_update_delete(harness: Harness) -> None:
     assert harness.get("/documents/doc-leave").json()["version"] == 2
 
     # Delete: nothing of the file answers any more; the registry keeps a tombstone.
-    r = harness.post_event(
-        file_event("deleted", "doc-leave", path="handbook/leave.md", version=3, content_type=None)
-    )
+    r = harness.post_event(file_event("deleted", "doc-leave", path="handbook/leave.md", version=3, content_type=None))
     assert r.status_code == 202
     harness.drain()
     res = harness.query("parental leave weeks", top_k=10).json()
@@ -125,9 +119,7 @@ def test_nothing_relevant_says_so(harness: Harness) -> None:
 
 
 def test_workspaces_are_isolated(harness: Harness) -> None:
-    harness.post_event(
-        file_event("created", "secret-plan", content="The zebra project launches in Lisbon.", version=1)
-    )
+    harness.post_event(file_event("created", "secret-plan", content="The zebra project launches in Lisbon.", version=1))
     harness.post_event(
         file_event(
             "created",
@@ -146,9 +138,7 @@ def test_workspaces_are_isolated(harness: Harness) -> None:
 
 
 def test_rotated_secret_still_verifies(harness: Harness) -> None:
-    r = harness.post_event(
-        file_event("created", "doc-1", content=EXPENSES, version=1), secret=SECRET_ACME_OLD
-    )
+    r = harness.post_event(file_event("created", "doc-1", content=EXPENSES, version=1), secret=SECRET_ACME_OLD)
     assert r.status_code == 202
 
 
@@ -160,9 +150,7 @@ def test_bad_input_is_refused_with_reasons_and_leaves_no_trace(harness: Harness)
     r = harness.client.post("/webhooks", content=raw, headers=bad_sig)
     assert r.status_code == 401 and "signature" in r.json()["detail"]
 
-    r = harness.client.post(
-        "/webhooks", content=raw, headers={k: v for k, v in headers.items() if k != "webhook-id"}
-    )
+    r = harness.client.post("/webhooks", content=raw, headers={k: v for k, v in headers.items() if k != "webhook-id"})
     assert r.status_code == 401 and "webhook-id" in r.json()["detail"]
 
     old = datetime.now(UTC) - timedelta(hours=1)
@@ -195,9 +183,7 @@ def test_bad_input_is_refused_with_reasons_and_leaves_no_trace(harness: Harness)
     assert r.status_code == 413 and "limit" in r.json()["detail"]
 
     # A workspace's secret cannot write into another workspace.
-    r = harness.post_event(
-        file_event("created", "doc-v", workspace="beta", content="x", version=1), secret=SECRET_ACME
-    )
+    r = harness.post_event(file_event("created", "doc-v", workspace="beta", content="x", version=1), secret=SECRET_ACME)
     assert r.status_code == 403 and "beta" in r.json()["detail"]
 
     r = harness.client.post("/query", json={"question": "x"}, headers={"X-API-Key": "wrong-key-0123456789"})

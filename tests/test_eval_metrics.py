@@ -29,7 +29,7 @@ import pytest
 from typer.testing import CliRunner
 
 from app.cli import app
-from retrieval.evaluation import DatasetFormatError, load_beir
+from app.evaluation.runner import DatasetFormatError, load_beir
 
 CORPUS = [
     {"_id": "z1", "title": "Zebra migration", "text": "Zebras migrate across the Serengeti plains every year."},

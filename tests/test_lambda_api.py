@@ -66,9 +66,7 @@ def test_webhook_and_query_through_lambda(lambda_app: Harness, sample: str) -> N
     event_id = json.loads(r["body"])["event_id"]
     assert lambda_app.drain() == 1
 
-    r = handlers.api_handler(
-        http_event(sample, "GET", f"/events/{event_id}", headers={"x-api-key": KEY_ACME}), ctx
-    )
+    r = handlers.api_handler(http_event(sample, "GET", f"/events/{event_id}", headers={"x-api-key": KEY_ACME}), ctx)
     assert json.loads(r["body"])["status"] == "done"
 
     q = json.dumps({"question": "When is the support line open?"}).encode()
@@ -80,18 +78,12 @@ def test_webhook_and_query_through_lambda(lambda_app: Harness, sample: str) -> N
     res = json.loads(r["body"])
     assert res["citations"][0]["file_id"] == "faq"
 
-    r = handlers.api_handler(
-        http_event(sample, "POST", "/query", q, {"content-type": "application/json"}), ctx
-    )
+    r = handlers.api_handler(http_event(sample, "POST", "/query", q, {"content-type": "application/json"}), ctx)
     assert r["statusCode"] == 401
 
 
-def test_ingest_handler_runs_the_same_worker(
-    lambda_app: Harness, make_harness: Callable[..., Harness]
-) -> None:
-    r = lambda_app.post_event(
-        file_event("created", "doc-1", content="The VPN requires two-factor login.", version=1)
-    )
+def test_ingest_handler_runs_the_same_worker(lambda_app: Harness, make_harness: Callable[..., Harness]) -> None:
+    r = lambda_app.post_event(file_event("created", "doc-1", content="The VPN requires two-factor login.", version=1))
     event_id = r.json()["event_id"]
     sqs = json.loads((EVENTS / "sqs_batch.json").read_text())
     sqs["Records"][0]["body"] = json.dumps({"event_id": event_id})

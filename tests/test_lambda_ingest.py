@@ -23,8 +23,8 @@ from typer.testing import CliRunner
 
 from app import cli, handlers
 from app.container import Container, build_container
-from ingest.ports import DocumentStatus, SearchFilter, SearchMode
 from retrieval.search import SearchRequest
+from stores.ports import DocumentStatus, SearchFilter, SearchMode
 from tests.conftest import KEY_ACME, SECRET_ACME, base_settings
 from tests.fakes.aws import Stack, create_stack, mocked_aws
 from tests.fakes.embedder import HashEmbedder

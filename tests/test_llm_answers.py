@@ -48,11 +48,7 @@ def test_llm_answer_keeps_real_citations_and_drops_invented_ones(h: Harness, llm
     assert "[7]" not in res["answer"] and "[1]" in res["answer"]
     assert [c["n"] for c in res["citations"]] == [1]
     cit = res["citations"][0]
-    assert (
-        cit["file_id"] == "remote"
-        and cit["version"] == 4
-        and POLICY[cit["start"] : cit["end"]] == cit["text"]
-    )
+    assert cit["file_id"] == "remote" and cit["version"] == 4 and POLICY[cit["start"] : cit["end"]] == cit["text"]
 
     sent = llm.requests[-1]["messages"]
     assert sent[0]["role"] == "system" and "untrusted data" in sent[0]["content"]
@@ -84,9 +80,7 @@ def test_server_errors_become_a_clear_502_or_an_extractive_fallback(h: Harness, 
     r = h.query("remote work days per week", llm_fallback="extractive")
     assert r.status_code == 200
     res = r.json()
-    assert (
-        res["mode"] == "extractive" and res["fallback_reason"] and res["citations"][0]["file_id"] == "remote"
-    )
+    assert res["mode"] == "extractive" and res["fallback_reason"] and res["citations"][0]["file_id"] == "remote"
 
 
 def test_timeout_is_a_504(make_harness: Callable[..., Harness], llm: ScriptedLLM) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import pytest
 
-from retrieval.metrics import RetrievalScores, mean, mrr_at_k, ndcg_at_k, recall_at_k, score_run
+from app.evaluation.metrics import RetrievalScores, mean, mrr_at_k, ndcg_at_k, recall_at_k, score_run
 
 RANKED = ["d3", "d1", "d7"]
 QRELS = {"d1": 1, "d7": 2}

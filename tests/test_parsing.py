@@ -110,9 +110,7 @@ class TestHtml:
         assert all(line == line.rstrip() for line in page.text.split("\n"))
 
     def test_empty_document_gives_empty_text(self) -> None:
-        doc = parse(
-            b"<html><head><title></title></head><body> <script>x()</script> </body></html>", None, "a.html"
-        )
+        doc = parse(b"<html><head><title></title></head><body> <script>x()</script> </body></html>", None, "a.html")
         assert doc == ParsedDocument(text="", content_type="text/html", title=None)
 
     def test_meta_charset_is_honoured_when_utf8_fails(self) -> None:
@@ -140,9 +138,7 @@ class TestTextAndMarkdown:
 
     def test_plain_text_has_no_title(self) -> None:
         doc = parse(b"# looks like a heading\nline\r\n", "text/plain", "notes.txt")
-        assert doc == ParsedDocument(
-            text="# looks like a heading\nline\n", content_type="text/plain", title=None
-        )
+        assert doc == ParsedDocument(text="# looks like a heading\nline\n", content_type="text/plain", title=None)
 
 
 class TestRefusals:

@@ -17,25 +17,35 @@ RARE = "zyxomorphic"  # a made-up word: in beta's document only
 
 DOCS: list[dict[str, Any]] = [
     {
-        "file_id": "leave", "path": "handbook/leave.md", "metadata": {"team": "hr", "year": 2026},
+        "file_id": "leave",
+        "path": "handbook/leave.md",
+        "metadata": {"team": "hr", "year": 2026},
         "content": "# Leave policy\n\nEvery employee gets 25 days of paid annual leave per calendar year.\n",
     },
     {
-        "file_id": "travel", "path": "handbook/travel.md", "metadata": {"team": "finance", "year": 2025},
+        "file_id": "travel",
+        "path": "handbook/travel.md",
+        "metadata": {"team": "finance", "year": 2025},
         "content": "# Travel policy\n\nTrain tickets are reimbursed in second class. Flights need approval.\n",
     },
     {
-        "file_id": "deploy", "path": "engineering/deploy.md", "metadata": {"team": "platform", "year": 2026},
+        "file_id": "deploy",
+        "path": "engineering/deploy.md",
+        "metadata": {"team": "platform", "year": 2026},
         "content": "# Deployment policy\n\nProduction deploys happen on weekdays before 3 pm, never on Fridays.\n",
     },
     {
-        "file_id": "oncall", "path": "engineering/oncall.html", "metadata": {"team": "platform", "year": 2026},
+        "file_id": "oncall",
+        "path": "engineering/oncall.html",
+        "metadata": {"team": "platform", "year": 2026},
         "content_type": "text/html",
         "content": "<html><head><title>On-call policy</title></head><body><p>The on-call engineer answers"
         " pages within 15 minutes, day and night.</p></body></html>",
     },
     {
-        "file_id": "handover", "path": "handbook-archive/handover.md", "metadata": {"team": "hr", "year": 2020},
+        "file_id": "handover",
+        "path": "handbook-archive/handover.md",
+        "metadata": {"team": "hr", "year": 2020},
         "content": "# Handover policy\n\nBefore leave, hand your open tasks over to a named colleague.\n",
     },
 ]
@@ -59,7 +69,11 @@ def indexed(make_harness: Callable[..., Harness]) -> Harness:
         assert r.status_code == 202, r.text
     r = h.post_event(
         file_event(
-            "created", "beta-secret", workspace="beta", version=1, path="handbook/secret.md",
+            "created",
+            "beta-secret",
+            workspace="beta",
+            version=1,
+            path="handbook/secret.md",
             content=f"# Secret policy\n\nThe {RARE} reactor is calibrated every Tuesday with {RARE} crystals.\n",
         ),
         secret=SECRET_BETA,
@@ -149,8 +163,15 @@ def test_group_by_document_keeps_the_best_passage_of_each_file(make_harness: Cal
         for i, month in enumerate(["January", "February", "March", "April", "May", "June"])
     )
     h.post_event(file_event("created", "long", path="leave-rules.md", content=long_doc, version=1))
-    h.post_event(file_event("created", "short", path="leave-summary.md", version=1,
-                            content="# Leave summary\n\nAnnual leave requests need a manager's approval."))
+    h.post_event(
+        file_event(
+            "created",
+            "short",
+            path="leave-summary.md",
+            version=1,
+            content="# Leave summary\n\nAnnual leave requests need a manager's approval.",
+        )
+    )
     assert h.drain() == 2
     assert h.get("/documents/long").json()["chunk_count"] >= 4
     question = "Who approves annual leave requests?"

@@ -20,11 +20,11 @@ from typing import Any
 
 import pytest
 
-from app.cli import eval_store_factory
-from ingest.embedding import SentenceTransformerEmbedder
-from ingest.ports import SearchMode
-from retrieval.evaluation import CHUNKED, BeirDataset, index_corpus, load_beir, run_queries
-from retrieval.metrics import RetrievalScores, score_run
+from app.cli.evaluate import eval_store_factory
+from app.evaluation.metrics import RetrievalScores, score_run
+from app.evaluation.runner import CHUNKED, BeirDataset, index_corpus, load_beir, run_queries
+from stores.embedding import SentenceTransformerEmbedder
+from stores.ports import SearchMode
 from tests.conftest import base_settings
 
 SCIFACT = Path(__file__).resolve().parents[2] / "shared" / "data" / "scifact"

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from qdrant_client import QdrantClient, models
 
-from ingest.sparse import ENGLISH_STOP_WORDS, Bm25Encoder
+from stores.sparse import ENGLISH_STOP_WORDS, Bm25Encoder
 
 
 @pytest.fixture
@@ -127,9 +127,7 @@ def test_ranks_rare_term_first_in_qdrant(encoder: Bm25Encoder, qdrant: QdrantCli
     qdrant.upsert(
         "docs",
         points=[
-            models.PointStruct(
-                id=i, vector={"bm25": models.SparseVector(indices=indices, values=values)}, payload={}
-            )
+            models.PointStruct(id=i, vector={"bm25": models.SparseVector(indices=indices, values=values)}, payload={})
             for i, (indices, values) in enumerate(encoder.encode_documents(docs))
         ],
     )

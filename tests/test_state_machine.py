@@ -24,10 +24,10 @@ from qdrant_client import QdrantClient
 
 from app.container import Container, build_container
 from app.main import create_app
-from ingest.events import FileEvent
-from ingest.ports import SearchFilter, SearchMode
-from ingest.state.sqlite import SqliteJobQueue
 from retrieval.search import SearchRequest
+from stores.events import FileEvent
+from stores.ports import SearchFilter, SearchMode
+from stores.sqlite.queue import SqliteJobQueue
 from tests.conftest import SECRET_ACME, base_settings
 from tests.fakes.embedder import HashEmbedder
 from tests.fakes.webhooks import file_event, sign

@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, Query, status
 
 from app.deps import ContainerDep, Workspace
 from app.schemas import DocumentList, DocumentOut, ErrorBody
-from ingest.ports import DocumentRecord, DocumentStatus
+from stores.ports import DocumentRecord, DocumentStatus
 
 router = APIRouter(tags=["documents"])
 

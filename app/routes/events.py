@@ -9,8 +9,8 @@ from fastapi import APIRouter, HTTPException, status
 from app.container import Container
 from app.deps import ContainerDep, Workspace
 from app.schemas import ErrorBody, EventOut
-from ingest.events import EventStatus
-from ingest.ports import EventRecord
+from stores.events import EventStatus
+from stores.ports import EventRecord
 
 router = APIRouter(tags=["events"])
 

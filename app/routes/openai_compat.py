@@ -24,7 +24,7 @@ from app.routes.query import citations_out
 from retrieval.agent import Ask
 from retrieval.answering import Answer
 from retrieval.llm import LLMError
-from retrieval.sessions import Turn
+from stores.sessions import Turn
 
 router = APIRouter(prefix="/v1", tags=["openai-compatible"])
 

@@ -11,8 +11,7 @@ from app.container import Container
 from app.deps import ContainerDep, Workspace
 from app.routes.events import event_out, retry_failed
 from app.schemas import ErrorBody, EventOut
-from ingest.events import EventStatus
-from ingest.reconcile import reconcile
+from stores.events import EventStatus
 
 router = APIRouter(tags=["operations"])
 
@@ -81,6 +80,8 @@ def post_reconcile(
     workspace: Workspace, container: ContainerDep, repair: Annotated[bool, Query()] = False
 ) -> ReconcileOut:
     """Compare the index with the document registry; with `repair=true`, fix what differs."""
+    from ingest.reconcile import reconcile  # the write path, loaded only when an operator asks
+
     report = reconcile(workspace, state=container.state, index=container.index, queue=container.queue, repair=repair)
     if repair and container.loop is not None:
         container.loop.notify()

@@ -12,11 +12,11 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from app.container import Container
 from app.deps import ContainerDep, Workspace
 from app.schemas import CitationOut, ErrorBody, QueryFilters, QueryRequest, QueryResponse
-from ingest.ports import SearchFilter
 from retrieval.agent import AgentEvent, Ask
 from retrieval.answering import Answer
 from retrieval.llm import LLMError
-from retrieval.sessions import Turn
+from stores.ports import SearchFilter
+from stores.sessions import Turn
 
 router = APIRouter(tags=["query"])
 

@@ -7,13 +7,13 @@ from starlette.concurrency import run_in_threadpool
 
 from app.deps import ContainerDep
 from app.schemas import Accepted, ErrorBody
-from ingest.errors import PayloadTooLargeError
-from ingest.receiver import receive_webhook
 
 router = APIRouter(tags=["ingest"])
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
+    from ingest.errors import PayloadTooLargeError
+
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLargeError(f"body of {declared} bytes exceeds the limit of {limit} bytes")
@@ -45,6 +45,10 @@ async def post_webhook(request: Request, response: Response, container: Containe
     The event is committed to the state store before the 202, so a crash afterwards never loses it. The
     `webhook-id` header is the event id: a repeated delivery returns the original event and changes nothing.
     """
+    # The write path is imported on the first delivery, not with the app: a process that only answers
+    # questions (the Lambda API function serving /query) never loads it.
+    from ingest.receiver import receive_webhook
+
     body = await _read_body(request, container.settings.max_body_bytes)
     delivery = await run_in_threadpool(
         receive_webhook,

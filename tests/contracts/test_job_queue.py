@@ -15,9 +15,10 @@ from typing import Any
 
 import pytest
 
-from ingest.ports import Job, JobQueue
-from ingest.queues.sqs import SqsJobQueue, deduplication_id, message_group_id
-from ingest.state.sqlite import SqliteDatabase, SqliteJobQueue
+from stores.ports import Job, JobQueue
+from stores.sqlite.database import SqliteDatabase
+from stores.sqlite.queue import SqliteJobQueue
+from stores.sqs import SqsJobQueue, deduplication_id, message_group_id
 from tests.fakes.aws import Stack, create_stack, mocked_aws
 
 LEASE = 300

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from ingest.state.dynamodb import DynamoSessionStore
-from ingest.state.sqlite import SqliteDatabase, SqliteSessionStore
-from retrieval.sessions import SessionStore, Turn
+from stores.dynamodb.sessions import DynamoSessionStore
+from stores.sessions import SessionStore, Turn
+from stores.sqlite.database import SqliteDatabase
+from stores.sqlite.sessions import SqliteSessionStore
 from tests.fakes.aws import create_stack, mocked_aws
 
 

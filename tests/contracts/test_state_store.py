@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 
-from ingest.events import EventStatus, EventType, FileEvent, position_key
-from ingest.ports import DocumentRecord, DocumentStatus, StateStore
-from ingest.state.dynamodb import DynamoStateStore
-from ingest.state.sqlite import SqliteDatabase, SqliteStateStore
+from stores.dynamodb.state import DynamoStateStore
+from stores.events import EventStatus, EventType, FileEvent, position_key
+from stores.ports import DocumentRecord, DocumentStatus, StateStore
+from stores.sqlite.database import SqliteDatabase
+from stores.sqlite.state import SqliteStateStore
 from tests.fakes.aws import create_stack, mocked_aws
 
 ADAPTERS = ["sqlite", "dynamodb"]

@@ -15,9 +15,7 @@ _TOKEN = re.compile(r"\w+|[^\w\s]")
 
 
 class HashEmbedder:
-    def __init__(
-        self, dimension: int = 64, max_tokens: int = 256, model_id: str = "test/hash-embedder"
-    ) -> None:
+    def __init__(self, dimension: int = 64, max_tokens: int = 256, model_id: str = "test/hash-embedder") -> None:
         self._dimension = dimension
         self._max_tokens = max_tokens
         self._model_id = model_id

@@ -265,9 +265,7 @@ def _last_user_text(body: JSONObject) -> str:
                 return content
             if isinstance(content, list):  # content parts: keep the text ones
                 return "".join(
-                    part.get("text", "")
-                    for part in content
-                    if isinstance(part, dict) and part.get("type") == "text"
+                    part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text"
                 )
     return ""
 
@@ -303,9 +301,7 @@ def _completion_response(reply: Reply, body: JSONObject, number: int) -> Respons
     usage = _usage(body, reply.text, tool_calls)
     if body.get("stream"):
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        events = _stream_events(
-            envelope, reply.text, tool_calls, finish_reason, usage if include_usage else None
-        )
+        events = _stream_events(envelope, reply.text, tool_calls, finish_reason, usage if include_usage else None)
         return StreamingResponse(events, media_type="text/event-stream")
     message: JSONObject = {
         "role": "assistant",
@@ -320,9 +316,7 @@ def _completion_response(reply: Reply, body: JSONObject, number: int) -> Respons
 
 
 def _usage(body: JSONObject, text: str, tool_calls: list[JSONObject]) -> JSONObject:
-    prompt = sum(
-        len(str(m.get("content") or "").split()) for m in body.get("messages") or [] if isinstance(m, dict)
-    )
+    prompt = sum(len(str(m.get("content") or "").split()) for m in body.get("messages") or [] if isinstance(m, dict))
     completion = len(text.split()) + sum(len(c["function"]["arguments"].split()) for c in tool_calls)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 

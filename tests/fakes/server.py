@@ -14,9 +14,7 @@ import uvicorn
 @contextmanager
 def serve(app: Any, *, start_timeout: float = 20.0) -> Iterator[str]:
     """Yields the base URL ("http://127.0.0.1:PORT"); stops the server on exit."""
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, lifespan="off", log_level="warning", access_log=False
-    )
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="off", log_level="warning", access_log=False)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="eventrag-test-server", daemon=True)
     thread.start()

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from botocore.exceptions import ClientError
 
-from ingest.ports import Job
+from stores.ports import Job
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ The point is to measure what users get, so nothing here re-implements a step of 
    embedding batches are sorted by length across documents as in production.
 3. *search*: every query goes through `Searcher.search` with `group_by_document=True` (a document is
    scored by its best chunk) for its top 100 documents, once per search mode.
-4. *score*: `retrieval.metrics.score_run`: nDCG@10, recall@100 and MRR@10 over the judged queries.
+4. *score*: `app.evaluation.metrics.score_run`: nDCG@10, recall@100 and MRR@10 over the judged queries.
 
 The store is fresh and temporary for every run. This module does not build it: the caller passes a
 `StoreFactory` (the CLI builds one from `app.container.build_container`), which keeps the import direction
@@ -35,11 +35,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ingest.events import EventStatus, EventType, FileEvent, position_key
-from ingest.ports import JobQueue, SearchMode, StateStore
+from app.evaluation.metrics import RetrievalScores, score_run
 from ingest.worker import WorkerLoop
-from retrieval.metrics import RetrievalScores, score_run
 from retrieval.search import Searcher, SearchRequest
+from stores.events import EventStatus, EventType, FileEvent, position_key
+from stores.ports import JobQueue, SearchMode, StateStore
 
 if TYPE_CHECKING:
     from rich.progress import Progress

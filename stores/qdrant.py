@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 from qdrant_client import QdrantClient, models
 
-from ingest.errors import EmbeddingModelMismatchError
-from ingest.ports import Hit, IndexPoint, SearchFilter, SearchMode
+from stores.errors import EmbeddingModelMismatchError
+from stores.ports import Hit, IndexPoint, SearchFilter, SearchMode
 
 DENSE = "dense"
 SPARSE = "bm25"

@@ -1,4 +1,4 @@
-"""The ports of the ingest path: one small Protocol per external system.
+"""The ports both paths use: one small Protocol per external system, and the records they exchange.
 
 Each docstring is the contract every adapter keeps; `tests/contracts/` runs the same tests against every
 adapter. The embedded defaults (SQLite, a local queue in the same SQLite file, Qdrant on local disk) and the
@@ -13,7 +13,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
-from ingest.events import EventStatus, FileEvent
+from stores.events import EventStatus, FileEvent
 
 
 class DocumentStatus(StrEnum):

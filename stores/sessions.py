@@ -1,4 +1,4 @@
-"""Conversation sessions: the port, and trimming a history to a token budget.
+"""Conversation sessions: the model and the port (the agent trims a history to its token budget).
 
 A session belongs to one workspace: it is stored under (workspace, session id), so another workspace's key
 can neither read nor continue it (the same id there is simply another, empty session).
@@ -6,7 +6,7 @@ can neither read nor continue it (the same id there is simply another, empty ses
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -37,16 +37,3 @@ class SessionStore(Protocol):
     def append_turns(self, workspace: str, session_id: str, turns: Sequence[Turn]) -> Session: ...
 
     def delete_session(self, workspace: str, session_id: str) -> bool: ...
-
-
-def trim_history(turns: Sequence[Turn], budget_tokens: int, count: Callable[[str], int]) -> list[Turn]:
-    """The most recent turns whose total size fits the budget (oldest dropped first, whole turns only)."""
-    kept: list[Turn] = []
-    used = 0
-    for turn in reversed(turns):
-        cost = count(turn.content)
-        if used + cost > budget_tokens:
-            break
-        kept.append(turn)
-        used += cost
-    return list(reversed(kept))

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ingest.ports import Embedder, EmbeddingCache
+from stores.ports import Embedder, EmbeddingCache
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer

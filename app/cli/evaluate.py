@@ -1,0 +1,122 @@
+"""`eventrag eval`: retrieval quality on a BEIR dataset, through the production worker and searcher."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from app.cli.common import app, load_settings
+
+
+def eval_store_factory(base: Any, embedder: Any, batch_size: int) -> Any:
+    """Opens fresh local stores for `app.evaluation.runner`: the production container on a temp data dir."""
+    from app.container import build_container
+    from app.evaluation.runner import IndexVariant
+    from app.settings import ChunkingSettings, QueueBackend, StateBackend
+
+    def open_store(data_dir: Path, variant: IndexVariant) -> Any:
+        chunking = base.chunking
+        if variant.whole_documents:
+            # The worker caps chunks at the model window less the title prefix: as whole as it gets.
+            chunking = ChunkingSettings(chunk_tokens=embedder.max_tokens, overlap_tokens=0)
+        settings = base.model_copy(
+            update={
+                # Always a fresh embedded store, whatever server the environment points at.
+                "data_dir": data_dir,
+                "qdrant_url": None,
+                "qdrant_url_ssm_parameter": None,
+                "qdrant_collection": "eval",
+                "state_backend": StateBackend.SQLITE,
+                "queue_backend": QueueBackend.LOCAL,
+                "source_root": None,
+                "chunking": chunking,
+                "worker": base.worker.model_copy(update={"batch_size": batch_size}),
+            }
+        )
+        return build_container(settings, embedder=embedder)
+
+    return open_store
+
+
+@app.command("eval")
+def evaluate(
+    dataset_dir: Annotated[Path, typer.Argument(help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/)")],
+    split: Annotated[str, typer.Option(help="qrels split to score")] = "train",
+    modes: Annotated[str, typer.Option(help="comma-separated search modes")] = "dense,sparse,hybrid",
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write the figures here")] = None,
+    limit_queries: Annotated[int | None, typer.Option(min=1, help="only the first N judged queries")] = None,
+    limit_docs: Annotated[
+        int | None, typer.Option(min=1, help="the kept queries' judged documents, then others in file order")
+    ] = None,
+    whole_documents: Annotated[
+        bool, typer.Option("--whole-documents", help="also index with chunks as large as the model window")
+    ] = False,
+    batch_size: Annotated[int, typer.Option(min=1, max=256, help="events per worker batch")] = 64,
+) -> None:
+    """Index a BEIR dataset into a temporary store and print nDCG@10, recall@100 and MRR@10 per mode."""
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from app.evaluation.runner import CHUNKED, WHOLE_DOCUMENT, EvaluationError, load_beir
+    from app.evaluation.runner import evaluate as run_evaluation
+    from stores.embedding import SentenceTransformerEmbedder
+    from stores.ports import SearchMode
+    from stores.sparse import Bm25Encoder
+
+    try:
+        wanted = [SearchMode(m.strip()) for m in modes.split(",") if m.strip()]
+    except ValueError as exc:
+        typer.secho(f"--modes: {exc}; use dense, sparse and/or hybrid", fg="red", err=True)
+        raise typer.Exit(2) from exc
+    base = load_settings()
+    try:
+        dataset = load_beir(dataset_dir, split).subset(queries=limit_queries, documents=limit_docs)
+    except EvaluationError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(2) from exc
+    embedder = SentenceTransformerEmbedder(base.embedding_model, batch_size=base.embedding_batch_size)
+    bm25 = Bm25Encoder()
+    used = {
+        "embedding_model": embedder.model_id,
+        "chunk_tokens": base.chunking.chunk_tokens,
+        "overlap_tokens": base.chunking.overlap_tokens,
+        "worker_batch_size": batch_size,
+        "embedding_batch_size": base.embedding_batch_size,
+        "bm25": {"k1": bm25.k1, "b": bm25.b, "avg_doc_tokens": bm25.avg_doc_tokens},
+        "group_by_document": True,
+        "rank_depth": 100,
+    }
+    n_queries = len(dataset.judged_queries)
+    typer.echo(f"{dataset_dir} ({split}): {len(dataset.corpus)} documents, {n_queries} queries")
+    try:
+        with Progress(transient=True) as progress:
+            report = run_evaluation(
+                dataset,
+                eval_store_factory(base, embedder, batch_size),
+                modes=wanted,
+                variants=(CHUNKED, WHOLE_DOCUMENT) if whole_documents else (CHUNKED,),
+                progress=progress,
+                name=str(dataset_dir),
+                split=split,
+                settings=used,
+            )
+    except EvaluationError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(1) from exc
+
+    table = Table(title=f"{dataset_dir.name} ({split}): {report.queries} queries, {report.documents} docs")
+    for column in ("index", "mode", "nDCG@10", "recall@100", "MRR@10"):
+        table.add_column(column, justify="left" if column in ("index", "mode") else "right")
+    for variant, mode, ndcg, recall, mrr in report.rows():
+        table.add_row(variant, mode, f"{ndcg:.4f}", f"{recall:.4f}", f"{mrr:.4f}")
+    Console().print(table)
+    for v in report.variants:
+        typer.echo(f"{v.variant}: {v.chunks} chunks of {v.documents} docs, indexed in {v.index_seconds}s")
+    typer.echo(f"wall time {report.wall_seconds:.0f}s")
+    if json_out is not None:
+        json_out.write_text(json.dumps(report.to_json(), indent=2) + "\n")
+        typer.echo(f"figures written to {json_out}")

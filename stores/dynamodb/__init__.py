@@ -1,0 +1,1 @@
+"""The AWS adapters on DynamoDB: the state store (events, documents) and the session store."""

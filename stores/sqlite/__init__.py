@@ -1,0 +1,1 @@
+"""The embedded SQLite adapters: state store, job queue and sessions in one database file."""
