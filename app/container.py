@@ -43,6 +43,7 @@ from stores.sqlite.state import SqliteStateStore
 if TYPE_CHECKING:
     from ingest.receiver import WebhookVerifier
     from ingest.sources import ContentRouter
+    from ingest.webhook_body import BodyLimits
     from ingest.worker import IngestWorker, WorkerLoop
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class WritePath:
 
     sources: ContentRouter
     verifier: WebhookVerifier
+    limits: BodyLimits
     worker: IngestWorker
     loop: WorkerLoop | None
 
@@ -102,6 +104,10 @@ class Container:
         return self.write_path.verifier
 
     @property
+    def limits(self) -> BodyLimits:
+        return self.write_path.limits
+
+    @property
     def worker(self) -> IngestWorker:
         return self.write_path.worker
 
@@ -113,16 +119,14 @@ class Container:
         return self.write_path.loop
 
     def recover(self) -> None:
-        """Start-up recovery of the embedded queue: forget dead leases, queue stored-but-unqueued events."""
-        if isinstance(self.queue, SqliteJobQueue):
-            released = self.queue.release_all_leases()
-            if released:
-                log.info("re-queued %d job(s) that were in flight when the last process stopped", released)
-        if isinstance(self.state, SqliteStateStore):
-            from ingest.receiver import requeue_received
-            from stores.events import EventStatus
+        """Start-up recovery: give back the leases of consumers that are gone (never a live process's),
+        queue events stored long enough ago but never queued."""
+        released = self.queue.release_dead_leases()
+        if released:
+            log.info("re-queued %d job(s) that were in flight when their process stopped", released)
+        from ingest.receiver import requeue_received
 
-            requeue_received(self.state, self.queue, self.state.events_with_status(EventStatus.RECEIVED))
+        requeue_received(self.state, self.queue)
 
     def close(self) -> None:
         if self._write is not None and self._write.loop is not None:
@@ -189,6 +193,23 @@ def build_state_and_queue(settings: Settings, *, aws: dict[str, Any] | None = No
     return state, queue
 
 
+def build_index(settings: Settings, qdrant_client: Any | None = None) -> QdrantIndex:
+    """The vector index of `settings` (or over an injected client), without checking its model."""
+    if qdrant_client is None:
+        url, api_key = settings.resolved_qdrant()
+        try:
+            qdrant_client = open_qdrant(url=url, api_key=api_key, path=str(settings.qdrant_path))
+        except RuntimeError as exc:
+            if "already accessed" in str(exc):
+                raise StoreLockedError(
+                    f"the local index at {settings.qdrant_path} is open in another process (probably"
+                    " `eventrag serve`). Talk to that server (the CLI does so when it is running), stop it, or"
+                    " use a Qdrant server (EVENTRAG_QDRANT_URL) for concurrent access."
+                ) from exc
+            raise
+    return QdrantIndex(qdrant_client, settings.qdrant_collection)
+
+
 def build_container(
     settings: Settings,
     *,
@@ -202,30 +223,67 @@ def build_container(
     closers: list[Any] = []
     settings = with_remote_secrets(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    secrets_by_ws, generated = (
+        local_webhook_secrets(settings)
+        if settings.state_backend is StateBackend.SQLITE
+        else (
+            {ws: [s.get_secret_value() for s in items] for ws, items in settings.webhook_secrets.items()},
+            None,
+        )
+    )
+    check_source_root(settings, secrets_by_ws)
 
+    try:
+        return _assemble(
+            settings,
+            secrets_by_ws,
+            generated,
+            closers,
+            embedder=embedder,
+            chat=chat,
+            qdrant_client=qdrant_client,
+            fault=fault,
+            aws=aws,
+        )
+    except BaseException:
+        # Whatever was opened before the failure (the state file, the queue's lease lock, the index) is
+        # closed again: a refused start leaves nothing locked.
+        for closer in reversed(closers):
+            try:
+                closer()
+            except Exception:
+                log.exception("error while closing %r after a failed start", closer)
+        raise
+
+
+def _assemble(
+    settings: Settings,
+    secrets_by_ws: dict[str, list[str]],
+    generated: str | None,
+    closers: list[Any],
+    *,
+    embedder: Embedder | None,
+    chat: ChatModel | None,
+    qdrant_client: Any | None,
+    fault: FaultHook | None,
+    aws: dict[str, Any] | None,
+) -> Container:
     state, queue = build_state_and_queue(settings, aws=aws)
     closers.append(state.close)
+    if isinstance(queue, SqliteJobQueue):
+        closers.append(queue.close)
     sessions: SessionStore
     if isinstance(state, SqliteStateStore):
-        sessions = SqliteSessionStore(state.db)
+        agent_settings = settings.agent
+        sessions = SqliteSessionStore(
+            state.db, max_turns=agent_settings.session_max_turns, max_bytes=agent_settings.session_max_bytes
+        )
     else:
         from stores.dynamodb.sessions import DynamoSessionStore
 
         sessions = DynamoSessionStore.from_settings(settings, client=(aws or {}).get("dynamodb"))
 
-    if qdrant_client is None:
-        url, api_key = settings.resolved_qdrant()
-        try:
-            qdrant_client = open_qdrant(url=url, api_key=api_key, path=str(settings.qdrant_path))
-        except RuntimeError as exc:
-            if "already accessed" in str(exc):
-                raise StoreLockedError(
-                    f"the local index at {settings.qdrant_path} is open in another process (probably"
-                    " `eventrag serve`). Talk to that server (the CLI does so when it is running), stop it, or"
-                    " use a Qdrant server (EVENTRAG_QDRANT_URL) for concurrent access."
-                ) from exc
-            raise
-    index = QdrantIndex(qdrant_client, settings.qdrant_collection)
+    index = build_index(settings, qdrant_client)
     closers.append(index.close)
 
     embedder = embedder or SentenceTransformerEmbedder(
@@ -247,14 +305,6 @@ def build_container(
         )
         chat = OpenAIChatModel(settings.llm_model, timeout=settings.llm_timeout_seconds, api_key=key)
 
-    secrets_by_ws, generated = (
-        local_webhook_secrets(settings)
-        if settings.state_backend is StateBackend.SQLITE
-        else (
-            {ws: [s.get_secret_value() for s in items] for ws, items in settings.webhook_secrets.items()},
-            None,
-        )
-    )
     searcher = Searcher(index=index, state=state, embedder=embedder, sparse=sparse)
     answerer = Answerer(searcher=searcher, chat=chat, terms=sparse, min_similarity=settings.min_score)
     agent = Agent(
@@ -291,15 +341,37 @@ def build_container(
     )
 
 
+def check_source_root(settings: Settings, secrets_by_ws: dict[str, list[str]]) -> None:
+    """Refuse at start-up what `ingest.sources.WorkspaceFolders` would refuse on the first webhook: one
+    plain folder shared by several workspaces (each could read the others' files)."""
+    root = settings.source_root
+    if isinstance(root, str) and "{workspace}" not in root and len(secrets_by_ws) > 1:
+        names = ", ".join(sorted(secrets_by_ws))
+        raise ValueError(
+            f"EVENTRAG_SOURCE_ROOT is one folder ({root}) but {len(secrets_by_ws)} workspaces are configured"
+            f" ({names}): each would read the others' files. Use a path with {{workspace}} in it, or a map"
+            ' such as {"acme": "/srv/acme"}.'
+        )
+
+
 def build_write_path(c: Container) -> WritePath:
     """The ingest side of `c`: content sources, the webhook verifier, the worker and (with the embedded
     queue) its loop. Imported and built here, on first use, so the read path never loads it."""
     from ingest.receiver import WebhookVerifier
-    from ingest.sources import ContentRouter, LocalFolderSource
+    from ingest.sources import ContentRouter, WorkspaceFolders
+    from ingest.webhook_body import BodyLimits
     from ingest.worker import IngestWorker, WorkerConfig, WorkerLoop
 
     settings = c.settings
-    folder = LocalFolderSource(settings.source_root) if settings.source_root else None
+    folder = WorkspaceFolders(settings.source_root, c.webhook_secrets) if settings.source_root else None
+    m = settings.metadata
+    limits = BodyLimits(
+        max_metadata_keys=m.max_keys,
+        max_metadata_value_chars=m.max_value_chars,
+        max_metadata_list_items=m.max_list_items,
+        max_metadata_bytes=m.max_bytes,
+        future_tolerance_seconds=settings.webhook_tolerance_seconds,
+    )
     extra: dict[str, Any] = {}
     if settings.source_bucket:
         from ingest.sources_s3 import S3Source
@@ -342,7 +414,7 @@ def build_write_path(c: Container) -> WritePath:
             threads=w.threads,
             retention=timedelta(days=settings.event_retention_days),
         )
-    return WritePath(sources=sources, verifier=verifier, worker=worker, loop=loop)
+    return WritePath(sources=sources, verifier=verifier, limits=limits, worker=worker, loop=loop)
 
 
 def data_dir_in_use(path: Path) -> bool:

@@ -3,7 +3,11 @@
 - `api_handler`: the FastAPI app under Mangum (API Gateway HTTP API v2, Lambda Function URLs).
 - `ingest_handler`: an SQS batch; each record names one event; the same `IngestWorker.process` applies
   them, and only the records that must be retried are reported (`ReportBatchItemFailures`).
-- `s3_handler`: S3 ObjectCreated/ObjectRemoved notifications become file events on the same queue.
+- `s3_handler`: S3 ObjectCreated/ObjectRemoved/LifecycleExpiration notifications become file events on the
+  same queue.
+- `sweep_handler` (scheduled): queue events stored but never queued (the process died between the writes).
+- `reconcile_handler` (scheduled): reconcile every workspace; report only, unless
+  `EVENTRAG_RECONCILE_REPAIR=true`.
 
 The container is built on the first invocation (cold start) and reused while the execution environment
 lives; nothing is built at import.
@@ -11,7 +15,6 @@ lives; nothing is built at import.
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -34,8 +37,8 @@ def container() -> Container:
 
 def set_container(c: Container | None) -> None:
     """Tests (and embedders of eventrag) install their own container; `None` resets to lazy building."""
-    global _container, _api, _edge
-    _container, _api, _edge = c, None, None
+    global _container, _api, _edge, _maintenance
+    _container, _api, _edge, _maintenance = c, None, None, None
 
 
 def api_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
@@ -69,31 +72,31 @@ def ingest_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     store and "in the DLQ" mean the same thing. An unreadable message is sent on to the DLQ the same way.
     """
     from ingest.worker import OutcomeKind
+    from stores.events import EventKey
     from stores.ports import Job
+    from stores.sqs import parse_message_body
 
     c = container()
     failures: list[str] = []  # SQS message ids
-    groups: dict[str, list[tuple[str, dict[str, Any]]]] = {}  # group -> (event id, record), in queue order
+    groups: dict[str, list[tuple[EventKey, dict[str, Any]]]] = {}  # group -> (event, record), in queue order
 
     def fail_now(record: dict[str, Any]) -> None:
         failures.append(record.get("messageId", ""))
-        job = Job("", record.get("attributes", {}).get("MessageGroupId", ""), 0, record.get("receiptHandle", ""))
+        group = record.get("attributes", {}).get("MessageGroupId", "")
+        job = Job("", "", group, 0, record.get("receiptHandle", ""))
         try:
             c.queue.release(job, 0)
         except Exception:  # it still reaches the DLQ, one visibility timeout per receive later
             log.warning("could not make message %s visible again", record.get("messageId"), exc_info=True)
 
     for record in event.get("Records", []):
-        try:
-            event_id = json.loads(record["body"])["event_id"]
-            if not isinstance(event_id, str) or not event_id:
-                raise TypeError("event_id must be a non-empty string")
-        except (KeyError, ValueError, TypeError):
+        key = parse_message_body(str(record.get("body", "")))
+        if key is None:
             log.error("unreadable queue message %s; sending it to the dead-letter queue", record.get("messageId"))
             fail_now(record)
             continue
-        group = record.get("attributes", {}).get("MessageGroupId") or event_id
-        groups.setdefault(group, []).append((event_id, record))
+        group = record.get("attributes", {}).get("MessageGroupId") or str(key)
+        groups.setdefault(group, []).append((key, record))
 
     while groups:
         batch = {items[0][0]: items[0][1] for items in groups.values()}
@@ -105,8 +108,8 @@ def ingest_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             failures.extend(r["messageId"] for r in batch.values())
             failures.extend(r["messageId"] for items in groups.values() for _, r in items)
             break
-        for event_id, record in batch.items():
-            kind = outcomes[event_id].kind
+        for key, record in batch.items():
+            kind = outcomes[key].kind
             if kind is OutcomeKind.FAILED:
                 fail_now(record)
             elif kind is OutcomeKind.RETRY:
@@ -115,6 +118,7 @@ def ingest_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
 
 _edge: tuple[Settings, StateStore, JobQueue] | None = None
+_maintenance: tuple[StateStore, JobQueue, Any] | None = None
 
 
 def s3_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
@@ -134,3 +138,62 @@ def s3_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         settings, state, queue = _edge
     accepted = receive_s3_notification(event, state=state, queue=queue, settings_workspace=settings.s3_workspace)
     return {"accepted": accepted}
+
+
+def _maintenance_parts(with_index: bool) -> tuple[StateStore, JobQueue, Any]:
+    """The state store, the queue and (for reconcile) the index: never the embedding model, so the
+    scheduled functions start without torch."""
+    global _maintenance
+    if _container is not None:
+        return _container.state, _container.queue, _container.index
+    if _maintenance is None or (with_index and _maintenance[2] is None):
+        from app.container import build_index, with_remote_secrets
+
+        settings = with_remote_secrets(Settings())
+        state, queue = build_state_and_queue(settings)
+        _maintenance = (state, queue, build_index(settings) if with_index else None)
+    return _maintenance
+
+
+def sweep_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Scheduled: queue the events stored as `received` a while ago but never queued (the api or s3
+    function died between storing and queueing). The queue deduplicates, so a sweep racing a slow
+    receiver costs nothing."""
+    from ingest.receiver import requeue_received
+
+    state, queue, _ = _maintenance_parts(with_index=False)
+    queued = requeue_received(state, queue)
+    log.info("sweep: queued %d event(s) left as received", queued)
+    return {"queued": queued}
+
+
+def reconcile_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Scheduled: reconcile every workspace against the index. Reports (in the log and the result) unless
+    EVENTRAG_RECONCILE_REPAIR is true; with it, repairs as `POST /reconcile?repair=true` does."""
+    from ingest.reconcile import reconcile
+
+    repair = _container.settings.reconcile_repair if _container is not None else Settings().reconcile_repair
+    state, queue, index = _maintenance_parts(with_index=True)
+    reports = []
+    for workspace in state.workspaces():
+        report = reconcile(workspace, state=state, index=index, queue=queue, repair=repair)
+        for p in report.problems:
+            log.warning(
+                "reconcile %s: %s %s: %s%s",
+                workspace,
+                p.kind,
+                p.file_id,
+                p.detail,
+                f" -> {p.repaired}" if p.repaired else "",
+            )
+        reports.append(
+            {
+                "workspace": workspace,
+                "clean": report.clean,
+                "documents_checked": report.documents_checked,
+                "points_checked": report.points_checked,
+                "problems": len(report.problems),
+                "repaired": sum(1 for p in report.problems if p.repaired),
+            }
+        )
+    return {"repair": repair, "workspaces": reports}

@@ -5,10 +5,14 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.container import Container, build_container
 from app.routes import documents, events, health, openai_compat, operations, query, sessions, webhooks
@@ -50,6 +54,7 @@ def create_app(container: Container | Callable[[], Container] | None = None, *, 
     install_error_handlers(app)
     for module in (webhooks, query, sessions, openai_compat, documents, events, operations, health):
         app.include_router(module.router)
+    install_openapi(app)
     return app
 
 
@@ -73,3 +78,63 @@ def install_error_handlers(app: FastAPI) -> None:
             where = ".".join(str(p) for p in err.get("loc", ()))
             parts.append(f"{where}: {err.get('msg')}")
         return JSONResponse({"detail": "; ".join(parts)}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Any:
+        # FastAPI answers a body it cannot decode (not UTF-8, nested too deeply for the JSON parser) with a
+        # bare 400 "There was an error parsing the body". Such a body is malformed input like any other:
+        # a 422 that says what is wrong, as documented for every route.
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            cause = exc.__cause__
+            if isinstance(cause, UnicodeDecodeError):
+                why = "the request body is not UTF-8"
+            elif isinstance(cause, RecursionError):
+                why = "the request body is JSON nested too deeply"
+            else:
+                why = f"the request body cannot be parsed as JSON ({type(cause).__name__ if cause else 'unknown'})"
+            return JSONResponse({"detail": why}, status_code=422)
+        return await http_exception_handler(request, exc)
+
+
+_ERROR_SCHEMA = {"$ref": "#/components/schemas/ErrorBody"}
+
+
+def install_openapi(app: FastAPI) -> None:
+    """The OpenAPI document says what is sent: every 422 is an `ErrorBody` (`{"detail": "<what is wrong>"}`,
+    the handlers above), never FastAPI's default list of errors; every route behind an API key documents its
+    401; and the webhook body schema is the one `ingest.webhook_body` validates."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        doc = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+        components = doc.setdefault("components", {}).setdefault("schemas", {})
+        from app.schemas import ErrorBody
+
+        components.setdefault("ErrorBody", ErrorBody.model_json_schema())
+        # Imported here, when the document is first asked for: never on the path that answers questions.
+        from ingest.webhook_body import WebhookBody
+
+        body = WebhookBody.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(body.pop("$defs", {}))
+        components["WebhookBody"] = body
+        for schema in ("HTTPValidationError", "ValidationError"):
+            components.pop(schema, None)
+        for path_item in doc.get("paths", {}).values():
+            for operation in path_item.values():
+                responses = operation.setdefault("responses", {})
+                if "422" in responses or operation.get("parameters") or operation.get("requestBody"):
+                    described = responses.get("422", {}).get("description") or "Invalid request"
+                    responses["422"] = {
+                        "description": described,
+                        "content": {"application/json": {"schema": _ERROR_SCHEMA}},
+                    }
+                if operation.get("security") and "401" not in responses:
+                    responses["401"] = {
+                        "description": "Missing or unknown API key",
+                        "content": {"application/json": {"schema": _ERROR_SCHEMA}},
+                    }
+        app.openapi_schema = doc
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -3,11 +3,29 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from stores.ports import SearchMode
+
+# The longest question `/query` and `/v1/chat/completions` answer.
+MAX_QUESTION_CHARS = 4000
+
+
+def _unicode(value: str) -> str:
+    """JSON may carry a lone surrogate escape ("\ud800"): not text, and unencodable downstream."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"contains a lone surrogate escape at character {exc.start}: not valid Unicode") from exc
+    return value
+
+
+Text = Annotated[str, AfterValidator(_unicode)]
+# Metadata keys as the webhook body allows them (`ingest.webhook_body.METADATA_KEY`).
+MetadataKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_-]*$", max_length=64)]
+FilterScalar = Annotated[str, StringConstraints(max_length=1024), AfterValidator(_unicode)] | int | float | bool
 
 
 class ErrorBody(BaseModel):
@@ -24,18 +42,28 @@ class Accepted(BaseModel):
 class QueryFilters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    path_prefix: str | None = Field(None, description='folder prefix ("handbook/") or an exact path')
-    content_type: list[str] | None = Field(None, description="any of these parsed types, e.g. text/markdown")
-    file_id: list[str] | None = Field(None, description="any of these files")
-    metadata: dict[str, str | int | float | bool | list[str | int | float | bool]] | None = Field(
-        None, description="webhook metadata: a value means equality, a list means any of"
+    path_prefix: Annotated[Text, Field(max_length=1024)] | None = Field(
+        None, description='folder prefix ("handbook/") or an exact path; "" or "/" is the whole workspace'
     )
+    content_type: Annotated[list[Annotated[Text, Field(max_length=255)]], Field(max_length=50)] | None = Field(
+        None, description="any of these parsed types, e.g. text/markdown"
+    )
+    file_id: Annotated[list[Annotated[Text, Field(max_length=512)]], Field(max_length=1000)] | None = Field(
+        None, description="any of these files"
+    )
+    metadata: (
+        Annotated[
+            dict[MetadataKey, FilterScalar | Annotated[list[FilterScalar], Field(max_length=100)]],
+            Field(max_length=32),
+        ]
+        | None
+    ) = Field(None, description="webhook metadata: a value means equality, a list means any of")
 
 
 class QueryRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    question: str = Field(min_length=1, max_length=4000)
+    question: Text = Field(min_length=1, max_length=MAX_QUESTION_CHARS)
     top_k: int | None = Field(None, ge=1, description="passages to retrieve (capped by the server maximum)")
     filters: QueryFilters | None = None
     mode: SearchMode | None = Field(None, description="dense, sparse or hybrid; the server default if unset")
@@ -45,11 +73,11 @@ class QueryRequest(BaseModel):
     llm_fallback: Literal["error", "extractive"] = Field(
         "error", description="when the LLM fails: answer 502/503/504, or fall back to an extractive answer"
     )
-    session_id: str | None = Field(
+    session_id: Text | None = Field(
         None,
         min_length=1,
         max_length=128,
-        description="continue (or start) a conversation kept by the server",
+        description="continue (or start) a conversation kept by the server (the newest turns are kept)",
     )
     stream: bool = Field(False, description="server-sent events: tokens, then citations, then done")
 

@@ -7,6 +7,7 @@ Nested groups use `__` in the environment (`EVENTRAG_CHUNKING__CHUNK_TOKENS=180`
 from __future__ import annotations
 
 import json
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -59,6 +60,20 @@ class AgentSettings(BaseModel):
     time_budget_seconds: float = Field(60.0, gt=0, description="after this, the answer is forced")
     history_tokens: int = Field(1500, ge=0, description="conversation history kept in the prompt")
     session_ttl_days: float = Field(30.0, gt=0, description="sessions expire this long after their last turn")
+    session_max_turns: int = Field(100, ge=2, le=10_000, description="turns a stored session keeps (oldest dropped)")
+    # DynamoDB items hold at most 400 KB; the bound leaves room for the item's other attributes.
+    session_max_bytes: int = Field(
+        256 * 1024, ge=4096, le=350 * 1024, description="bytes of turns a stored session keeps (oldest dropped)"
+    )
+
+
+class MetadataSettings(BaseModel):
+    """Bounds on webhook metadata, which is copied into the index payload of every chunk of a file."""
+
+    max_keys: int = Field(32, ge=0, le=1000, description="keys per event")
+    max_value_chars: int = Field(1024, ge=1, description="characters per string value (each list item)")
+    max_list_items: int = Field(64, ge=1, description="values in one list")
+    max_bytes: int = Field(8192, ge=64, description="the whole metadata object as JSON")
 
 
 def _parse_mapping(value: Any, what: str) -> Any:
@@ -80,6 +95,19 @@ def _parse_mapping(value: Any, what: str) -> Any:
             raise ValueError(f"{what}: expected JSON or key=value pairs separated by commas, got {item!r}")
         pairs.setdefault(key.strip(), []).append(val.strip())
     return pairs
+
+
+WORKSPACE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def _check_workspace(name: str, what: str) -> None:
+    """Workspace names are what webhook bodies may name: letters, digits, `_`, `.` and `-`. A `/` would make
+    the per-file queue group `<workspace>/<file id>` ambiguous."""
+    if not WORKSPACE_NAME.match(name):
+        raise ValueError(
+            f"{what}: workspace name {name!r} must start with a letter or digit and contain only letters, digits,"
+            " '_', '.' and '-' (at most 128)"
+        )
 
 
 class Settings(BaseSettings):
@@ -105,7 +133,11 @@ class Settings(BaseSettings):
     )
 
     # Sources
-    source_root: Path | None = Field(None, description="local folder files may be read from")
+    source_root: Annotated[str | dict[str, str] | None, NoDecode] = Field(
+        None,
+        description="the folder events without inline content are read from: a path with {workspace} in it,"
+        ' a map {"acme": "/srv/acme"}, or a plain path when there is one workspace',
+    )
 
     # Index
     qdrant_url: str | None = Field(None, description="Qdrant server URL; unset = local mode under data_dir")
@@ -126,6 +158,7 @@ class Settings(BaseSettings):
     search_mode: SearchMode = Field(SearchMode.HYBRID, description="dense, sparse or hybrid")
     min_score: float = Field(0.2, description="dense hits below this cosine score count as not relevant")
 
+    metadata: MetadataSettings = Field(default_factory=MetadataSettings)  # type: ignore[arg-type]
     chunking: ChunkingSettings = Field(default_factory=ChunkingSettings)  # type: ignore[arg-type]
     worker: WorkerSettings = Field(default_factory=WorkerSettings)  # type: ignore[arg-type]
     agent: AgentSettings = Field(default_factory=AgentSettings)  # type: ignore[arg-type]
@@ -142,12 +175,39 @@ class Settings(BaseSettings):
     s3_workspace: str = Field(
         "default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="workspace that S3 notifications write to"
     )
+    reconcile_repair: bool = Field(
+        False, description="the scheduled reconcile (AWS) repairs what it finds instead of only reporting it"
+    )
     # Names of SSM parameters read at cold start, so secrets never sit in the template or its environment.
     qdrant_url_ssm_parameter: str | None = None
     qdrant_api_key_ssm_parameter: str | None = None
     webhook_secrets_ssm_parameter: str | None = None
     api_keys_ssm_parameter: str | None = None
     openai_api_key_ssm_parameter: str | None = None
+
+    @field_validator("source_root", mode="before")
+    @classmethod
+    def _source_root(cls, value: Any) -> Any:
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, str):
+            text = value.strip()
+            if not text:
+                return None
+            if text.startswith("{") and not text.startswith("{workspace}"):
+                try:
+                    parsed = json.loads(text)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(
+                        f"EVENTRAG_SOURCE_ROOT looks like a JSON map but is not valid JSON: {exc}"
+                    ) from exc
+                return cls._source_root(parsed)
+            return text
+        if isinstance(value, dict):
+            for ws in value:
+                _check_workspace(ws, "EVENTRAG_SOURCE_ROOT")
+            return {ws: str(folder) for ws, folder in value.items()}
+        return value
 
     @field_validator("webhook_secrets", mode="before")
     @classmethod
@@ -156,6 +216,7 @@ class Settings(BaseSettings):
         if isinstance(parsed, dict):
             out: dict[str, list[str]] = {}
             for ws, secrets in parsed.items():
+                _check_workspace(ws, "EVENTRAG_WEBHOOK_SECRETS")
                 items = [secrets] if isinstance(secrets, str | SecretStr) else list(secrets)
                 for s in items:
                     raw = s.get_secret_value() if isinstance(s, SecretStr) else str(s)
@@ -175,6 +236,7 @@ class Settings(BaseSettings):
             out = {}
             for key, ws in parsed.items():
                 ws_name = ws[0] if isinstance(ws, list) else ws
+                _check_workspace(str(ws_name), "EVENTRAG_API_KEYS")
                 if len(key) < 16:
                     raise ValueError("API keys must be at least 16 characters long")
                 out[key] = ws_name

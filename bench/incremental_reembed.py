@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.container import build_container  # noqa: E402
 from app.settings import Settings  # noqa: E402
+from ingest.receiver import record_and_enqueue  # noqa: E402
 from ingest.webhook_body import build_event, parse_webhook_body  # noqa: E402
-from stores.events import EventStatus  # noqa: E402
 
 PARAGRAPHS = 100
 
@@ -53,9 +53,7 @@ def apply(container, event_id: str, version: int, text: str) -> tuple[float, dic
         },
     }
     event = build_event(event_id, "bench", parse_webhook_body(json.dumps(body).encode()))
-    container.state.add_event(event, EventStatus.RECEIVED)
-    container.queue.enqueue(event.event_id, event.group_key)
-    container.state.set_event_status(event.event_id, EventStatus.QUEUED)
+    record_and_enqueue(event, state=container.state, queue=container.queue)
     start = time.perf_counter()
     container.loop.drain()
     elapsed = time.perf_counter() - start

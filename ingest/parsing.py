@@ -242,7 +242,9 @@ def _markdown_title(text: str) -> str | None:
 # --- HTML -------------------------------------------------------------------------------------------------
 
 # Elements whose content a reader never sees as text. Media and <object> content is fallback text shown
-# only when the media cannot play; <title> is taken as the title, not as body text.
+# only when the media cannot play; <title> is taken as the title, not as body text. <template> content is
+# inert markup for scripts, <datalist> options are autocomplete suggestions, <noframes> and <rp> are
+# fallbacks of features every browser has; <param>, <source>, <track>, <map> and <area> carry no text.
 _INVISIBLE_TAGS = frozenset(
     {
         "script",
@@ -253,11 +255,20 @@ _INVISIBLE_TAGS = frozenset(
         "title",
         "svg",
         "iframe",
+        "frameset",
+        "noframes",
         "object",
         "embed",
+        "param",
+        "source",
+        "track",
         "canvas",
         "audio",
         "video",
+        "datalist",
+        "map",
+        "area",
+        "rp",
     }
 )
 _PARAGRAPH_TAGS = frozenset(
@@ -339,6 +350,11 @@ def _is_hidden(tag: Tag) -> bool:
     if hidden is not None and hidden.strip().lower() != "until-found":
         return True
     if (_attr(tag, "aria-hidden") or "").strip().lower() == "true":
+        return True
+    # A <dialog> is rendered only while open; a popover only once a script or a button shows it.
+    if tag.name == "dialog" and tag.get("open") is None:
+        return True
+    if tag.get("popover") is not None:
         return True
     if tag.name == "input" and (_attr(tag, "type") or "").strip().lower() == "hidden":
         return True

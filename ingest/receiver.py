@@ -2,7 +2,8 @@
 
 The Standard Webhooks scheme (https://www.standardwebhooks.com): the signature is HMAC-SHA256 over
 `{webhook-id}.{webhook-timestamp}.{body}`, computed here by the reference `standardwebhooks` package. The
-secret that verifies a delivery identifies its workspace, so one workspace's secret cannot write into another.
+secret that verifies a delivery identifies its workspace, so one workspace's secret cannot write into another,
+and events are keyed by (workspace, webhook-id): another workspace can neither squat nor see an id.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from standardwebhooks.webhooks import Webhook
@@ -24,19 +25,18 @@ from ingest.errors import (
     InvalidEventError,
     SignatureError,
     StaleTimestampError,
-    WebhookError,
     WorkspaceMismatchError,
 )
 from ingest.sources import ContentRouter
-from ingest.webhook_body import build_event, parse_webhook_body
+from ingest.webhook_body import BodyLimits, build_event, parse_webhook_body
 from stores.events import EventStatus, EventType, FileEvent
 from stores.ports import EventRecord, JobQueue, StateStore
 
 log = logging.getLogger(__name__)
 
-
-class EventIdConflictError(WebhookError):
-    status_code = 409
+# A `received` event younger than this may still be on its way to the queue (the receiver stores first,
+# then enqueues): the sweep leaves it alone.
+SWEEP_MIN_AGE = timedelta(seconds=60)
 
 
 @dataclass(slots=True)
@@ -103,11 +103,12 @@ def receive_webhook(
     state: StateStore,
     queue: JobQueue,
     sources: ContentRouter,
+    limits: BodyLimits | None = None,
 ) -> Delivery:
     """Verify and durably record one delivery; the caller answers 202 only after this returns."""
     event_id, signer_workspace = verifier.verify(body, headers)
     try:
-        parsed = parse_webhook_body(body)
+        parsed = parse_webhook_body(body, limits)
         workspace = parsed.data.workspace or signer_workspace
         if workspace != signer_workspace:
             raise WorkspaceMismatchError(
@@ -126,11 +127,12 @@ def record_rejection(event_id: str, workspace: str, body: bytes, error: Exceptio
     """Keep a signed but invalid delivery visible as `rejected` in `GET /events/{id}`, with the reason.
 
     Only deliveries with a valid signature are recorded (unsigned junk is not ours to store). Nothing is
-    queued and the index is never touched. An id already used by a valid event keeps that event.
+    queued and the index is never touched. An id already used by a valid event keeps that event; a later
+    valid delivery with this id replaces the rejection.
     """
     try:
         parsed = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         parsed = None
     raw: dict[str, Any] = parsed if isinstance(parsed, dict) else {}
     data: dict[str, Any] = raw["data"] if isinstance(raw.get("data"), dict) else {}
@@ -139,36 +141,45 @@ def record_rejection(event_id: str, workspace: str, body: bytes, error: Exceptio
         event_id=event_id,
         workspace=workspace,
         type=EventType(kind) if kind else EventType.UPDATED,
-        file_id=str(data.get("file_id") or "")[:512],
-        path=str(data.get("path") or "")[:1024],
-        position="",
+        file_id=_printable(data.get("file_id"), 512),
+        path=_printable(data.get("path"), 1024),
         timestamp=datetime.now(UTC),
     )
     record, created = state.add_event(stub, EventStatus.REJECTED)
     if created:
-        state.set_event_status(event_id, EventStatus.REJECTED, error=str(error))
+        state.set_event_status(workspace, event_id, EventStatus.REJECTED, error=str(error))
+
+
+def _printable(value: Any, limit: int) -> str:
+    """A field of a refused body, made safe to store: a string, cut to `limit`, valid Unicode."""
+    text = value if isinstance(value, str) else ""
+    return text[:limit].encode("utf-8", "replace").decode("utf-8")
 
 
 def record_and_enqueue(event: FileEvent, *, state: StateStore, queue: JobQueue) -> Delivery:
     """Store an event durably, then queue it; a known event id is not queued again (unless it was stored
     but never queued). Shared by webhooks and S3 notifications."""
     record, created = state.add_event(event, EventStatus.RECEIVED)
-    if record.event.workspace != event.workspace:
-        raise EventIdConflictError(f"webhook-id {event.event_id!r} is already used; use a new id per event")
     if not created and record.status is not EventStatus.RECEIVED:
         return Delivery(record, duplicate=True)
     # Stored first, queued second: a crash between the two leaves a `received` event that a redelivery or
-    # the start-up sweep queues again; the reverse order could queue an event that was never stored.
-    queue.enqueue(event.event_id, event.group_key)
-    record = state.set_event_status(event.event_id, EventStatus.QUEUED)
+    # the sweep queues again; the reverse order could queue an event that was never stored.
+    queue.enqueue(event.key, event.group_key)
+    record = state.set_event_status(event.workspace, event.event_id, EventStatus.QUEUED)
     return Delivery(record, duplicate=not created)
 
 
-def requeue_received(state: StateStore, queue: JobQueue, events: list[EventRecord]) -> int:
-    """Queue events stored as `received` whose enqueue never happened (crash between the two steps)."""
-    for rec in events:
-        queue.enqueue(rec.event_id, rec.event.group_key)
-        state.set_event_status(rec.event_id, EventStatus.QUEUED)
-    if events:
-        log.info("queued %d event(s) left as received by an earlier process", len(events))
-    return len(events)
+def requeue_received(
+    state: StateStore, queue: JobQueue, *, min_age: timedelta = SWEEP_MIN_AGE, limit: int = 1000
+) -> int:
+    """The sweep: queue events stored as `received` at least `min_age` ago whose enqueue never happened
+    (the process died between the two writes). Runs at start-up, hourly in `eventrag serve`, and on a
+    schedule on AWS. Enqueueing twice is harmless (the queue deduplicates; a second run only finishes)."""
+    cutoff = datetime.now(UTC) - min_age
+    stale = [r for r in state.events_with_status(EventStatus.RECEIVED, limit=limit) if r.received_at <= cutoff]
+    for rec in stale:
+        queue.enqueue(rec.key, rec.event.group_key)
+        state.set_event_status(rec.event.workspace, rec.event_id, EventStatus.QUEUED)
+    if stale:
+        log.info("queued %d event(s) stored but never queued", len(stale))
+    return len(stale)

@@ -1,11 +1,13 @@
 """Content sources: where the bytes of a changed file come from.
 
 An event carries its content inline (`content`, `content_base64`), points at a URL, or names a path under
-`EVENTRAG_SOURCE_ROOT`. `ContentRouter` picks the source for each event; the S3 adapter plugs in the same way.
+its workspace's folder (`EVENTRAG_SOURCE_ROOT`). `ContentRouter` picks the source for each event; the S3
+adapter plugs in the same way.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from ingest.errors import InvalidEventError, PathOutsideRootError, SourceNotFoundError, SourceUnavailableError
@@ -47,13 +49,49 @@ class LocalFolderSource:
             raise SourceUnavailableError(f"cannot read {event.path!r}: {exc}") from exc
 
 
+WORKSPACE_PLACEHOLDER = "{workspace}"
+
+
+class WorkspaceFolders:
+    """Which folder each workspace reads paths from: a workspace never reads another's files.
+
+    `EVENTRAG_SOURCE_ROOT` is one of:
+    - a path with `{workspace}` in it (`/srv/docs/{workspace}`): each workspace its own folder;
+    - a map from workspace to folder (`{"acme": "/srv/acme"}`): the workspaces named, no others;
+    - a plain path: the folder of the only workspace. With several workspaces configured this would let
+      every one of them read every file, so it is refused at start-up.
+    """
+
+    def __init__(self, spec: str | Path | Mapping[str, str | Path], workspaces: Iterable[str]) -> None:
+        self._template: str | None = None
+        self._fixed: dict[str, LocalFolderSource] = {}
+        names = sorted(set(workspaces))
+        if isinstance(spec, Mapping):
+            self._fixed = {ws: LocalFolderSource(Path(folder)) for ws, folder in spec.items()}
+        elif WORKSPACE_PLACEHOLDER in str(spec):
+            self._template = str(spec)
+        elif len(names) <= 1:
+            self._fixed = {ws: LocalFolderSource(Path(spec)) for ws in names}
+        else:
+            raise ValueError(
+                f"EVENTRAG_SOURCE_ROOT is one folder ({spec}) but {len(names)} workspaces are configured"
+                f" ({', '.join(names)}): each would read the others' files. Use a path with {WORKSPACE_PLACEHOLDER}"
+                ' in it, or a map such as {"acme": "/srv/acme"}.'
+            )
+
+    def for_workspace(self, workspace: str) -> LocalFolderSource | None:
+        if self._template is not None:
+            return LocalFolderSource(Path(self._template.replace(WORKSPACE_PLACEHOLDER, workspace)))
+        return self._fixed.get(workspace)
+
+
 class ContentRouter:
     """Chooses the source for each event; `check` refuses at receive time what could never be fetched."""
 
     def __init__(
         self,
         *,
-        folder: LocalFolderSource | None = None,
+        folder: WorkspaceFolders | None = None,
         url: ContentSource | None = None,
         extra: dict[str, ContentSource] | None = None,
         scheme_workspaces: dict[str, str] | None = None,
@@ -87,13 +125,14 @@ class ContentRouter:
                     )
                 return
             raise InvalidEventError(f"unsupported URL scheme {scheme!r} in data.url")
-        if self.folder is None:
+        folder = self.folder.for_workspace(event.workspace) if self.folder is not None else None
+        if folder is None:
             raise InvalidEventError(
-                "the event has no content, content_base64 or url, and no EVENTRAG_SOURCE_ROOT is configured"
-                " to read data.path from"
+                "the event has no content, content_base64 or url, and no EVENTRAG_SOURCE_ROOT folder is"
+                f" configured for workspace {event.workspace!r} to read data.path from"
             )
         try:
-            self.folder.resolve(event.path)
+            folder.resolve(event.path)
         except PathOutsideRootError as exc:
             raise InvalidEventError(str(exc)) from exc
 
@@ -106,6 +145,7 @@ class ContentRouter:
             if source is None:
                 raise SourceNotFoundError(f"no source configured for {event.url!r}")
             return source.fetch(event)
-        if self.folder is None:
-            raise SourceNotFoundError("no EVENTRAG_SOURCE_ROOT configured")
-        return self.folder.fetch(event)
+        folder = self.folder.for_workspace(event.workspace) if self.folder is not None else None
+        if folder is None:
+            raise SourceNotFoundError(f"no EVENTRAG_SOURCE_ROOT folder configured for workspace {event.workspace!r}")
+        return folder.fetch(event)

@@ -3,13 +3,16 @@ every file, under at-least-once, out-of-order delivery and crashes.
 
 For each event:
 
-1. *decide*: older than (or equal to) what is applied for the file -> `superseded`, index untouched;
-   already switched by an earlier attempt that died before finishing -> only clean up.
+1. *decide*: older than what is applied for the file (the order rule of `stores.events`) -> `superseded`,
+   index untouched; already switched by an earlier attempt that died before finishing -> only clean up
+   (or, when the switched revision lost points, write them again: what a reconcile repair asks for).
 2. *prepare*: fetch, parse, chunk (a type we cannot parse -> the file is `skipped`, its old chunks go).
-3. *embed*: the chunks of the whole batch together, cache first, the rest sorted by length.
+3. *embed*: the chunks of the whole batch together, cache first (per workspace), the rest sorted by length.
 4. *write*: upsert the new revision's points (deterministic ids; invisible until step 5).
-5. *switch*: one atomic write of the document record makes the new revision the searchable one.
-6. *clean up*: delete the file's points of every other revision; mark the event done.
+5. *switch*: a compare-and-set of the document record makes the new revision the searchable one, only if
+   nothing newer was applied meanwhile; if something was, this event is superseded and its points go.
+6. *clean up*: delete the file's points of older revisions (never of a newer one being written); mark the
+   event done.
 
 A crash anywhere before 5 leaves the old revision searchable and the event queued; a crash after 5 is
 finished by the retry (step 1 sees the switch). Searches trust only the revision recorded in step 5.
@@ -26,10 +29,20 @@ from enum import StrEnum
 from pathlib import PurePosixPath
 
 from ingest.chunking import Chunker
-from ingest.errors import PermanentError, UnsupportedContentError
+from ingest.errors import PermanentError, SourceNotFoundError, UnsupportedContentError
 from ingest.parsing import parse
+from ingest.receiver import requeue_received
 from stores.embedding import embed_with_cache
-from stores.events import EventStatus, EventType, FileEvent, describe_position
+from stores.events import (
+    EventKey,
+    EventStatus,
+    EventType,
+    FileEvent,
+    describe_position,
+    explain_order,
+    parse_position,
+    position_is_newer,
+)
 from stores.ports import (
     Chunk,
     ContentSource,
@@ -141,33 +154,37 @@ class IngestWorker:
             self.fault(name, event)
 
     # the batch ----------------------------------------------------------------------------------------
-    def process(self, event_ids: Sequence[str]) -> dict[str, Outcome]:
-        """Apply a batch of events (at most one per file). Returns an outcome per event id."""
-        outcomes: dict[str, Outcome] = {}
+    def process(self, keys: Sequence[EventKey]) -> dict[EventKey, Outcome]:
+        """Apply a batch of events (at most one per file). Returns an outcome per event key."""
+        outcomes: dict[EventKey, Outcome] = {}
         plans: list[_Plan] = []
         deletes_in_batch: dict[str, int] = {}
-        for event_id in event_ids:
-            record = self.state.get_event(event_id)
+        for key in keys:
+            record = self.state.get_event(key.workspace, key.event_id)
             if record is None:
-                outcomes[event_id] = Outcome(OutcomeKind.DONE, "unknown event id (expired or never stored)")
+                outcomes[key] = Outcome(OutcomeKind.DONE, "unknown event id (expired or never stored)")
                 continue
             if record.status in (
                 EventStatus.DONE,
                 EventStatus.SUPERSEDED,
                 EventStatus.FAILED,
                 EventStatus.HELD,
+                EventStatus.REJECTED,
             ):
                 # A redelivery of something already settled: nothing to do.
-                outcomes[event_id] = Outcome(OutcomeKind(record.status.value), "already settled")
+                kind = OutcomeKind.DONE if record.status is EventStatus.REJECTED else OutcomeKind(record.status.value)
+                outcomes[key] = Outcome(kind, "already settled")
                 continue
-            record = self.state.set_event_status(event_id, EventStatus.PROCESSING, count_attempt=True)
+            record = self.state.set_event_status(
+                key.workspace, key.event_id, EventStatus.PROCESSING, count_attempt=True
+            )
             try:
                 plan = self._plan(record, deletes_in_batch)
             except Exception as exc:
-                outcomes[event_id] = self._failure(record, exc)
+                outcomes[key] = self._failure(record, exc)
                 continue
             if isinstance(plan, Outcome):
-                outcomes[event_id] = plan
+                outcomes[key] = plan
             else:
                 plans.append(plan)
 
@@ -177,37 +194,39 @@ class IngestWorker:
                 self._embed(to_embed)
             except Exception as exc:
                 for p in to_embed:
-                    outcomes[p.event.event_id] = self._failure(p.record, exc)
+                    outcomes[p.event.key] = self._failure(p.record, exc)
                 plans = [p for p in plans if p not in to_embed]
 
         for plan in plans:
             try:
-                outcomes[plan.event.event_id] = self._apply(plan)
+                outcomes[plan.event.key] = self._apply(plan)
             except Exception as exc:
-                outcomes[plan.event.event_id] = self._failure(plan.record, exc)
+                outcomes[plan.event.key] = self._failure(plan.record, exc)
         return outcomes
 
     # 1 + 2: decide and prepare ------------------------------------------------------------------------
     def _plan(self, record: EventRecord, deletes_in_batch: dict[str, int]) -> _Plan | Outcome:
         ev = record.event
         doc = self.state.get_document(ev.workspace, ev.file_id)
-        if doc is not None and doc.position is not None:
-            if ev.position < doc.position or (ev.position == doc.position and doc.last_event_id != ev.event_id):
+        if doc is not None and doc.position is not None and not position_is_newer(ev.position, doc.position):
+            if ev.position != doc.position:
                 detail = (
-                    f"{describe_position(ev.position)} is not newer than the applied {describe_position(doc.position)}"
+                    f"not newer than what is applied: {describe_position(doc.position)} wins, because"
+                    f" {explain_order(doc.position, ev.position)}"
                 )
-                self.state.set_event_status(ev.event_id, EventStatus.SUPERSEDED, detail=detail)
+                self._set_status(ev, EventStatus.SUPERSEDED, detail=detail)
                 return Outcome(OutcomeKind.SUPERSEDED, detail)
-            if ev.position == doc.position:  # this event's own switch happened; the attempt died after it
+            # This event's own switch happened; the attempt died after it, or a repair asks to rewrite it.
+            if not self._points_lost(doc):
                 return _Plan(record, _Action.FINISH)
         if ev.type is EventType.DELETED:
-            if not record.confirmed and (why := self._brake(ev.workspace, deletes_in_batch)):
-                self.state.set_event_status(ev.event_id, EventStatus.HELD, detail=why)
-                return Outcome(OutcomeKind.HELD, why)
-            deletes_in_batch[ev.workspace] = deletes_in_batch.get(ev.workspace, 0) + 1
-            return _Plan(record, _Action.EMPTY, status=DocumentStatus.DELETED)
-
-        data = self.sources.fetch(ev)
+            return self._plan_delete(record, deletes_in_batch)
+        try:
+            data = self.sources.fetch(ev)
+        except SourceNotFoundError:
+            if ev.resync:  # the source said "look again", and the file is gone: that is a delete
+                return self._plan_delete(record, deletes_in_batch)
+            raise
         self._step("fetched", ev)
         try:
             parsed = parse(data, ev.content_type, ev.path)
@@ -251,6 +270,25 @@ class IngestWorker:
             content_type=parsed.content_type,
         )
 
+    def _plan_delete(self, record: EventRecord, deletes_in_batch: dict[str, int]) -> _Plan | Outcome:
+        ev = record.event
+        if not record.confirmed and (why := self._brake(ev.workspace, deletes_in_batch)):
+            self._set_status(ev, EventStatus.HELD, detail=why)
+            return Outcome(OutcomeKind.HELD, why)
+        deletes_in_batch[ev.workspace] = deletes_in_batch.get(ev.workspace, 0) + 1
+        return _Plan(record, _Action.EMPTY, status=DocumentStatus.DELETED)
+
+    def _points_lost(self, doc: DocumentRecord) -> bool:
+        """The active revision has fewer points than the registry recorded (lost writes)."""
+        if doc.revision is None or doc.chunk_count == 0:
+            return False
+        return self.index.file_revisions(doc.workspace, doc.file_id).get(doc.revision, 0) < doc.chunk_count
+
+    def _set_status(
+        self, ev: FileEvent, status: EventStatus, *, error: str | None = None, detail: str | None = None
+    ) -> EventRecord:
+        return self.state.set_event_status(ev.workspace, ev.event_id, status, error=error, detail=detail)
+
     def _brake(self, workspace: str, deletes_in_batch: dict[str, int]) -> str | None:
         """Why this delete must wait for confirmation, or None. A sync bug or a wiped source folder shows
         up as a burst of deletes; holding them costs a confirmation, applying them costs the index."""
@@ -282,7 +320,10 @@ class IngestWorker:
     def _embed(self, plans: list[_Plan]) -> None:
         texts = [t for p in plans for t in p.embed_texts]
         counts = [n for p in plans for n in p.token_counts]
-        vectors, stats = embed_with_cache(self.embedder, self.cache, texts, counts, self.config.embed_batch_size)
+        scopes = [p.event.workspace for p in plans for _ in p.embed_texts]
+        vectors, stats = embed_with_cache(
+            self.embedder, self.cache, texts, counts, self.config.embed_batch_size, scopes=scopes
+        )
         at = 0
         for p in plans:
             n = len(p.embed_texts)
@@ -296,11 +337,11 @@ class IngestWorker:
     def _apply(self, plan: _Plan) -> Outcome:
         ev = plan.event
         if plan.action is _Action.FINISH:
-            doc = self.state.get_document(ev.workspace, ev.file_id)
-            self.index.delete_file(ev.workspace, ev.file_id, keep_revision=doc.revision if doc else None)
-            self.state.set_event_status(ev.event_id, EventStatus.DONE, detail="finished after an interrupted attempt")
+            self._drop_older_revisions(ev)
+            self._set_status(ev, EventStatus.DONE, detail="finished after an interrupted attempt")
             return Outcome(OutcomeKind.DONE)
 
+        previous = self.state.get_document(ev.workspace, ev.file_id)
         revision = ev.position if plan.action is _Action.INDEX else None
         if plan.action is _Action.INDEX:
             sparse = (
@@ -325,7 +366,7 @@ class IngestWorker:
             self.index.upsert(points)
             self._step("upserted", ev)
 
-        self.state.switch_document(
+        switched = self.state.switch_document(
             DocumentRecord(
                 workspace=ev.workspace,
                 file_id=ev.file_id,
@@ -343,8 +384,20 @@ class IngestWorker:
                 metadata=dict(ev.metadata),
             )
         )
+        if not switched:
+            # A newer event was applied while this one was prepared (another worker, a lease that ran out):
+            # the compare-and-set refused the stale write. Its points can never become active: they go.
+            if revision is not None:
+                self.index.delete_revisions(ev.workspace, ev.file_id, [revision])
+            now = self.state.get_document(ev.workspace, ev.file_id)
+            winner = now.position if now is not None and now.position else None
+            detail = "not newer than what was applied while it was processed"
+            if winner is not None:
+                detail += f": {describe_position(winner)} wins, because {explain_order(winner, ev.position)}"
+            self._set_status(ev, EventStatus.SUPERSEDED, detail=detail)
+            return Outcome(OutcomeKind.SUPERSEDED, detail)
         self._step("switched", ev)
-        self.index.delete_file(ev.workspace, ev.file_id, keep_revision=revision)
+        self._drop_older_revisions(ev)
         self._step("cleaned", ev)
         if plan.status is DocumentStatus.DELETED:
             detail = "deleted"
@@ -352,8 +405,18 @@ class IngestWorker:
             detail = f"skipped: {plan.reason}"
         else:
             detail = f"indexed {len(plan.chunks)} chunk(s): {plan.embedded} embedded, {plan.reused} reused"
-        self.state.set_event_status(ev.event_id, EventStatus.DONE, detail=detail)
+        replaced = previous.position if previous is not None else None
+        if replaced and replaced != ev.position and parse_position(replaced) is not None:
+            detail += f"; replaces {describe_position(replaced)}, because {explain_order(ev.position, replaced)}"
+        self._set_status(ev, EventStatus.DONE, detail=detail)
         return Outcome(OutcomeKind.DONE, detail)
+
+    def _drop_older_revisions(self, ev: FileEvent) -> None:
+        """Delete the file's points of revisions older than this event's position. A revision newer than it
+        belongs to an event still being applied (or waiting for a retry) and is left alone."""
+        keep = ev.position
+        stale = [r for r in self.index.file_revisions(ev.workspace, ev.file_id) if position_is_newer(keep, r)]
+        self.index.delete_revisions(ev.workspace, ev.file_id, stale)
 
     # failures -----------------------------------------------------------------------------------------
     def _failure(self, record: EventRecord, exc: Exception) -> Outcome:
@@ -363,13 +426,13 @@ class IngestWorker:
         permanent = isinstance(exc, PermanentError)
         if permanent or attempts >= self.config.max_attempts:
             why = message if permanent else f"{message} (gave up after {attempts} attempt(s))"
-            log.warning("event %s failed: %s", ev.event_id, why)
-            self.state.set_event_status(ev.event_id, EventStatus.FAILED, error=why)
-            self.state.note_document_error(ev.workspace, ev.file_id, ev.path, why)
+            log.warning("event %s failed: %s", ev.key, why)
+            self._set_status(ev, EventStatus.FAILED, error=why)
+            self.state.note_document_error(ev.workspace, ev.file_id, ev.path, why, position=ev.position)
             return Outcome(OutcomeKind.FAILED, why)
         delay = min(self.config.backoff_max_seconds, self.config.backoff_seconds * 2 ** max(0, attempts - 1))
-        log.info("event %s attempt %d failed (%s); retrying in %.1fs", ev.event_id, attempts, message, delay)
-        self.state.set_event_status(ev.event_id, EventStatus.QUEUED, error=message)
+        log.info("event %s attempt %d failed (%s); retrying in %.1fs", ev.key, attempts, message, delay)
+        self._set_status(ev, EventStatus.QUEUED, error=message)
         return Outcome(OutcomeKind.RETRY, message, delay)
 
 
@@ -398,15 +461,17 @@ class WorkerLoop:
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
         self._last_purge = datetime.min.replace(tzinfo=UTC)
+        self._last_sweep = datetime.min.replace(tzinfo=UTC)
+        self._maintenance = threading.Lock()
 
     def run_once(self) -> int:
         """Claim one batch and settle it; returns how many jobs were claimed."""
         jobs = self.queue.claim(self.batch_size, self.lease_seconds)
         if not jobs:
             return 0
-        outcomes = self.worker.process([j.event_id for j in jobs])
+        outcomes = self.worker.process([j.key for j in jobs])
         for job in jobs:
-            self._settle(job, outcomes[job.event_id])
+            self._settle(job, outcomes[job.key])
         return len(jobs)
 
     def _settle(self, job: Job, outcome: Outcome) -> None:
@@ -443,12 +508,23 @@ class WorkerLoop:
                 self._wake.clear()
 
     def _maybe_purge(self) -> None:
-        now = datetime.now(UTC)
-        if now - self._last_purge > timedelta(hours=1):
-            self._last_purge = now
-            purged = self.worker.state.purge_events(now - self.retention)
-            if purged:
-                log.info("forgot %d event id(s) older than %s", purged, self.retention)
+        """Hourly: forget event ids past the retention. Every minute: queue events stored but never queued
+        (another process sharing the state file may have died between the two writes)."""
+        if not self._maintenance.acquire(blocking=False):
+            return  # another worker thread is at it
+        try:
+            now = datetime.now(UTC)
+            if now - self._last_sweep > timedelta(minutes=1):
+                self._last_sweep = now
+                if requeue_received(self.worker.state, self.queue):
+                    self._wake.set()
+            if now - self._last_purge > timedelta(hours=1):
+                self._last_purge = now
+                purged = self.worker.state.purge_events(now - self.retention)
+                if purged:
+                    log.info("forgot %d event id(s) older than %s", purged, self.retention)
+        finally:
+            self._maintenance.release()
 
     def start(self) -> None:
         self._stop.clear()

@@ -71,12 +71,17 @@ class Answer:
     covered: bool = True
 
 
+# Anything in a document that reads as a fence tag, in any case and spacing: `</PASSAGE>`, `< passages`,
+# `<passage n="9">`. Its `<` is escaped, so a document can neither close the fence nor forge a header.
+_FENCE_TAG = re.compile(r"<(?=\s*/?\s*passages?\b)", re.IGNORECASE)
+
+
 def fence_passages(hits: Sequence[Hit], start: int = 1) -> str:
-    """The passages as a data block numbered from `start`. Closing tags inside documents are defanged so
-    they cannot end it."""
+    """The passages as a data block numbered from `start`. Fence tags inside documents are made inert
+    (`&lt;`), so they can neither end the block nor open a forged passage."""
     parts = []
     for n, h in enumerate(hits, start=start):
-        body = h.text.replace("</passage", "<\\/passage").replace("</passages", "<\\/passages")
+        body = _FENCE_TAG.sub("&lt;", h.text)
         parts.append(f'<passage n="{n}" path="{_attr(h.path)}">\n{body}\n</passage>')
     return "<passages>\n" + "\n".join(parts) + "\n</passages>"
 

@@ -3,6 +3,9 @@
 `embed_with_cache` is the only way the worker embeds: it looks every text up in the content-addressed
 cache, sorts what is missing by token length *across all documents of the batch* (padding to the longest
 text of a batch is the main hidden cost of embedding on a CPU), and embeds the rest in batches.
+
+Cache keys include the workspace: a tenant reuses only vectors of its own passages, so neither the
+`reused` counts of `GET /documents` nor the time an upload takes can tell it what another tenant indexed.
 """
 
 from __future__ import annotations
@@ -113,8 +116,9 @@ class SentenceTransformerEmbedder:
         return self._encode([text])[0].astype(np.float32).tolist()  # type: ignore[no-any-return]
 
 
-def text_key(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+def text_key(text: str, scope: str = "") -> str:
+    """The cache key of `text` embedded for `scope` (the workspace)."""
+    return hashlib.sha256(f"{scope}\x1f{text}".encode()).hexdigest()
 
 
 @dataclass(slots=True)
@@ -130,9 +134,11 @@ def embed_with_cache(
     texts: Sequence[str],
     token_counts: Sequence[int] | None = None,
     batch_size: int = 32,
+    scopes: Sequence[str] | None = None,
 ) -> tuple[list[list[float]], EmbeddingStats]:
-    """Vectors for `texts` in input order, reusing cached ones; the rest embedded sorted by length."""
-    keys = [text_key(t) for t in texts]
+    """Vectors for `texts` in input order, reusing cached ones of the same scope (workspace, one per text);
+    the rest embedded sorted by length."""
+    keys = [text_key(t, scopes[i] if scopes is not None else "") for i, t in enumerate(texts)]
     found = cache.get_many(embedder.model_id, list(dict.fromkeys(keys))) if cache is not None else {}
     stats = EmbeddingStats(cached=[k in found for k in keys])
     missing: dict[str, int] = {}  # key -> index of first text with it
@@ -162,7 +168,7 @@ def embed_with_cache(
 
 
 class SqliteEmbeddingCache:
-    """The embedded cache: float32 blobs keyed by (model id, sha256 of the text)."""
+    """The embedded cache: float32 blobs keyed by (model id, sha256 of the workspace and the text)."""
 
     def __init__(self, path: Path | str) -> None:
         path = str(path)

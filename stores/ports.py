@@ -13,7 +13,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
-from stores.events import EventStatus, FileEvent
+from stores.events import EventKey, EventStatus, FileEvent
 
 
 class DocumentStatus(StrEnum):
@@ -39,6 +39,10 @@ class EventRecord:
     def event_id(self) -> str:
         return self.event.event_id
 
+    @property
+    def key(self) -> EventKey:
+        return self.event.key
+
 
 @dataclass(slots=True)
 class DocumentRecord:
@@ -63,30 +67,42 @@ class DocumentRecord:
 class Job:
     """A queued unit of work: apply one event. `receipt` is the adapter's handle for ack/release."""
 
+    workspace: str
     event_id: str
     group_key: str
     receive_count: int
     receipt: str
 
+    @property
+    def key(self) -> EventKey:
+        return EventKey(self.workspace, self.event_id)
+
 
 @runtime_checkable
 class StateStore(Protocol):
-    """Durable state: events (deduplicated by id), the document registry, conversation sessions.
+    """Durable state: events (deduplicated by workspace and event id), the document registry.
 
-    - `add_event` is idempotent on `event_id`: it returns the stored record and whether it was new. An
-      existing record is returned unchanged, whatever the new payload says.
-    - `switch_document` replaces a document's record in one atomic write: it is the step that makes a new
-      revision searchable (or removes a file), so it must never be partially visible.
+    - Events are keyed by (workspace, event id): the same `webhook-id` in two workspaces is two events.
+    - `add_event` is idempotent on the key: it returns the stored record and whether it was new. An existing
+      record is returned unchanged, whatever the new payload says, except that a `rejected` record is
+      replaced by a valid event (a refused delivery never swallows a later valid one with the same id).
+    - `switch_document` is the compare-and-set that makes a revision searchable (or removes a file): one
+      atomic write, applied only if the stored position is older than or equal to the record's (or absent,
+      or written before the current order rule); returns whether it was applied. A stale writer can never
+      replace newer work, whatever the timing.
+    - `note_document_error` marks the document failed only if the failing event's position (when given) is
+      newer than the applied one.
     - `active_revisions` is what searches trust: a point is visible only if its revision is the one
       recorded here for its file.
     """
 
     def add_event(self, event: FileEvent, status: EventStatus) -> tuple[EventRecord, bool]: ...
 
-    def get_event(self, event_id: str) -> EventRecord | None: ...
+    def get_event(self, workspace: str, event_id: str) -> EventRecord | None: ...
 
     def set_event_status(
         self,
+        workspace: str,
         event_id: str,
         status: EventStatus,
         *,
@@ -104,10 +120,14 @@ class StateStore(Protocol):
         limit: int = 100,
     ) -> list[EventRecord]: ...
 
+    def events_with_status(self, status: EventStatus, limit: int = 1000) -> list[EventRecord]:
+        """Events of every workspace with `status`, oldest first (the sweep of `received` events)."""
+        ...
+
     def purge_events(self, older_than: datetime) -> int: ...
 
-    def reset_for_retry(self, event_id: str, *, confirmed: bool = False) -> EventRecord:
-        """Back to `queued` with a fresh attempt budget (on-demand retry, confirmed held delete)."""
+    def reset_for_retry(self, workspace: str, event_id: str, *, confirmed: bool = False) -> EventRecord:
+        """Back to `queued` with a fresh attempt budget (on-demand retry, confirmed held delete, repair)."""
         ...
 
     def count_recent_deletes(self, workspace: str, since: datetime) -> int:
@@ -122,9 +142,11 @@ class StateStore(Protocol):
 
     def count_documents(self, workspace: str, status: DocumentStatus) -> int: ...
 
-    def switch_document(self, record: DocumentRecord) -> None: ...
+    def switch_document(self, record: DocumentRecord) -> bool: ...
 
-    def note_document_error(self, workspace: str, file_id: str, path: str, error: str) -> None: ...
+    def note_document_error(
+        self, workspace: str, file_id: str, path: str, error: str, *, position: str | None = None
+    ) -> None: ...
 
     def active_revisions(self, workspace: str, file_ids: Sequence[str]) -> dict[str, str]: ...
 
@@ -137,15 +159,19 @@ class StateStore(Protocol):
 class JobQueue(Protocol):
     """At-least-once delivery of jobs, FIFO within a group, one job in flight per group.
 
-    - `enqueue` is deduplicated on `event_id` while the job is queued or in flight.
+    - A job is one event, named by its `EventKey` (workspace, event id).
+    - `enqueue` is deduplicated on the key while the job is queued or in flight.
     - `claim` returns at most `limit` jobs, never two of one group, never a group whose head job is in
       flight or delayed; a claimed job is invisible for `lease_seconds`, then delivered again unless acked.
+    - A lease belongs to the consumer that claimed it: only that consumer's receipt acks or releases it, and
+      `release_dead_leases` (run at start-up) gives back only leases whose consumer is gone, never those of
+      another live process sharing the queue.
     - `release` makes a claimed job visible again after `delay_seconds` (backoff), keeping its place.
     """
 
-    def enqueue(self, event_id: str, group_key: str) -> None: ...
+    def enqueue(self, key: EventKey, group_key: str) -> None: ...
 
-    def requeue(self, event_id: str, group_key: str) -> None:
+    def requeue(self, key: EventKey, group_key: str) -> None:
         """Queue an event again on purpose (on-demand retry, a confirmed held delete, a repair): unlike
         `enqueue`, never swallowed by the deduplication of an earlier enqueue of the same event."""
         ...
@@ -155,6 +181,10 @@ class JobQueue(Protocol):
     def ack(self, job: Job) -> None: ...
 
     def release(self, job: Job, delay_seconds: float) -> None: ...
+
+    def release_dead_leases(self) -> int:
+        """Make jobs leased by consumers that no longer run claimable again; returns how many."""
+        ...
 
     def pending(self) -> int: ...
 
@@ -186,7 +216,10 @@ class Embedder(Protocol):
 
 
 class EmbeddingCache(Protocol):
-    """Content-addressed vectors: key = (model id, sha256 of the exact text embedded)."""
+    """Content-addressed vectors: key = (model id, sha256 of the workspace and the exact text embedded).
+
+    The workspace is part of the key so that one tenant can never observe (by `reused` counts or timing)
+    whether another has indexed a passage."""
 
     def get_many(self, model_id: str, keys: Sequence[str]) -> dict[str, list[float]]: ...
 
@@ -277,7 +310,10 @@ class VectorIndex(Protocol):
       changes nothing.
     - `ensure_ready` creates the collection if missing and raises `EmbeddingModelMismatchError` when it was
       filled by another model.
-    - `delete_file` removes a file's points except those of `keep_revision`.
+    - `delete_file` removes a file's points except those of `keep_revision`; `delete_revisions` removes
+      exactly the points of the given revisions (what the worker and reconcile use: a revision being
+      written by a newer event is never touched).
+    - `file_revisions` counts a file's points per revision.
     - `search` never returns points of another workspace; it does not know which revision is active (the
       state store does), so callers filter hits by `StateStore.active_revisions`.
     """
@@ -287,6 +323,10 @@ class VectorIndex(Protocol):
     def upsert(self, points: Sequence[IndexPoint]) -> None: ...
 
     def delete_file(self, workspace: str, file_id: str, keep_revision: str | None = None) -> None: ...
+
+    def delete_revisions(self, workspace: str, file_id: str, revisions: Sequence[str]) -> None: ...
+
+    def file_revisions(self, workspace: str, file_id: str) -> dict[str, int]: ...
 
     def search(
         self,

@@ -40,6 +40,32 @@ def _match(key: str, value: Any) -> models.FieldCondition:
     return models.FieldCondition(key=key, match=models.MatchValue(value=value))
 
 
+def _equals(key: str, value: Any) -> models.FieldCondition:
+    """Equality for any JSON scalar. Qdrant matches keywords, integers and booleans exactly but has no exact
+    match for floats: a float is the range [v, v] (which also matches an integer payload equal to it)."""
+    if isinstance(value, float):
+        return models.FieldCondition(key=key, range=models.Range(gte=value, lte=value))
+    return _match(key, value)
+
+
+def _any_of(key: str, values: Sequence[Any]) -> models.Filter | models.FieldCondition:
+    """Any of a list of scalars. `MatchAny` takes only all-string or all-integer lists, so the values are
+    grouped by type (booleans apart: in Python `True` is also an integer) and the groups OR-ed."""
+    strings = [v for v in values if isinstance(v, str)]
+    integers = [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
+    others = [v for v in values if isinstance(v, bool | float)]
+    should: list[Any] = []
+    if strings:
+        should.append(models.FieldCondition(key=key, match=models.MatchAny(any=strings)))
+    if integers:
+        should.append(models.FieldCondition(key=key, match=models.MatchAny(any=integers)))
+    should.extend(_equals(key, v) for v in dict.fromkeys(others))
+    if len(should) == 1:
+        return should[0]
+    # An empty list matches nothing: a `should` with no conditions would match everything.
+    return models.Filter(should=should) if should else models.Filter(must=[_match("file_id", "\x00none")])
+
+
 class QdrantIndex:
     def __init__(self, client: QdrantClient, collection: str = "eventrag", *, local: bool | None = None) -> None:
         self.client = client
@@ -144,23 +170,36 @@ class QdrantIndex:
         with self._guard():
             self.client.delete(self.collection, points_selector=models.FilterSelector(filter=flt), wait=True)
 
+    def delete_revisions(self, workspace: str, file_id: str, revisions: Sequence[str]) -> None:
+        if not revisions:
+            return
+        flt = models.Filter(
+            must=[
+                _match("workspace", workspace),
+                _match("file_id", file_id),
+                models.FieldCondition(key="revision", match=models.MatchAny(any=list(revisions))),
+            ]
+        )
+        with self._guard():
+            self.client.delete(self.collection, points_selector=models.FilterSelector(filter=flt), wait=True)
+
     # reads --------------------------------------------------------------------------------------------
     def _filter(self, workspace: str, flt: SearchFilter | None) -> models.Filter:
         must: list[Any] = [_match("workspace", workspace)]
         if flt is not None:
             if flt.file_ids:
                 must.append(models.FieldCondition(key="file_id", match=models.MatchAny(any=list(flt.file_ids))))
-            if flt.path_prefix:
-                prefix = flt.path_prefix.strip("/")
+            prefix = (flt.path_prefix or "").strip("/")
+            if prefix:  # "" and "/" mean the whole workspace
                 must.append(models.Filter(should=[_match("path_dirs", prefix + "/"), _match("path", prefix)]))
             if flt.content_types:
                 must.append(
                     models.FieldCondition(key="content_type", match=models.MatchAny(any=list(flt.content_types)))
                 )
             for key, value in flt.metadata_equals:
-                must.append(_match(f"metadata.{key}", value))
+                must.append(_equals(f"metadata.{key}", value))
             for key, values in flt.metadata_any:
-                must.append(models.FieldCondition(key=f"metadata.{key}", match=models.MatchAny(any=list(values))))
+                must.append(_any_of(f"metadata.{key}", list(values)))
             if flt.revisions:
                 must.append(
                     models.Filter(
@@ -275,6 +314,14 @@ class QdrantIndex:
         )
         hits = [self._hit(str(r.id), 0.0, r.payload or {}) for r in self._scroll(flt, True)]
         return sorted(hits, key=lambda h: h.chunk_index)
+
+    def file_revisions(self, workspace: str, file_id: str) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        flt = models.Filter(must=[_match("workspace", workspace), _match("file_id", file_id)])
+        for r in self._scroll(flt, ["revision"]):
+            revision = (r.payload or {})["revision"]
+            counts[revision] = counts.get(revision, 0) + 1
+        return counts
 
     def revision_counts(self, workspace: str) -> dict[tuple[str, str], int]:
         counts: dict[tuple[str, str], int] = {}

@@ -2,10 +2,12 @@
 
 - Message group = the event's `group_key` (workspace/file id): SQS hands out a group's messages in order and
   none while one is in flight, which is the `JobQueue` contract's "one job in flight per group".
-- Deduplication id = sha256 of the event id, so a webhook stored twice is queued once (SQS remembers the id
-  for 5 minutes). SQS limits both ids to 128 characters of printable ASCII; event ids may be longer or
-  anything, hence the hash, and a group key that does not fit is hashed too.
-- The message body is `{"event_id": ...}`: the event itself stays in the state store.
+- Deduplication id = sha256 of the event key (workspace and event id), so a webhook stored twice is queued
+  once (SQS remembers the id for 5 minutes). SQS limits both ids to 128 characters of printable ASCII;
+  event ids may be longer or anything, hence the hash, and a group key that does not fit is hashed too.
+- The message body is `{"workspace": ..., "event_id": ...}`: the event itself stays in the state store.
+- A lease is the message's visibility timeout, held through its receipt handle: only the consumer that
+  received it can delete it or change it, and nothing at another consumer's start-up gives it back.
 
 In Lambda the event source mapping receives and deletes messages; `claim`/`ack`/`release` serve a polling
 worker and the tests. `redrive` moves dead-lettered messages back (`eventrag redrive`).
@@ -27,6 +29,7 @@ from typing import Any, Protocol
 
 from botocore.exceptions import ClientError
 
+from stores.events import EventKey
 from stores.ports import Job
 
 log = logging.getLogger(__name__)
@@ -46,8 +49,25 @@ class SqsSettings(Protocol):
     sqs_dlq_url: str | None
 
 
-def deduplication_id(event_id: str) -> str:
-    return hashlib.sha256(event_id.encode("utf-8")).hexdigest()
+def deduplication_id(key: EventKey | str) -> str:
+    text = f"{key.workspace}\n{key.event_id}" if isinstance(key, EventKey) else key
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def message_body(key: EventKey) -> str:
+    return json.dumps({"workspace": key.workspace, "event_id": key.event_id})
+
+
+def parse_message_body(body: str) -> EventKey | None:
+    """The event key a message names; None for a body that names none (it ends in the dead-letter queue)."""
+    try:
+        doc = json.loads(body)
+        workspace, event_id = doc["workspace"], doc["event_id"]
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not isinstance(workspace, str) or not isinstance(event_id, str) or not workspace or not event_id:
+        return None
+    return EventKey(workspace, event_id)
 
 
 def message_group_id(group_key: str) -> str:
@@ -94,18 +114,22 @@ class SqsJobQueue:
         return cls(client, settings.sqs_queue_url, dead_letter_url=settings.sqs_dlq_url)
 
     # the JobQueue port ----------------------------------------------------------------------------------
-    def enqueue(self, event_id: str, group_key: str) -> None:
-        self._send(self.queue_url, event_id, message_group_id(group_key), deduplication_id(event_id))
+    def enqueue(self, key: EventKey, group_key: str) -> None:
+        self._send(self.queue_url, message_body(key), message_group_id(group_key), deduplication_id(key))
 
-    def requeue(self, event_id: str, group_key: str) -> None:
+    def requeue(self, key: EventKey, group_key: str) -> None:
         # SQS drops a repeated deduplication id for 5 minutes: a deliberate re-queue needs a fresh one.
-        fresh = deduplication_id(f"{event_id}#requeue#{time.time_ns()}")
-        self._send(self.queue_url, event_id, message_group_id(group_key), fresh)
+        fresh = deduplication_id(f"{key}#requeue#{time.time_ns()}")
+        self._send(self.queue_url, message_body(key), message_group_id(group_key), fresh)
 
-    def _send(self, queue_url: str, event_id: str, group_id: str, dedupe_id: str) -> None:
+    def release_dead_leases(self) -> int:
+        """Nothing to give back: a dead consumer's messages become visible when their timeout ends."""
+        return 0
+
+    def _send(self, queue_url: str, body: str, group_id: str, dedupe_id: str) -> None:
         self.client.send_message(
             QueueUrl=queue_url,
-            MessageBody=json.dumps({"event_id": event_id}),
+            MessageBody=body,
             MessageGroupId=group_id,
             MessageDeduplicationId=dedupe_id,
         )
@@ -124,13 +148,13 @@ class SqsJobQueue:
     @staticmethod
     def _job(message: dict[str, Any]) -> Job:
         attributes = message.get("Attributes", {})
-        try:
-            event_id = str(json.loads(message["Body"])["event_id"])
-        except (KeyError, TypeError, ValueError):
-            event_id = ""  # unreadable: the caller's worker reports it unknown; it ends in the DLQ
-            log.error("queue message %s has no event id: %.200r", message.get("MessageId"), message.get("Body"))
+        key = parse_message_body(str(message.get("Body", "")))
+        if key is None:  # unreadable: left in flight, it ends in the DLQ
+            log.error("queue message %s names no event: %.200r", message.get("MessageId"), message.get("Body"))
+            key = EventKey("", "")
         return Job(
-            event_id=event_id,
+            workspace=key.workspace,
+            event_id=key.event_id,
             group_key=attributes.get("MessageGroupId", ""),
             receive_count=int(attributes.get("ApproximateReceiveCount", "1")),
             receipt=message["ReceiptHandle"],
@@ -225,13 +249,13 @@ class SqsJobQueue:
         self,
         max_messages: int,
         *,
-        prepare: Callable[[str], None] | None = None,
+        prepare: Callable[[EventKey], None] | None = None,
         wait_seconds: int = 1,
         lease_seconds: int = 60,
     ) -> int:
         """Move up to `max_messages` messages from the dead-letter queue back to the queue; returns how many.
 
-        For each message: `prepare(event_id)` (the CLI resets the event's attempts), then a send to the
+        For each message: `prepare(key)` (the CLI resets the event's attempts), then a send to the
         queue with the same group and a new deduplication id (the original one may still be remembered),
         then the delete from the dead-letter queue. A crash in between leaves the message in both queues,
         which the worker tolerates (the second delivery finds the event settled). A message without an
@@ -253,11 +277,12 @@ class SqsJobQueue:
                 if not job.event_id:
                     continue
                 if prepare is not None:
-                    prepare(job.event_id)
+                    prepare(job.key)
                 # Keyed on the dead-lettered message, so re-running a redrive that died after this send
                 # does not queue the event twice (within SQS's 5-minute deduplication window).
-                fresh = deduplication_id(f"redrive:{message['MessageId']}:{job.event_id}")
-                self._send(self.queue_url, job.event_id, job.group_key or message_group_id(job.event_id), fresh)
+                fresh = deduplication_id(f"redrive:{message['MessageId']}:{job.key}")
+                group = job.group_key or message_group_id(str(job.key))
+                self._send(self.queue_url, message_body(job.key), group, fresh)
                 self.client.delete_message(QueueUrl=self.dead_letter_url, ReceiptHandle=job.receipt)
                 moved += 1
         return moved

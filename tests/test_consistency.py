@@ -63,16 +63,20 @@ def test_duplicate_while_queued_returns_the_original(h: Harness) -> None:
 
 
 def test_sequencer_and_timestamp_order_events_without_versions(h: Harness) -> None:
-    # S3 sequencers are hex numbers: 0C0F... is a later change than 0A0F...2, although shorter-looking.
-    newer = h.post_event(file_event("updated", "s3obj", content=doc("gamma", 2), sequencer="C0F6F405D6ED209E1"))
-    older = h.post_event(file_event("created", "s3obj", content=doc("gamma", 1), sequencer="0A0F6F405D6ED209E2"))
+    from datetime import UTC, datetime, timedelta
+
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    # Two updates of the same instant: S3's sequencer decides (compared as S3 documents it: right-padded).
+    newer = h.post_event(
+        file_event("updated", "s3obj", content=doc("gamma", 2), sequencer="C0F6F405D6ED209E1", timestamp=t0)
+    )
+    older = h.post_event(
+        file_event("updated", "s3obj", content=doc("gamma", 1), sequencer="0A0F6F405D6ED209E2", timestamp=t0)
+    )
     h.drain()
     assert status(h, newer.json()["event_id"]) == "done"
     assert status(h, older.json()["event_id"]) == "superseded"
 
-    from datetime import UTC, datetime, timedelta
-
-    t0 = datetime(2026, 1, 1, tzinfo=UTC)
     late = h.post_event(file_event("updated", "plain", content=doc("zeta", 2), timestamp=t0 + timedelta(seconds=5)))
     early = h.post_event(file_event("created", "plain", content=doc("zeta", 1), timestamp=t0))
     h.drain()

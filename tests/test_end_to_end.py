@@ -201,10 +201,10 @@ def test_bad_input_is_refused_with_reasons_and_leaves_no_trace(harness: Harness)
 
 def test_source_root_reads_files_and_refuses_traversal(make_harness, tmp_path) -> None:  # type: ignore[no-untyped-def]
     root = tmp_path / "files"
-    (root / "handbook").mkdir(parents=True)
-    (root / "handbook" / "travel.md").write_text(EXPENSES)
-    (tmp_path / "outside.md").write_text("secret outside the root")
-    h = make_harness(source_root=root)
+    (root / "acme" / "handbook").mkdir(parents=True)
+    (root / "acme" / "handbook" / "travel.md").write_text(EXPENSES)
+    (root / "outside.md").write_text("secret outside the root")
+    h = make_harness(source_root=str(root / "{workspace}"))
     r = h.post_event(file_event("created", "t", path="handbook/travel.md", version=1))
     assert r.status_code == 202, r.text
     r = h.post_event(file_event("created", "o", path="../outside.md", version=1))
@@ -225,7 +225,9 @@ def test_html_hidden_text_never_reaches_the_index(harness: Harness) -> None:
         file_event("created", "office", path="guide.html", content=html, content_type="text/html", version=1)
     )
     harness.drain()
-    texts = [h.text for h in harness.container.index.file_chunks("acme", "office", "v:" + "1".rjust(20, "0"))]
+    doc = harness.container.state.get_document("acme", "office")
+    assert doc is not None and doc.revision is not None
+    texts = [h.text for h in harness.container.index.file_chunks("acme", "office", doc.revision)]
     joined = " ".join(texts)
     assert "office opens at 8 am" in joined
     assert "launch codes" not in joined and "Ignore previous" not in joined

@@ -86,7 +86,7 @@ def test_ingest_handler_runs_the_same_worker(lambda_app: Harness, make_harness: 
     r = lambda_app.post_event(file_event("created", "doc-1", content="The VPN requires two-factor login.", version=1))
     event_id = r.json()["event_id"]
     sqs = json.loads((EVENTS / "sqs_batch.json").read_text())
-    sqs["Records"][0]["body"] = json.dumps({"event_id": event_id})
+    sqs["Records"][0]["body"] = json.dumps({"workspace": "acme", "event_id": event_id})
     bad = copy.deepcopy(sqs["Records"][0])
     bad["messageId"] = "poison-1"
     bad["body"] = "not json"

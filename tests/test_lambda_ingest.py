@@ -150,14 +150,14 @@ def test_webhook_only_enqueues_and_the_queue_handler_indexes(deployment: Deploym
     event_id = d.post_webhook(file_event("created", "leave", content=text, version=1))["event_id"]
 
     # The route stored and queued the event, and did nothing else.
-    item = d.dynamodb.get_item(TableName=d.stack.events_table, Key={"event_id": {"S": event_id}})["Item"]
+    item = d.dynamodb.get_item(TableName=d.stack.events_table, Key={"workspace": {"S": "acme"}, "event_id": {"S": event_id}})["Item"]
     assert (item["status"]["S"], item["group_key"]["S"]) == ("queued", "acme/leave")
     assert d.source.count(d.stack.queue_url) == 1
     assert d.container.index.revision_counts("acme") == {}
 
     batch = d.source.batch()
     (record,) = batch["Records"]
-    assert json.loads(record["body"]) == {"event_id": event_id}
+    assert json.loads(record["body"]) == {"workspace": "acme", "event_id": event_id}
     assert record["attributes"]["MessageGroupId"] == "acme/leave"
     assert d.source.invoke(batch) == set()
 
@@ -226,7 +226,7 @@ def test_failures_are_reported_dead_lettered_and_redriven(
     assert result.exit_code == 0, result.output
     assert "moved 1 message(s)" in result.output and failing in result.output
     assert d.source.count(d.stack.dead_letter_url) == 1  # the unreadable message stays for a human
-    rec = d.container.state.get_event(failing)
+    rec = d.container.state.get_event("acme", failing)
     assert rec is not None and (rec.status.value, rec.attempts) == ("queued", 0)
 
     assert d.source.invoke(d.source.batch()) == set()

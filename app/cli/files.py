@@ -69,8 +69,8 @@ def ingest(
     if server_up(server):
         _ingestvia_server(files, base, workspace, server, settings)
         return
+    from ingest.receiver import record_and_enqueue
     from ingest.webhook_body import build_event, parse_webhook_body
-    from stores.events import EventStatus
 
     c = open_container(settings)
     try:
@@ -79,10 +79,7 @@ def ingest(
             for f in files:
                 event_id, body = _file_event_body(f, base, workspace)
                 event = build_event(event_id, workspace, parse_webhook_body(json.dumps(body).encode()))
-                rec, created = c.state.add_event(event, EventStatus.RECEIVED)
-                if created or rec.status is EventStatus.RECEIVED:
-                    c.queue.enqueue(event.event_id, event.group_key)
-                    c.state.set_event_status(event.event_id, EventStatus.QUEUED)
+                record_and_enqueue(event, state=c.state, queue=c.queue)
                 progress.advance(task)
             progress.update(task, description="indexing", completed=0, total=c.queue.pending())
             assert c.loop is not None

@@ -59,6 +59,7 @@ def ask(
 @app.command("retry")
 def retry(
     event_id: Annotated[str, typer.Argument(help="id of a failed event")],
+    workspace: Annotated[str, typer.Option(help="workspace of the event (local mode)")] = "default",
     server: ServerOpt = "http://127.0.0.1:8000",
     api_key: KeyOpt = None,
     data_dir: DataDirOpt = None,
@@ -72,7 +73,7 @@ def retry(
 
     c = open_container(load_settings(data_dir))
     try:
-        rec = c.state.get_event(event_id)
+        rec = c.state.get_event(workspace, event_id)
         if rec is None or rec.status is not EventStatus.FAILED:
             state = "unknown" if rec is None else rec.status.value
             typer.secho(f"event {event_id!r} is {state}, not failed", fg="red", err=True)
@@ -80,7 +81,7 @@ def retry(
         retry_failed(c, rec)
         assert c.loop is not None
         c.loop.drain()
-        after = c.state.get_event(event_id)
+        after = c.state.get_event(workspace, event_id)
         typer.echo(f"event {event_id} retried: {after.status.value if after else 'unknown'}")
     finally:
         c.close()

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from app.cli.common import DataDirOpt, app, is_loopback, load_settings, open_container
+from stores.events import EventKey
 
 
 @app.command()
@@ -85,15 +86,15 @@ def redrive(
     state, queue = build_state_and_queue(settings)
     assert isinstance(queue, SqsJobQueue)
 
-    def reset(event_id: str) -> None:
-        rec = state.get_event(event_id)
+    def reset(key: EventKey) -> None:
+        rec = state.get_event(key.workspace, key.event_id)
         if rec is None:
-            typer.secho(f"  {event_id}: no longer in the state store; the worker will drop it", fg="yellow")
+            typer.secho(f"  {key}: no longer in the state store; the worker will drop it", fg="yellow")
         elif rec.status in (EventStatus.DONE, EventStatus.SUPERSEDED):
-            typer.echo(f"  {event_id}: already {rec.status.value}")
+            typer.echo(f"  {key}: already {rec.status.value}")
         else:
-            state.reset_for_retry(event_id)
-            typer.echo(f"  {event_id}: {rec.event.path} (was {rec.status.value}: {rec.error or 'no error recorded'})")
+            state.reset_for_retry(key.workspace, key.event_id)
+            typer.echo(f"  {key}: {rec.event.path} (was {rec.status.value}: {rec.error or 'no error recorded'})")
 
     try:
         moved = queue.redrive(max_messages, prepare=reset)

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from app.evaluation.metrics import RetrievalScores, score_run
 from ingest.worker import WorkerLoop
 from retrieval.search import Searcher, SearchRequest
-from stores.events import EventStatus, EventType, FileEvent, position_key
+from stores.events import EventStatus, EventType, FileEvent
 from stores.ports import JobQueue, SearchMode, StateStore
 
 if TYPE_CHECKING:
@@ -203,7 +203,6 @@ def document_event(doc: BeirDocument, workspace: str = EVAL_WORKSPACE, received:
         type=EventType.CREATED,
         file_id=doc.doc_id,
         path=f"{doc.doc_id}.md",
-        position=position_key(version=1, sequencer=None, timestamp=stamp),
         timestamp=stamp,
         version=1,
         content_type="text/markdown",
@@ -233,18 +232,17 @@ def index_corpus(
     docs = list(documents)
     if store.loop is None:
         raise EvaluationError("the evaluation needs the local queue and its worker loop")
+    from ingest.receiver import record_and_enqueue
+
     received = datetime.now(UTC)
     for doc in docs:
-        event = document_event(doc, received=received)
-        store.state.add_event(event, EventStatus.RECEIVED)
-        store.queue.enqueue(event.event_id, event.group_key)
-        store.state.set_event_status(event.event_id, EventStatus.QUEUED)
+        record_and_enqueue(document_event(doc, received=received), state=store.state, queue=store.queue)
     with _task(progress, f"indexing {label}".strip(), len(docs)) as advance:
         while (claimed := store.loop.run_once()) > 0:
             advance(claimed)
     failed = []
     for doc in docs:
-        record = store.state.get_event(f"eval-{doc.doc_id}")
+        record = store.state.get_event(EVAL_WORKSPACE, f"eval-{doc.doc_id}")
         if record is None or record.status is not EventStatus.DONE:
             why = f"{record.status.value}: {record.error}" if record is not None else "missing"
             failed.append(f"{doc.doc_id} ({why})")

@@ -36,9 +36,9 @@ def event_out(rec: EventRecord) -> EventOut:
 
 
 def _own_event(container: ContainerDep, workspace: str, event_id: str) -> EventRecord:
-    rec = container.state.get_event(event_id)
-    # Another workspace's event is reported as missing: its existence is not ours to reveal.
-    if rec is None or rec.event.workspace != workspace:
+    # Events are keyed by (workspace, id): another workspace's event of the same id is simply not there.
+    rec = container.state.get_event(workspace, event_id)
+    if rec is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no event {event_id!r} in this workspace")
     return rec
 
@@ -76,8 +76,8 @@ def retry_event(event_id: str, workspace: Workspace, container: ContainerDep) ->
 
 def retry_failed(container: Container, rec: EventRecord, *, confirmed: bool = False) -> EventRecord:
     """Queue an event again with a fresh attempt budget (a failed event, or a held delete once confirmed)."""
-    out = container.state.reset_for_retry(rec.event_id, confirmed=confirmed)
-    container.queue.requeue(rec.event_id, rec.event.group_key)
+    out = container.state.reset_for_retry(rec.event.workspace, rec.event_id, confirmed=confirmed)
+    container.queue.requeue(rec.key, rec.event.group_key)
     if container.loop is not None:
         container.loop.notify()
     return out

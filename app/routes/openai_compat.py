@@ -13,7 +13,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.deps import ContainerDep, Workspace
 from app.routes.query import citations_out
+from app.schemas import MAX_QUESTION_CHARS, ErrorBody, Text
 from retrieval.agent import Ask
 from retrieval.answering import Answer
 from retrieval.llm import LLMError
@@ -30,19 +31,37 @@ router = APIRouter(prefix="/v1", tags=["openai-compatible"])
 
 MODEL_ID = "eventrag"
 
+# Bounds on what a client may send. The question (the last user message) has /query's limit; earlier turns
+# are the history, of which the agent keeps the newest that fit EVENTRAG_AGENT__HISTORY_TOKENS and at most
+# the turns a stored session keeps (EVENTRAG_AGENT__SESSION_MAX_TURNS).
+MAX_MESSAGES = 256
+MAX_MESSAGE_CHARS = 32_000
+MAX_CONTENT_PARTS = 64
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: Annotated[str, Field(max_length=64)] = "text"
+    text: Annotated[Text, Field(max_length=MAX_MESSAGE_CHARS)] | None = None
+
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    role: str
-    content: str | list[dict[str, Any]] | None = None
+    role: Annotated[str, Field(max_length=64)]
+    content: (
+        Annotated[Text, Field(max_length=MAX_MESSAGE_CHARS)]
+        | Annotated[list[ContentPart], Field(max_length=MAX_CONTENT_PARTS)]
+        | None
+    ) = None
 
 
 class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    model: str = MODEL_ID
-    messages: list[ChatMessage] = Field(min_length=1)
+    model: Annotated[str, Field(max_length=256)] = MODEL_ID
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     stream: bool = False
 
 
@@ -50,7 +69,7 @@ def _text(m: ChatMessage) -> str:
     if isinstance(m.content, str):
         return m.content
     if isinstance(m.content, list):
-        return " ".join(str(p.get("text", "")) for p in m.content if isinstance(p, dict))
+        return " ".join(p.text or "" for p in m.content)[:MAX_MESSAGE_CHARS]
     return ""
 
 
@@ -81,8 +100,12 @@ def list_models(workspace: Workspace) -> dict[str, Any]:
             "description": "A chat.completion object (or chat.completion.chunk events when streaming),"
             " with the extra field `citations`"
         },
-        400: {"description": "No user message to answer"},
-        401: {"description": "Missing or unknown API key"},
+        400: {
+            "description": "No user message to answer, or a question longer than /query allows"
+            " (an OpenAI-style `error` object)"
+        },
+        401: {"model": ErrorBody, "description": "Missing or unknown API key"},
+        422: {"model": ErrorBody, "description": "Too many messages, or a message too long"},
         502: {"description": "The language model failed"},
         503: {"description": "The language model is rate limited or unreachable"},
         504: {"description": "The language model timed out"},
@@ -93,9 +116,17 @@ def chat_completions(body: ChatRequest, workspace: Workspace, container: Contain
     turns = [m for m in body.messages if m.role in ("user", "assistant")]
     if not turns or turns[-1].role != "user" or not _text(turns[-1]).strip():
         return _error(400, "the last message must be a non-empty user message", "invalid_request_error")
-    history = tuple(Turn(m.role, _text(m)) for m in turns[:-1])
+    question = _text(turns[-1])
+    if len(question) > MAX_QUESTION_CHARS:
+        return _error(
+            400,
+            f"the question (the last user message) has {len(question)} characters; at most {MAX_QUESTION_CHARS}",
+            "invalid_request_error",
+        )
+    keep = container.settings.agent.session_max_turns
+    history = tuple(Turn(m.role, _text(m)) for m in turns[:-1][-keep:])
     s = container.settings
-    ask = Ask(workspace, _text(turns[-1]), top_k=s.top_k_default, mode=s.search_mode, history=history)
+    ask = Ask(workspace, question, top_k=s.top_k_default, mode=s.search_mode, history=history)
     created = int(time.time())
     cid = f"chatcmpl-{uuid.uuid4().hex}"
     if not body.stream:

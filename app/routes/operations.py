@@ -29,7 +29,7 @@ class HeldResult(BaseModel):
 
 class DiscrepancyOut(BaseModel):
     file_id: str
-    kind: str = Field(description="missing, incomplete, orphan or version_mismatch")
+    kind: str = Field(description="missing, incomplete, orphan, version_mismatch or unapplied")
     detail: str
     revision: str | None
     repaired: str | None
@@ -37,9 +37,10 @@ class DiscrepancyOut(BaseModel):
 
 class ReconcileOut(BaseModel):
     workspace: str
-    clean: bool
+    clean: bool = Field(description="nothing that affects search: no problems other than `unapplied` points")
     documents_checked: int
     points_checked: int
+    skipped_in_flight: int = Field(0, description="files left alone because an event of theirs is in flight")
     problems: list[DiscrepancyOut]
 
 
@@ -68,7 +69,9 @@ def discard_held(workspace: Workspace, container: ContainerDep, body: HeldSelect
     """Drop held deletes: the files stay indexed; the events are recorded as superseded."""
     out = [
         event_out(
-            container.state.set_event_status(r.event_id, EventStatus.SUPERSEDED, detail="discarded by an operator")
+            container.state.set_event_status(
+                workspace, r.event_id, EventStatus.SUPERSEDED, detail="discarded by an operator"
+            )
         )
         for r in _select(container, workspace, body)
     ]
@@ -90,6 +93,7 @@ def post_reconcile(
         clean=report.clean,
         documents_checked=report.documents_checked,
         points_checked=report.points_checked,
+        skipped_in_flight=report.skipped_in_flight,
         problems=[
             DiscrepancyOut(file_id=p.file_id, kind=p.kind, detail=p.detail, revision=p.revision, repaired=p.repaired)
             for p in report.problems

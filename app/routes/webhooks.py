@@ -33,17 +33,42 @@ async def _read_body(request: Request, limit: int) -> bytes:
         200: {"model": Accepted, "description": "A duplicate delivery: the original event, unchanged"},
         401: {"model": ErrorBody, "description": "Missing or bad signature headers, or a stale timestamp"},
         403: {"model": ErrorBody, "description": "The signing secret belongs to another workspace"},
-        409: {"model": ErrorBody, "description": "The webhook-id is already used by another workspace"},
         413: {"model": ErrorBody, "description": "The body is larger than EVENTRAG_MAX_BODY_BYTES"},
-        422: {"model": ErrorBody, "description": "Malformed JSON, unknown event type or invalid fields"},
+        422: {
+            "model": ErrorBody,
+            "description": "Malformed JSON, unknown event type, invalid or oversized fields, a timestamp in the future",
+        },
         503: {"model": ErrorBody, "description": "The event store or queue is unavailable; retry later"},
+    },
+    # The body is read raw (the signature covers its exact bytes); its schema is documented here and
+    # filled in from `ingest.webhook_body.WebhookBody` when the OpenAPI document is built (app.main).
+    openapi_extra={
+        "parameters": [
+            {
+                "name": name,
+                "in": "header",
+                "required": True,
+                "schema": {"type": "string"},
+                "description": description,
+            }
+            for name, description in (
+                ("webhook-id", "the event id: unique per event within a workspace; a repeat is a duplicate"),
+                ("webhook-timestamp", "integer seconds since the epoch; within EVENTRAG_WEBHOOK_TOLERANCE_SECONDS"),
+                ("webhook-signature", "`v1,<base64 HMAC-SHA256>` (Standard Webhooks); several, space-separated"),
+            )
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/WebhookBody"}}},
+        },
     },
 )
 async def post_webhook(request: Request, response: Response, container: ContainerDep) -> Accepted:
     """Receive a Standard Webhooks delivery about a file (created, updated, deleted).
 
     The event is committed to the state store before the 202, so a crash afterwards never loses it. The
-    `webhook-id` header is the event id: a repeated delivery returns the original event and changes nothing.
+    `webhook-id` header is the event id within the workspace: a repeated delivery returns the original event
+    and changes nothing (a delivery that was refused with a 4xx does not count: a later valid one is applied).
     """
     # The write path is imported on the first delivery, not with the app: a process that only answers
     # questions (the Lambda API function serving /query) never loads it.
@@ -58,6 +83,7 @@ async def post_webhook(request: Request, response: Response, container: Containe
         state=container.state,
         queue=container.queue,
         sources=container.sources,
+        limits=container.limits,
     )
     if container.loop is not None:
         container.loop.notify()

@@ -12,7 +12,18 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from stores.dynamodb.common import BATCH_GET_KEYS, DynamoTable, from_dynamo, seconds, serializer, to_dynamo, ts
+from botocore.exceptions import ClientError
+
+from stores.dynamodb.common import (
+    BATCH_GET_KEYS,
+    DynamoTable,
+    error_code,
+    from_dynamo,
+    seconds,
+    serializer,
+    to_dynamo,
+    ts,
+)
 from stores.ports import DocumentRecord, DocumentStatus
 
 
@@ -82,10 +93,27 @@ class DynamoDocuments(DynamoTable):
             for page in self._pages("query", **self._workspace_documents(workspace, status, Select="COUNT"))
         )
 
-    def switch_document(self, record: DocumentRecord) -> None:
-        """One PutItem replaces the whole record: DynamoDB applies a single-item write atomically."""
+    def switch_document(self, record: DocumentRecord) -> bool:
+        """One conditional PutItem replaces the whole record: DynamoDB applies a single-item write atomically,
+        and only over an older (or equal, absent, or legacy) position. DynamoDB compares strings by their
+        UTF-8 bytes, the order positions are written in; positions written before the current rule start
+        with a letter (>= "a") and are replaced by anything."""
+        if record.position is None:
+            raise ValueError("a switch needs the position of the event it applies")
+        try:
+            self._put_document(record)
+        except ClientError as exc:
+            if error_code(exc) == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    def _put_document(self, record: DocumentRecord) -> None:
         self.client.put_item(
             TableName=self.documents_table,
+            ConditionExpression="attribute_not_exists(#p) OR #p <= :p OR #p >= :legacy",
+            ExpressionAttributeNames={"#p": "position"},
+            ExpressionAttributeValues=to_dynamo({":p": record.position, ":legacy": "a"}),
             Item=to_dynamo(
                 {
                     "workspace": record.workspace,
@@ -107,9 +135,48 @@ class DynamoDocuments(DynamoTable):
             ),
         )
 
-    def note_document_error(self, workspace: str, file_id: str, path: str, error: str) -> None:
+    def note_document_error(
+        self, workspace: str, file_id: str, path: str, error: str, *, position: str | None = None
+    ) -> None:
         """Record that the latest event for a file failed, keeping whatever revision is active. One
-        UpdateItem: it creates the record when the file has none, like the SQLite store's insert."""
+        UpdateItem: it creates the record when the file has none, like the SQLite store's insert. With
+        `position`, only if no newer event has been applied meanwhile."""
+        extra: dict[str, Any] = {}
+        if position is not None:
+            extra = {
+                "ConditionExpression": "attribute_not_exists(#pos) OR #pos < :pos OR #pos >= :legacy",
+            }
+        try:
+            self._note_error(workspace, file_id, path, error, position, extra)
+        except ClientError as exc:
+            if error_code(exc) != "ConditionalCheckFailedException":
+                raise
+
+    def _note_error(
+        self, workspace: str, file_id: str, path: str, error: str, position: str | None, extra: dict[str, Any]
+    ) -> None:
+        names = {
+            "#s": "status",
+            "#e": "last_error",
+            "#u": "updated_at",
+            "#p": "path",
+            "#c": "chunk_count",
+            "#em": "embedded",
+            "#r": "reused",
+            "#m": "metadata",
+        }
+        values: dict[str, Any] = {
+            ":s": DocumentStatus.FAILED.value,
+            ":e": error,
+            ":u": seconds(time.time()),
+            ":p": path,
+            ":zero": 0,
+            ":m": "{}",
+        }
+        if position is not None:
+            names["#pos"] = "position"
+            values[":pos"] = position
+            values[":legacy"] = "a"
         self.client.update_item(
             TableName=self.documents_table,
             Key=to_dynamo({"workspace": workspace, "file_id": file_id}),
@@ -117,26 +184,9 @@ class DynamoDocuments(DynamoTable):
                 "SET #s = :s, #e = :e, #u = :u, #p = if_not_exists(#p, :p), #c = if_not_exists(#c, :zero),"
                 " #em = if_not_exists(#em, :zero), #r = if_not_exists(#r, :zero), #m = if_not_exists(#m, :m)"
             ),
-            ExpressionAttributeNames={
-                "#s": "status",
-                "#e": "last_error",
-                "#u": "updated_at",
-                "#p": "path",
-                "#c": "chunk_count",
-                "#em": "embedded",
-                "#r": "reused",
-                "#m": "metadata",
-            },
-            ExpressionAttributeValues=to_dynamo(
-                {
-                    ":s": DocumentStatus.FAILED.value,
-                    ":e": error,
-                    ":u": seconds(time.time()),
-                    ":p": path,
-                    ":zero": 0,
-                    ":m": "{}",
-                }
-            ),
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=to_dynamo(values),
+            **extra,
         )
 
     def active_revisions(self, workspace: str, file_ids: Sequence[str]) -> dict[str, str]:

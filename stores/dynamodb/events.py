@@ -1,10 +1,11 @@
-"""The events table: deliveries deduplicated by id, their status, attempts and detail.
+"""The events table: deliveries deduplicated by (workspace, event id), their status, attempts and detail.
 
-Key `event_id`: `workspace`, `file_id`, `group_key`, `status`, `kind`, `attempts`, `error`, `detail`,
-`confirmed`, `payload` (the `FileEvent` as JSON), `received_at` / `updated_at` (epoch seconds) and
-`expires_at` (the TTL attribute). Index `by_file` (group_key, received_at) lists a file's events,
-`by_status` (status, received_at) an event status. `get_event` reads strongly consistent; listings go
-through the indexes, which DynamoDB keeps eventually consistent.
+Key (`workspace`, `event_id`): one workspace's webhook ids never collide with another's. Attributes:
+`file_id`, `group_key`, `status`, `kind`, `attempts`, `error`, `detail`, `confirmed`, `payload` (the
+`FileEvent` as JSON), `received_at` / `updated_at` (epoch seconds) and `expires_at` (the TTL attribute).
+Index `by_file` (group_key, received_at) lists a file's events, `by_status` (status, received_at) an event
+status. `get_event` reads strongly consistent; listings go through the indexes, which DynamoDB keeps
+eventually consistent.
 """
 
 from __future__ import annotations
@@ -61,14 +62,26 @@ class DynamoEvents(DynamoTable):
             "updated_at": seconds(now),
             "expires_at": self._expiry(now) if status in TERMINAL_STATUSES else None,
         }
+        # A rejected delivery never swallows a later valid one with the same id: it is replaced.
+        condition = "attribute_not_exists(event_id)"
+        names: dict[str, str] = {}
+        condition_values: dict[str, Any] = {}
+        if status is not EventStatus.REJECTED:
+            condition += " OR #s = :rejected"
+            names["#s"] = "status"
+            condition_values[":rejected"] = serializer.serialize(EventStatus.REJECTED.value)
+        extra: dict[str, Any] = {"ExpressionAttributeNames": names} if names else {}
+        if condition_values:
+            extra["ExpressionAttributeValues"] = condition_values
         # Two tries: the item that made the put fail can expire (TTL) before it is read back.
         for _ in range(2):
             try:
                 self.client.put_item(
                     TableName=self.events_table,
                     Item=to_dynamo(values),
-                    ConditionExpression="attribute_not_exists(event_id)",
+                    ConditionExpression=condition,
                     ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                    **extra,
                 )
                 return self._event(values), True
             except ClientError as exc:
@@ -77,20 +90,28 @@ class DynamoEvents(DynamoTable):
                 existing = exc.response.get("Item")
                 if existing is not None:
                     return self._event(from_dynamo(existing)), False
-                record = self.get_event(event.event_id)
+                record = self.get_event(event.workspace, event.event_id)
                 if record is not None:
                     return record, False
         raise RuntimeError(f"event {event.event_id!r} neither stored nor readable")  # pragma: no cover
 
-    def get_event(self, event_id: str) -> EventRecord | None:
+    def get_event(self, workspace: str, event_id: str) -> EventRecord | None:
         resp = self.client.get_item(
-            TableName=self.events_table, Key=to_dynamo({"event_id": event_id}), ConsistentRead=True
+            TableName=self.events_table,
+            Key=to_dynamo({"workspace": workspace, "event_id": event_id}),
+            ConsistentRead=True,
         )
         item = resp.get("Item")
         return self._event(from_dynamo(item)) if item else None
 
     def _update_event(
-        self, event_id: str, sets: dict[str, Any], *, remove: Sequence[str] = (), add_attempts: int = 0
+        self,
+        workspace: str,
+        event_id: str,
+        sets: dict[str, Any],
+        *,
+        remove: Sequence[str] = (),
+        add_attempts: int = 0,
     ) -> EventRecord:
         names = {f"#{i}": name for i, name in enumerate([*sets, *remove])}
         by_name = {name: key for key, name in names.items()}
@@ -107,7 +128,7 @@ class DynamoEvents(DynamoTable):
         try:
             resp = self.client.update_item(
                 TableName=self.events_table,
-                Key=to_dynamo({"event_id": event_id}),
+                Key=to_dynamo({"workspace": workspace, "event_id": event_id}),
                 UpdateExpression=expression,
                 ConditionExpression="attribute_exists(#key)",
                 ExpressionAttributeNames=names,
@@ -122,6 +143,7 @@ class DynamoEvents(DynamoTable):
 
     def set_event_status(
         self,
+        workspace: str,
         event_id: str,
         status: EventStatus,
         *,
@@ -141,14 +163,14 @@ class DynamoEvents(DynamoTable):
             sets["expires_at"] = self._expiry(now)
         else:
             remove.append("expires_at")
-        return self._update_event(event_id, sets, remove=remove, add_attempts=1 if count_attempt else 0)
+        return self._update_event(workspace, event_id, sets, remove=remove, add_attempts=1 if count_attempt else 0)
 
-    def reset_for_retry(self, event_id: str, *, confirmed: bool = False) -> EventRecord:
+    def reset_for_retry(self, workspace: str, event_id: str, *, confirmed: bool = False) -> EventRecord:
         """Back to `queued` with a fresh attempt budget; `confirmed` only ever turns on."""
         sets: dict[str, Any] = {"status": EventStatus.QUEUED.value, "attempts": 0, "updated_at": seconds(time.time())}
         if confirmed:
             sets["confirmed"] = True
-        return self._update_event(event_id, sets, remove=["expires_at"])
+        return self._update_event(workspace, event_id, sets, remove=["expires_at"])
 
     def count_recent_deletes(self, workspace: str, since: datetime) -> int:
         """Delete events of the workspace applied (`done`) since `since`.
@@ -181,7 +203,8 @@ class DynamoEvents(DynamoTable):
     def list_events(
         self, workspace: str, *, status: EventStatus | None = None, file_id: str | None = None, limit: int = 100
     ) -> list[EventRecord]:
-        """Newest first. A file's events come from `by_file`, a status from `by_status`; the rest is a scan."""
+        """Newest first. A file's events come from `by_file`, a status from `by_status`, the rest from the
+        workspace's partition of the table."""
         names: dict[str, str] = {}
         values: dict[str, Any] = {}
         filters: list[str] = []
@@ -204,22 +227,21 @@ class DynamoEvents(DynamoTable):
             names["#w"], values[":w"] = "workspace", workspace
             operation = "query"
         else:
-            # No index has the workspace alone as its key; IAM grants Scan for this listing.
-            kwargs, operation = {}, "scan"
-            filters.append("#w = :w")
+            # The table's partition key is the workspace; the partition is sorted by event id, not by time.
+            kwargs, operation = {"KeyConditionExpression": "#w = :w"}, "query_unordered"
             names["#w"], values[":w"] = "workspace", workspace
         if filters:
             kwargs["FilterExpression"] = " AND ".join(filters)
         found: list[dict[str, Any]] = []
         for item in self._items(
-            operation,
+            "query",
             TableName=self.events_table,
             ExpressionAttributeNames=names,
             ExpressionAttributeValues=to_dynamo(values),
             **kwargs,
         ):
             found.append(item)
-            # A query returns newest first, so it can stop; a scan is unordered and must read everything.
+            # An index query returns newest first, so it can stop; the partition is unordered and read whole.
             if operation == "query" and len(found) >= limit:
                 break
         found.sort(key=lambda v: (-float(v["received_at"]), v["event_id"]))

@@ -3,12 +3,13 @@
 The tables are the ones `serverless.yml` defines (its `resources` section is the schema; the tests create
 their moto tables from it):
 
-- events, key `event_id`: `workspace`, `file_id`, `group_key`, `status`, `kind`, `attempts`, `error`,
+- events, key (`workspace`, `event_id`): `file_id`, `group_key`, `status`, `kind`, `attempts`, `error`,
   `detail`, `confirmed`, `payload` (the `FileEvent` as JSON), `received_at` / `updated_at` (epoch seconds)
   and `expires_at` (the TTL attribute). Index `by_file` (group_key, received_at) lists a file's events,
   `by_status` (status, received_at) an event status.
 - documents, key (`workspace`, `file_id`): the `DocumentRecord` fields; `metadata` as a JSON string, so
-  values come back with their JSON types (DynamoDB numbers would come back as `Decimal`).
+  values come back with their JSON types (DynamoDB numbers would come back as `Decimal`). The switch is a
+  conditional write on `position` (a compare-and-set).
 - sessions, key (`workspace`, `session_id`): the turns as JSON strings, `expires_at` (TTL).
 
 Reads that decide something (`get_event`, `get_document`, `active_revisions`) are strongly consistent;

@@ -34,31 +34,44 @@ class SqliteStateStore:
 
     def add_event(self, event: FileEvent, status: EventStatus) -> tuple[EventRecord, bool]:
         now = time.time()
+        values = (
+            event.workspace,
+            event.event_id,
+            event.file_id,
+            status.value,
+            event.type.value,
+            event.model_dump_json(),
+            now,
+            now,
+        )
         with self.db.transaction() as conn:
             cur = conn.execute(
-                "INSERT OR IGNORE INTO events (event_id, workspace, file_id, status, kind, payload, received_at,"
+                "INSERT OR IGNORE INTO events (workspace, event_id, file_id, status, kind, payload, received_at,"
                 " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    event.event_id,
-                    event.workspace,
-                    event.file_id,
-                    status.value,
-                    event.type.value,
-                    event.model_dump_json(),
-                    now,
-                    now,
-                ),
+                values,
             )
             created = cur.rowcount == 1
-            row = conn.execute("SELECT * FROM events WHERE event_id = ?", (event.event_id,)).fetchone()
+            if not created and status is not EventStatus.REJECTED:
+                # A rejected delivery never swallows a later valid one with the same id: it is replaced.
+                cur = conn.execute(
+                    "UPDATE events SET file_id = ?, status = ?, kind = ?, payload = ?, received_at = ?, updated_at = ?,"
+                    " attempts = 0, error = NULL, detail = NULL, confirmed = 0"
+                    " WHERE workspace = ? AND event_id = ? AND status = 'rejected'",
+                    (*values[2:], event.workspace, event.event_id),
+                )
+                created = cur.rowcount == 1
+            row = conn.execute(
+                "SELECT * FROM events WHERE workspace = ? AND event_id = ?", (event.workspace, event.event_id)
+            ).fetchone()
         return self._event(row), created
 
-    def get_event(self, event_id: str) -> EventRecord | None:
-        rows = self.db.query("SELECT * FROM events WHERE event_id = ?", (event_id,))
+    def get_event(self, workspace: str, event_id: str) -> EventRecord | None:
+        rows = self.db.query("SELECT * FROM events WHERE workspace = ? AND event_id = ?", (workspace, event_id))
         return self._event(rows[0]) if rows else None
 
     def set_event_status(
         self,
+        workspace: str,
         event_id: str,
         status: EventStatus,
         *,
@@ -69,22 +82,26 @@ class SqliteStateStore:
         with self.db.transaction() as conn:
             cur = conn.execute(
                 "UPDATE events SET status = ?, error = ?, detail = ?, updated_at = ?,"
-                " attempts = attempts + ? WHERE event_id = ?",
-                (status.value, error, detail, time.time(), 1 if count_attempt else 0, event_id),
+                " attempts = attempts + ? WHERE workspace = ? AND event_id = ?",
+                (status.value, error, detail, time.time(), 1 if count_attempt else 0, workspace, event_id),
             )
             if cur.rowcount != 1:
                 raise KeyError(event_id)
-            row = conn.execute("SELECT * FROM events WHERE event_id = ?", (event_id,)).fetchone()
+            row = conn.execute(
+                "SELECT * FROM events WHERE workspace = ? AND event_id = ?", (workspace, event_id)
+            ).fetchone()
         return self._event(row)
 
-    def reset_for_retry(self, event_id: str, *, confirmed: bool = False) -> EventRecord:
+    def reset_for_retry(self, workspace: str, event_id: str, *, confirmed: bool = False) -> EventRecord:
         with self.db.transaction() as conn:
             conn.execute(
                 "UPDATE events SET status = 'queued', attempts = 0, confirmed = MAX(confirmed, ?), updated_at = ?"
-                " WHERE event_id = ?",
-                (1 if confirmed else 0, time.time(), event_id),
+                " WHERE workspace = ? AND event_id = ?",
+                (1 if confirmed else 0, time.time(), workspace, event_id),
             )
-            row = conn.execute("SELECT * FROM events WHERE event_id = ?", (event_id,)).fetchone()
+            row = conn.execute(
+                "SELECT * FROM events WHERE workspace = ? AND event_id = ?", (workspace, event_id)
+            ).fetchone()
         if row is None:
             raise KeyError(event_id)
         return self._event(row)
@@ -115,7 +132,8 @@ class SqliteStateStore:
 
     def events_with_status(self, status: EventStatus, limit: int = 1000) -> list[EventRecord]:
         rows = self.db.query(
-            "SELECT * FROM events WHERE status = ? ORDER BY received_at LIMIT ?", (status.value, limit)
+            "SELECT * FROM events WHERE status = ? ORDER BY received_at, workspace, event_id LIMIT ?",
+            (status.value, limit),
         )
         return [self._event(r) for r in rows]
 
@@ -169,12 +187,24 @@ class SqliteStateStore:
         )
         return int(rows[0]["n"])
 
-    def switch_document(self, record: DocumentRecord) -> None:
+    def switch_document(self, record: DocumentRecord) -> bool:
+        """Compare-and-set: applied only over an older (or equal, or absent, or legacy) stored position."""
+        if record.position is None:
+            raise ValueError("a switch needs the position of the event it applies")
         with self.db.transaction() as conn:
-            conn.execute(
-                "INSERT OR REPLACE INTO documents (workspace, file_id, path, status, position, revision, version,"
+            cur = conn.execute(
+                "INSERT INTO documents (workspace, file_id, path, status, position, revision, version,"
                 " content_type, chunk_count, embedded, reused, last_event_id, last_error, metadata, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (workspace, file_id) DO UPDATE SET path = excluded.path, status = excluded.status,"
+                " position = excluded.position, revision = excluded.revision, version = excluded.version,"
+                " content_type = excluded.content_type, chunk_count = excluded.chunk_count,"
+                " embedded = excluded.embedded, reused = excluded.reused, last_event_id = excluded.last_event_id,"
+                " last_error = excluded.last_error, metadata = excluded.metadata, updated_at = excluded.updated_at"
+                # Positions of the order rule start with a digit, those written before it with a letter
+                # (>= 'a'): a legacy position is replaced by anything.
+                " WHERE documents.position IS NULL OR documents.position <= excluded.position"
+                " OR documents.position >= 'a'",
                 (
                     record.workspace,
                     record.file_id,
@@ -193,15 +223,23 @@ class SqliteStateStore:
                     time.time(),
                 ),
             )
+            return cur.rowcount == 1
 
-    def note_document_error(self, workspace: str, file_id: str, path: str, error: str) -> None:
-        """Record that the latest event for a file failed, keeping whatever revision is active."""
+    def note_document_error(
+        self, workspace: str, file_id: str, path: str, error: str, *, position: str | None = None
+    ) -> None:
+        """Record that the latest event for a file failed, keeping whatever revision is active; with
+        `position`, only if no newer event has been applied meanwhile."""
         with self.db.transaction() as conn:
             cur = conn.execute(
-                "UPDATE documents SET status = ?, last_error = ?, updated_at = ? WHERE workspace = ? AND file_id = ?",
-                (DocumentStatus.FAILED.value, error, time.time(), workspace, file_id),
+                "UPDATE documents SET status = ?, last_error = ?, updated_at = ? WHERE workspace = ? AND file_id = ?"
+                " AND (? IS NULL OR position IS NULL OR position < ? OR position >= 'a')",
+                (DocumentStatus.FAILED.value, error, time.time(), workspace, file_id, position, position),
             )
-            if cur.rowcount == 0:
+            exists = conn.execute(
+                "SELECT 1 FROM documents WHERE workspace = ? AND file_id = ?", (workspace, file_id)
+            ).fetchone()
+            if cur.rowcount == 0 and exists is None:
                 conn.execute(
                     "INSERT INTO documents (workspace, file_id, path, status, last_error, updated_at)"
                     " VALUES (?, ?, ?, ?, ?, ?)",

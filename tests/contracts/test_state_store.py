@@ -54,11 +54,20 @@ def file_event(
         type=kind,
         file_id=file_id,
         path=f"docs/{file_id}.md",
-        position=position_key(version=version, sequencer=None, timestamp=now),
         timestamp=now,
         version=version,
         content=content if kind is not EventType.DELETED else None,
         metadata={"team": "hr", "weight": 1.5, "tags": ["a", "b"], "draft": False},
+    )
+
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def pos(seconds: int, event_id: str = "e", kind: EventType = EventType.UPDATED, version: int | None = None) -> str:
+    """A position of the order rule, `seconds` after T0."""
+    return position_key(
+        timestamp=T0 + timedelta(seconds=seconds), kind=kind, version=version, sequencer=None, event_id=event_id
     )
 
 
@@ -69,6 +78,7 @@ def document(
     path: str | None = None,
     status: DocumentStatus = DocumentStatus.INDEXED,
     revision: str | None = "rev-1",
+    position: str | None = None,
     **extra: object,
 ) -> DocumentRecord:
     return DocumentRecord(
@@ -76,7 +86,7 @@ def document(
         file_id=file_id,
         path=path or f"docs/{file_id}.md",
         status=status,
-        position=revision,
+        position=position or pos(1, f"{file_id}-{revision}"),
         revision=revision,
         **extra,  # type: ignore[arg-type]
     )
@@ -101,51 +111,81 @@ class TestStateStoreContract:
         )
         assert before <= rec.received_at <= datetime.now(UTC) + timedelta(seconds=1)
 
-        store.set_event_status("e1", EventStatus.QUEUED)
+        store.set_event_status("acme", "e1", EventStatus.QUEUED)
         again, created = store.add_event(
             file_event("e1", file_id="other", version=9, content="new"), EventStatus.RECEIVED
         )
         assert not created
         assert again.event == first and again.status is EventStatus.QUEUED  # unchanged, whatever the payload
-        assert store.get_event("e1") == again
+        assert store.get_event("acme", "e1") == again
+
+    def test_event_ids_are_per_workspace(self, store: StateStore) -> None:
+        """The same webhook-id in two workspaces is two events: neither can squat or read the other's."""
+        store.add_event(file_event("e1", workspace="acme"), EventStatus.QUEUED)
+        beta, created = store.add_event(file_event("e1", workspace="beta", file_id="b"), EventStatus.RECEIVED)
+        assert created and beta.event.workspace == "beta" and beta.status is EventStatus.RECEIVED
+        store.set_event_status("beta", "e1", EventStatus.DONE)
+        acme = store.get_event("acme", "e1")
+        assert acme is not None and (acme.event.file_id, acme.status) == ("f1", EventStatus.QUEUED)
+        assert store.get_event("gamma", "e1") is None
+        with pytest.raises(KeyError):
+            store.set_event_status("gamma", "e1", EventStatus.DONE)
+
+    def test_a_rejection_never_swallows_a_later_valid_event(self, store: StateStore) -> None:
+        stub = file_event("e1", file_id="")
+        rejected, created = store.add_event(stub, EventStatus.REJECTED)
+        assert created and rejected.status is EventStatus.REJECTED
+        store.set_event_status("acme", "e1", EventStatus.REJECTED, error="data.path: missing")
+        # Another invalid delivery keeps the first rejection.
+        again, created = store.add_event(file_event("e1", file_id="x"), EventStatus.REJECTED)
+        assert not created and again.event.file_id == "" and again.error == "data.path: missing"
+        # A valid delivery replaces it, as new.
+        valid, created = store.add_event(file_event("e1", file_id="f9"), EventStatus.RECEIVED)
+        assert created
+        assert (valid.event.file_id, valid.status, valid.error, valid.attempts) == ("f9", EventStatus.RECEIVED, None, 0)
+        # ... and from then on, nothing replaces the valid one.
+        after, created = store.add_event(file_event("e1", file_id="f0"), EventStatus.REJECTED)
+        assert not created and after.event.file_id == "f9"
+        after, created = store.add_event(file_event("e1", file_id="f0"), EventStatus.RECEIVED)
+        assert not created and after.event.file_id == "f9"
 
     def test_unknown_events(self, store: StateStore) -> None:
-        assert store.get_event("nope") is None
+        assert store.get_event("acme", "nope") is None
         with pytest.raises(KeyError):
-            store.set_event_status("nope", EventStatus.DONE)
+            store.set_event_status("acme", "nope", EventStatus.DONE)
         with pytest.raises(KeyError):
-            store.reset_for_retry("nope")
+            store.reset_for_retry("acme", "nope")
 
     def test_status_error_detail_and_attempts(self, store: StateStore) -> None:
         store.add_event(file_event("e1"), EventStatus.QUEUED)
-        rec = store.set_event_status("e1", EventStatus.PROCESSING, count_attempt=True)
+        rec = store.set_event_status("acme", "e1", EventStatus.PROCESSING, count_attempt=True)
         assert (rec.status, rec.attempts) == (EventStatus.PROCESSING, 1)
-        rec = store.set_event_status("e1", EventStatus.QUEUED, error="OSError: boom")
+        rec = store.set_event_status("acme", "e1", EventStatus.QUEUED, error="OSError: boom")
         assert (rec.status, rec.attempts, rec.error) == (EventStatus.QUEUED, 1, "OSError: boom")
-        rec = store.set_event_status("e1", EventStatus.PROCESSING, count_attempt=True)
+        rec = store.set_event_status("acme", "e1", EventStatus.PROCESSING, count_attempt=True)
         assert (rec.attempts, rec.error) == (2, None)  # each update says the whole error and detail
-        rec = store.set_event_status("e1", EventStatus.DONE, detail="indexed 3 chunk(s)")
+        rec = store.set_event_status("acme", "e1", EventStatus.DONE, detail="indexed 3 chunk(s)")
         assert (rec.status, rec.detail, rec.attempts) == (EventStatus.DONE, "indexed 3 chunk(s)", 2)
         assert rec.updated_at >= rec.received_at
-        assert store.get_event("e1") == rec
+        assert store.get_event("acme", "e1") == rec
 
     def test_reset_for_retry_gives_a_fresh_budget_and_keeps_confirmation(self, store: StateStore) -> None:
         store.add_event(file_event("e1"), EventStatus.QUEUED)
-        store.set_event_status("e1", EventStatus.PROCESSING, count_attempt=True)
-        store.set_event_status("e1", EventStatus.FAILED, error="SourceNotFoundError: gone")
-        rec = store.reset_for_retry("e1")
+        store.set_event_status("acme", "e1", EventStatus.PROCESSING, count_attempt=True)
+        store.set_event_status("acme", "e1", EventStatus.FAILED, error="SourceNotFoundError: gone")
+        rec = store.reset_for_retry("acme", "e1")
         assert (rec.status, rec.attempts, rec.confirmed) == (EventStatus.QUEUED, 0, False)
-        assert store.reset_for_retry("e1", confirmed=True).confirmed
-        last = store.reset_for_retry("e1")
+        assert store.reset_for_retry("acme", "e1", confirmed=True).confirmed
+        last = store.reset_for_retry("acme", "e1")
         assert last.confirmed  # a confirmation is never taken back
-        assert store.get_event("e1") == last
+        assert store.get_event("acme", "e1") == last
 
     def test_list_events_newest_first_with_filters(self, store: StateStore) -> None:
         for event_id, file_id in (("e1", "f1"), ("e2", "f2"), ("e3", "f1"), ("e4", "f3")):
             store.add_event(file_event(event_id, file_id=file_id), EventStatus.QUEUED)
         store.add_event(file_event("b1", workspace="beta", file_id="f1"), EventStatus.QUEUED)
-        store.set_event_status("e2", EventStatus.DONE)
-        store.set_event_status("e1", EventStatus.DONE)
+        store.set_event_status("acme", "e2", EventStatus.DONE)
+        store.set_event_status("acme", "e1", EventStatus.DONE)
 
         def ids(**kw: object) -> list[str]:
             return [r.event_id for r in store.list_events("acme", **kw)]  # type: ignore[arg-type]
@@ -162,9 +202,8 @@ class TestStateStoreContract:
         store.add_event(file_event("e1"), EventStatus.RECEIVED)
         store.add_event(file_event("b1", workspace="beta"), EventStatus.RECEIVED)
         store.add_event(file_event("e2", file_id="f2"), EventStatus.QUEUED)
-        events_with_status = store.events_with_status  # type: ignore[attr-defined]
-        assert [r.event_id for r in events_with_status(EventStatus.RECEIVED)] == ["e1", "b1"]
-        assert [r.event_id for r in events_with_status(EventStatus.RECEIVED, limit=1)] == ["e1"]
+        assert [r.event_id for r in store.events_with_status(EventStatus.RECEIVED)] == ["e1", "b1"]
+        assert [r.event_id for r in store.events_with_status(EventStatus.RECEIVED, limit=1)] == ["e1"]
 
     def test_count_recent_deletes(self, store: StateStore) -> None:
         before = datetime.now(UTC) - timedelta(seconds=1)
@@ -176,7 +215,7 @@ class TestStateStoreContract:
             ("b1", "beta", EventType.DELETED, EventStatus.DONE),
         ):
             store.add_event(file_event(event_id, workspace=workspace, file_id=event_id, kind=kind), EventStatus.QUEUED)
-            store.set_event_status(event_id, status)
+            store.set_event_status(workspace, event_id, status)
         assert store.count_recent_deletes("acme", before) == 2
         assert store.count_recent_deletes("beta", before) == 1
         assert store.count_recent_deletes("acme", datetime.now(UTC) + timedelta(minutes=1)) == 0
@@ -202,7 +241,7 @@ class TestStateStoreContract:
         assert (got.path, got.status, got.position, got.revision, got.version, got.content_type) == (
             "b.md",
             DocumentStatus.INDEXED,
-            "rev-1",
+            pos(1, "f1-rev-1"),
             "rev-1",
             2,
             "text/markdown",
@@ -217,8 +256,15 @@ class TestStateStoreContract:
         )
 
         # The switch replaces the whole record: nothing of the old one survives.
-        store.switch_document(
-            document("f1", path="b.md", status=DocumentStatus.SKIPPED, revision=None, last_error="cannot parse")
+        assert store.switch_document(
+            document(
+                "f1",
+                path="b.md",
+                status=DocumentStatus.SKIPPED,
+                revision=None,
+                position=pos(2),
+                last_error="cannot parse",
+            )
         )
         got = store.get_document("acme", "f1")
         assert got is not None
@@ -250,11 +296,52 @@ class TestStateStoreContract:
             store.switch_document(document(f"f{i}", revision=revision))
             if revision:
                 expected[f"f{i}"] = revision
-        store.switch_document(document("f1", workspace="beta", revision="other-workspace"))
+        store.switch_document(document("f1", workspace="beta", revision="other-workspace", position=pos(9)))
         asked = [f"f{i}" for i in range(240)] + ["f1", "f2"]  # unknown files and repeats too
         assert store.active_revisions("acme", asked) == expected
         assert store.active_revisions("acme", []) == {}
         assert store.active_revisions("beta", ["f1", "f2"]) == {"f1": "other-workspace"}
+
+    def test_switch_is_a_compare_and_set_on_the_position(self, store: StateStore) -> None:
+        """A stale writer never replaces newer work: the switch applies only over an older position."""
+        assert store.switch_document(document("f1", revision="r5", position=pos(5, "e5"), chunk_count=5))
+        assert not store.switch_document(document("f1", revision="r3", position=pos(3, "e3"), chunk_count=3))
+        got = store.get_document("acme", "f1")
+        assert got is not None and (got.revision, got.chunk_count) == ("r5", 5)
+        # At the same instant, a delete is newer than an update; the event id breaks exact ties.
+        assert store.switch_document(document("f1", revision=None, position=pos(5, "e5", kind=EventType.DELETED)))
+        assert not store.switch_document(document("f1", revision="r6", position=pos(5, "e4", kind=EventType.DELETED)))
+        # The same position again is allowed: an event rewriting its own record (a repair).
+        assert store.switch_document(
+            document("f1", revision=None, position=pos(5, "e5", kind=EventType.DELETED), last_error="again")
+        )
+        assert store.switch_document(document("f1", revision="r7", position=pos(7, "e7")))
+        got = store.get_document("acme", "f1")
+        assert got is not None and (got.revision, got.position) == ("r7", pos(7, "e7"))
+        # Another workspace's document of the same id is another record.
+        assert store.switch_document(document("f1", workspace="beta", revision="b1", position=pos(1, "b")))
+
+    def test_a_position_from_before_the_rule_is_replaced_by_anything(self, store: StateStore) -> None:
+        assert store.switch_document(document("f1", revision="v:00000000000000000009", position="v:00000000000000000009"))
+        assert store.switch_document(document("f1", revision="r1", position=pos(1, "e1")))
+        got = store.get_document("acme", "f1")
+        assert got is not None and got.revision == "r1"
+
+    def test_a_failure_older_than_what_is_applied_does_not_mark_the_document(self, store: StateStore) -> None:
+        store.switch_document(document("f1", revision="r5", position=pos(5, "e5")))
+        store.note_document_error("acme", "f1", "docs/f1.md", "late failure", position=pos(3, "e3"))
+        got = store.get_document("acme", "f1")
+        assert got is not None and (got.status, got.last_error) == (DocumentStatus.INDEXED, None)
+        store.note_document_error("acme", "f1", "docs/f1.md", "newer failure", position=pos(6, "e6"))
+        got = store.get_document("acme", "f1")
+        assert got is not None and (got.status, got.last_error, got.revision) == (
+            DocumentStatus.FAILED,
+            "newer failure",
+            "r5",
+        )
+        store.note_document_error("acme", "new", "docs/new.md", "first failure", position=pos(1, "n1"))
+        new = store.get_document("acme", "new")
+        assert new is not None and (new.status, new.position) == (DocumentStatus.FAILED, None)
 
     def test_note_document_error_keeps_the_active_revision(self, store: StateStore) -> None:
         store.switch_document(document("f1", revision="rev-7", chunk_count=4, metadata={"team": "hr"}))
@@ -295,7 +382,7 @@ class TestStateStoreContract:
         store.add_event(file_event("e1"), EventStatus.QUEUED)
         store.add_event(file_event("e2", file_id="f2"), EventStatus.HELD)
         assert store.purge_events(datetime.now(UTC) + timedelta(days=1)) == 0
-        assert store.get_event("e1") is not None and store.get_event("e2") is not None
+        assert store.get_event("acme", "e1") is not None and store.get_event("acme", "e2") is not None
 
 
 def test_dynamodb_events_expire_only_once_settled(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -308,18 +395,19 @@ def test_dynamodb_events_expire_only_once_settled(monkeypatch: pytest.MonkeyPatc
         )
 
         def expires_at(event_id: str) -> int | None:
-            item = client.get_item(TableName=stack.events_table, Key={"event_id": {"S": event_id}})["Item"]
+            key = {"workspace": {"S": "acme"}, "event_id": {"S": event_id}}
+            item = client.get_item(TableName=stack.events_table, Key=key)["Item"]
             return int(item["expires_at"]["N"]) if "expires_at" in item else None
 
         store.add_event(file_event("e1"), EventStatus.RECEIVED)
         assert expires_at("e1") is None
-        store.set_event_status("e1", EventStatus.HELD)
+        store.set_event_status("acme", "e1", EventStatus.HELD)
         assert expires_at("e1") is None
-        store.set_event_status("e1", EventStatus.DONE)
+        store.set_event_status("acme", "e1", EventStatus.DONE)
         expiry = expires_at("e1")
         assert expiry is not None
         assert abs(expiry - (datetime.now(UTC) + timedelta(days=2)).timestamp()) < 60
-        store.reset_for_retry("e1")
+        store.reset_for_retry("acme", "e1")
         assert expires_at("e1") is None
         assert store.purge_events(datetime.now(UTC) + timedelta(days=30)) == 0  # TTL's job, not ours
 

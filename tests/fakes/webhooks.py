@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from standardwebhooks.webhooks import Webhook
+
+# A versioned event's default timestamp: version N changed N seconds after this, the way a sender whose
+# clock agrees with its versions stamps them. Version-less events default to now.
+VERSIONED_EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def file_event(
@@ -35,7 +39,9 @@ def file_event(
     if metadata:
         data["metadata"] = metadata
     data.update(extra)
-    stamp = (timestamp or datetime.now(UTC)).isoformat().replace("+00:00", "Z")
+    if timestamp is None:
+        timestamp = VERSIONED_EPOCH + timedelta(seconds=version) if version is not None else datetime.now(UTC)
+    stamp = timestamp.isoformat().replace("+00:00", "Z")
     return {"type": f"file.{kind}", "timestamp": stamp, "data": data}
 
 
