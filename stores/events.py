@@ -173,8 +173,10 @@ def is_legacy_position(position: str) -> bool:
 
 def position_is_newer(candidate: str, applied: str | None) -> bool:
     """Whether an event at `candidate` replaces what is applied at `applied` (strictly newer)."""
-    if applied is None or is_legacy_position(applied):
+    if applied is None:
         return True
+    if is_legacy_position(candidate) != is_legacy_position(applied):
+        return is_legacy_position(applied)
     return candidate > applied
 
 
