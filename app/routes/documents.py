@@ -40,7 +40,7 @@ def list_documents(
     container: ContainerDep,
     status_: Annotated[DocumentStatus | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> DocumentList:
     """The caller's documents with their status (indexed, deleted, skipped, failed), version and chunk count."""
     docs = container.state.list_documents(workspace, status=status_, limit=limit, offset=offset)

@@ -20,6 +20,15 @@ from stores.sessions import Turn
 
 router = APIRouter(tags=["query"])
 
+SSE_EVENT = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["token", "citations", "done", "error"]},
+        "data": {"type": "string", "description": "a JSON object: {text}, {citations}, the answer, {status, detail}"},
+    },
+}
+
 
 def to_filter(f: QueryFilters | None) -> SearchFilter | None:
     if f is None:
@@ -113,7 +122,8 @@ def _sse(event: str, data: object) -> str:
     response_model=QueryResponse,
     responses={
         200: {
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            # Before OpenAPI 3.2, the schema of an event stream describes one event.
+            "content": {"text/event-stream": {"schema": SSE_EVENT}},
             "description": "The answer; or, with `stream` or `Accept: text/event-stream`, server-sent events:"
             " `token` ({text}) as the answer is written, then `citations`, then `done` (the whole answer)",
         },
