@@ -45,6 +45,26 @@ class TestSessionStoreContract:
         assert not sessions.delete_session("beta", "s1")
         assert sessions.get_session("acme", "s1") is not None
 
+    def test_a_stored_session_keeps_only_its_newest_turns(self, sessions: SessionStore) -> None:
+        """Sessions are bounded: beyond the turn count the oldest turns are dropped."""
+        for i in range(130):
+            got = sessions.append_turns("acme", "s1", [Turn("user", f"q{i}"), Turn("assistant", f"a{i}")])
+        assert len(got.turns) == 100
+        assert [t.content for t in got.turns[:2]] == ["q80", "a80"] and got.turns[-1].content == "a129"
+        assert sessions.get_session("acme", "s1") == got
+
+    def test_a_stored_session_stays_within_its_byte_bound(self, sessions: SessionStore) -> None:
+        """Long answers with citations: the stored turns never pass the bound (DynamoDB's 400 KB item
+        limit turned every later query of a long session into a 500 after the answer was computed)."""
+        citations = [{"n": n, "text": "quoted passage " * 60, "score": 0.5} for n in range(1, 6)]
+        for i in range(60):
+            got = sessions.append_turns(
+                "acme", "s1", [Turn("user", f"question {i}"), Turn("assistant", "answer " * 700, citations)]
+            )
+        size = sum(len(t.to_json().encode()) for t in got.turns)
+        assert size <= 256 * 1024 and len(got.turns) < 120
+        assert got.turns[-1].content.startswith("answer") and got.turns[-2].content == "question 59"
+
     def test_delete_says_whether_it_existed(self, sessions: SessionStore) -> None:
         sessions.append_turns("acme", "s1", [Turn("user", "hi")])
         assert sessions.delete_session("acme", "s1")
