@@ -144,7 +144,7 @@ def test_package_without_image_uri_names_the_missing_param(tmp_path: Path) -> No
 
 def test_every_function_is_the_image_with_its_own_handler(template: dict[str, Any]) -> None:
     commands = {}
-    for name in ("api", "ingest", "s3"):
+    for name in ("api", "ingest", "s3", "sweep", "reconcile"):
         props = function_named(template, name)["Properties"]
         assert props["PackageType"] == "Image"
         assert props["Code"]["ImageUri"] == IMAGE_URI
@@ -154,6 +154,8 @@ def test_every_function_is_the_image_with_its_own_handler(template: dict[str, An
         "api": ["app.handlers.api_handler"],
         "ingest": ["app.handlers.ingest_handler"],
         "s3": ["app.handlers.s3_handler"],
+        "sweep": ["app.handlers.sweep_handler"],
+        "reconcile": ["app.handlers.reconcile_handler"],
     }
 
 
@@ -239,7 +241,7 @@ def test_environment_holds_parameter_names_never_secrets(template: dict[str, Any
 
 
 def test_each_function_reads_only_its_own_parameters(template: dict[str, Any]) -> None:
-    for name in ("api", "ingest", "s3"):
+    for name in ("api", "ingest", "s3", "sweep", "reconcile"):
         function = function_named(template, name)
         env = function["Properties"]["Environment"]["Variables"]
         names = {v for k, v in env.items() if k.endswith("_SSM_PARAMETER")}
@@ -263,7 +265,7 @@ def test_each_function_reads_only_its_own_parameters(template: dict[str, Any]) -
 def test_every_function_has_its_own_role(template: dict[str, Any]) -> None:
     functions = resources_of(template, "AWS::Lambda::Function")
     roles = [fn["Properties"]["Role"]["Fn::GetAtt"][0] for fn in functions.values()]
-    assert len(functions) == 3 and len(set(roles)) == 3
+    assert len(functions) == 5 and len(set(roles)) == 5
     assert "IamRoleLambdaExecution" not in template["Resources"]  # the framework's shared role
     for fn in functions.values():
         statements = statements_of(template, fn)
@@ -281,7 +283,7 @@ def test_tables_keys_ttl_and_recovery(template: dict[str, Any]) -> None:
         keys = tuple(k["AttributeName"] for k in props["KeySchema"])
         tables[keys] = props
         assert props["BillingMode"] == "PAY_PER_REQUEST"
-    events = tables[("event_id",)]
+    events = tables[("workspace", "event_id")]  # webhook ids are per workspace
     documents = tables[("workspace", "file_id")]
     sessions = tables[("workspace", "session_id")]
 
@@ -300,7 +302,8 @@ def test_source_bucket_notifies_the_s3_function(template: dict[str, Any]) -> Non
         r for name, r in resources_of(template, "AWS::S3::Bucket").items() if name != "ServerlessDeploymentBucket"
     ]
     configs = bucket["Properties"]["NotificationConfiguration"]["LambdaConfigurations"]
-    assert {c["Event"] for c in configs} == {"s3:ObjectCreated:*", "s3:ObjectRemoved:*"}
+    # Lifecycle expirations remove objects too: they must leave the index.
+    assert {c["Event"] for c in configs} == {"s3:ObjectCreated:*", "s3:ObjectRemoved:*", "s3:LifecycleExpiration:*"}
     assert {c["Function"]["Fn::GetAtt"][0] for c in configs} == {"S3LambdaFunction"}
     # S3 checks the invoke permission when it saves the notification, so the bucket must wait for it.
     (permission_id,) = [
@@ -322,3 +325,41 @@ def test_outputs_name_what_operators_need(template: dict[str, Any]) -> None:
         "DocumentsTableName",
         "SessionsTableName",
     } <= outputs
+
+
+def schedule_of(template: dict[str, Any], function_id: str) -> str:
+    (rule,) = [
+        r["Properties"]
+        for r in resources_of(template, "AWS::Events::Rule").values()
+        if r["Properties"]["Targets"][0]["Arn"]["Fn::GetAtt"][0] == function_id
+    ]
+    assert rule["State"] == "ENABLED"
+    expression: str = rule["ScheduleExpression"]
+    return expression
+
+
+def test_a_scheduled_sweep_queues_events_stored_but_never_queued(template: dict[str, Any]) -> None:
+    """The start-up sweep of the local server has an AWS twin: a schedule, a function that may read and
+    update events and send to the queue, and nothing else (no documents, no index, no secrets)."""
+    assert schedule_of(template, "SweepLambdaFunction") == "rate(5 minutes)"
+    sweep = function_named(template, "sweep")
+    statements = statements_of(template, sweep)
+    queue_id, _ = queue_ids(template)
+    sends = [s for s in statements if "sqs:SendMessage" in s["Action"]]
+    assert [s["Resource"] for s in sends] == [{"Fn::GetAtt": [queue_id, "Arn"]}]
+    tables = {
+        r["Fn::GetAtt"][0]
+        for s in statements
+        if "dynamodb:UpdateItem" in s["Action"]
+        for r in s["Resource"]
+        if isinstance(r, dict) and "Fn::GetAtt" in r
+    }
+    assert tables == {"EventsTable"}
+    assert sweep["Properties"]["MemorySize"] <= 1024  # never loads the model
+
+
+def test_a_scheduled_reconcile_reports_unless_repair_is_configured(template: dict[str, Any]) -> None:
+    assert schedule_of(template, "ReconcileLambdaFunction") == "rate(1 day)"
+    env = function_named(template, "reconcile")["Properties"]["Environment"]["Variables"]
+    assert env["EVENTRAG_RECONCILE_REPAIR"] == "false"
+    assert {"EVENTRAG_QDRANT_URL_SSM_PARAMETER", "EVENTRAG_QDRANT_API_KEY_SSM_PARAMETER"} <= set(env)
