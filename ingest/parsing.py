@@ -265,7 +265,8 @@ def _parse_as(
         if sniffed:
             raise UnsupportedContentError(f"cannot parse {path!r}: {sniffed}, not a format we parse ({SUPPORTED})")
         raise UnsupportedContentError(f"cannot parse {path!r}: content type {kind!r} is not supported ({SUPPORTED})")
-    markup = "html" if kind == HTML else ("xml" if path.lower().endswith((".xml", ".xhtml")) else None)
+    xml = "xml" in (content_type or "").lower() or path.lower().endswith((".xml", ".xhtml", ".svg", ".rss"))
+    markup = "html" if kind == HTML else ("xml" if xml else None)
     raw, charset = decode(data, declared=charset_parameter(content_type), markup=markup, path=path)
     text = _normalise_newlines(raw)
     if kind == HTML:

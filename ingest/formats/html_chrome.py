@@ -46,7 +46,9 @@ _CHROME_CLASSES = frozenset(
         "skiplink",
     }
 )
-_BAR_TAGS = frozenset({"p", "div", "table", "tbody", "tr", "td", "ul", "ol", "li", "center", "span", "header", "footer"})
+_BAR_TAGS = frozenset(
+    {"p", "div", "table", "tbody", "tr", "td", "ul", "ol", "li", "center", "span", "header", "footer"}
+)
 _NAV_WORDS = re.compile(
     r"\b(?:next|previous|prev|up|home|index|contents|content|top|toc|back|forward|table of contents|go to"
     r"|skip to content|main page|first|last|page)\b",

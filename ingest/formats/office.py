@@ -191,5 +191,4 @@ def parse_pptx(data: bytes, path: str) -> ParsedDocument:
             notes = frame.text.strip() if frame is not None else ""
             if notes:
                 builder.block("Notes: " + notes.replace("\v", "\n"))
-    title = _one_line(deck.core_properties.title or "") or first_title
-    return builder.build(PPTX, title=title)
+    return builder.build(PPTX, title=_one_line(deck.core_properties.title or "") or first_title)

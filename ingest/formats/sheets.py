@@ -93,9 +93,7 @@ class _RowWriter:
                     continue
             names = header or []
             pairs = [
-                f"{names[i] if i < len(names) else column_letter(i)}: {value}"
-                for i, value in enumerate(cells)
-                if value
+                f"{names[i] if i < len(names) else column_letter(i)}: {value}" for i, value in enumerate(cells) if value
             ]
             self.builder.block(f"{prefix}row {number}: {'; '.join(pairs)}")
         self.builder.end_location()

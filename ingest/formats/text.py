@@ -10,8 +10,8 @@ known binary signature (images, archives, executables...) names the type; bytes 
 2. the `charset` parameter of the event's content type;
 3. for HTML and XML, the document's own declaration (`<meta charset>`, `<?xml encoding?>`);
 4. UTF-8, when the bytes are valid UTF-8 (most text is);
-5. detection (charset-normalizer), preferring windows-1252 when the evidence for another single-byte
-   code page is no better: short Western texts fool detectors into Central European or DOS code pages.
+5. detection (charset-normalizer), preferring windows-1252 when its text is as clean as the detector's
+   pick: short Western texts fool detectors into Central European or DOS code pages.
 
 Labels `iso-8859-1` and `ascii` decode as windows-1252, as WHATWG Encoding prescribes (documents labelled
 latin-1 use its curly quotes). A declared charset the bytes do not fit falls through to detection.
@@ -151,21 +151,24 @@ def _utf16_without_bom(sample: bytes) -> str | None:
 
 
 def _detect(data: bytes) -> str | None:
-    """charset-normalizer's best guess (IANA name), with windows-1252 preferred on equal evidence."""
-    from charset_normalizer import from_bytes
+    """charset-normalizer's best guess (IANA name); windows-1252 when its text is about as clean.
 
-    results = from_bytes(data)
-    best = results.best()
+    Short Western texts carry too little evidence for a detector (it picks cp1250 for French, DOS code
+    pages for English with curly quotes), while windows-1252 is the most common legacy charset by far. So
+    windows-1252 wins when the text it decodes to is no messier (charset-normalizer's own mess ratio) than
+    the detector's pick, by a margin that Cyrillic, Central European and CJK texts never meet.
+    """
+    from charset_normalizer import from_bytes
+    from charset_normalizer.md import mess_ratio
+
+    best = from_bytes(data).best()
     if best is None:
         return None
     try:
-        data.decode("cp1252")
+        western = data.decode("cp1252")
     except UnicodeDecodeError:
         return iana_name(best.encoding)
-    western = next((r for r in results if r.encoding == "cp1252"), None)
-    if best.coherence < 0.2:  # no language evidence at all: the most common legacy code page
-        return "windows-1252"
-    if western is not None and western.chaos <= best.chaos + 0.1 and western.coherence >= best.coherence - 0.1:
+    if best.encoding != "cp1252" and mess_ratio(western, 1.0) <= best.chaos + 0.1:
         return "windows-1252"
     return iana_name(best.encoding)
 
@@ -177,7 +180,7 @@ def iana_name(codec: str) -> str:
         return f"windows-{match.group(1)}"
     if match := re.fullmatch(r"iso8859-(\d+)", name):
         return f"iso-8859-{match.group(1)}"
-    return {"mac-roman": "macintosh", "shift_jis": "shift_jis", "cp932": "windows-31j"}.get(name, name)
+    return {"mac-roman": "macintosh"}.get(name, name)  # every name returned here is one Python decodes by
 
 
 # --- decoding ---------------------------------------------------------------------------------------------
@@ -224,14 +227,21 @@ def _decode(data: bytes, declared: str | None, markup: str | None, path: str) ->
         labels.append(meta.group(1).decode("ascii"))
     if markup in ("html", "xml") and (xml := _XML_ENCODING.search(head)):
         labels.append(xml.group(1).decode("ascii"))
+    invalid_at = 0
+    try:
+        as_utf8: str | None = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        as_utf8, invalid_at = None, exc.start
     for label in labels:
+        if as_utf8 is not None and not data.isascii() and _single_byte(label):
+            # Valid UTF-8 beyond ASCII almost never happens by accident in a single-byte charset: the label
+            # is wrong (servers that say "us-ascii" or "iso-8859-1" for everything).
+            return as_utf8, "utf-8"
         decoded = _decode_label(data, label)
         if decoded is not None:
             return decoded
-    try:
-        return data.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError as exc:
-        invalid_at = exc.start
+    if as_utf8 is not None:
+        return as_utf8, "utf-8"
     sample = data[:_SNIFF_BYTES]
     detected = _utf16_without_bom(sample)
     if detected is None and b"\x00" not in sample:
@@ -246,6 +256,13 @@ def _decode(data: bytes, declared: str | None, markup: str | None, path: str) ->
         f"{path!r} is not text in any charset we could detect: not valid UTF-8 (invalid byte at offset"
         f" {invalid_at}){said}"
     )
+
+
+def _single_byte(label: str) -> bool:
+    try:
+        return len("\u65e5\u672c".encode(codecs.lookup(label).name, "ignore")) == 0 and "utf" not in label.lower()
+    except LookupError:
+        return False
 
 
 def _decode_label(data: bytes, label: str) -> tuple[str, str] | None:

@@ -68,7 +68,9 @@ def _pdf_string(text: str) -> bytes:
 def _content(page: PdfPage) -> bytes:
     ops: list[bytes] = []
     if page.image:
-        ops.append(f"q {PAGE_WIDTH - 2 * MARGIN} 0 0 {PAGE_HEIGHT - 2 * MARGIN} {MARGIN} {MARGIN} cm /Im1 Do Q".encode())
+        ops.append(
+            f"q {PAGE_WIDTH - 2 * MARGIN} 0 0 {PAGE_HEIGHT - 2 * MARGIN} {MARGIN} {MARGIN} cm /Im1 Do Q".encode()
+        )
     for t in page.texts:
         ops.append(b"BT /F1 %.1f Tf %.2f %.2f Td " % (t.size, t.x, t.y) + _pdf_string(t.text) + b" Tj ET")
     return b"\n".join(ops)
@@ -99,8 +101,12 @@ def pdf_bytes(pages: Sequence[PdfPage], *, title: str | None = None, compress: b
     catalog = add(b"")  # filled in below, once the page tree's number is known
     tree = add(b"")
     font = add(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>")
-    image = add(stream(_scan_image(), " /Type /XObject /Subtype /Image /Width 64 /Height 64"
-                       " /ColorSpace /DeviceGray /BitsPerComponent 8"))
+    image = add(
+        stream(
+            _scan_image(),
+            " /Type /XObject /Subtype /Image /Width 64 /Height 64 /ColorSpace /DeviceGray /BitsPerComponent 8",
+        )
+    )
     kids = []
     for page in pages:
         content = add(stream(_content(page)))
