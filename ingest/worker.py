@@ -236,7 +236,7 @@ class IngestWorker:
             reserved_tokens=reserved,
             token_offsets=self.embedder.token_offsets,
         )
-        chunks = chunker.chunk(parsed.text)
+        chunks = chunker.chunk(parsed.text, boundaries=[loc.start for loc in parsed.locations])
         if parsed.locations:
             chunks = [self._locate(parsed, c) for c in chunks]
         self._step("chunked", ev)
