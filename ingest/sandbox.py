@@ -42,6 +42,7 @@ from ingest.parsing import ParseLimits, parse
 log = logging.getLogger(__name__)
 
 _HEADER = struct.Struct(">Q")  # every frame: an 8-byte length, then that many bytes
+_STARTUP_SECONDS = 120.0  # importing the parsers on a loaded machine (a Lambda cold start, 2 busy cores)
 
 
 class ParserPool:
@@ -181,7 +182,15 @@ class _Child:
             # Its own process group: a terminal's Ctrl-C goes to the worker, which stops children itself.
             start_new_session=True,
         )
-        return cls(process)
+        child = cls(process)
+        # Wait for the child to have imported the parsers: start-up is not part of any file's time budget.
+        assert process.stdout is not None
+        try:
+            _read_frame(process.stdout, time.monotonic() + _STARTUP_SECONDS, 1024, child)
+        except (_Timeout, _ChildDied) as exc:
+            child.stop()
+            raise ParseError(f"the parser process did not start ({exc or 'no answer'})") from None
+        return child
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -338,6 +347,8 @@ def _serve(budget_mb: int) -> None:
     requests = sys.stdin.buffer
     _preload()
     limit = _limit_memory(budget_mb)
+    _write_frame(answers, b'{"kind": "ready"}')
+    answers.flush()
     while True:
         header = _read_child_frame(requests)
         data = _read_child_frame(requests) if header is not None else None

@@ -247,3 +247,20 @@ def xlsx_bytes(sheets: dict[str, Sequence[Sequence[object]]]) -> bytes:
     out = io.BytesIO()
     book.save(out)
     return out.getvalue()
+
+
+def docx_bomb(paragraphs: int = 3_000_000) -> bytes:
+    """A DOCX of a few hundred KB whose document.xml inflates to ~100 MB per million paragraphs: what a
+    decompression bomb looks like to a parser."""
+    import zipfile
+
+    base = docx_bytes([("p", "seed")])
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(base)) as source, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as bomb:
+        for item in source.infolist():
+            data = source.read(item)
+            if item.filename == "word/document.xml":
+                head, tail = data.split(b"<w:body>", 1)
+                data = head + b"<w:body>" + b"<w:p><w:r><w:t>bomb</w:t></w:r></w:p>" * paragraphs + tail
+            bomb.writestr(item.filename, data)
+    return out.getvalue()
