@@ -11,6 +11,7 @@ imports it: see `Container.write_path`.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import logging
 import os
@@ -317,6 +318,7 @@ def build_write_path(c: Container) -> WritePath:
             FetchPolicy.from_prefixes(
                 f.allowed_urls,
                 allow_private_addresses=f.allow_private_addresses,
+                allowed_networks=tuple(ipaddress.ip_network(n, strict=False) for n in f.allowed_networks),
                 allow_http=f.allow_http,
                 max_bytes=f.max_bytes,
                 connect_timeout_seconds=f.connect_timeout_seconds,

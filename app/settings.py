@@ -73,6 +73,10 @@ class FetchSettings(BaseModel):
     allow_private_addresses: bool = Field(
         False, description="fetch from loopback/private/link-local addresses too (tests, trusted LANs only)"
     )
+    allowed_networks: list[str] = Field(
+        default_factory=list,
+        description='non-public networks that may be fetched from all the same, e.g. ["10.0.5.0/24"]',
+    )
     allow_http: bool = Field(False, description="allow plain-HTTP prefixes (default: https only)")
     max_bytes: int = Field(50 * 1024 * 1024, ge=1024, description="larger bodies are refused while streaming")
     connect_timeout_seconds: float = Field(10.0, gt=0)
@@ -91,6 +95,18 @@ class FetchSettings(BaseModel):
         if isinstance(parsed, dict):
             return {str(k).lower(): v[0] if isinstance(v, list) else v for k, v in parsed.items()}
         return parsed
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for net in value:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"EVENTRAG_FETCH__ALLOWED_NETWORKS: {net!r} is not a network ({exc})") from exc
+        return value
 
     @model_validator(mode="after")
     def _prefixes(self) -> FetchSettings:

@@ -10,8 +10,9 @@ A webhook that names a URL makes the worker send a request from inside your netw
 - *SSRF*: the host is resolved here, and the connection goes to the very address that was checked (no
   second lookup a DNS rebinding could answer differently): loopback, private, link-local, shared,
   multicast, reserved and other non-public addresses are refused, for every address the name resolves to
-  and on every hop, unless `EVENTRAG_FETCH__ALLOW_PRIVATE_ADDRESSES=true` (for tests and trusted LANs). The
-  cloud metadata endpoints (169.254.169.254, fd00:ec2::254) are refused even then. Proxies from the
+  and on every hop, except networks listed in `EVENTRAG_FETCH__ALLOWED_NETWORKS` (a file server on the
+  LAN), or all of them with `EVENTRAG_FETCH__ALLOW_PRIVATE_ADDRESSES=true` (tests only). The cloud metadata
+  endpoints (169.254.169.254, fd00:ec2::254) are refused even then. Proxies from the
   environment are ignored (a proxy would resolve names itself);
 - *bounds*: connect and read timeouts, an overall deadline, at most `max_redirects` hops, and a size cap
   enforced while streaming (on the decoded body, so a gzip bomb stops at the cap too);
@@ -83,6 +84,7 @@ class FetchPolicy:
 
     allowed: Mapping[str | None, tuple[UrlPrefix, ...]]  # workspace -> prefixes; None: every workspace
     allow_private_addresses: bool = False
+    allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()  # non-public, yet allowed
     allow_http: bool = False
     max_bytes: int = 50 * 1024 * 1024
     connect_timeout_seconds: float = 10.0
@@ -136,19 +138,25 @@ def _normalise(url: str) -> tuple[str, str, str, int, str]:
     return urlunsplit((scheme, netloc, path, parts.query, "")), scheme, host, port, path
 
 
-def address_refusal(address: IPAddress, *, allow_private: bool) -> str | None:
-    """Why we never connect to `address`, or None. Looks through IPv4-mapped and 6to4/Teredo wrappers."""
-    inner: list[IPAddress] = [address]
+def address_refusal(
+    address: IPAddress,
+    *,
+    allow_private: bool,
+    allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (),
+) -> str | None:
+    """Why we never connect to `address`, or None. Looks through IPv4-mapped and 6to4/Teredo wrappers.
+    `allowed_networks` lets chosen non-public networks through (a file server on the LAN)."""
+    inner: list[IPAddress] = []
     if isinstance(address, ipaddress.IPv6Address):
         for wrapped in (address.ipv4_mapped, address.sixtofour, address.teredo[1] if address.teredo else None):
             if wrapped is not None:
                 inner.append(wrapped)
-    for ip in inner:
+    for ip in [*inner, address]:  # the wrapped address first: it is where the packets really go
         if ip in _METADATA:
             return f"{ip} is a cloud metadata address"
         if ip.is_multicast:
             return f"{ip} is a multicast address"
-        if not allow_private and not ip.is_global:
+        if not allow_private and not ip.is_global and not any(ip in net for net in allowed_networks):
             kind = (
                 "loopback"
                 if ip.is_loopback
@@ -158,15 +166,18 @@ def address_refusal(address: IPAddress, *, allow_private: bool) -> str | None:
                 if ip.is_private
                 else "not public"
             )
-            return f"{ip} is a {kind} address (set EVENTRAG_FETCH__ALLOW_PRIVATE_ADDRESSES=true to allow it)"
+            return (
+                f"{ip} is a {kind} address (allow it with EVENTRAG_FETCH__ALLOWED_NETWORKS, or all of them with"
+                " EVENTRAG_FETCH__ALLOW_PRIVATE_ADDRESSES=true)"
+            )
     return None
 
 
 class _GuardedBackend(httpcore.SyncBackend):
     """Resolves the host itself, refuses non-public addresses, connects to the address it checked."""
 
-    def __init__(self, allow_private: bool) -> None:
-        self.allow_private = allow_private
+    def __init__(self, policy: FetchPolicy) -> None:
+        self.policy = policy
 
     def connect_tcp(
         self,
@@ -184,7 +195,11 @@ class _GuardedBackend(httpcore.SyncBackend):
         for address in addresses:
             # Every address the name has: a resolver answering one public and one private address would
             # otherwise get the private one used on a retry or a later connection.
-            why = address_refusal(address, allow_private=self.allow_private)
+            why = address_refusal(
+                address,
+                allow_private=self.policy.allow_private_addresses,
+                allowed_networks=self.policy.allowed_networks,
+            )
             if why is not None:
                 raise FetchRefusedError(f"refused to connect to {host!r}: {why}")
         last: Exception | None = None
@@ -198,7 +213,7 @@ class _GuardedBackend(httpcore.SyncBackend):
 
 
 class _GuardedTransport(httpx.HTTPTransport):
-    def __init__(self, *, allow_private: bool) -> None:
+    def __init__(self, policy: FetchPolicy) -> None:
         super().__init__(trust_env=False, retries=0)
         # httpx builds its httpcore pool without a way to pass a network backend; the pool it builds is
         # replaced by the same pool over the guarded backend (tests/test_fetch_url.py proves it is used).
@@ -206,7 +221,7 @@ class _GuardedTransport(httpx.HTTPTransport):
             ssl_context=httpx.create_ssl_context(trust_env=False),
             max_connections=10,
             max_keepalive_connections=5,
-            network_backend=_GuardedBackend(allow_private),
+            network_backend=_GuardedBackend(policy),
         )
 
 
@@ -229,7 +244,7 @@ class UrlSource:
     def __init__(self, policy: FetchPolicy, *, client: httpx.Client | None = None) -> None:
         self.policy = policy
         self.client = client or httpx.Client(
-            transport=_GuardedTransport(allow_private=policy.allow_private_addresses),
+            transport=_GuardedTransport(policy),
             timeout=httpx.Timeout(
                 connect=policy.connect_timeout_seconds,
                 read=policy.read_timeout_seconds,

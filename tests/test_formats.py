@@ -122,8 +122,11 @@ def deck() -> ParsedDocument:
 class TestDocx:
     def test_heading_styles_become_the_heading_lines(self, handbook: ParsedDocument) -> None:
         lines = handbook.text.split("\n")
-        assert ["# Staff handbook", "# Leave", "## Parental leave", "# Expenses"] == [
-            line for line in lines if line.startswith("#")
+        assert [line for line in lines if line.startswith("#")] == [
+            "# Staff handbook",
+            "# Leave",
+            "## Parental leave",
+            "# Expenses",
         ]
         assert handbook.title == "Staff handbook" and handbook.content_type == DOCX
 
@@ -137,7 +140,9 @@ class TestDocx:
     def test_the_chunker_builds_the_heading_path_from_them(self, handbook: ParsedDocument) -> None:
         from ingest.chunking import Chunker
 
-        chunks = Chunker(count_tokens=lambda texts: [len(t.split()) + 2 for t in texts], chunk_tokens=12).chunk(handbook.text)
+        chunks = Chunker(count_tokens=lambda texts: [len(t.split()) + 2 for t in texts], chunk_tokens=12).chunk(
+            handbook.text
+        )
         tenure = next(c for c in chunks if "10 years" in c.text)
         assert tenure.heading == "Staff handbook > Leave > Parental leave" or tenure.heading == "Leave > Parental leave"
 
@@ -161,7 +166,12 @@ class TestSheets:
     def test_rows_name_their_sheet_row_and_columns(self) -> None:
         data = xlsx_bytes(
             {
-                "Prices": [["Product", "Price", "Currency"], ["Widget", 3.5, "EUR"], [None, None], ["Gadget", 7, "USD"]],
+                "Prices": [
+                    ["Product", "Price", "Currency"],
+                    ["Widget", 3.5, "EUR"],
+                    [None, None],
+                    ["Gadget", 7, "USD"],
+                ],
                 "Stock": [[1, 2], [3, 4]],
             }
         )
@@ -186,14 +196,22 @@ class TestSheets:
     def test_csv_rows_are_labelled_by_the_header(self) -> None:
         doc = parse(b'name;city\nBob;Lyon\n"Smith; Jr";Paris\n', "text/csv", "people.csv")
         assert doc.content_type == "text/csv" and doc.charset == "utf-8"
-        assert doc.text.split("\n\n") == ["columns: name | city", "row 2: name: Bob; city: Lyon", "row 3: name: Smith; Jr; city: Paris"]
+        assert doc.text.split("\n\n") == [
+            "columns: name | city",
+            "row 2: name: Bob; city: Lyon",
+            "row 3: name: Smith; Jr; city: Paris",
+        ]
 
 
 class TestTextDetection:
     def test_readme_debian_and_api_files_are_plain_text(self) -> None:
         for name in ("README.Debian", "README.source", "libfoo.api", "LICENSE"):
             doc = parse(b"This package is built with dh.\n", None, name)
-            assert (doc.content_type, doc.text, doc.charset) == ("text/plain", "This package is built with dh.\n", "utf-8")
+            assert (doc.content_type, doc.text, doc.charset) == (
+                "text/plain",
+                "This package is built with dh.\n",
+                "utf-8",
+            )
 
     def test_octet_stream_text_is_indexed_and_binary_is_named(self) -> None:
         assert parse(b"plain words", "application/octet-stream", "notes.api").text == "plain words"

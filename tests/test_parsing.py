@@ -193,7 +193,11 @@ class TestRefusals:
         (None, "docs/README", "application/octet-stream"),  # the bytes decide (see test_formats.py)
         (None, "README.Debian", "application/octet-stream"),
         (None, "report.docx", "application/vnd.openxmlformats-officedocument.wordprocessingml.document"),
-        ("application/octet-stream", "deck.PPTX", "application/vnd.openxmlformats-officedocument.presentationml.presentation"),
+        (
+            "application/octet-stream",
+            "deck.PPTX",
+            "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+        ),
         (None, "https://example.com/page.html?x=1#top", "text/html"),
         (None, "a.pdf", "application/pdf"),
         ("application/x-pdf", "a", "application/pdf"),

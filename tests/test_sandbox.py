@@ -66,7 +66,11 @@ def test_the_worker_records_the_hostile_file_as_failed_and_goes_on(
 
     def send(data: bytes, version: int) -> str:
         body = file_event(
-            "updated", "handbook", path="handbook.docx", version=version, content_type=None,
+            "updated",
+            "handbook",
+            path="handbook.docx",
+            version=version,
+            content_type=None,
             content_base64=base64.b64encode(data).decode(),
         )
         r = h.post_event(body)
