@@ -120,6 +120,17 @@ class EventOut(BaseModel):
     updated_at: datetime
 
 
+class EventStatusQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    event_ids: list[str] = Field(min_length=1, max_length=1000)
+
+
+class EventStatusList(BaseModel):
+    events: list[EventOut]
+    unknown: list[str] = Field(default_factory=list, description="ids with no event in the caller's workspace")
+
+
 class Health(BaseModel):
     status: str
     checks: dict[str, str] = Field(default_factory=dict)

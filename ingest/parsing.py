@@ -211,8 +211,13 @@ def resolve_content_type(data: bytes, content_type: str | None, path: str) -> tu
     if _is_binary_type(declared) and _header_type(content_type) == declared:
         return declared, None  # the sender says it is binary: believe it
     sniffed = sniff(data)
-    said = "no content type" if declared == OCTET else f"type {declared!r}"
-    return sniffed, f"its bytes are {sniffed} (it came with {said})"
+    if _header_type(content_type) is not None:
+        said = f"it was sent as {declared!r}"
+    elif declared != OCTET:
+        said = f"its name suggests {declared!r}"
+    else:
+        said = "no type was given and its name says none"
+    return sniffed, f"its bytes are {sniffed} ({said})"
 
 
 # --- parse ------------------------------------------------------------------------------------------------
