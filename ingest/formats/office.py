@@ -57,8 +57,7 @@ def table_lines(rows: Sequence[Sequence[str]]) -> list[str]:
 # --- DOCX -------------------------------------------------------------------------------------------------
 
 
-def _heading_level(paragraph: Any) -> int:
-    style = paragraph.style
+def _heading_level(style: Any) -> int:
     for _ in range(5):  # a custom style based on "Heading 2" is a heading too
         if style is None:
             return 0
@@ -71,12 +70,22 @@ def _heading_level(paragraph: Any) -> int:
     return 0
 
 
-def _is_list(paragraph: Any) -> bool:
-    name = (paragraph.style.name or "") if paragraph.style is not None else ""
-    if name.lower().startswith("list"):
-        return True
-    ppr = paragraph._p.pPr
-    return ppr is not None and ppr.numPr is not None
+class _Styles:
+    """(heading level, is a list style) per style id. python-docx looks a paragraph's style up by scanning
+    every style of the document each time; once per style id is enough."""
+
+    def __init__(self) -> None:
+        self._known: dict[str | None, tuple[int, bool]] = {}
+
+    def of(self, paragraph: Any) -> tuple[int, bool]:
+        style_id = paragraph._p.style
+        if style_id not in self._known:
+            style = paragraph.style
+            name = (style.name or "") if style is not None else ""
+            self._known[style_id] = (_heading_level(style), name.lower().startswith("list"))
+        level, list_style = self._known[style_id]
+        ppr = paragraph._p.pPr
+        return level, list_style or (ppr is not None and ppr.numPr is not None)
 
 
 def _docx_rows(table: Any) -> list[list[str]]:
@@ -107,6 +116,7 @@ def parse_docx(data: bytes, path: str) -> ParsedDocument:
     title = _one_line(document.core_properties.title or "") or None
     first_heading: str | None = None
     in_list = False
+    styles = _Styles()
     for item in document.iter_inner_content():
         if isinstance(item, Table):
             lines = table_lines(_docx_rows(item))
@@ -120,13 +130,13 @@ def parse_docx(data: bytes, path: str) -> ParsedDocument:
         text = item.text.replace("\t", " ").strip()
         if not text:
             continue
-        level = _heading_level(item)
+        level, is_list = styles.of(item)
         if level:
             heading = _one_line(text)
             builder.block("#" * level + " " + heading)
             first_heading = first_heading or heading
             in_list = False
-        elif _is_list(item):
+        elif is_list:
             (builder.line if in_list else builder.block)("- " + _one_line(text))
             in_list = True
         else:
