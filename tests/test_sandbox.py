@@ -1,6 +1,6 @@
 """The parse budget protects the worker: a hostile file fails with a clear reason, the worker goes on.
 
-The hostile input is a decompression bomb (a 400 KB DOCX whose XML inflates to ~300 MB and takes lxml
+The hostile input is a decompression bomb (a 360 KB DOCX whose XML inflates to ~110 MB, and takes lxml
 seconds and gigabytes to load). With a small memory budget it must fail on memory; with a small time
 budget, on time; either way the event is `failed` with the reason, the file's previous version stays
 searchable, and the next file is parsed by a fresh child.
