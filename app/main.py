@@ -54,8 +54,9 @@ def create_app(container: Container | Callable[[], Container] | None = None, *, 
     install_error_handlers(app)
     for module in (webhooks, query, sessions, openai_compat, documents, events, operations, health):
         app.include_router(module.router)
-    # A route, not a mount: a mount answers POST /mcp with a redirect to /mcp/.
-    app.router.routes.append(Route("/mcp", mcp, methods=["GET", "POST", "DELETE"], include_in_schema=False))
+    # A route, not a mount: a mount answers POST /mcp with a redirect to /mcp/. POST only: a stateless server
+    # has no stream of its own to offer (GET) and no session to end (DELETE), and answers both with 405.
+    app.router.routes.append(Route("/mcp", mcp, methods=["POST"], include_in_schema=False))
     return app
 
 

@@ -25,6 +25,8 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult, TextResourceContents
 
+from retrieval.agent import Ask, ToolArgumentError
+from retrieval.llm import ToolCall as LLMToolCall
 from tests.conftest import KEY_BETA, SECRET_ACME, SECRET_BETA, Harness
 from tests.fakes.mcp_wire import mcp_request
 from tests.fakes.webhooks import file_event, sign
@@ -429,6 +431,10 @@ def test_serve_streams_where_lambda_answers_in_json(served: Served) -> None:
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
     assert "mcp-session-id" not in r.headers  # stateless: nothing to be sticky on
     assert '"search_documents"' in r.text
+    # No server-initiated stream to open, no session to end: a stateless server answers 405 (the spec's way).
+    sse = {"Accept": "text/event-stream", "X-API-Key": KEY_READER}
+    assert httpx.get(f"{served.url}/mcp", headers=sse).status_code == 405
+    assert httpx.delete(f"{served.url}/mcp", headers=sse).status_code == 405
 
 
 def test_without_keys_only_loopback_hosts_and_origins_are_served(make_harness: Callable[..., Harness]) -> None:
@@ -441,3 +447,18 @@ def test_without_keys_only_loopback_hosts_and_origins_are_served(make_harness: C
     assert h.client.post("/mcp", json=body, headers={**headers, "host": "rebound.example"}).status_code == 421
     evil = {**headers, "host": "127.0.0.1:8000", "origin": "http://rebound.example"}
     assert h.client.post("/mcp", json=body, headers=evil).status_code == 403
+
+
+def test_the_agents_tools_refuse_arguments_they_do_not_take(make_harness: Callable[..., Harness]) -> None:
+    """The MCP tools reuse the LLM agent's tools; those refuse a stray argument too (the model's calls)."""
+    h = make_harness()
+    h.post_event(file_event("created", "leave", content=ACME_DOCS["leave"][1], version=1))
+    h.drain()
+    agent, ask = h.container.agent, Ask("acme", "leave")
+    with pytest.raises(ToolArgumentError, match=r"unknown argument\(s\) \['workspace'\]"):
+        agent.read_span("acme", {"file_id": "leave", "workspace": "beta"})
+    assert agent.read_span("acme", {"file_id": "leave", "end": 7}).passage.text == ACME_DOCS["leave"][1][:7]
+    listed = agent._tool(ask, LLMToolCall("c1", "list_documents", '{"workspace": "beta"}'), [])
+    assert listed.startswith("error: unknown argument(s) ['workspace']")
+    read = agent._tool(ask, LLMToolCall("c2", "read_document", '{"file_id": "leave", "start": 2, "end": 9}'), [])
+    assert ACME_DOCS["leave"][1][2:9] in read
