@@ -19,7 +19,7 @@ import pytest
 from app import handlers
 from retrieval.llm import OpenAIChatModel
 from tests.conftest import KEY_ACME, KEY_BETA, SECRET_BETA, Harness
-from tests.fakes.llm_server import Reply, ScriptedLLM, Slow
+from tests.fakes.llm_server import Error, Reply, ScriptedLLM, Slow
 from tests.fakes.mcp_wire import MODERN, mcp_request
 from tests.fakes.webhooks import file_event
 from tests.test_lambda_api import EVENTS, LambdaContext
@@ -124,6 +124,33 @@ def test_the_lambda_path_refuses_what_the_server_refuses(lambda_app: Harness) ->
         LambdaContext(),
     )
     assert garbled["statusCode"] == 400 and json.loads(garbled["body"])["error"]["message"] == "Parse error"
+
+
+def test_ask_with_an_llm_and_when_the_llm_fails(make_harness: Callable[..., Harness]) -> None:
+    with ScriptedLLM() as llm:
+        client = openai.OpenAI(base_url=llm.base_url, api_key="test", max_retries=0, timeout=30)
+        h = make_harness(chat=OpenAIChatModel("gpt-test", client=client))
+        h.post_event(file_event("created", "faq", content=FAQ, version=1))
+        h.drain()
+        handlers.set_container(h.container)
+        try:
+            llm.push(Reply("Support is open until noon on Saturdays [1] and on Sundays [9]."))
+            r = result_of(rpc("tools/call", {"name": "ask", "arguments": {"question": "Support on Saturday?"}}))
+            answer = r["structuredContent"]
+            assert answer["mode"] == "llm" and answer["invented_citations"] == 1 and "[9]" not in answer["answer"]
+            assert [c["file_id"] for c in answer["citations"]] == ["faq"]
+
+            llm.push(Error(503, "overloaded"))
+            r = result_of(rpc("tools/call", {"name": "ask", "arguments": {"question": "Support on Sunday?"}}))
+            assert r["isError"] is True
+            assert r["content"][0]["text"].startswith("the language model is unavailable (503)")
+            # extractive=true answers without the model, as /query's `extractive`
+            r = result_of(
+                rpc("tools/call", {"name": "ask", "arguments": {"question": "Support on Sunday?", "extractive": True}})
+            )
+            assert r["structuredContent"]["mode"] == "extractive"
+        finally:
+            handlers.set_container(None)
 
 
 def test_a_tool_past_its_time_limit_is_answered_with_an_error(make_harness: Callable[..., Harness]) -> None:
