@@ -83,9 +83,10 @@ class ParserPool:
                     {"content_type": content_type, "path": path, "limits": asdict(self.limits)},
                     data,
                     timeout=self.timeout_seconds,
-                    max_answer=self.limits.max_chars * 4 + 65536,
+                    # UTF-8 JSON: at most 6 bytes per character (a "\u001f" escape), and the locations.
+                    max_answer=self.limits.max_chars * 6 + (1 << 20),
                 )
-                healthy = answer.get("kind") != "memory"
+                healthy = answer.get("kind") != "memory" and not answer.get("retire")
             except _Timeout:
                 raise ParseBudgetError(
                     f"parsing {path!r} took longer than the budget of {self.timeout_seconds:g} s"
@@ -367,14 +368,21 @@ def _serve(budget_mb: int) -> None:
             kind = "memory" if _ran_out(limit) else "error"
             answer = {"kind": kind, "message": f"{type(exc).__name__}: {exc}"}
         del data
+        # Memory may be fragmented or a library left half-initialised; and VmPeak (what `_ran_out` reads)
+        # only grows: after a file that came near the cap, a fresh child judges the next file on its own.
+        retire = answer["kind"] == "memory" or _ran_out(limit)
+        answer["retire"] = retire
         try:
-            payload = json.dumps(answer).encode()
+            try:
+                payload = json.dumps(answer, ensure_ascii=False).encode()
+            except UnicodeEncodeError:  # a lone surrogate: escaped, it survives the trip exactly
+                payload = json.dumps(answer).encode()
         except MemoryError:
             payload = json.dumps({"kind": "memory", "message": "out of memory"}).encode()
         _write_frame(answers, payload)
         answers.flush()
-        if answer["kind"] == "memory":
-            return  # memory may be fragmented or a library left half-initialised: start afresh
+        if retire:
+            return
 
 
 if __name__ == "__main__":
