@@ -292,3 +292,59 @@ def test_settings_refuse_unsafe_prefixes() -> None:
     assert ok.allowed_urls == {"acme": ["https://files.example.com/acme/"]}
     with pytest.raises(FetchRefusedError, match="encoded"):
         UrlSource(FetchPolicy.from_prefixes(["https://a.example/"]))._allowed("https://a.example/%2e%2e/x", "w")
+
+
+def test_a_server_too_slow_to_answer_is_retried_then_failed(
+    make_harness: Callable[..., Harness], sites: Callable[[str], Site]
+) -> None:
+    site = sites("127.0.0.2")
+    release = threading.Event()
+
+    def stalls(r: Handler) -> None:  # answers only when the test ends: every read times out
+        release.wait(30)
+        r.reply(200, GUIDE)
+
+    site.routes["/docs/slow"] = stalls
+    h = make_harness(
+        fetch=fetch_settings(site.base + "/docs/", allow_private_addresses=True, read_timeout_seconds=0.3),
+        worker={"backoff_seconds": 0.0, "poll_seconds": 0.05, "max_attempts": 2},
+    )
+    try:
+        ev = event(h, post_url(h, site.base + "/docs/slow"))
+    finally:
+        release.set()
+    assert ev["status"] == "failed" and ev["attempts"] == 2  # transient: retried, then given up
+    assert "timed out" in ev["error"] and "gave up after 2 attempt(s)" in ev["error"]
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"), [("120", 120.0), ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0), ("soon", None)]
+)
+def test_retry_after_is_read_in_both_forms(header: str, seconds: float | None) -> None:
+    from ingest.sources_url import _retry_after
+
+    assert _retry_after(header) == seconds
+
+
+def test_the_worker_waits_as_long_as_retry_after_says() -> None:
+    from datetime import UTC, datetime
+
+    from ingest.errors import SourceUnavailableError
+    from ingest.worker import IngestWorker, WorkerConfig
+    from stores.events import EventStatus, EventType, FileEvent
+    from stores.ports import EventRecord
+    from stores.sqlite.database import SqliteDatabase
+    from stores.sqlite.state import SqliteStateStore
+
+    state = SqliteStateStore(SqliteDatabase(":memory:"))
+    ev = FileEvent(event_id="e1", workspace="w", type=EventType.CREATED, file_id="f", path="f", position="v:1",
+                   timestamp=datetime.now(UTC), url="https://x.example/f")  # fmt: skip
+    state.add_event(ev, EventStatus.PROCESSING)
+    worker = IngestWorker(state=state, index=None, embedder=None, sources=None,  # type: ignore[arg-type]
+                          config=WorkerConfig(backoff_seconds=2.0))  # fmt: skip
+    now = datetime.now(UTC)
+    record = EventRecord(ev, EventStatus.PROCESSING, now, now, attempts=1)
+    outcome = worker._failure(record, SourceUnavailableError("429 Too Many Requests", retry_after=90.0))
+    assert outcome.delay == 90.0  # not the 2 s backoff: sooner would be refused again
+    outcome = worker._failure(record, SourceUnavailableError("503", retry_after=None))
+    assert outcome.delay == 2.0
