@@ -9,8 +9,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 
 from stores.ports import SearchMode
 
-# The longest question `/query` and `/v1/chat/completions` answer.
-MAX_QUESTION_CHARS = 4000
+# A question longer than this is not a question: it bounds the query embedding, the BM25 query and the prompt.
+# The REST API, the OpenAI-compatible route and the MCP tools share it.
+QUESTION_MAX_CHARS = 4000
 
 
 def _unicode(value: str) -> str:
@@ -58,12 +59,17 @@ class QueryFilters(BaseModel):
         ]
         | None
     ) = Field(None, description="webhook metadata: a value means equality, a list means any of")
+    page_from: int | None = Field(None, ge=1, description="passages on this page (or slide) or later")
+    page_to: int | None = Field(None, ge=1, description="passages on this page (or slide) or earlier")
+    sheet: Annotated[list[Annotated[Text, Field(max_length=255)]], Field(max_length=100)] | None = Field(
+        None, description="passages from any of these spreadsheet sheets"
+    )
 
 
 class QueryRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    question: Text = Field(min_length=1, max_length=MAX_QUESTION_CHARS)
+    question: Text = Field(min_length=1, max_length=QUESTION_MAX_CHARS)
     top_k: int | None = Field(None, ge=1, description="passages to retrieve (capped by the server maximum)")
     filters: QueryFilters | None = None
     mode: SearchMode | None = Field(None, description="dense, sparse or hybrid; the server default if unset")
@@ -93,6 +99,9 @@ class CitationOut(BaseModel):
     score: float
     heading: str | None = None
     title: str | None = None
+    page_start: int | None = Field(None, description="first page (PDF) or slide (PPTX) the passage is on, 1-based")
+    page_end: int | None = Field(None, description="last page or slide the passage is on")
+    sheet: str | None = Field(None, description="the spreadsheet sheet the passage is from")
 
 
 class QueryResponse(BaseModel):
@@ -112,6 +121,7 @@ class DocumentOut(BaseModel):
     version: int | None
     position: str | None
     content_type: str | None
+    charset: str | None = Field(None, description="the character encoding the text was decoded with")
     chunk_count: int
     embedded: int
     reused: int
@@ -139,6 +149,17 @@ class EventOut(BaseModel):
     detail: str | None
     received_at: datetime
     updated_at: datetime
+
+
+class EventStatusQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    event_ids: list[str] = Field(min_length=1, max_length=1000)
+
+
+class EventStatusList(BaseModel):
+    events: list[EventOut]
+    unknown: list[str] = Field(default_factory=list, description="ids with no event in the caller's workspace")
 
 
 class Health(BaseModel):

@@ -23,14 +23,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import PurePosixPath
 
 from ingest.chunking import Chunker
-from ingest.errors import PermanentError, SourceNotFoundError, UnsupportedContentError
-from ingest.parsing import parse
+from ingest.errors import PermanentError, SourceNotFoundError, SourceUnavailableError, UnsupportedContentError
+from ingest.parsing import ParsedDocument, parse
 from ingest.receiver import requeue_received
 from stores.embedding import embed_with_cache
 from stores.events import (
@@ -63,6 +63,8 @@ log = logging.getLogger(__name__)
 
 # A hook the crash tests use to kill the worker between steps; production passes none.
 FaultHook = Callable[[str, FileEvent], None]
+# Bytes, content type, path -> parsed text: `ingest.parsing.parse`, or the sandboxed `ingest.sandbox.ParserPool`.
+Parser = Callable[[bytes, str | None, str], ParsedDocument]
 
 
 class OutcomeKind(StrEnum):
@@ -100,7 +102,8 @@ class _Plan:
     embed_texts: list[str] = field(default_factory=list)
     token_counts: list[int] = field(default_factory=list)
     title: str | None = None
-    content_type: str | None = None
+    content_type: str | None = None  # for the document record: the parsed type and its charset
+    indexed_type: str | None = None  # for the chunks: the parsed type alone (what filters match)
     reason: str | None = None
     vectors: list[list[float]] = field(default_factory=list)
     embedded: int = 0
@@ -139,7 +142,9 @@ class IngestWorker:
         sparse: Bm25Encoder | None = None,
         config: WorkerConfig | None = None,
         fault: FaultHook | None = None,
+        parser: Parser | None = None,
     ) -> None:
+        self.parser: Parser = parser or parse
         self.state = state
         self.index = index
         self.embedder = embedder
@@ -222,21 +227,22 @@ class IngestWorker:
         if ev.type is EventType.DELETED:
             return self._plan_delete(record, deletes_in_batch)
         try:
-            data = self.sources.fetch(ev)
+            fetched = self.sources.fetch(ev)
         except SourceNotFoundError:
             if ev.resync:  # the source said "look again", and the file is gone: that is a delete
                 return self._plan_delete(record, deletes_in_batch)
             raise
         self._step("fetched", ev)
         try:
-            parsed = parse(data, ev.content_type, ev.path)
+            # The event's content type wins; the source's (an HTTP or S3 Content-Type) fills in for none.
+            parsed = self.parser(fetched.data, ev.content_type or fetched.content_type, ev.path)
         except UnsupportedContentError as exc:
             return _Plan(
                 record,
                 _Action.EMPTY,
                 status=DocumentStatus.SKIPPED,
                 reason=str(exc),
-                content_type=ev.content_type,
+                content_type=ev.content_type or fetched.content_type,
             )
         title = parsed.title or PurePosixPath(ev.path).name
         prefix = self._title_prefix(title, ev.path)
@@ -249,7 +255,9 @@ class IngestWorker:
             reserved_tokens=reserved,
             token_offsets=self.embedder.token_offsets,
         )
-        chunks = chunker.chunk(parsed.text)
+        chunks = chunker.chunk(parsed.text, boundaries=[loc.start for loc in parsed.locations])
+        if parsed.locations:
+            chunks = [self._locate(parsed, c) for c in chunks]
         self._step("chunked", ev)
         if not chunks:
             return _Plan(
@@ -257,7 +265,7 @@ class IngestWorker:
                 _Action.EMPTY,
                 status=DocumentStatus.INDEXED,
                 title=title,
-                content_type=parsed.content_type,
+                content_type=_recorded_type(parsed),
                 reason="the file has no text",
             )
         return _Plan(
@@ -267,7 +275,8 @@ class IngestWorker:
             embed_texts=[f"{prefix}\n{c.text}" for c in chunks],
             token_counts=[c.token_count + reserved for c in chunks],
             title=title,
-            content_type=parsed.content_type,
+            content_type=_recorded_type(parsed),
+            indexed_type=parsed.content_type,
         )
 
     def _plan_delete(self, record: EventRecord, deletes_in_batch: dict[str, int]) -> _Plan | Outcome:
@@ -288,6 +297,11 @@ class IngestWorker:
         self, ev: FileEvent, status: EventStatus, *, error: str | None = None, detail: str | None = None
     ) -> EventRecord:
         return self.state.set_event_status(ev.workspace, ev.event_id, status, error=error, detail=detail)
+
+    @staticmethod
+    def _locate(parsed: ParsedDocument, chunk: Chunk) -> Chunk:
+        page_start, page_end, sheet = parsed.locate(chunk.start, chunk.end)
+        return replace(chunk, page_start=page_start, page_end=page_end, sheet=sheet)
 
     def _brake(self, workspace: str, deletes_in_batch: dict[str, int]) -> str | None:
         """Why this delete must wait for confirmation, or None. A sync bug or a wiped source folder shows
@@ -354,7 +368,7 @@ class IngestWorker:
                     path=ev.path,
                     revision=ev.position,
                     version=ev.version,
-                    content_type=plan.content_type,
+                    content_type=plan.indexed_type,
                     chunk=chunk,
                     dense=vec,
                     sparse=sp,
@@ -431,9 +445,17 @@ class IngestWorker:
             self.state.note_document_error(ev.workspace, ev.file_id, ev.path, why, position=ev.position)
             return Outcome(OutcomeKind.FAILED, why)
         delay = min(self.config.backoff_max_seconds, self.config.backoff_seconds * 2 ** max(0, attempts - 1))
+        if isinstance(exc, SourceUnavailableError) and exc.retry_after is not None:
+            # The source said when to come back (HTTP 429/503 Retry-After): sooner would be refused again.
+            delay = min(self.config.backoff_max_seconds, max(delay, exc.retry_after))
         log.info("event %s attempt %d failed (%s); retrying in %.1fs", ev.key, attempts, message, delay)
         self._set_status(ev, EventStatus.QUEUED, error=message)
         return Outcome(OutcomeKind.RETRY, message, delay)
+
+
+def _recorded_type(parsed: ParsedDocument) -> str:
+    """The document's content type as recorded: with the charset the text was decoded in, as HTTP says it."""
+    return f"{parsed.content_type}; charset={parsed.charset}" if parsed.charset else parsed.content_type
 
 
 class WorkerLoop:

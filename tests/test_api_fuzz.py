@@ -44,8 +44,10 @@ DOCS = {
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     data = Path(tmp_path_factory.mktemp("fuzz"))
+    # A source folder per workspace: a generated body without content names a path, which is then accepted
+    # (and fails in the worker, which this test does not run), so the fuzz reaches past the body checks.
     container = build_container(
-        base_settings(data, worker={"mass_delete_share": 1.0}),
+        base_settings(data, worker={"mass_delete_share": 1.0}, source_root=str(data / "sources" / "{workspace}")),
         embedder=HashEmbedder(),
         qdrant_client=QdrantClient(location=":memory:"),
     )

@@ -150,7 +150,9 @@ def test_webhook_only_enqueues_and_the_queue_handler_indexes(deployment: Deploym
     event_id = d.post_webhook(file_event("created", "leave", content=text, version=1))["event_id"]
 
     # The route stored and queued the event, and did nothing else.
-    item = d.dynamodb.get_item(TableName=d.stack.events_table, Key={"workspace": {"S": "acme"}, "event_id": {"S": event_id}})["Item"]
+    item = d.dynamodb.get_item(
+        TableName=d.stack.events_table, Key={"workspace": {"S": "acme"}, "event_id": {"S": event_id}}
+    )["Item"]
     assert (item["status"]["S"], item["group_key"]["S"]) == ("queued", "acme/leave")
     assert d.source.count(d.stack.queue_url) == 1
     assert d.container.index.revision_counts("acme") == {}

@@ -7,6 +7,7 @@ through the API and the index."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -111,7 +112,11 @@ def test_a_stale_writer_whose_lease_ran_out_never_wins(tmp_path: Path) -> None:
         if step == "upserted" and event.version == 1 and not interleaved:
             second = box["second"]
             assert second.loop is not None
-            interleaved.append(second.loop.drain())
+            # The first worker's 10 ms lease runs out (poll until it has, within a deadline).
+            deadline = time.monotonic() + 10
+            while (ran := second.loop.drain()) == 0 and time.monotonic() < deadline:
+                pass
+            interleaved.append(ran)
 
     def make(name: str, **kw: Any) -> Container:
         s = base_settings(tmp_path / "data", worker={**FAST, **kw})

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.deps import ContainerDep, Workspace
 from app.routes.query import citations_out
-from app.schemas import MAX_QUESTION_CHARS, ErrorBody, Text
+from app.schemas import QUESTION_MAX_CHARS, ErrorBody, Text
 from retrieval.agent import Ask
 from retrieval.answering import Answer
 from retrieval.llm import LLMError
@@ -117,10 +117,10 @@ def chat_completions(body: ChatRequest, workspace: Workspace, container: Contain
     if not turns or turns[-1].role != "user" or not _text(turns[-1]).strip():
         return _error(400, "the last message must be a non-empty user message", "invalid_request_error")
     question = _text(turns[-1])
-    if len(question) > MAX_QUESTION_CHARS:
+    if len(question) > QUESTION_MAX_CHARS:
         return _error(
             400,
-            f"the question (the last user message) has {len(question)} characters; at most {MAX_QUESTION_CHARS}",
+            f"the question (the last user message) has {len(question)} characters; at most {QUESTION_MAX_CHARS}",
             "invalid_request_error",
         )
     keep = container.settings.agent.session_max_turns

@@ -6,7 +6,6 @@ a message made visible again may take a moment to show (moto: the next milliseco
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass

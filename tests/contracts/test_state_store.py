@@ -322,7 +322,9 @@ class TestStateStoreContract:
         assert store.switch_document(document("f1", workspace="beta", revision="b1", position=pos(1, "b")))
 
     def test_a_position_from_before_the_rule_is_replaced_by_anything(self, store: StateStore) -> None:
-        assert store.switch_document(document("f1", revision="v:00000000000000000009", position="v:00000000000000000009"))
+        assert store.switch_document(
+            document("f1", revision="v:00000000000000000009", position="v:00000000000000000009")
+        )
         assert store.switch_document(document("f1", revision="r1", position=pos(1, "e1")))
         got = store.get_document("acme", "f1")
         assert got is not None and got.revision == "r1"
