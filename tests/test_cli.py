@@ -184,6 +184,10 @@ def test_operator_commands_on_the_local_store(tmp_path: Path) -> None:
     folder.mkdir()
     for i in range(3):
         (folder / f"n{i}.md").write_text(f"# Note {i}\nNote number {i} is about subject {i}.\n")
+    # A file stamped a day ahead (a skewed clock where it was made) is sent with the time of now, which the
+    # server accepts: a timestamp in the future is refused.
+    tomorrow = time.time() + 86400
+    os.utime(folder / "n2.md", (tomorrow, tomorrow))
     runner = CliRunner()
     common = ["--server", "http://127.0.0.1:9", "--data-dir", str(data)]
     r = runner.invoke(app, ["ingest", str(folder), *common])

@@ -41,7 +41,9 @@ def _file_event(path: Path, root: Path, workspace: str) -> tuple[str, dict[str, 
     rel = _relative(path, root)
     data = path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()[:16]
-    stamp = datetime.fromtimestamp(stat.st_mtime, UTC)
+    # The change happened at the mtime, and not later than now: a file stamped in the future (a skewed
+    # clock where it was made) would be refused, since a future timestamp would outrank every later change.
+    stamp = min(datetime.fromtimestamp(stat.st_mtime, UTC), datetime.now(UTC))
     body = file_event_body("updated", workspace=workspace, file_id=rel, path=rel, data=data, timestamp=stamp)
     return event_id_for("cli", workspace, rel, digest, stat.st_mtime_ns), body
 
