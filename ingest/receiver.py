@@ -173,7 +173,7 @@ def requeue_received(
     state: StateStore, queue: JobQueue, *, min_age: timedelta = SWEEP_MIN_AGE, limit: int = 1000
 ) -> int:
     """The sweep: queue events stored as `received` at least `min_age` ago whose enqueue never happened
-    (the process died between the two writes). Runs at start-up, hourly in `eventrag serve`, and on a
+    (the process died between the two writes). Runs at start-up, every minute in `eventrag serve`, and on a
     schedule on AWS. Enqueueing twice is harmless (the queue deduplicates; a second run only finishes)."""
     cutoff = datetime.now(UTC) - min_age
     stale = [r for r in state.events_with_status(EventStatus.RECEIVED, limit=limit) if r.received_at <= cutoff]
