@@ -18,6 +18,8 @@ from stores.ports import Hit, SearchFilter, SearchMode
 from stores.sparse import Bm25Encoder
 
 NOT_COVERED = "The indexed documents do not cover this question."
+# Every line of an extractive answer is a quote with its markers, or one of these notes.
+NOTES: tuple[str, ...] = (NOT_COVERED,)
 
 SYSTEM_PROMPT = """You answer questions using only the numbered passages supplied inside <passages>.
 Rules:

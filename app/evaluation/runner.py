@@ -11,6 +11,8 @@ The point is to measure what users get, so nothing here re-implements a step of 
 3. *search*: every query goes through `Searcher.search` with `group_by_document=True` (a document is
    scored by its best chunk) for its top 100 documents, once per search mode.
 4. *score*: `app.evaluation.metrics.score_run`: nDCG@10, recall@100 and MRR@10 over the judged queries.
+5. *answers* (optional): every judged claim with rationales is asked through the production answer path
+   (`Agent.answer`, extractive) and the answers scored by `app.evaluation.answers`.
 
 The store is fresh and temporary for every run. This module does not build it: the caller passes a
 `StoreFactory` (the CLI builds one from `app.container.build_container`), which keeps the import direction
@@ -35,8 +37,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from app.evaluation.answers import AnswerScores, Rationale, evaluate_answers
 from app.evaluation.metrics import RetrievalScores, score_run
 from ingest.worker import WorkerLoop
+from retrieval.agent import Agent, Ask
 from retrieval.search import Searcher, SearchRequest
 from stores.events import EventStatus, EventType, FileEvent, position_key
 from stores.ports import JobQueue, SearchMode, StateStore
@@ -83,6 +87,15 @@ class BeirDataset:
     def judged_queries(self) -> list[str]:
         """Ids of the queries with at least one judgment, in `queries.jsonl` order: the ones scored."""
         return [q for q in self.queries if self.qrels.get(q)]
+
+    def only_queries(self, keep: Iterable[str]) -> BeirDataset:
+        """The same corpus with only the queries (and judgments) whose ids are in `keep`, in file order."""
+        wanted = set(keep)
+        return BeirDataset(
+            corpus=self.corpus,
+            queries={q: t for q, t in self.queries.items() if q in wanted},
+            qrels={q: j for q, j in self.qrels.items() if q in wanted},
+        )
 
     def subset(self, *, queries: int | None = None, documents: int | None = None) -> BeirDataset:
         """A deterministic smaller dataset.
@@ -170,6 +183,9 @@ class EvalStore(Protocol):
 
     @property
     def searcher(self) -> Searcher: ...
+
+    @property
+    def agent(self) -> Agent: ...
 
     def close(self) -> None: ...
 
@@ -296,6 +312,15 @@ class VariantResult:
     modes: list[ModeResult] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class AnswerRequest:
+    """Score extractive answers too: `top_k` passages per answer, searched in `mode`."""
+
+    rationales: dict[str, list[Rationale]]
+    top_k: int = 5
+    mode: SearchMode = SearchMode.HYBRID
+
+
 @dataclass(slots=True)
 class EvalReport:
     dataset: str
@@ -304,6 +329,7 @@ class EvalReport:
     documents: int
     settings: dict[str, Any]
     variants: list[VariantResult] = field(default_factory=list)
+    answers: AnswerScores | None = None
     wall_seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
@@ -328,8 +354,10 @@ def evaluate(
     name: str = "",
     split: str = "train",
     settings: dict[str, Any] | None = None,
+    answers: AnswerRequest | None = None,
 ) -> EvalReport:
-    """Index `dataset` into a fresh temporary store per variant and score every mode on it."""
+    """Index `dataset` into a fresh temporary store per variant and score every mode on it; with
+    `answers`, also score the extractive answers to the claims with rationales (on the first variant)."""
     started = time.perf_counter()
     report = EvalReport(
         dataset=name,
@@ -356,10 +384,27 @@ def evaluate(
                     seconds = round(time.perf_counter() - t0, 1)
                     result.modes.append(ModeResult(mode.value, score_run(run, dataset.qrels), seconds))
                 report.variants.append(result)
+                if answers is not None and report.answers is None:
+                    report.answers = answer_claims(store, dataset, answers, progress=progress)
             finally:
                 store.close()
     report.wall_seconds = round(time.perf_counter() - started, 1)
     return report
+
+
+def answer_claims(
+    store: EvalStore, dataset: BeirDataset, request: AnswerRequest, *, progress: Progress | None = None
+) -> AnswerScores:
+    """Every judged claim with rationales, asked as a user would (extractive), its answer scored."""
+
+    def ask(claim: str) -> Any:
+        return store.agent.answer(Ask(EVAL_WORKSPACE, claim, top_k=request.top_k, mode=request.mode, extractive=True))
+
+    claims = {q: dataset.queries[q] for q in dataset.judged_queries}
+    scores, _ = evaluate_answers(
+        ask, claims, request.rationales, top_k=request.top_k, mode=request.mode.value, progress=progress
+    )
+    return scores
 
 
 def _documents(state: StateStore) -> Iterator[Any]:
