@@ -182,7 +182,7 @@ class Extractor:
         per_passage: int = 1,
         dense_weight: float = 0.5,
         number_bonus: float = 0.1,
-        context_share: float = 0.85,
+        context_share: float = 0.7,
     ) -> None:
         self.terms = terms
         self.embedder = embedder

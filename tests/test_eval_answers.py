@@ -100,7 +100,7 @@ def test_eval_answers_with_modes_scores_retrieval_too(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert [m["mode"] for m in report["variants"][0]["modes"]] == ["sparse"]
-    assert report["queries"] == 3  # the claims with rationales
+    assert report["queries"] == 4  # every judged claim is scored for retrieval; the three with evidence asked
     assert report["answers"]["claims"] == 3
 
 

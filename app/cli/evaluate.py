@@ -93,13 +93,12 @@ def evaluate(
     base = load_settings()
     answer_request = None
     try:
-        dataset = load_beir(dataset_dir, split)
+        dataset = load_beir(dataset_dir, split).subset(queries=limit_queries, documents=limit_docs)
         if answers:
-            rationales = load_rationales(dataset_dir, split)
-            # Only the claims with evidence are asked (and, with --modes, scored): --limit-queries counts them.
-            dataset = dataset.only_queries(rationales)
-            answer_request = AnswerRequest(rationales, top_k=base.top_k_default, mode=base.search_mode)
-        dataset = dataset.subset(queries=limit_queries, documents=limit_docs)
+            # The kept judged claims that have evidence are asked; the others are scored for retrieval only.
+            answer_request = AnswerRequest(
+                load_rationales(dataset_dir, split), top_k=base.top_k_default, mode=base.search_mode
+            )
     except (EvaluationError, RationaleFormatError) as exc:
         typer.secho(str(exc), fg="red", err=True)
         raise typer.Exit(2) from exc
@@ -114,6 +113,8 @@ def evaluate(
         "bm25": {"k1": bm25.k1, "b": bm25.b, "avg_doc_tokens": bm25.avg_doc_tokens},
         "group_by_document": True,
         "rank_depth": 100,
+        "relevance_bar": {"min_score": base.min_score, "min_keyword_score": base.min_keyword_score},
+        "top_k": base.top_k_default,
     }
     n_queries = len(dataset.judged_queries)
     typer.echo(f"{dataset_dir} ({split}): {len(dataset.corpus)} documents, {n_queries} queries")
@@ -137,10 +138,11 @@ def evaluate(
     console = Console()
     if report.rows():
         table = Table(title=f"{dataset_dir.name} ({split}): {report.queries} queries, {report.documents} docs")
-        for column in ("index", "mode", "nDCG@10", "recall@100", "MRR@10"):
+        for column in ("index", "mode", "nDCG@10", "recall@100", "MRR@10", "nDCG@10 with bar"):
             table.add_column(column, justify="left" if column in ("index", "mode") else "right")
-        for variant, mode, ndcg, recall, mrr in report.rows():
-            table.add_row(variant, mode, f"{ndcg:.4f}", f"{recall:.4f}", f"{mrr:.4f}")
+        for variant, mode, ndcg, recall, mrr, barred in report.rows():
+            shown = f"{barred:.4f}" if barred is not None else "-"
+            table.add_row(variant, mode, f"{ndcg:.4f}", f"{recall:.4f}", f"{mrr:.4f}", shown)
         console.print(table)
     if report.answers is not None:
         a = report.answers

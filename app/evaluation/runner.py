@@ -10,7 +10,9 @@ The point is to measure what users get, so nothing here re-implements a step of 
    embedding batches are sorted by length across documents as in production.
 3. *search*: every query goes through `Searcher.search` with `group_by_document=True` (a document is
    scored by its best chunk) for its top 100 documents, once per search mode.
-4. *score*: `app.evaluation.metrics.score_run`: nDCG@10, recall@100 and MRR@10 over the judged queries.
+4. *score*: `app.evaluation.metrics.score_run`: nDCG@10, recall@100 and MRR@10 over the judged queries;
+   and nDCG@10 again with the answer path's relevance bar applied (documents whose best passage an
+   answer would not count as relevant are dropped), which shows what the bar costs.
 5. *answers* (optional): every judged claim with rationales is asked through the production answer path
    (`Agent.answer`, extractive) and the answers scored by `app.evaluation.answers`.
 
@@ -43,7 +45,7 @@ from ingest.worker import WorkerLoop
 from retrieval.agent import Agent, Ask
 from retrieval.search import Searcher, SearchRequest
 from stores.events import EventStatus, EventType, FileEvent, position_key
-from stores.ports import JobQueue, SearchMode, StateStore
+from stores.ports import Hit, JobQueue, SearchMode, StateStore
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -87,15 +89,6 @@ class BeirDataset:
     def judged_queries(self) -> list[str]:
         """Ids of the queries with at least one judgment, in `queries.jsonl` order: the ones scored."""
         return [q for q in self.queries if self.qrels.get(q)]
-
-    def only_queries(self, keep: Iterable[str]) -> BeirDataset:
-        """The same corpus with only the queries (and judgments) whose ids are in `keep`, in file order."""
-        wanted = set(keep)
-        return BeirDataset(
-            corpus=self.corpus,
-            queries={q: t for q, t in self.queries.items() if q in wanted},
-            qrels={q: j for q, j in self.qrels.items() if q in wanted},
-        )
 
     def subset(self, *, queries: int | None = None, documents: int | None = None) -> BeirDataset:
         """A deterministic smaller dataset.
@@ -269,10 +262,17 @@ def index_corpus(
     return len(docs)
 
 
+def rank_hits(searcher: Searcher, query: str, mode: SearchMode, depth: int = RANK_DEPTH) -> list[Hit]:
+    """The best chunk of each of the best `depth` documents for `query`, best first."""
+    return searcher.search(SearchRequest(EVAL_WORKSPACE, query, top_k=depth, mode=mode, group_by_document=True))
+
+
 def rank_documents(searcher: Searcher, query: str, mode: SearchMode, depth: int = RANK_DEPTH) -> list[str]:
     """The file ids of the best `depth` documents for `query`, each scored by its best chunk."""
-    hits = searcher.search(SearchRequest(EVAL_WORKSPACE, query, top_k=depth, mode=mode, group_by_document=True))
-    return [h.file_id for h in hits]
+    return [h.file_id for h in rank_hits(searcher, query, mode, depth)]
+
+
+Run = dict[str, list[str]]  # query id -> ranked document ids
 
 
 def run_queries(
@@ -282,15 +282,21 @@ def run_queries(
     *,
     progress: Progress | None = None,
     label: str = "",
-) -> dict[str, list[str]]:
-    """A BEIR run: judged query id -> ranked document ids."""
+    relevant: Callable[[Hit], bool] | None = None,
+) -> tuple[Run, Run | None]:
+    """A BEIR run (judged query id -> ranked document ids); with `relevant`, also the run an answer would
+    see: the same ranking without the documents whose best passage fails the relevance bar."""
     judged = dataset.judged_queries
-    run: dict[str, list[str]] = {}
+    run: Run = {}
+    barred: Run | None = {} if relevant is not None else None
     with _task(progress, f"querying {label} {mode.value}".replace("  ", " "), len(judged)) as advance:
         for query_id in judged:
-            run[query_id] = rank_documents(searcher, dataset.queries[query_id], mode)
+            hits = rank_hits(searcher, dataset.queries[query_id], mode)
+            run[query_id] = [h.file_id for h in hits]
+            if barred is not None and relevant is not None:
+                barred[query_id] = [h.file_id for h in hits if relevant(h)]
             advance(1)
-    return run
+    return run, barred
 
 
 # the report -------------------------------------------------------------------------------------------
@@ -301,6 +307,9 @@ class ModeResult:
     mode: str
     scores: RetrievalScores
     query_seconds: float
+    # The same ranking after the answer path's relevance bar (EVENTRAG_MIN_SCORE / _MIN_KEYWORD_SCORE):
+    # what the bar costs. None when the store has no answer path to take the bar from.
+    with_bar: RetrievalScores | None = None
 
 
 @dataclass(slots=True)
@@ -335,10 +344,17 @@ class EvalReport:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
-    def rows(self) -> list[tuple[str, str, float, float, float]]:
-        """(variant, mode, nDCG@10, recall@100, MRR@10) per measured combination."""
+    def rows(self) -> list[tuple[str, str, float, float, float, float | None]]:
+        """(variant, mode, nDCG@10, recall@100, MRR@10, nDCG@10 with the relevance bar) per combination."""
         return [
-            (v.variant, m.mode, m.scores.ndcg_at_10, m.scores.recall_at_100, m.scores.mrr_at_10)
+            (
+                v.variant,
+                m.mode,
+                m.scores.ndcg_at_10,
+                m.scores.recall_at_100,
+                m.scores.mrr_at_10,
+                m.with_bar.ndcg_at_10 if m.with_bar is not None else None,
+            )
             for v in self.variants
             for m in v.modes
         ]
@@ -380,9 +396,17 @@ def evaluate(
                 )
                 for mode in modes:
                     t0 = time.perf_counter()
-                    run = run_queries(store.searcher, dataset, mode, progress=progress, label=variant.name)
+                    run, barred = run_queries(
+                        store.searcher,
+                        dataset,
+                        mode,
+                        progress=progress,
+                        label=variant.name,
+                        relevant=store.agent.answerer.relevant,
+                    )
                     seconds = round(time.perf_counter() - t0, 1)
-                    result.modes.append(ModeResult(mode.value, score_run(run, dataset.qrels), seconds))
+                    with_bar = score_run(barred, dataset.qrels) if barred is not None else None
+                    result.modes.append(ModeResult(mode.value, score_run(run, dataset.qrels), seconds, with_bar))
                 report.variants.append(result)
                 if answers is not None and report.answers is None:
                     report.answers = answer_claims(store, dataset, answers, progress=progress)
