@@ -9,6 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from stores.ports import SearchMode
 
+# A question longer than this is not a question: it bounds the query embedding, the BM25 query and the prompt.
+# The REST API and the MCP tools share it.
+QUESTION_MAX_CHARS = 4000
+
 
 class ErrorBody(BaseModel):
     detail: str = Field(description="what is wrong, in words")
@@ -30,12 +34,15 @@ class QueryFilters(BaseModel):
     metadata: dict[str, str | int | float | bool | list[str | int | float | bool]] | None = Field(
         None, description="webhook metadata: a value means equality, a list means any of"
     )
+    page_from: int | None = Field(None, ge=1, description="passages on this page (or slide) or later")
+    page_to: int | None = Field(None, ge=1, description="passages on this page (or slide) or earlier")
+    sheet: list[str] | None = Field(None, description="passages from any of these spreadsheet sheets")
 
 
 class QueryRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    question: str = Field(min_length=1, max_length=4000)
+    question: str = Field(min_length=1, max_length=QUESTION_MAX_CHARS)
     top_k: int | None = Field(
         None,
         ge=1,
@@ -85,6 +92,9 @@ class CitationOut(BaseModel):
     )
     heading: str | None = None
     title: str | None = None
+    page_start: int | None = Field(None, description="first page (PDF) or slide (PPTX) the passage is on, 1-based")
+    page_end: int | None = Field(None, description="last page or slide the passage is on")
+    sheet: str | None = Field(None, description="the spreadsheet sheet the passage is from")
 
 
 class QueryResponse(BaseModel):
@@ -107,6 +117,7 @@ class DocumentOut(BaseModel):
     version: int | None
     position: str | None
     content_type: str | None
+    charset: str | None = Field(None, description="the character encoding the text was decoded with")
     chunk_count: int
     embedded: int
     reused: int
@@ -134,6 +145,17 @@ class EventOut(BaseModel):
     detail: str | None
     received_at: datetime
     updated_at: datetime
+
+
+class EventStatusQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    event_ids: list[str] = Field(min_length=1, max_length=1000)
+
+
+class EventStatusList(BaseModel):
+    events: list[EventOut]
+    unknown: list[str] = Field(default_factory=list, description="ids with no event in the caller's workspace")
 
 
 class Health(BaseModel):
