@@ -32,6 +32,9 @@ NOT_COVERED = "The indexed documents do not cover this question."
 NOT_ANSWERED = "None of the passages found answers this directly; the closest are:"
 # Every line of an extractive answer is a quote with its markers, or one of these notes.
 NOTES: tuple[str, ...] = (NOT_COVERED, NOT_ANSWERED)
+# The extract score under which no passage is taken to answer the question: with the extractor's default
+# weights, a best sentence that holds no term of the question and is less than 0.3 similar (cosine) to it.
+ANSWER_BAR = 0.15
 
 SYSTEM_PROMPT = """You answer questions using only the numbered passages supplied inside <passages>.
 Rules:
@@ -184,7 +187,7 @@ class Answerer:
         min_similarity: float = 0.2,
         min_keyword_score: float | None = None,
         extractor: Extractor | None = None,
-        answer_bar: float = 0.0,
+        answer_bar: float = ANSWER_BAR,
     ) -> None:
         """`min_similarity` (cosine) and `min_keyword_score` (BM25; None: the keyword side never decides)
         are the relevance bar; `answer_bar` is the extract score under which an extractive answer says
@@ -284,7 +287,7 @@ class Answerer:
 
 
 def extractive_answer(
-    question: str, hits: Sequence[Hit], extractor: Extractor, *, max_quotes: int = 3, answer_bar: float = 0.0
+    question: str, hits: Sequence[Hit], extractor: Extractor, *, max_quotes: int = 3, answer_bar: float = ANSWER_BAR
 ) -> Answer:
     """Quotes from the passages that answer best, each `<quote> [n]` on a line of its own; every passage in
     `hits` is cited, numbered in rank order. No model, no invention: each quote is one contiguous span of

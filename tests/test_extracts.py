@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ingest.chunking import Chunker
-from retrieval.answering import NOTES, Answer, extractive_answer
+from retrieval.answering import NOT_ANSWERED, NOTES, Answer, extractive_answer
 from retrieval.extracts import Extractor, locate, units
 from stores.ports import Hit
 from stores.sparse import Bm25Encoder
@@ -118,6 +118,16 @@ def test_the_quote_with_the_number_is_one_contiguous_span() -> None:
     # Contiguous: the quote is exactly the document's text at its offsets, line breaks shown as spaces.
     assert quote == squeeze(MPL_TERMINATION[best.start : best.end])
     assert locate(MPL_TERMINATION, quote) == (best.start, best.end)
+
+
+def test_an_answer_says_so_when_no_passage_answers() -> None:
+    hits = [hit_for(MPL_TERMINATION, 0, len(MPL_TERMINATION))]
+    extractor = Extractor(terms=Bm25Encoder(), embedder=HashEmbedder())
+    off_topic = extractive_answer("Which city hosts the zoo's giraffes?", hits, extractor)
+    assert off_topic.answer.split("\n")[0] == NOT_ANSWERED
+    assert len(off_topic.answer.split("\n")) == 2  # the note, then the closest quote all the same
+    on_topic = extractive_answer("When do the rights granted under this License terminate?", hits, extractor)
+    assert NOT_ANSWERED not in on_topic.answer
 
 
 def test_locate_ignores_whitespace_and_optionally_case_and_quote_marks() -> None:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from app.evaluation.metrics import mean
-from retrieval.answering import NOTES, Answer
+from retrieval.answering import NOT_ANSWERED, NOTES, Answer
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -162,6 +162,7 @@ class AnswerScores:
     top_k: int
     mode: str
     covered: float  # share of answers that quote something (not "not covered")
+    not_answered: float  # share of answers that say no passage answers directly (NOT_ANSWERED)
     mean_citations: float
     mean_quotes: float
     mean_answer_words: float  # what a reader has to read: recall bought by quoting everything shows here
@@ -174,6 +175,7 @@ class ClaimOutcome:
     quotes_rationale: bool
     cites_rationale_doc: bool
     covered: bool
+    not_answered: bool
     citations: int
     quotes: int
     words: int
@@ -187,6 +189,7 @@ def score_answer(query_id: str, answer: Answer, rationales: Sequence[Rationale])
         quotes_rationale=quotes_a_rationale(answer, rationales),
         cites_rationale_doc=cites_a_rationale_document(answer, rationales),
         covered=answer.covered and bool(quotes),
+        not_answered=NOT_ANSWERED in answer.answer.splitlines(),
         citations=len(answer.citations),
         quotes=len(quotes),
         words=sum(len(q.text.split()) for q in quotes),
@@ -195,7 +198,7 @@ def score_answer(query_id: str, answer: Answer, rationales: Sequence[Rationale])
 
 def summarise(outcomes: Sequence[ClaimOutcome], *, seconds: float, top_k: int, mode: str) -> AnswerScores:
     if not outcomes:
-        return AnswerScores(0.0, 0.0, 0.0, 0, round(seconds, 1), top_k, mode, 0.0, 0.0, 0.0, 0.0)
+        return AnswerScores(0.0, 0.0, 0.0, 0, round(seconds, 1), top_k, mode, 0.0, 0.0, 0.0, 0.0, 0.0)
 
     def share(flags: Iterator[bool]) -> float:
         return mean(1.0 if f else 0.0 for f in flags)
@@ -209,6 +212,7 @@ def summarise(outcomes: Sequence[ClaimOutcome], *, seconds: float, top_k: int, m
         top_k=top_k,
         mode=mode,
         covered=share(o.covered for o in outcomes),
+        not_answered=share(o.not_answered for o in outcomes),
         mean_citations=mean(o.citations for o in outcomes),
         mean_quotes=mean(o.quotes for o in outcomes),
         mean_answer_words=mean(o.words for o in outcomes),
