@@ -307,7 +307,13 @@ def _assemble(
         chat = OpenAIChatModel(settings.llm_model, timeout=settings.llm_timeout_seconds, api_key=key)
 
     searcher = Searcher(index=index, state=state, embedder=embedder, sparse=sparse)
-    answerer = Answerer(searcher=searcher, chat=chat, terms=sparse, min_similarity=settings.min_score)
+    answerer = Answerer(
+        searcher=searcher,
+        chat=chat,
+        terms=sparse,
+        min_similarity=settings.min_score,
+        min_keyword_score=settings.min_keyword_score,
+    )
     agent = Agent(
         answerer=answerer,
         chat=chat,
@@ -319,6 +325,7 @@ def _assemble(
             max_steps=settings.agent.max_steps,
             time_budget_seconds=settings.agent.time_budget_seconds,
             history_tokens=settings.agent.history_tokens,
+            top_k_max=settings.top_k_max,
         ),
     )
     return Container(

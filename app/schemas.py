@@ -70,10 +70,15 @@ class QueryRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     question: Text = Field(min_length=1, max_length=QUESTION_MAX_CHARS)
-    top_k: int | None = Field(None, ge=1, description="passages to retrieve (capped by the server maximum)")
+    top_k: int | None = Field(
+        None,
+        ge=1,
+        description="passages to retrieve and cite (default EVENTRAG_TOP_K_DEFAULT); above EVENTRAG_TOP_K_MAX"
+        " the request is refused with 422",
+    )
     filters: QueryFilters | None = None
     mode: SearchMode | None = Field(None, description="dense, sparse or hybrid; the server default if unset")
-    score_threshold: float | None = Field(None, description="drop passages scoring below this")
+    score_threshold: float | None = Field(None, description="drop passages whose rank_score is below this")
     group_by_document: bool = Field(False, description="at most one passage per file")
     extractive: bool = Field(False, description="answer extractively even when an LLM is configured")
     llm_fallback: Literal["error", "extractive"] = Field(
@@ -88,6 +93,11 @@ class QueryRequest(BaseModel):
     stream: bool = Field(False, description="server-sent events: tokens, then citations, then done")
 
 
+class Span(BaseModel):
+    start: int
+    end: int
+
+
 class CitationOut(BaseModel):
     n: int = Field(description="the [n] marker in the answer")
     file_id: str
@@ -95,8 +105,18 @@ class CitationOut(BaseModel):
     version: int | None
     start: int = Field(description="character offset of the passage in the parsed text")
     end: int
-    text: str = Field(description="the quoted passage")
-    score: float
+    text: str = Field(description="the cited passage: parsed_text[start:end]")
+    rank_score: float = Field(
+        description="what the search mode ranked by: cosine (dense), BM25 (sparse), fused rank score (hybrid)"
+    )
+    similarity: float | None = Field(None, description="cosine similarity of the passage to the question")
+    keyword_score: float | None = Field(
+        None, description="BM25 score of the passage for the question (0: no question term in it)"
+    )
+    quotes: list[Span] = Field(
+        default_factory=list,
+        description="the ranges of the parsed text that the answer quotes from this passage (offsets, as start/end)",
+    )
     heading: str | None = None
     title: str | None = None
     page_start: int | None = Field(None, description="first page (PDF) or slide (PPTX) the passage is on, 1-based")
@@ -109,6 +129,9 @@ class QueryResponse(BaseModel):
     mode: Literal["llm", "extractive"]
     citations: list[CitationOut]
     invented_citations: int = Field(0, description="[n] markers the model made up; removed from the answer")
+    unverified_quotes: list[str] = Field(
+        default_factory=list, description="text the model put in quotation marks that no passage it cites holds"
+    )
     covered: bool = Field(description="false when the documents do not cover the question")
     fallback_reason: str | None = None
 

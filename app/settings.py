@@ -232,7 +232,13 @@ class Settings(BaseSettings):
     top_k_default: int = Field(5, ge=1, le=100)
     top_k_max: int = Field(50, ge=1, le=500)
     search_mode: SearchMode = Field(SearchMode.HYBRID, description="dense, sparse or hybrid")
-    min_score: float = Field(0.2, description="dense hits below this cosine score count as not relevant")
+    # The relevance bar counts either signal: a passage is relevant when its cosine similarity to the
+    # question clears `min_score` OR its BM25 keyword score clears `min_keyword_score` (docs/answers.md
+    # has the measurements behind both defaults).
+    min_score: float = Field(0.2, description="passages at least this similar (cosine) to the question are relevant")
+    min_keyword_score: float | None = Field(
+        2.0, description="passages with at least this BM25 score are relevant too (unset: only the cosine bar)"
+    )
 
     metadata: MetadataSettings = Field(default_factory=MetadataSettings)  # type: ignore[arg-type]
     chunking: ChunkingSettings = Field(default_factory=ChunkingSettings)  # type: ignore[arg-type]

@@ -25,21 +25,13 @@ from dataclasses import dataclass
 
 from ingest.parsing import scan_markdown_lines
 from stores.ports import Chunk
+from stores.sentences import sentence_ends
+from stores.sentences import trim as _trim
 
 CountTokens = Callable[[Sequence[str]], list[int]]
 TokenOffsets = Callable[[str], list[tuple[int, int]]]
 
 _WORD = re.compile(r"\S+")
-# The end of a candidate sentence: terminal punctuation, closing quotes/brackets, then whitespace.
-_SENTENCE_END = re.compile(r"""[.!?…]+["'”’)\]]*(?=\s)""")
-_SENTENCE_OPENERS = frozenset("\"'“‘«")
-# Words whose trailing period does not end a sentence ("e.g. The", "Dr. Smith", "et al. Then").
-_ABBREVIATIONS = frozenset({"cf", "vs", "al", "dr", "mr", "mrs", "ms", "prof", "sr", "jr", "st", "approx", "ca"})
-# Abbreviations only before a number ("No. 5", "Fig. 3"): "said no. Then" still ends a sentence.
-_NUMBER_ABBREVIATIONS = frozenset({"no", "nos", "fig", "figs", "eq", "vol", "pp", "ch", "sec", "art"})
-_INITIALISM = re.compile(r"(?:[^\W\d_]\.)+[^\W\d_]")  # "e.g", "u.s", "ph.d": periods inside a word
-_PERIOD_RUN = frozenset(".\"'”’)]")  # a match with no ! ? or …: its period may be an abbreviation's
-_LEADING_PUNCTUATION = "\"'“‘«([{"
 # A piece of a giant word is searched within this many characters per token of budget. Tokens rarely
 # span more than a few characters; the bound only keeps the search linear on a megabyte without spaces.
 _CHARS_PER_TOKEN_BOUND = 32
@@ -436,14 +428,6 @@ def _heading_of(group: list[_Segment]) -> str | None:
 # --- segmentation ---------------------------------------------------------------------------------------
 
 
-def _trim(text: str, start: int, end: int) -> tuple[int, int]:
-    while start < end and text[start].isspace():
-        start += 1
-    while end > start and text[end - 1].isspace():
-        end -= 1
-    return start, end
-
-
 def _segment(text: str) -> list[_Segment]:
     """Split text into headings, code lines and sentences, each trimmed, covering every non-space char."""
     lines = text.split("\n")
@@ -493,32 +477,7 @@ def _sentences(text: str, start: int, end: int) -> list[tuple[int, int]]:
         if following < end and not text[following].islower():
             cuts.add(position + 1)
         position = text.find("\n", position + 1, end)
-    for match in _SENTENCE_END.finditer(text, start, end):
-        following, _ = _trim(text, match.end(), end)
-        if following >= end:
-            continue
-        opener = text[following]
-        if not (opener.isupper() or opener.isdigit() or opener in _SENTENCE_OPENERS):
-            continue
-        if set(match.group()) <= _PERIOD_RUN and _is_abbreviation(text, start, match.start(), opener):
-            continue
-        cuts.add(match.end())
+    cuts.update(sentence_ends(text, start, end))
     ordered = sorted(cuts)
     spans = [_trim(text, a, b) for a, b in zip(ordered, ordered[1:], strict=False)]
     return [(a, b) for a, b in spans if a < b]
-
-
-def _is_abbreviation(text: str, paragraph_start: int, period: int, following: str) -> bool:
-    """Is the word ending at the period at `period` an abbreviation or an initial ("J. Smith")?
-
-    `following` is the first character after the whitespace that follows the period.
-    """
-    word_start = period
-    while word_start > paragraph_start and not text[word_start - 1].isspace():
-        word_start -= 1
-    word = text[word_start:period].lstrip(_LEADING_PUNCTUATION).lower()
-    if len(word) == 1 and word.isalpha():
-        return True
-    if word in _NUMBER_ABBREVIATIONS:
-        return following.isdigit()
-    return word in _ABBREVIATIONS or _INITIALISM.fullmatch(word) is not None

@@ -26,8 +26,9 @@ from retrieval.answering import (
     Answer,
     Answerer,
     fence_passages,
-    resolve_citations,
+    version_label,
 )
+from retrieval.errors import QuestionRejectedError, TopKTooLargeError
 from retrieval.llm import ChatModel, ChatReply, ToolCall
 from retrieval.search import SearchRequest
 from stores.ports import DocumentStatus, Hit, SearchFilter, SearchMode, StateStore, VectorIndex
@@ -138,6 +139,7 @@ class AgentConfig:
     max_steps: int = 4  # model calls per answer; the last one is offered no tools, so it must answer
     time_budget_seconds: float = 60.0
     history_tokens: int = 1500
+    top_k_max: int = 50  # passages per answer; more is refused (TopKTooLargeError), never silently cut
 
 
 @dataclass(slots=True)
@@ -187,8 +189,17 @@ class Agent:
         assert final is not None
         return final
 
+    def check(self, ask: Ask) -> None:
+        """Refuse what cannot be answered as asked: raises `QuestionRejectedError` (`TopKTooLargeError`)."""
+        if ask.top_k < 1:
+            raise QuestionRejectedError(f"top_k must be at least 1, got {ask.top_k}")
+        if ask.top_k > self.config.top_k_max:
+            raise TopKTooLargeError(ask.top_k, self.config.top_k_max)
+
     def run(self, ask: Ask, *, stream: bool = True) -> Iterator[AgentEvent]:
-        """Yields answer tokens (when streaming with an LLM) and finally the whole `Answer`."""
+        """Yields answer tokens (when streaming with an LLM) and finally the whole `Answer`. Raises
+        `QuestionRejectedError` (on the first `next`) for a request it refuses, see `check`."""
+        self.check(ask)
         history = self._trim(ask.history)
         use_llm = self.chat is not None and not ask.extractive
         query = self.standalone_query(ask.question, history, use_llm)
@@ -276,9 +287,7 @@ class Agent:
                 messages.append({"role": "tool", "tool_call_id": call.id, "content": self._tool(ask, call, passages)})
 
     def _finish(self, text: str, passages: Sequence[Hit]) -> Answer:
-        text = _strip_prompt_echo(text)
-        cleaned, citations, invented = resolve_citations(text, passages)
-        return Answer(cleaned or NOT_COVERED, "llm", citations, invented, covered=bool(citations))
+        return self.answerer.finish(_strip_prompt_echo(text), passages)
 
     # tools: every one is bound to ask.workspace ---------------------------------------------------------
     def _tool(self, ask: Ask, call: ToolCall, passages: list[Hit]) -> str:
@@ -302,7 +311,9 @@ class Agent:
 
     def search_passages(self, ask: Ask, args: dict[str, Any]) -> list[Hit]:
         """`search_documents`: the relevant passages of `ask.workspace` for `args["query"]`, within `ask.flt`
-        narrowed by `args["filters"]`. Raises `ToolArgumentError` for an argument the tool does not take."""
+        narrowed by `args["filters"]`. Raises `ToolArgumentError` for an argument the tool does not take, and
+        `QuestionRejectedError` (see `check`) for an `ask` that asks for too many passages."""
+        self.check(ask)
         reject_unknown(args, {"query", "filters"}, "the search is limited to your workspace")
         if not isinstance(args.get("query"), str) or not args["query"].strip():
             raise ToolArgumentError("query must be a non-empty string")
@@ -384,7 +395,7 @@ class Agent:
             for d in self.state.list_documents(ask.workspace, status=DocumentStatus.INDEXED, limit=10_000)
             if d.path.startswith(prefix)
         ]
-        lines = [f"{d.file_id} | {d.path} | version {d.version}" for d in docs[:100]]
+        lines = [" | ".join(x for x in (d.file_id, d.path, version_label(d.version)) if x) for d in docs[:100]]
         more = f"\n... and {len(docs) - 100} more" if len(docs) > 100 else ""
         return ("<documents>\n" + "\n".join(lines) + more + "\n</documents>") if lines else "no documents"
 

@@ -1,8 +1,18 @@
 """Answers with citations: grounded LLM answers, or extractive answers when no model is configured.
 
-Retrieved passages are untrusted data: the prompt fences them, labels them as data and tells the model
-that instructions inside them are not instructions. Every `[n]` in an answer maps to a passage the model was
-shown; a number that matches none is removed from the text and counted in `invented_citations`.
+- *Relevant passages*: a retrieved passage counts when its cosine similarity to the question clears
+  `min_similarity` OR its BM25 keyword score clears `min_keyword_score`: either signal is enough, so a
+  query for an exact name or code that only the keyword side finds still finds it.
+- *Extractive answers* are quotes (`retrieval.extracts`): each line is one contiguous span of one passage,
+  whitespace aside, followed by its `[n]`; every relevant passage is cited (up to `top_k`), the quotes come
+  from those that answer best. When none of them holds the question's terms or meaning, the answer says
+  so first (`NOT_ANSWERED`).
+- *LLM answers*: retrieved passages are untrusted data: the prompt fences them, labels them as data and
+  tells the model that instructions inside them are not instructions. Every `[n]` in an answer maps to a
+  passage the model was shown; a number that matches none is removed from the text and counted in
+  `invented_citations`. Text the model puts in quotation marks is looked up in the passages it cites (or,
+  without a marker in its sentence, in every passage shown): a quote found nowhere is listed in
+  `unverified_quotes`.
 """
 
 from __future__ import annotations
@@ -12,12 +22,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from retrieval.extracts import Extract, Extractor, locate
 from retrieval.llm import ChatModel
 from retrieval.search import Searcher, SearchRequest
 from stores.ports import Hit, SearchFilter, SearchMode
 from stores.sparse import Bm25Encoder
 
 NOT_COVERED = "The indexed documents do not cover this question."
+NOT_ANSWERED = "None of the passages found answers this directly; the closest are:"
+# Every line of an extractive answer is a quote with its markers, or one of these notes.
+NOTES: tuple[str, ...] = (NOT_COVERED, NOT_ANSWERED)
+# The extract score under which no passage is taken to answer the question: with the extractor's default
+# weights, a best sentence that holds no term of the question and is less than 0.3 similar (cosine) to it.
+ANSWER_BAR = 0.15
 
 SYSTEM_PROMPT = """You answer questions using only the numbered passages supplied inside <passages>.
 Rules:
@@ -33,6 +50,9 @@ _MARKER = re.compile(r"\[(\d{1,3})\]")
 
 @dataclass(slots=True)
 class Citation:
+    """A cited passage: `text == parsed_document[start:end]`; `quotes` are the (start, end) ranges of the
+    parsed document that the answer quotes from it."""
+
     n: int
     file_id: str
     path: str
@@ -40,10 +60,13 @@ class Citation:
     start: int
     end: int
     text: str
-    score: float
+    rank_score: float  # what the search mode ranked by: cosine (dense), BM25 (sparse), fused rank (hybrid)
+    similarity: float | None = None  # cosine similarity to the question
+    keyword_score: float | None = None  # BM25 score; 0.0 when no term of the question is in the passage
     heading: str | None = None
     title: str | None = None
     chunk_index: int = 0
+    quotes: list[tuple[int, int]] = field(default_factory=list)
     page_start: int | None = None
     page_end: int | None = None
     sheet: str | None = None
@@ -58,7 +81,9 @@ class Citation:
             start=hit.start,
             end=hit.end,
             text=hit.text,
-            score=hit.score,
+            rank_score=hit.score,
+            similarity=hit.similarity,
+            keyword_score=hit.keyword_score,
             heading=hit.heading,
             title=hit.title,
             chunk_index=hit.chunk_index,
@@ -75,6 +100,12 @@ class Answer:
     citations: list[Citation] = field(default_factory=list)
     invented_citations: int = 0
     covered: bool = True
+    unverified_quotes: list[str] = field(default_factory=list)  # quoted by the model, found in no passage
+
+
+def version_label(version: int | None) -> str:
+    """ "version 3", or "" for a file sent without a version: never "version None"."""
+    return f"version {version}" if version is not None else ""
 
 
 # Anything in a document that reads as a fence tag, in any case and spacing: `</PASSAGE>`, `< passages`,
@@ -115,6 +146,42 @@ def resolve_citations(text: str, hits: Sequence[Hit]) -> tuple[str, list[Citatio
     return cleaned, list(cited.values()), invented
 
 
+# Text a model presents as a quotation: in straight or typographic double quotes, or guillemets, on one line.
+_QUOTED = re.compile(r'"([^"\n]+)"|“([^”\n]+)”|«([^»\n]+)»')
+_SENTENCE_STOP = re.compile(r"[.!?](?=\s|$)|\n")
+
+
+def check_quotes(text: str, hits: Sequence[Hit], citations: Sequence[Citation]) -> list[str]:
+    """The quotations in a model's answer that are in none of the passages they should come from.
+
+    A quotation is looked up in the passages its sentence cites (`[n]` markers between the sentence's
+    start and end), or in every passage shown when its sentence cites none; case, whitespace and
+    typographic quote marks aside. Found ones are recorded on their citation's `quotes` (document offsets).
+    """
+    by_n = {c.n: c for c in citations}
+    unverified: list[str] = []
+    for m in _QUOTED.finditer(text):
+        quote = next(g for g in m.groups() if g is not None).strip()
+        if not re.search(r"\w", quote):
+            continue
+        before = [s.end() for s in _SENTENCE_STOP.finditer(text, 0, m.start())]
+        after = _SENTENCE_STOP.search(text, m.end())
+        sentence = text[before[-1] if before else 0 : after.end() if after else len(text)]
+        named = [int(n) for n in _MARKER.findall(sentence) if 1 <= int(n) <= len(hits)]
+        found = False
+        for n in named or range(1, len(hits) + 1):
+            span = locate(hits[n - 1].text, quote, fold=True)
+            if span is not None:
+                found = True
+                if n in by_n:
+                    start = hits[n - 1].start
+                    by_n[n].quotes.append((start + span[0], start + span[1]))
+                break
+        if not found:
+            unverified.append(quote)
+    return unverified
+
+
 class Answerer:
     def __init__(
         self,
@@ -123,11 +190,20 @@ class Answerer:
         chat: ChatModel | None,
         terms: Bm25Encoder | None = None,
         min_similarity: float = 0.2,
+        min_keyword_score: float | None = None,
+        extractor: Extractor | None = None,
+        answer_bar: float = ANSWER_BAR,
     ) -> None:
+        """`min_similarity` (cosine) and `min_keyword_score` (BM25; None: the keyword side never decides)
+        are the relevance bar; `answer_bar` is the extract score under which an extractive answer says
+        that no passage answers the question directly."""
         self.searcher = searcher
         self.chat = chat
         self.terms = terms
         self.min_similarity = min_similarity
+        self.min_keyword_score = min_keyword_score
+        self.extractor = extractor or Extractor(terms=terms, embedder=searcher.embedder)
+        self.answer_bar = answer_bar
 
     def retrieve(
         self,
@@ -154,8 +230,17 @@ class Answerer:
         return [h for h in hits if self.relevant(h)]
 
     def relevant(self, hit: Hit) -> bool:
-        """A hit counts when its dense similarity clears the bar (or it matched terms in sparse-only mode)."""
-        return hit.similarity is None or hit.similarity >= self.min_similarity
+        """A hit counts when either signal clears its bar: cosine similarity >= `min_similarity`, or BM25
+        keyword score >= `min_keyword_score`. A hit with neither score (a passage read by a tool) counts."""
+        if hit.similarity is None and hit.keyword_score is None:
+            return True
+        if hit.similarity is not None and hit.similarity >= self.min_similarity:
+            return True
+        return (
+            self.min_keyword_score is not None
+            and hit.keyword_score is not None
+            and hit.keyword_score >= self.min_keyword_score
+        )
 
     def answer(
         self,
@@ -199,21 +284,30 @@ class Answerer:
 
     def finish(self, text: str, hits: Sequence[Hit]) -> Answer:
         cleaned, citations, invented = resolve_citations(text, hits)
-        return Answer(cleaned or NOT_COVERED, "llm", citations, invented, covered=bool(citations))
+        unverified = check_quotes(cleaned, hits, citations)
+        return Answer(cleaned or NOT_COVERED, "llm", citations, invented, bool(citations), unverified)
 
-    def extractive(self, question: str, hits: Sequence[Hit], max_passages: int = 3) -> Answer:
-        """The best sentence or two of the best passages, each cited: no model, no invention."""
-        q_terms = set(self.terms.tokenize(question)) if self.terms is not None else set(question.lower().split())
-        lines, citations = [], []
-        for n, hit in enumerate(hits[:max_passages], start=1):
-            sentences = [s for s in re.split(r"(?<=[.!?])\s+|\n+", hit.text) if s.strip()]
+    def extractive(self, question: str, hits: Sequence[Hit], max_quotes: int = 3) -> Answer:
+        return extractive_answer(question, hits, self.extractor, max_quotes=max_quotes, answer_bar=self.answer_bar)
 
-            def overlap(s: str) -> int:
-                toks = set(self.terms.tokenize(s)) if self.terms is not None else set(s.lower().split())
-                return len(q_terms & toks)
 
-            best = sorted(range(len(sentences)), key=lambda i: (-overlap(sentences[i]), i))[:2]
-            quote = " ".join(sentences[i].strip().lstrip("#").strip() for i in sorted(best)) or hit.text.strip()
-            lines.append(f"{quote} [{n}]")
-            citations.append(Citation.from_hit(n, hit))
-        return Answer("\n".join(lines), "extractive", citations)
+def extractive_answer(
+    question: str, hits: Sequence[Hit], extractor: Extractor, *, max_quotes: int = 3, answer_bar: float = ANSWER_BAR
+) -> Answer:
+    """Quotes from the passages that answer best, each `<quote> [n]` on a line of its own; every passage in
+    `hits` is cited, numbered in rank order. No model, no invention: each quote is one contiguous span of
+    its passage (whitespace runs shown as single spaces), and its citation records the span's offsets."""
+    citations = [Citation.from_hit(n, hit) for n, hit in enumerate(hits, start=1)]
+    extracts = extractor.choose(question, [h.text for h in hits], max_quotes=max_quotes)
+    # Shown by passage rank, and in the passage's own order within one passage.
+    ordered = sorted(extracts, key=lambda e: (e.passage, e.start))
+    lines = [f"{e.text(hits[e.passage].text)} [{e.passage + 1}]" for e in ordered]
+    for e in ordered:
+        citations[e.passage].quotes.append(_document_span(hits[e.passage], e))
+    if not extracts or max(e.score for e in extracts) < answer_bar:
+        lines.insert(0, NOT_ANSWERED)
+    return Answer("\n".join(lines), "extractive", citations)
+
+
+def _document_span(hit: Hit, e: Extract) -> tuple[int, int]:
+    return hit.start + e.start, hit.start + e.end

@@ -45,13 +45,14 @@ class Searcher:
         self.overfetch = overfetch
 
     def search(self, req: SearchRequest) -> list[Hit]:
+        """The best `top_k` passages, ranked by `req.mode`. Each carries both relevance signals whatever the
+        mode: `similarity` (cosine to the question) and `keyword_score` (BM25; None when the question has
+        no indexable term or there is no sparse index)."""
         mode = req.mode if self.sparse is not None else SearchMode.DENSE
-        dense = self.embedder.embed_query(req.query) if mode is not SearchMode.SPARSE else None
-        sparse = (
-            self.sparse.encode_query(req.query) if self.sparse is not None and mode is not SearchMode.DENSE else None
-        )
+        sparse = self.sparse.encode_query(req.query) if self.sparse is not None else None
         if mode is SearchMode.SPARSE and not (sparse and sparse[0]):
             return []
+        dense = self.embedder.embed_query(req.query)
 
         def run(limit: int, flt: SearchFilter | None) -> list[Hit]:
             return self.index.search(req.workspace, dense=dense, sparse=sparse, mode=mode, limit=limit, flt=flt)
@@ -68,7 +69,22 @@ class Searcher:
             hits = [h for h in hits if h.score >= req.score_threshold]
         if req.group_by_document:
             hits = _best_per_document(hits)
-        return hits[: req.top_k]
+        hits = hits[: req.top_k]
+        self._add_keyword_scores(req.workspace, sparse, hits)
+        return hits
+
+    def _add_keyword_scores(
+        self, workspace: str, sparse: tuple[list[int], list[float]] | None, hits: list[Hit]
+    ) -> None:
+        """BM25 scores for the hits a dense or fused ranking kept (asked for those only: it is one query)."""
+        if sparse is None or not sparse[0]:
+            return
+        missing = [h.point_id for h in hits if h.keyword_score is None]
+        if missing:
+            scores = self.index.keyword_scores(workspace, sparse, missing)
+            for h in hits:
+                if h.keyword_score is None:
+                    h.keyword_score = scores.get(h.point_id, 0.0)
 
     def _active_only(self, req: SearchRequest, raw: list[Hit], run: object, want: int) -> list[Hit]:
         active = self.state.active_revisions(req.workspace, [h.file_id for h in raw])

@@ -294,6 +294,10 @@ class SearchFilter:
 
 @dataclass(slots=True)
 class Hit:
+    """A passage a search found. `score` is what the mode ranks by (cosine in dense mode, BM25 in sparse,
+    the fused rank score in hybrid); `similarity` and `keyword_score` are the two relevance signals, see
+    `VectorIndex.search`."""
+
     point_id: str
     score: float
     workspace: str
@@ -312,6 +316,8 @@ class Hit:
     # Cosine similarity of the passage to the query's dense vector, when known: the relevance bar that
     # fused (rank-based) scores cannot give.
     similarity: float | None = None
+    # BM25 score of the passage for the query's sparse vector, when known (0.0: it holds no query term).
+    keyword_score: float | None = None
     page_start: int | None = None
     page_end: int | None = None
     sheet: str | None = None
@@ -335,7 +341,12 @@ class VectorIndex(Protocol):
       written by a newer event is never touched).
     - `file_revisions` counts a file's points per revision.
     - `search` never returns points of another workspace; it does not know which revision is active (the
-      state store does), so callers filter hits by `StateStore.active_revisions`.
+      state store does), so callers filter hits by `StateStore.active_revisions`. `mode` decides what
+      ranks (`Hit.score`); whatever the mode, when `dense` is given every hit carries `similarity` (its
+      cosine to `dense`), and in sparse mode `keyword_score` too (equal to `score`).
+    - `keyword_scores` is the BM25 score of each of `point_ids` (of `workspace`) for the sparse query: the
+      score a sparse search would give it, 0.0 for a point that holds none of the query's terms. Callers
+      ask it for the few hits they keep, since a fused (hybrid) or dense ranking does not carry it.
     """
 
     def ensure_ready(self, model_id: str, dimension: int) -> None: ...
@@ -358,6 +369,10 @@ class VectorIndex(Protocol):
         limit: int,
         flt: SearchFilter | None = None,
     ) -> list[Hit]: ...
+
+    def keyword_scores(
+        self, workspace: str, sparse: tuple[list[int], list[float]], point_ids: Sequence[str]
+    ) -> dict[str, float]: ...
 
     def file_chunks(self, workspace: str, file_id: str, revision: str) -> list[Hit]: ...
 

@@ -234,6 +234,7 @@ class QdrantIndex:
     ) -> list[Hit]:
         qfilter = self._filter(workspace, flt)
         sparse_vec = models.SparseVector(indices=sparse[0], values=sparse[1]) if sparse and sparse[0] else None
+        # The cosine of every hit: the dense search gives it; otherwise it is computed from the stored vector.
         with_vectors: Any = [DENSE] if dense is not None and mode is not SearchMode.DENSE else False
         with self._guard():
             if mode is SearchMode.DENSE or (mode is SearchMode.HYBRID and sparse_vec is None):
@@ -257,6 +258,7 @@ class QdrantIndex:
                     query_filter=qfilter,
                     limit=limit,
                     with_payload=True,
+                    with_vectors=with_vectors,
                 )
             else:
                 assert dense is not None
@@ -281,8 +283,31 @@ class QdrantIndex:
             elif dense is not None and isinstance(p.vector, dict) and DENSE in p.vector:
                 # Stored vectors are unit length (cosine collection), so the dot product is the cosine.
                 hit.similarity = float(np.dot(np.asarray(p.vector[DENSE]), np.asarray(dense)))
+            if mode is SearchMode.SPARSE:
+                hit.keyword_score = hit.score
             hits.append(hit)
         return hits
+
+    def keyword_scores(
+        self, workspace: str, sparse: tuple[list[int], list[float]], point_ids: Sequence[str]
+    ) -> dict[str, float]:
+        if not point_ids:
+            return {}
+        if not sparse[0]:
+            return dict.fromkeys(point_ids, 0.0)
+        qfilter = models.Filter(must=[_match("workspace", workspace), models.HasIdCondition(has_id=list(point_ids))])
+        with self._guard():
+            res = self.client.query_points(
+                self.collection,
+                query=models.SparseVector(indices=sparse[0], values=sparse[1]),
+                using=SPARSE,
+                query_filter=qfilter,
+                limit=len(point_ids),
+                with_payload=False,
+            )
+        found = {str(p.id): float(p.score) for p in res.points}
+        # A point the sparse search does not return holds none of the query's terms.
+        return {pid: found.get(pid, 0.0) for pid in point_ids}
 
     @staticmethod
     def _hit(pid: str, score: float, pl: dict[str, Any]) -> Hit:

@@ -111,3 +111,20 @@ def test_llm_configured_from_environment(
         assert llm.requests[-1]["model"] == "served-model"
     finally:
         c.close()
+
+
+def test_quotes_the_model_makes_up_are_flagged(h: Harness, llm: ScriptedLLM) -> None:
+    llm.push(
+        Reply(
+            'The policy says "Employees may work remotely up to three days per week" [1], and that work from'
+            ' abroad is "never allowed" [1].'
+        )
+    )
+    res = h.query("How many days can I work from home?").json()
+    # The first quotation is the passage's own text; the second is in no passage: it is flagged.
+    assert res["unverified_quotes"] == ["never allowed"]
+    [cit] = res["citations"]
+    [span] = cit["quotes"]
+    assert POLICY[span["start"] : span["end"]] == "Employees may work remotely up to three days per week"
+    llm.push(Reply("Three days a week [1]."))
+    assert h.query("remote work days per week").json()["unverified_quotes"] == []

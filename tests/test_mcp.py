@@ -215,9 +215,11 @@ def test_every_tool_answers_with_structured_content(served: Served) -> None:
             top = passages[0]
             assert (top["n"], top["file_id"], top["path"], top["version"]) == (1, "leave", "handbook/leave.md", 1)
             assert top["text"] == ACME_DOCS["leave"][1][top["start"] : top["end"]]
-            assert isinstance(top["score"], float)
-            # top_k is capped at the server maximum, as POST /query caps it
-            many = structured(await client.call_tool("search_documents", {"query": "work", "top_k": 50}))
+            assert isinstance(top["rank_score"], float) and isinstance(top["similarity"], float)
+            # top_k above the server maximum is refused with the limit, as POST /query refuses it
+            refused = error_text(await client.call_tool("search_documents", {"query": "work", "top_k": 50}))
+            assert f"maximum of {TOP_K_MAX}" in refused and "EVENTRAG_TOP_K_MAX" in refused
+            many = structured(await client.call_tool("search_documents", {"query": "work", "top_k": TOP_K_MAX}))
             assert len(many["passages"]) == TOP_K_MAX
 
             # read_document: the exact text, bounded, with where to read on

@@ -1,4 +1,5 @@
-"""`eventrag eval`: retrieval quality on a BEIR dataset, through the production worker and searcher."""
+"""`eventrag eval`: retrieval (and answer) quality on a BEIR dataset, through the production worker,
+searcher and answer path."""
 
 from __future__ import annotations
 
@@ -45,7 +46,10 @@ def eval_store_factory(base: Any, embedder: Any, batch_size: int) -> Any:
 def evaluate(
     dataset_dir: Annotated[Path, typer.Argument(help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/)")],
     split: Annotated[str, typer.Option(help="qrels split to score")] = "train",
-    modes: Annotated[str, typer.Option(help="comma-separated search modes")] = "dense,sparse,hybrid",
+    modes: Annotated[
+        str | None,
+        typer.Option(help="comma-separated search modes to score (default: all three; none with --answers)"),
+    ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the figures here")] = None,
     limit_queries: Annotated[int | None, typer.Option(min=1, help="only the first N judged queries")] = None,
     limit_docs: Annotated[
@@ -55,27 +59,47 @@ def evaluate(
         bool, typer.Option("--whole-documents", help="also index with chunks as large as the model window")
     ] = False,
     batch_size: Annotated[int, typer.Option(min=1, max=256, help="events per worker batch")] = 64,
+    answers: Annotated[
+        bool,
+        typer.Option(
+            "--answers",
+            help="ask every claim with rationales (rationales/SPLIT.jsonl) and score the extractive answers",
+        ),
+    ] = False,
 ) -> None:
-    """Index a BEIR dataset into a temporary store and print nDCG@10, recall@100 and MRR@10 per mode."""
+    """Index a BEIR dataset into a temporary store and print nDCG@10, recall@100 and MRR@10 per mode;
+    with --answers, the faithfulness and rationale recall of the extractive answers."""
     from rich.console import Console
     from rich.progress import Progress
     from rich.table import Table
 
-    from app.evaluation.runner import CHUNKED, WHOLE_DOCUMENT, EvaluationError, load_beir
+    from app.evaluation.answers import RationaleFormatError, load_rationales
+    from app.evaluation.runner import CHUNKED, WHOLE_DOCUMENT, AnswerRequest, EvaluationError, load_beir
     from app.evaluation.runner import evaluate as run_evaluation
     from stores.embedding import SentenceTransformerEmbedder
     from stores.ports import SearchMode
     from stores.sparse import Bm25Encoder
 
+    if modes is None:
+        modes = "" if answers else "dense,sparse,hybrid"
     try:
         wanted = [SearchMode(m.strip()) for m in modes.split(",") if m.strip()]
     except ValueError as exc:
         typer.secho(f"--modes: {exc}; use dense, sparse and/or hybrid", fg="red", err=True)
         raise typer.Exit(2) from exc
+    if not wanted and not answers:
+        typer.secho("--modes: name at least one mode (or pass --answers)", fg="red", err=True)
+        raise typer.Exit(2)
     base = load_settings()
+    answer_request = None
     try:
         dataset = load_beir(dataset_dir, split).subset(queries=limit_queries, documents=limit_docs)
-    except EvaluationError as exc:
+        if answers:
+            # The kept judged claims that have evidence are asked; the others are scored for retrieval only.
+            answer_request = AnswerRequest(
+                load_rationales(dataset_dir, split), top_k=base.top_k_default, mode=base.search_mode
+            )
+    except (EvaluationError, RationaleFormatError) as exc:
         typer.secho(str(exc), fg="red", err=True)
         raise typer.Exit(2) from exc
     embedder = SentenceTransformerEmbedder(base.embedding_model, batch_size=base.embedding_batch_size)
@@ -89,6 +113,8 @@ def evaluate(
         "bm25": {"k1": bm25.k1, "b": bm25.b, "avg_doc_tokens": bm25.avg_doc_tokens},
         "group_by_document": True,
         "rank_depth": 100,
+        "relevance_bar": {"min_score": base.min_score, "min_keyword_score": base.min_keyword_score},
+        "top_k": base.top_k_default,
     }
     n_queries = len(dataset.judged_queries)
     typer.echo(f"{dataset_dir} ({split}): {len(dataset.corpus)} documents, {n_queries} queries")
@@ -103,17 +129,34 @@ def evaluate(
                 name=str(dataset_dir),
                 split=split,
                 settings=used,
+                answers=answer_request,
             )
     except EvaluationError as exc:
         typer.secho(str(exc), fg="red", err=True)
         raise typer.Exit(1) from exc
 
-    table = Table(title=f"{dataset_dir.name} ({split}): {report.queries} queries, {report.documents} docs")
-    for column in ("index", "mode", "nDCG@10", "recall@100", "MRR@10"):
-        table.add_column(column, justify="left" if column in ("index", "mode") else "right")
-    for variant, mode, ndcg, recall, mrr in report.rows():
-        table.add_row(variant, mode, f"{ndcg:.4f}", f"{recall:.4f}", f"{mrr:.4f}")
-    Console().print(table)
+    console = Console()
+    if report.rows():
+        table = Table(title=f"{dataset_dir.name} ({split}): {report.queries} queries, {report.documents} docs")
+        for column in ("index", "mode", "nDCG@10", "recall@100", "MRR@10", "nDCG@10 with bar"):
+            table.add_column(column, justify="left" if column in ("index", "mode") else "right")
+        for variant, mode, ndcg, recall, mrr, barred in report.rows():
+            shown = f"{barred:.4f}" if barred is not None else "-"
+            table.add_row(variant, mode, f"{ndcg:.4f}", f"{recall:.4f}", f"{mrr:.4f}", shown)
+        console.print(table)
+    if report.answers is not None:
+        a = report.answers
+        table = Table(title=f"extractive answers: {a.claims} claims, top_k {a.top_k}, {a.mode}")
+        for column in ("faithful", "rationale_recall", "cited_rationale_doc", "words/answer", "seconds"):
+            table.add_column(column, justify="right")
+        table.add_row(
+            f"{a.faithful:.4f}",
+            f"{a.rationale_recall:.4f}",
+            f"{a.cited_rationale_doc:.4f}",
+            f"{a.mean_answer_words:.1f}",
+            f"{a.seconds:.0f}",
+        )
+        console.print(table)
     for v in report.variants:
         typer.echo(f"{v.variant}: {v.chunks} chunks of {v.documents} docs, indexed in {v.index_seconds}s")
     typer.echo(f"wall time {report.wall_seconds:.0f}s")

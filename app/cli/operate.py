@@ -14,7 +14,9 @@ from app.cli.common import DataDirOpt, KeyOpt, ServerOpt, app, load_settings, op
 def ask(
     question: Annotated[str, typer.Argument(help="your question")],
     workspace: Annotated[str, typer.Option(help="workspace (local mode)")] = "default",
-    top_k: Annotated[int, typer.Option(help="passages to retrieve")] = 5,
+    top_k: Annotated[
+        int | None, typer.Option(min=1, help="passages to retrieve and cite (default EVENTRAG_TOP_K_DEFAULT)")
+    ] = None,
     server: ServerOpt = "http://127.0.0.1:8000",
     api_key: KeyOpt = None,
     data_dir: DataDirOpt = None,
@@ -26,7 +28,10 @@ def ask(
 
         headers = {"X-API-Key": api_key} if api_key else {}
         r = httpx.post(
-            f"{server.rstrip('/')}/query", json={"question": question, "top_k": top_k}, headers=headers, timeout=120
+            f"{server.rstrip('/')}/query",
+            json={"question": question, **({"top_k": top_k} if top_k else {})},
+            headers=headers,
+            timeout=120,
         )
         if r.status_code != 200:
             typer.secho(f"{r.status_code}: {r.json().get('detail')}", fg="red", err=True)
@@ -34,26 +39,36 @@ def ask(
         result = r.json()
     else:
         from app.routes.query import answer_out
+        from retrieval.agent import Ask
+        from retrieval.errors import QuestionRejectedError
 
         settings = load_settings(data_dir)
         c = open_container(settings)
         try:
-            result = answer_out(
-                c.answerer.answer(workspace, question, top_k=top_k, mode=settings.search_mode)
-            ).model_dump()
+            # The agent, as /query uses it: the same limits, the same answer.
+            ask = Ask(workspace, question, top_k=top_k or settings.top_k_default, mode=settings.search_mode)
+            result = answer_out(c.agent.answer(ask)).model_dump()
+        except QuestionRejectedError as exc:
+            typer.secho(f"{exc.status_code}: {exc}", fg="red", err=True)
+            raise typer.Exit(1) from exc
         finally:
             c.close()
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
     typer.echo(result["answer"])
+    if result.get("unverified_quotes"):
+        typer.secho("\nNot found in the cited passages: " + "; ".join(result["unverified_quotes"]), fg="yellow")
     if result["citations"]:
         typer.echo("\nSources:")
         for cit in result["citations"]:
-            typer.echo(
-                f"  [{cit['n']}] {cit['path']} (v{cit['version']}) chars {cit['start']}-{cit['end']},"
-                f" score {cit['score']:.3f}"
-            )
+            version = f" (v{cit['version']})" if cit["version"] is not None else ""
+            details = [f"chars {cit['start']}-{cit['end']}"]
+            if cit.get("similarity") is not None:
+                details.append(f"similarity {cit['similarity']:.2f}")
+            if cit.get("keyword_score") is not None:
+                details.append(f"keyword score {cit['keyword_score']:.2f}")
+            typer.echo(f"  [{cit['n']}] {cit['path']}{version}, " + ", ".join(details))
 
 
 @app.command("retry")

@@ -10,7 +10,11 @@ The point is to measure what users get, so nothing here re-implements a step of 
    embedding batches are sorted by length across documents as in production.
 3. *search*: every query goes through `Searcher.search` with `group_by_document=True` (a document is
    scored by its best chunk) for its top 100 documents, once per search mode.
-4. *score*: `app.evaluation.metrics.score_run`: nDCG@10, recall@100 and MRR@10 over the judged queries.
+4. *score*: `app.evaluation.metrics.score_run`: nDCG@10, recall@100 and MRR@10 over the judged queries;
+   and nDCG@10 again with the answer path's relevance bar applied (documents whose best passage an
+   answer would not count as relevant are dropped), which shows what the bar costs.
+5. *answers* (optional): every judged claim with rationales is asked through the production answer path
+   (`Agent.answer`, extractive) and the answers scored by `app.evaluation.answers`.
 
 The store is fresh and temporary for every run. This module does not build it: the caller passes a
 `StoreFactory` (the CLI builds one from `app.container.build_container`), which keeps the import direction
@@ -35,11 +39,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from app.evaluation.answers import AnswerScores, Rationale, evaluate_answers
 from app.evaluation.metrics import RetrievalScores, score_run
 from ingest.worker import WorkerLoop
+from retrieval.agent import Agent, Ask
 from retrieval.search import Searcher, SearchRequest
 from stores.events import EventStatus, EventType, FileEvent
-from stores.ports import JobQueue, SearchMode, StateStore
+from stores.ports import Hit, JobQueue, SearchMode, StateStore
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -171,6 +177,9 @@ class EvalStore(Protocol):
     @property
     def searcher(self) -> Searcher: ...
 
+    @property
+    def agent(self) -> Agent: ...
+
     def close(self) -> None: ...
 
 
@@ -251,10 +260,17 @@ def index_corpus(
     return len(docs)
 
 
+def rank_hits(searcher: Searcher, query: str, mode: SearchMode, depth: int = RANK_DEPTH) -> list[Hit]:
+    """The best chunk of each of the best `depth` documents for `query`, best first."""
+    return searcher.search(SearchRequest(EVAL_WORKSPACE, query, top_k=depth, mode=mode, group_by_document=True))
+
+
 def rank_documents(searcher: Searcher, query: str, mode: SearchMode, depth: int = RANK_DEPTH) -> list[str]:
     """The file ids of the best `depth` documents for `query`, each scored by its best chunk."""
-    hits = searcher.search(SearchRequest(EVAL_WORKSPACE, query, top_k=depth, mode=mode, group_by_document=True))
-    return [h.file_id for h in hits]
+    return [h.file_id for h in rank_hits(searcher, query, mode, depth)]
+
+
+Run = dict[str, list[str]]  # query id -> ranked document ids
 
 
 def run_queries(
@@ -264,15 +280,21 @@ def run_queries(
     *,
     progress: Progress | None = None,
     label: str = "",
-) -> dict[str, list[str]]:
-    """A BEIR run: judged query id -> ranked document ids."""
+    relevant: Callable[[Hit], bool] | None = None,
+) -> tuple[Run, Run | None]:
+    """A BEIR run (judged query id -> ranked document ids); with `relevant`, also the run an answer would
+    see: the same ranking without the documents whose best passage fails the relevance bar."""
     judged = dataset.judged_queries
-    run: dict[str, list[str]] = {}
+    run: Run = {}
+    barred: Run | None = {} if relevant is not None else None
     with _task(progress, f"querying {label} {mode.value}".replace("  ", " "), len(judged)) as advance:
         for query_id in judged:
-            run[query_id] = rank_documents(searcher, dataset.queries[query_id], mode)
+            hits = rank_hits(searcher, dataset.queries[query_id], mode)
+            run[query_id] = [h.file_id for h in hits]
+            if barred is not None and relevant is not None:
+                barred[query_id] = [h.file_id for h in hits if relevant(h)]
             advance(1)
-    return run
+    return run, barred
 
 
 # the report -------------------------------------------------------------------------------------------
@@ -283,6 +305,9 @@ class ModeResult:
     mode: str
     scores: RetrievalScores
     query_seconds: float
+    # The same ranking after the answer path's relevance bar (EVENTRAG_MIN_SCORE / _MIN_KEYWORD_SCORE):
+    # what the bar costs. None when the store has no answer path to take the bar from.
+    with_bar: RetrievalScores | None = None
 
 
 @dataclass(slots=True)
@@ -294,6 +319,15 @@ class VariantResult:
     modes: list[ModeResult] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class AnswerRequest:
+    """Score extractive answers too: `top_k` passages per answer, searched in `mode`."""
+
+    rationales: dict[str, list[Rationale]]
+    top_k: int = 5
+    mode: SearchMode = SearchMode.HYBRID
+
+
 @dataclass(slots=True)
 class EvalReport:
     dataset: str
@@ -302,15 +336,23 @@ class EvalReport:
     documents: int
     settings: dict[str, Any]
     variants: list[VariantResult] = field(default_factory=list)
+    answers: AnswerScores | None = None
     wall_seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
-    def rows(self) -> list[tuple[str, str, float, float, float]]:
-        """(variant, mode, nDCG@10, recall@100, MRR@10) per measured combination."""
+    def rows(self) -> list[tuple[str, str, float, float, float, float | None]]:
+        """(variant, mode, nDCG@10, recall@100, MRR@10, nDCG@10 with the relevance bar) per combination."""
         return [
-            (v.variant, m.mode, m.scores.ndcg_at_10, m.scores.recall_at_100, m.scores.mrr_at_10)
+            (
+                v.variant,
+                m.mode,
+                m.scores.ndcg_at_10,
+                m.scores.recall_at_100,
+                m.scores.mrr_at_10,
+                m.with_bar.ndcg_at_10 if m.with_bar is not None else None,
+            )
             for v in self.variants
             for m in v.modes
         ]
@@ -326,8 +368,10 @@ def evaluate(
     name: str = "",
     split: str = "train",
     settings: dict[str, Any] | None = None,
+    answers: AnswerRequest | None = None,
 ) -> EvalReport:
-    """Index `dataset` into a fresh temporary store per variant and score every mode on it."""
+    """Index `dataset` into a fresh temporary store per variant and score every mode on it; with
+    `answers`, also score the extractive answers to the claims with rationales (on the first variant)."""
     started = time.perf_counter()
     report = EvalReport(
         dataset=name,
@@ -350,14 +394,39 @@ def evaluate(
                 )
                 for mode in modes:
                     t0 = time.perf_counter()
-                    run = run_queries(store.searcher, dataset, mode, progress=progress, label=variant.name)
+                    run, barred = run_queries(
+                        store.searcher,
+                        dataset,
+                        mode,
+                        progress=progress,
+                        label=variant.name,
+                        relevant=store.agent.answerer.relevant,
+                    )
                     seconds = round(time.perf_counter() - t0, 1)
-                    result.modes.append(ModeResult(mode.value, score_run(run, dataset.qrels), seconds))
+                    with_bar = score_run(barred, dataset.qrels) if barred is not None else None
+                    result.modes.append(ModeResult(mode.value, score_run(run, dataset.qrels), seconds, with_bar))
                 report.variants.append(result)
+                if answers is not None and report.answers is None:
+                    report.answers = answer_claims(store, dataset, answers, progress=progress)
             finally:
                 store.close()
     report.wall_seconds = round(time.perf_counter() - started, 1)
     return report
+
+
+def answer_claims(
+    store: EvalStore, dataset: BeirDataset, request: AnswerRequest, *, progress: Progress | None = None
+) -> AnswerScores:
+    """Every judged claim with rationales, asked as a user would (extractive), its answer scored."""
+
+    def ask(claim: str) -> Any:
+        return store.agent.answer(Ask(EVAL_WORKSPACE, claim, top_k=request.top_k, mode=request.mode, extractive=True))
+
+    claims = {q: dataset.queries[q] for q in dataset.judged_queries}
+    scores, _ = evaluate_answers(
+        ask, claims, request.rationales, top_k=request.top_k, mode=request.mode.value, progress=progress
+    )
+    return scores
 
 
 def _documents(state: StateStore) -> Iterator[Any]:

@@ -48,6 +48,7 @@ from pydantic import BaseModel, ValidationError
 
 from app.mcp_server.tools import TOOLS, TOOLS_BY_NAME, Caller, Deferred, ToolSpec, document_text, documents_page
 from retrieval.agent import ToolCallError
+from retrieval.answering import version_label
 from stores.errors import EventragError
 from stores.ports import DocumentStatus
 
@@ -234,7 +235,7 @@ async def _list_resources(ctx: ServerRequestContext[Any], params: PaginatedReque
                 uri=document_uri(d.file_id),
                 name=d.path,
                 title=d.path,
-                description=f"version {d.version}, {d.chunk_count} chunks"
+                description=", ".join(x for x in (version_label(d.version), f"{d.chunk_count} chunks") if x)
                 + (f", parsed from {d.content_type}" if d.content_type else ""),
                 mime_type="text/plain",
             )

@@ -70,7 +70,7 @@ class _Arguments(BaseModel):
 class SearchArgs(_Arguments):
     query: str = Field(min_length=1, max_length=QUESTION_MAX_CHARS, description="what to look for, in words")
     top_k: int | None = Field(
-        None, ge=1, description="passages to return (default EVENTRAG_TOP_K_DEFAULT, capped at EVENTRAG_TOP_K_MAX)"
+        None, ge=1, description="passages to return (default EVENTRAG_TOP_K_DEFAULT, at most EVENTRAG_TOP_K_MAX)"
     )
     filters: QueryFilters | None = Field(None, description="restrict the search; all given conditions must hold")
     mode: SearchMode | None = Field(None, description="dense, sparse or hybrid; the server default if unset")
@@ -99,7 +99,7 @@ class AskArgs(_Arguments):
         max_length=128,
         description="continue (or start) a conversation kept by the server: follow-ups may refer to earlier turns",
     )
-    top_k: int | None = Field(None, ge=1, description="passages to retrieve (capped at EVENTRAG_TOP_K_MAX)")
+    top_k: int | None = Field(None, ge=1, description="passages to retrieve (at most EVENTRAG_TOP_K_MAX)")
     filters: QueryFilters | None = Field(None, description="answer from these documents only")
     extractive: bool = Field(False, description="quote the best passages even when an LLM is configured")
 
@@ -147,7 +147,7 @@ class DocumentPage(BaseModel):
 def search_documents(caller: Caller, args: SearchArgs) -> SearchResult:
     c = caller.container
     body = QueryRequest(question=args.query, top_k=args.top_k, filters=args.filters, mode=args.mode)
-    ask = make_ask(c, caller.workspace, body, [])  # the top_k cap, the filters and the mode of POST /query
+    ask = make_ask(c, caller.workspace, body, [])  # the top_k limit, the filters and the mode of POST /query
     return SearchResult(passages=passages_out(c.agent.search_passages(ask, {"query": args.query})))
 
 

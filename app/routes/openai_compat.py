@@ -4,7 +4,9 @@ Tools that speak OpenAI's API (the official SDKs, chat front ends) can use event
 key (Bearer) maps to the workspace as elsewhere. The conversation comes from the client's `messages`: the
 last user message is the question, earlier user/assistant turns are history (client system messages are
 not passed on: eventrag's own grounding prompt applies). Citations travel twice: as a "Sources" list at the
-end of the text, and in the extra top-level field `citations` (in the last chunk when streaming).
+end of the text, and in the extra top-level field `citations` (in the last chunk when streaming), with
+`unverified_quotes` beside them. The extra request field `top_k` (e.g. `extra_body={"top_k": 8}` in the
+SDK) sets the passages per answer; above EVENTRAG_TOP_K_MAX it is refused with 422, as on `/query`.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from app.deps import ContainerDep, Workspace
 from app.routes.query import citations_out
 from app.schemas import QUESTION_MAX_CHARS, ErrorBody, Text
 from retrieval.agent import Ask
-from retrieval.answering import Answer
+from retrieval.answering import Answer, version_label
+from retrieval.errors import QuestionRejectedError
 from retrieval.llm import LLMError
 from stores.sessions import Turn
 
@@ -63,6 +66,7 @@ class ChatRequest(BaseModel):
     model: Annotated[str, Field(max_length=256)] = MODEL_ID
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     stream: bool = False
+    top_k: int | None = Field(None, ge=1, description="eventrag extension: passages per answer")
 
 
 def _text(m: ChatMessage) -> str:
@@ -74,13 +78,18 @@ def _text(m: ChatMessage) -> str:
 
 
 def _error(status: int, message: str, kind: str) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
+    # OpenAI clients read `error.message`; eventrag's own clients and the OpenAPI document read `detail`.
+    body = {"error": {"message": message, "type": kind, "code": status}, "detail": message}
+    return JSONResponse(body, status_code=status)
 
 
 def sources_text(a: Answer) -> str:
     if not a.citations:
         return ""
-    lines = [f"[{c.n}] {c.path} (version {c.version}, characters {c.start}-{c.end})" for c in a.citations]
+    lines = []
+    for c in a.citations:
+        where = ", ".join(x for x in (version_label(c.version), f"characters {c.start}-{c.end}") if x)
+        lines.append(f"[{c.n}] {c.path} ({where})")
     return "\n\nSources:\n" + "\n".join(lines)
 
 
@@ -105,7 +114,11 @@ def list_models(workspace: Workspace) -> dict[str, Any]:
             " (an OpenAI-style `error` object)"
         },
         401: {"model": ErrorBody, "description": "Missing or unknown API key"},
-        422: {"model": ErrorBody, "description": "Too many messages, or a message too long"},
+        422: {
+            "model": ErrorBody,
+            "description": "Too many messages, a message too long, or top_k above EVENTRAG_TOP_K_MAX (the"
+            " OpenAI-style `error` object too)",
+        },
         502: {"description": "The language model failed"},
         503: {"description": "The language model is rate limited or unreachable"},
         504: {"description": "The language model timed out"},
@@ -126,7 +139,11 @@ def chat_completions(body: ChatRequest, workspace: Workspace, container: Contain
     keep = container.settings.agent.session_max_turns
     history = tuple(Turn(m.role, _text(m)) for m in turns[:-1][-keep:])
     s = container.settings
-    ask = Ask(workspace, question, top_k=s.top_k_default, mode=s.search_mode, history=history)
+    ask = Ask(workspace, question, top_k=body.top_k or s.top_k_default, mode=s.search_mode, history=history)
+    try:
+        container.agent.check(ask)
+    except QuestionRejectedError as exc:
+        return _error(exc.status_code, str(exc), "invalid_request_error")
     created = int(time.time())
     cid = f"chatcmpl-{uuid.uuid4().hex}"
     if not body.stream:
@@ -148,6 +165,7 @@ def chat_completions(body: ChatRequest, workspace: Workspace, container: Contain
             ],
             "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
             "citations": [c.model_dump() for c in citations_out(a)],
+            "unverified_quotes": a.unverified_quotes,
         }
 
     events = container.agent.run(ask, stream=True)
@@ -177,7 +195,12 @@ def chat_completions(body: ChatRequest, workspace: Workspace, container: Contain
                     a = event.answer
                     if sources_text(a):
                         yield chunk({"content": sources_text(a)})
-                    yield chunk({}, "stop", citations=[c.model_dump() for c in citations_out(a)])
+                    yield chunk(
+                        {},
+                        "stop",
+                        citations=[c.model_dump() for c in citations_out(a)],
+                        unverified_quotes=a.unverified_quotes,
+                    )
         except LLMError as exc:
             yield f"data: {json.dumps({'error': {'message': str(exc), 'code': exc.status_code}})}\n\n"
         yield "data: [DONE]\n\n"

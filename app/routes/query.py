@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from app.container import Container
 from app.deps import ContainerDep, Workspace
-from app.schemas import CitationOut, ErrorBody, QueryFilters, QueryRequest, QueryResponse
+from app.schemas import CitationOut, ErrorBody, QueryFilters, QueryRequest, QueryResponse, Span
 from retrieval.agent import AgentEvent, Ask
 from retrieval.answering import Answer
 from retrieval.llm import LLMError
@@ -61,7 +61,10 @@ def citations_out(a: Answer) -> list[CitationOut]:
             start=c.start,
             end=c.end,
             text=c.text,
-            score=c.score,
+            rank_score=c.rank_score,
+            similarity=c.similarity,
+            keyword_score=c.keyword_score,
+            quotes=[Span(start=a, end=b) for a, b in c.quotes],
             heading=c.heading,
             title=c.title,
             page_start=c.page_start,
@@ -78,6 +81,7 @@ def answer_out(a: Answer, fallback_reason: str | None = None) -> QueryResponse:
         mode=a.mode,
         citations=citations_out(a),
         invented_citations=a.invented_citations,
+        unverified_quotes=a.unverified_quotes,
         covered=a.covered,
         fallback_reason=fallback_reason,
     )
@@ -88,7 +92,7 @@ def make_ask(container: Container, workspace: str, body: QueryRequest, history: 
     return Ask(
         workspace=workspace,
         question=body.question,
-        top_k=min(body.top_k or s.top_k_default, s.top_k_max),
+        top_k=body.top_k or s.top_k_default,  # above top_k_max the agent refuses it (422)
         flt=to_filter(body.filters),
         mode=body.mode or s.search_mode,
         score_threshold=body.score_threshold,
@@ -134,7 +138,7 @@ def _sse(event: str, data: object) -> str:
             " `token` ({text}) as the answer is written, then `citations`, then `done` (the whole answer)",
         },
         401: {"model": ErrorBody, "description": "Missing or unknown API key"},
-        422: {"model": ErrorBody, "description": "Invalid request body"},
+        422: {"model": ErrorBody, "description": "Invalid request body, or top_k above EVENTRAG_TOP_K_MAX"},
         502: {"model": ErrorBody, "description": "The language model failed"},
         503: {"model": ErrorBody, "description": "The language model is rate limited or unreachable"},
         504: {"model": ErrorBody, "description": "The language model timed out"},

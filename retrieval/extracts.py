@@ -1,0 +1,348 @@
+"""Extracts: the quotes an extractive answer is made of, each one contiguous span of one passage.
+
+*Units.* A passage is cut into blocks, then units:
+
+- a blank line ends a block; a Markdown heading, a table row (a line starting with `|`, or holding a tab)
+  and a line of fenced code are blocks of one unit each;
+- a list item (`-`, `*`, `+`, `•`, `1.`, `2)`, `(a)`, `(iv)`, `3.1.`) starts a block; the lines after it
+  that start no new item continue it, as hard-wrapped text does (a numbered line starts an item only
+  after a line that ends a clause: wrapped prose can put "2.1 of this License" at a line start);
+- any other line continues the block before it: a hard-wrapped paragraph is one block, its line breaks
+  are spaces, so a sentence that runs over three lines is one unit;
+- inside a block, units are sentences (`stores.sentences`: the chunker's own rule for where one ends).
+
+*Choice.* Every unit is scored against the question: the share of the question's terms it holds (stemmed
+BM25 tokens, each weighted by how rare it is among the candidate units), its cosine similarity to the
+question (when an embedding function is given), and a bonus for a number when the question asks for an
+amount or a date. A quote is the best unit plus the neighbours of its block that read with it: the
+sentence before when the unit opens with a word that points back ("This", "However", "It"), and
+neighbours that score almost as well, up to `max_units` units and `max_chars` characters. Quotes never
+overlap (also across passages that share text: chunks of one file overlap), and a passage gives at most
+`per_passage` quotes.
+
+An extract is an offset range into its passage's text; `extract.text(passage)` shows it with runs of
+whitespace as single spaces, which is the only liberty an extractive answer takes with a quote.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from stores.ports import Embedder
+from stores.sentences import sentence_ends, trim
+from stores.sparse import Bm25Encoder
+
+_HEADING = re.compile(r"#{1,6}[ \t]+\S")
+_HEADING_MARKS = re.compile(r"#{1,6}[ \t]+")
+_BULLET = re.compile(r"[-*+•][ \t]+")
+_ITEM = re.compile(
+    r"""(?:[-*+•]                    # bullets
+        |\d{1,3}(?:\.\d{1,3})*[.)]   # 1.  2)  3.1.
+        |\d{1,3}(?:\.\d{1,3})+       # 3.1 (a section number without a final period)
+        |\(?[a-zA-Z]\)               # (a)  a)
+        |\((?:[ivxlc]{1,6}|\d{1,3})\)  # (iv)  (2)
+       )[ \t]+\S""",
+    re.VERBOSE,
+)
+_RULE = re.compile(r"([-=*_])(?:[ \t]*\1){2,}")  # "---", "===", "* * *": a thematic break or an underline
+_FENCE = re.compile(r"[ \t]{0,3}(```|~~~)")
+_DIGIT = re.compile(r"\d")
+# Openers that point back at the sentence before: a quote starting with one reads wrong alone.
+_POINTS_BACK = frozenset(
+    """
+    this these that those it its they their them such he she his her however thus therefore hence moreover
+    furthermore also additionally consequently accordingly instead otherwise nevertheless nonetheless here
+    there then finally similarly likewise conversely
+    """.split()  # noqa: SIM905 -- as a list literal the formatter spreads it over 35 lines
+)
+# Questions that ask for an amount, a duration or a date: a unit with a number is likelier to answer.
+_WANTS_NUMBER = re.compile(
+    r"\b(how (many|much|long|often|old|far|big|large|soon|fast)|what (percentage|share|proportion|amount|"
+    r"number|year|date|age|rate|dose|size)|when|which year|number of|percent)\b",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """A sentence, list-item sentence, heading or table row: `text[start:end]` of the passage, trimmed."""
+
+    start: int
+    end: int
+    block: int
+    kind: str  # "sentence" | "heading" | "row" | "code"
+
+
+@dataclass(frozen=True, slots=True)
+class Extract:
+    """Quote `text[start:end]` of passage number `passage` (0-based, in the order given)."""
+
+    passage: int
+    start: int
+    end: int
+    score: float
+
+    def text(self, passage_text: str) -> str:
+        return " ".join(passage_text[self.start : self.end].split())
+
+
+def units(text: str) -> list[Unit]:
+    """The units of a passage in order (see the module docstring), as trimmed offset ranges."""
+    out: list[Unit] = []
+    block = -1
+    # The open block of prose: (start, end, end of its item marker; a period there ends no sentence).
+    paragraph: tuple[int, int, int] | None = None
+    in_code = False
+
+    def close(kind: str = "sentence") -> None:
+        nonlocal paragraph
+        if paragraph is not None:
+            a, b, marker_end = paragraph
+            ends = [] if kind == "heading" else [e for e in sentence_ends(text, a, b) if e > marker_end]
+            cuts = [a, *ends, b]
+            for x, y in zip(cuts, cuts[1:], strict=False):
+                x, y = trim(text, x, y)
+                if x < y:
+                    out.append(Unit(x, y, block, kind))
+            paragraph = None
+
+    def single(a: int, b: int, kind: str) -> None:
+        nonlocal block
+        close()
+        a, b = trim(text, a, b)
+        if a < b:
+            block += 1
+            out.append(Unit(a, b, block, kind))
+
+    line_start = 0
+    for line in text.split("\n"):
+        line_end = line_start + len(line)
+        stripped = line.strip()
+        content_start = line_start + len(line) - len(line.lstrip())
+        if _FENCE.match(line):
+            in_code = not in_code
+            single(line_start, line_end, "code")
+        elif in_code:
+            single(line_start, line_end, "code")
+        elif not stripped:
+            close()
+        elif _RULE.fullmatch(stripped):
+            # "Title" over "-----" or "=====" is a (setext) heading; any other rule only separates blocks.
+            one_line = paragraph is not None and "\n" not in text[paragraph[0] : paragraph[1]]
+            close("heading" if one_line and stripped[0] in "-=" else "sentence")
+        elif _HEADING.match(stripped):
+            heading = _HEADING_MARKS.match(stripped)
+            assert heading is not None
+            single(content_start + heading.end(), line_end, "heading")
+        elif stripped.startswith("|") or "\t" in stripped:
+            single(line_start, line_end, "row")
+        elif (
+            paragraph is None
+            or _BULLET.match(stripped)
+            or (_ITEM.match(stripped) and _ends_clause(text, paragraph[:2]))
+        ):
+            close()
+            block += 1
+            bullet = _BULLET.match(stripped)
+            item = _ITEM.match(stripped)
+            # A bullet is layout, not text: the quote starts at the item's first word.
+            start = content_start + (bullet.end() if bullet else 0)
+            paragraph = (start, line_end, content_start + item.end() - 1 if item else start)
+        else:
+            paragraph = (paragraph[0], line_end, paragraph[2])  # a hard-wrapped line: the block goes on
+        line_start = line_end + 1
+    close()
+    return out
+
+
+@dataclass(slots=True)
+class _Candidate:
+    passage: int
+    unit: int  # index into that passage's units
+    score: float
+
+
+class Extractor:
+    """Chooses the quotes that answer a question from the passages retrieved for it.
+
+    `terms` tokenizes like the BM25 index (stemmed, stop words out); `embedder` (the index's own model)
+    adds semantic similarity; without it, the choice is by terms and numbers only.
+    """
+
+    def __init__(
+        self,
+        *,
+        terms: Bm25Encoder | None = None,
+        embedder: Embedder | None = None,
+        max_units: int = 3,
+        max_chars: int = 600,
+        per_passage: int = 1,
+        dense_weight: float = 0.5,
+        number_bonus: float = 0.1,
+        context_share: float = 0.7,
+    ) -> None:
+        self.terms = terms
+        self.embedder = embedder
+        self.max_units = max_units
+        self.max_chars = max_chars
+        self.per_passage = per_passage
+        self.dense_weight = dense_weight if embedder is not None else 0.0
+        self.number_bonus = number_bonus
+        self.context_share = context_share
+
+    def tokens(self, text: str) -> set[str]:
+        if self.terms is not None:
+            return set(self.terms.tokenize(text))
+        return {w for w in re.findall(r"[^\W_]+", text.lower())}
+
+    def score_units(self, question: str, texts: Sequence[str]) -> list[float]:
+        """One score per unit text: term coverage, similarity and the number bonus, combined."""
+        if not texts:
+            return []
+        q_terms = self.tokens(question)
+        unit_terms = [self.tokens(t) for t in texts]
+        n = len(texts)
+        df: dict[str, int] = {}
+        for ts in unit_terms:
+            for t in ts & q_terms:
+                df[t] = df.get(t, 0) + 1
+        weight = {t: math.log(1.0 + n / (1.0 + df.get(t, 0))) for t in q_terms}
+        total = sum(weight.values()) or 1.0
+        lexical = [sum(weight[t] for t in ts & q_terms) / total for ts in unit_terms]
+        dense = [0.0] * n
+        if self.embedder is not None and self.dense_weight > 0:
+            q = self.embedder.embed_query(question)
+            # Unit-length vectors (the index is cosine): the dot product is the cosine similarity.
+            dense = [sum(a * b for a, b in zip(q, v, strict=True)) for v in self.embedder.embed_documents(texts)]
+        wants_number = bool(_WANTS_NUMBER.search(question))
+        scores = []
+        for i, text in enumerate(texts):
+            s = self.dense_weight * dense[i] + (1.0 - self.dense_weight) * lexical[i]
+            if wants_number and _DIGIT.search(text):
+                s += self.number_bonus
+            scores.append(s)
+        return scores
+
+    def choose(self, question: str, passages: Sequence[str], max_quotes: int = 3) -> list[Extract]:
+        """At most `max_quotes` non-overlapping extracts, best first; each one span of one passage.
+
+        `passages` are the passage texts in rank order. Overlap is judged on the text: a sentence that two
+        overlapping chunks of one file both hold is quoted once.
+        """
+        per_passage = [units(p) for p in passages]
+        # Score each distinct unit text once: overlapping chunks repeat sentences.
+        distinct: dict[str, int] = {}
+        for p, us in zip(passages, per_passage, strict=True):
+            for u in us:
+                distinct.setdefault(" ".join(p[u.start : u.end].split()), len(distinct))
+        scores = self.score_units(question, list(distinct))
+
+        def unit_score(p: int, u: Unit) -> float:
+            s = scores[distinct[" ".join(passages[p][u.start : u.end].split())]]
+            return s * 0.5 if u.kind == "heading" else s  # a heading names a topic; it rarely answers
+
+        candidates = [_Candidate(p, i, unit_score(p, u)) for p, us in enumerate(per_passage) for i, u in enumerate(us)]
+        # Best first; ties go to the better-ranked passage, then the earlier unit.
+        candidates.sort(key=lambda c: (-c.score, c.passage, c.unit))
+        chosen: list[Extract] = []
+        quoted: list[str] = []  # the normalised text of every quote so far
+        taken: dict[int, int] = {}
+        for c in candidates:
+            if len(chosen) >= max_quotes:
+                break
+            if taken.get(c.passage, 0) >= self.per_passage:
+                continue
+            text, us = passages[c.passage], per_passage[c.passage]
+            alone = Extract(c.passage, us[c.unit].start, us[c.unit].end, c.score)
+            if _overlaps(alone.text(text), quoted):
+                continue
+            first, last = self._window(text, us, c.unit, [unit_score(c.passage, u) for u in us])
+            extract = Extract(c.passage, us[first].start, us[last].end, c.score)
+            if _overlaps(extract.text(text), quoted):
+                extract = alone  # widened into text already quoted: the unit alone
+            chosen.append(extract)
+            quoted.append(extract.text(text))
+            taken[c.passage] = taken.get(c.passage, 0) + 1
+        return chosen
+
+    def _window(self, text: str, us: Sequence[Unit], best: int, scores: Sequence[float]) -> tuple[int, int]:
+        """The units [first, last] around `best`: its block's neighbours that belong with it."""
+        first = last = best
+        bar = scores[best] * self.context_share
+
+        def fits(a: int, b: int) -> bool:
+            return b - a + 1 <= self.max_units and us[b].end - us[a].start <= self.max_chars
+
+        def same_block(i: int) -> bool:
+            return 0 <= i < len(us) and us[i].block == us[best].block and us[i].kind == us[best].kind
+
+        # The sentence before, when this one points back at it.
+        opener = re.match(r"[^\W\d_]+", text[us[best].start : us[best].end])
+        if opener and opener.group().lower() in _POINTS_BACK and same_block(best - 1) and fits(best - 1, last):
+            first = best - 1
+        while True:
+            grown = False
+            if same_block(last + 1) and fits(first, last + 1) and scores[last + 1] >= bar:
+                last += 1
+                grown = True
+            if same_block(first - 1) and fits(first - 1, last) and scores[first - 1] >= bar:
+                first -= 1
+                grown = True
+            if not grown:
+                return first, last
+
+
+def _ends_clause(text: str, paragraph: tuple[int, int]) -> bool:
+    """Does the open block end like a sentence or clause? Only then does a numbered line start an item: in
+    hard-wrapped prose a line may well begin with "2.1 of this License" or "(a) provisionally"."""
+    a, b = trim(text, *paragraph)
+    return a < b and text[b - 1] in ".:;!?)"
+
+
+def _overlaps(text: str, quoted: Sequence[str]) -> bool:
+    return any(text in q or q in text for q in quoted)
+
+
+_FOLD = str.maketrans({"’": "'", "‘": "'", "“": '"', "”": '"', "\u00a0": " "})
+
+
+def _squeezed(text: str, fold: bool) -> tuple[str, list[int]]:
+    """`text` with runs of whitespace as one space (none at the ends), and each kept char's offset."""
+    chars: list[str] = []
+    offsets: list[int] = []
+    pending_space = False
+    for i, ch in enumerate(text):
+        if ch.isspace():
+            pending_space = bool(chars)
+            continue
+        if pending_space:
+            chars.append(" ")
+            offsets.append(i - 1)
+            pending_space = False
+        chars.append(ch)
+        offsets.append(i)
+    squeezed = "".join(chars)
+    if fold:
+        squeezed = squeezed.translate(_FOLD).casefold()
+    return squeezed, offsets
+
+
+def locate(text: str, quote: str, *, fold: bool = False) -> tuple[int, int] | None:
+    """Where `quote` sits in `text` with whitespace runs counted as one space: (start, end) offsets of the
+    span of `text`, trimmed, or None. `fold` also ignores case and typographic quotes/apostrophes (how a
+    model retyping a quote may differ from it without changing a word)."""
+    haystack, offsets = _squeezed(text, fold)
+    needle, _ = _squeezed(quote, fold)
+    if not needle or len(haystack) != len(offsets):
+        # casefold can change lengths (German ß): fall back to an exact-case search, which keeps them.
+        haystack, offsets = _squeezed(text, False)
+        needle, _ = _squeezed(quote, False)
+        if not needle:
+            return None
+    at = haystack.find(needle)
+    if at < 0:
+        return None
+    return offsets[at], offsets[at + len(needle) - 1] + 1
