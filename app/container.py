@@ -16,7 +16,7 @@ import logging
 import os
 import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
+from app.outbound.subscriptions import Subscribers, build_subscribers
 from app.settings import QueueBackend, Settings, StateBackend, read_ssm_parameter
 from retrieval.agent import Agent, AgentConfig
 from retrieval.answering import Answerer
@@ -31,16 +32,19 @@ from retrieval.llm import ChatModel, OpenAIChatModel
 from retrieval.search import Searcher
 from stores.embedding import SentenceTransformerEmbedder, SqliteEmbeddingCache
 from stores.errors import StoreLockedError
+from stores.outbox import Delivery, OutboxStore
 from stores.ports import Embedder, EmbeddingCache, JobQueue, StateStore, VectorIndex
 from stores.qdrant import QdrantIndex, open_qdrant
 from stores.sessions import SessionStore
 from stores.sparse import Bm25Encoder
 from stores.sqlite.database import SqliteDatabase
+from stores.sqlite.outbox import SqliteOutboxStore
 from stores.sqlite.queue import SqliteJobQueue
 from stores.sqlite.sessions import SqliteSessionStore
 from stores.sqlite.state import SqliteStateStore
 
 if TYPE_CHECKING:
+    from app.outbound.relay import OutboundRelay, RelayLoop
     from ingest.receiver import WebhookVerifier
     from ingest.sources import ContentRouter
     from ingest.worker import IngestWorker, WorkerLoop
@@ -78,6 +82,8 @@ class Container:
     sessions: SessionStore
     chat: ChatModel | None
     webhook_secrets: dict[str, list[str]]
+    outbox: OutboxStore | None = None
+    subscribers: Subscribers = field(default_factory=Subscribers)
     generated_secret: str | None = None
     fault: FaultHook | None = None
     aws: dict[str, Any] | None = None
@@ -85,6 +91,38 @@ class Container:
     _write: WritePath | None = None
     # Two first requests (a webhook and a retry, say) must not build two workers.
     _write_lock: threading.Lock = field(default_factory=threading.Lock)
+    _relay: OutboundRelay | None = None
+    _relay_loop: RelayLoop | None = None
+
+    @property
+    def relay(self) -> OutboundRelay | None:
+        """Sends outbox deliveries (built on first use); None without an outbox."""
+        with self._write_lock:
+            if self._relay is None and self.outbox is not None:
+                from app.outbound.relay import OutboundRelay
+
+                self._relay = OutboundRelay(self.outbox, self.subscribers.secrets, self.settings.outbound)
+                self._closers.append(self._relay.close)
+            return self._relay
+
+    @property
+    def relay_loop(self) -> RelayLoop | None:
+        """The in-process relay of `eventrag serve` (the embedded queue); on AWS a Lambda drains the outbox."""
+        if self.settings.queue_backend is not QueueBackend.LOCAL or self.relay is None:
+            return None
+        if self._relay_loop is None:
+            from app.outbound.relay import RelayLoop
+
+            self._relay_loop = RelayLoop(self.relay, poll_seconds=self.settings.outbound.poll_seconds)
+        return self._relay_loop
+
+    def outbox_written(self, deliveries: Sequence[Delivery]) -> None:
+        """The worker wrote deliveries: wake the local relay (on AWS: queue them for the outbound function)."""
+        if self._relay_loop is not None:
+            self._relay_loop.notify()
+        handoff = getattr(self.queue, "send_deliveries", None)
+        if handoff is not None:
+            handoff([d.delivery_id for d in deliveries])
 
     @property
     def write_path(self) -> WritePath:
@@ -127,6 +165,8 @@ class Container:
     def close(self) -> None:
         if self._write is not None and self._write.loop is not None:
             self._write.loop.stop()
+        if self._relay_loop is not None:
+            self._relay_loop.stop()
         for closer in reversed(self._closers):
             try:
                 closer()
@@ -163,6 +203,9 @@ def with_remote_secrets(settings: Settings) -> Settings:
         update["webhook_secrets"] = {ws: [SecretStr(s) for s in items] for ws, items in raw.items()}
     if settings.api_keys_ssm_parameter:
         update["api_keys"] = Settings.parse_api_keys(read_ssm_parameter(settings.api_keys_ssm_parameter))
+    if settings.outbound_webhooks_ssm_parameter:
+        subscribers = read_ssm_parameter(settings.outbound_webhooks_ssm_parameter)
+        update["outbound_webhooks"] = Settings.parse_outbound_webhooks(subscribers)
     return settings.model_copy(update=update) if update else settings
 
 
@@ -206,8 +249,10 @@ def build_container(
     state, queue = build_state_and_queue(settings, aws=aws)
     closers.append(state.close)
     sessions: SessionStore
+    outbox: OutboxStore | None = None
     if isinstance(state, SqliteStateStore):
         sessions = SqliteSessionStore(state.db)
+        outbox = SqliteOutboxStore(state.db)
     else:
         from stores.dynamodb.sessions import DynamoSessionStore
 
@@ -284,6 +329,8 @@ def build_container(
         sessions=sessions,
         chat=chat,
         webhook_secrets=secrets_by_ws,
+        outbox=outbox,
+        subscribers=build_subscribers(settings),
         generated_secret=generated,
         fault=fault,
         aws=aws,
@@ -330,6 +377,8 @@ def build_write_path(c: Container) -> WritePath:
             mass_delete_window_seconds=w.mass_delete_window_seconds,
         ),
         fault=c.fault,
+        outbound=c.subscribers.outbound,
+        on_outbox=c.outbox_written,
     )
     loop = None
     if settings.queue_backend is QueueBackend.LOCAL:

@@ -11,7 +11,20 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from app.container import Container, build_container
-from app.routes import documents, events, health, openai_compat, operations, query, sessions, webhooks
+from app.routes import (
+    deliveries,
+    documents,
+    events,
+    health,
+    metrics,
+    openai_compat,
+    operations,
+    query,
+    sessions,
+    stats,
+    web,
+    webhooks,
+)
 from app.settings import Settings
 from stores.errors import EventragError
 
@@ -30,11 +43,15 @@ def create_app(container: Container | Callable[[], Container] | None = None, *, 
         c.recover()
         if start_worker and c.loop is not None:
             c.loop.start()
+        if start_worker and c.relay_loop is not None:
+            c.relay_loop.start()
         try:
             yield
         finally:
             if c.loop is not None:
                 c.loop.stop()
+            if c.relay_loop is not None:
+                c.relay_loop.stop()
             if owned:
                 c.close()
             app.state.container = None
@@ -48,8 +65,22 @@ def create_app(container: Container | Callable[[], Container] | None = None, *, 
     if isinstance(container, Container):
         app.state.container = container  # usable without the lifespan (Lambda, tests)
     install_error_handlers(app)
-    for module in (webhooks, query, sessions, openai_compat, documents, events, operations, health):
+    for module in (
+        webhooks,
+        query,
+        sessions,
+        openai_compat,
+        documents,
+        events,
+        operations,
+        stats,
+        deliveries,
+        health,
+        metrics,
+        web,
+    ):
         app.include_router(module.router)
+    web.mount_static(app)
     return app
 
 

@@ -31,6 +31,7 @@ from ingest.sources import ContentRouter
 from ingest.webhook_body import build_event, parse_webhook_body
 from stores.events import EventStatus, EventType, FileEvent
 from stores.ports import EventRecord, JobQueue, StateStore
+from stores.telemetry import EVENTS_DUPLICATE, EVENTS_RECEIVED, EVENTS_REJECTED
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,13 @@ def record_rejection(event_id: str, workspace: str, body: bytes, error: Exceptio
     record, created = state.add_event(stub, EventStatus.REJECTED)
     if created:
         state.set_event_status(event_id, EventStatus.REJECTED, error=str(error))
+        EVENTS_REJECTED.inc()
+        log.warning(
+            "rejected %s: %s",
+            event_id,
+            error,
+            extra={"event_id": event_id, "workspace": workspace, "file_id": stub.file_id},
+        )
 
 
 def record_and_enqueue(event: FileEvent, *, state: StateStore, queue: JobQueue) -> Delivery:
@@ -156,7 +164,10 @@ def record_and_enqueue(event: FileEvent, *, state: StateStore, queue: JobQueue) 
     if record.event.workspace != event.workspace:
         raise EventIdConflictError(f"webhook-id {event.event_id!r} is already used; use a new id per event")
     if not created and record.status is not EventStatus.RECEIVED:
+        EVENTS_DUPLICATE.labels(event.type.value).inc()
         return Delivery(record, duplicate=True)
+    if created:
+        EVENTS_RECEIVED.labels(event.type.value).inc()
     # Stored first, queued second: a crash between the two leaves a `received` event that a redelivery or
     # the start-up sweep queues again; the reverse order could queue an event that was never stored.
     queue.enqueue(event.event_id, event.group_key)

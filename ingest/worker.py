@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -27,9 +28,11 @@ from pathlib import PurePosixPath
 
 from ingest.chunking import Chunker
 from ingest.errors import PermanentError, UnsupportedContentError
+from ingest.notifications import Change, deliveries_for
 from ingest.parsing import parse
 from stores.embedding import embed_with_cache
 from stores.events import EventStatus, EventType, FileEvent, describe_position
+from stores.outbox import Delivery, Outbound, OutboundType
 from stores.ports import (
     Chunk,
     ContentSource,
@@ -45,11 +48,29 @@ from stores.ports import (
     VectorIndex,
 )
 from stores.sparse import Bm25Encoder
+from stores.telemetry import (
+    CHUNKS,
+    EVENTS_APPLIED,
+    EVENTS_FAILED,
+    EVENTS_HELD,
+    EVENTS_RETRIED,
+    INGEST_LAG,
+    bind,
+)
 
 log = logging.getLogger(__name__)
 
 # A hook the crash tests use to kill the worker between steps; production passes none.
 FaultHook = Callable[[str, FileEvent], None]
+# Told about deliveries just written to the outbox (wakes the local relay, or queues them on AWS).
+OutboxHook = Callable[[Sequence[Delivery]], None]
+
+_CHANGE_OF = {
+    DocumentStatus.INDEXED: OutboundType.DOCUMENT_INDEXED,
+    DocumentStatus.DELETED: OutboundType.DOCUMENT_DELETED,
+    DocumentStatus.SKIPPED: OutboundType.DOCUMENT_SKIPPED,
+    DocumentStatus.FAILED: OutboundType.DOCUMENT_FAILED,
+}
 
 
 class OutcomeKind(StrEnum):
@@ -126,6 +147,8 @@ class IngestWorker:
         sparse: Bm25Encoder | None = None,
         config: WorkerConfig | None = None,
         fault: FaultHook | None = None,
+        outbound: Outbound | None = None,
+        on_outbox: OutboxHook | None = None,
     ) -> None:
         self.state = state
         self.index = index
@@ -135,6 +158,9 @@ class IngestWorker:
         self.sparse = sparse
         self.config = config or WorkerConfig()
         self.fault = fault
+        self.outbound = outbound
+        self.on_outbox = on_outbox
+        self._started: dict[str, float] = {}  # event id -> when this attempt began (for the settle log line)
 
     def _step(self, name: str, event: FileEvent) -> None:
         if self.fault is not None:
@@ -161,8 +187,10 @@ class IngestWorker:
                 outcomes[event_id] = Outcome(OutcomeKind(record.status.value), "already settled")
                 continue
             record = self.state.set_event_status(event_id, EventStatus.PROCESSING, count_attempt=True)
+            self._started[event_id] = time.perf_counter()
             try:
-                plan = self._plan(record, deletes_in_batch)
+                with bind(**_fields(record.event)):
+                    plan = self._plan(record, deletes_in_batch)
             except Exception as exc:
                 outcomes[event_id] = self._failure(record, exc)
                 continue
@@ -182,10 +210,48 @@ class IngestWorker:
 
         for plan in plans:
             try:
-                outcomes[plan.event.event_id] = self._apply(plan)
+                with bind(**_fields(plan.event)):
+                    outcomes[plan.event.event_id] = self._apply(plan)
             except Exception as exc:
                 outcomes[plan.event.event_id] = self._failure(plan.record, exc)
+        for event_id in event_ids:
+            self._started.pop(event_id, None)
         return outcomes
+
+    # settling: the event's final status, its outbox rows, one log line and the metrics, together ---------
+    def _settle(
+        self,
+        record: EventRecord,
+        status: EventStatus,
+        *,
+        detail: str | None = None,
+        error: str | None = None,
+        change: Change | None = None,
+        summary: str | None = None,
+    ) -> None:
+        ev = record.event
+        outbox = deliveries_for(self.outbound, record, change) if change is not None else []
+        self.state.set_event_status(ev.event_id, status, detail=detail, error=error, outbox=outbox)
+        if outbox and self.on_outbox is not None:
+            try:
+                self.on_outbox(outbox)
+            except Exception:  # the rows are durable; the relay's sweep sends them anyway
+                log.warning("could not hand %d delivery(ies) to the relay now", len(outbox), exc_info=True)
+        lag = (datetime.now(UTC) - record.received_at).total_seconds()
+        INGEST_LAG.observe(max(0.0, lag))
+        started = self._started.get(ev.event_id)
+        took = f", {time.perf_counter() - started:.1f} s" if started is not None else ""
+        kind = ev.type.value
+        if status is EventStatus.FAILED:
+            EVENTS_FAILED.labels(kind).inc()
+            log.warning("failed %s: %s%s", ev.path, error, took, extra=_fields(ev))
+        elif status is EventStatus.HELD:
+            EVENTS_HELD.inc()
+            log.warning("held delete of %s: %s", ev.path, detail, extra=_fields(ev))
+        else:
+            result = change.status if change is not None else status.value
+            EVENTS_APPLIED.labels(kind, result).inc()
+            log.info("%s%s", summary or f"{result} {ev.path}", took, extra=_fields(ev))
 
     # 1 + 2: decide and prepare ------------------------------------------------------------------------
     def _plan(self, record: EventRecord, deletes_in_batch: dict[str, int]) -> _Plan | Outcome:
@@ -196,13 +262,14 @@ class IngestWorker:
                 detail = (
                     f"{describe_position(ev.position)} is not newer than the applied {describe_position(doc.position)}"
                 )
-                self.state.set_event_status(ev.event_id, EventStatus.SUPERSEDED, detail=detail)
+                self._settle(record, EventStatus.SUPERSEDED, detail=detail, summary=f"superseded {ev.path}: {detail}")
                 return Outcome(OutcomeKind.SUPERSEDED, detail)
             if ev.position == doc.position:  # this event's own switch happened; the attempt died after it
                 return _Plan(record, _Action.FINISH)
         if ev.type is EventType.DELETED:
             if not record.confirmed and (why := self._brake(ev.workspace, deletes_in_batch)):
-                self.state.set_event_status(ev.event_id, EventStatus.HELD, detail=why)
+                change = Change(OutboundType.EVENT_HELD, EventStatus.HELD.value, error=why)
+                self._settle(record, EventStatus.HELD, detail=why, change=change)
                 return Outcome(OutcomeKind.HELD, why)
             deletes_in_batch[ev.workspace] = deletes_in_batch.get(ev.workspace, 0) + 1
             return _Plan(record, _Action.EMPTY, status=DocumentStatus.DELETED)
@@ -298,7 +365,21 @@ class IngestWorker:
         if plan.action is _Action.FINISH:
             doc = self.state.get_document(ev.workspace, ev.file_id)
             self.index.delete_file(ev.workspace, ev.file_id, keep_revision=doc.revision if doc else None)
-            self.state.set_event_status(ev.event_id, EventStatus.DONE, detail="finished after an interrupted attempt")
+            finished = doc.status if doc is not None else DocumentStatus.DELETED
+            self._settle(
+                plan.record,
+                EventStatus.DONE,
+                detail="finished after an interrupted attempt",
+                change=Change(
+                    _CHANGE_OF.get(finished, OutboundType.DOCUMENT_INDEXED),
+                    finished.value,
+                    chunk_count=doc.chunk_count if doc else 0,
+                    embedded=doc.embedded if doc else 0,
+                    reused=doc.reused if doc else 0,
+                    error=doc.last_error if doc else None,
+                ),
+                summary=f"{finished.value} {ev.path}{_version(ev)} (finished after an interrupted attempt)",
+            )
             return Outcome(OutcomeKind.DONE)
 
         revision = ev.position if plan.action is _Action.INDEX else None
@@ -348,11 +429,27 @@ class IngestWorker:
         self._step("cleaned", ev)
         if plan.status is DocumentStatus.DELETED:
             detail = "deleted"
+            summary = f"deleted {ev.path}"
         elif plan.status is DocumentStatus.SKIPPED:
             detail = f"skipped: {plan.reason}"
+            summary = f"skipped {ev.path}{_version(ev)}: {plan.reason}"
         else:
             detail = f"indexed {len(plan.chunks)} chunk(s): {plan.embedded} embedded, {plan.reused} reused"
-        self.state.set_event_status(ev.event_id, EventStatus.DONE, detail=detail)
+            summary = (
+                f"indexed {ev.path}{_version(ev)}: {len(plan.chunks)} chunks, {plan.embedded} embedded,"
+                f" {plan.reused} reused"
+            )
+            CHUNKS.labels("embedded").inc(plan.embedded)
+            CHUNKS.labels("reused").inc(plan.reused)
+        change = Change(
+            _CHANGE_OF[plan.status],
+            plan.status.value,
+            chunk_count=len(plan.chunks),
+            embedded=plan.embedded,
+            reused=plan.reused,
+            error=plan.reason if plan.status is DocumentStatus.SKIPPED else None,
+        )
+        self._settle(plan.record, EventStatus.DONE, detail=detail, change=change, summary=summary)
         return Outcome(OutcomeKind.DONE, detail)
 
     # failures -----------------------------------------------------------------------------------------
@@ -363,14 +460,34 @@ class IngestWorker:
         permanent = isinstance(exc, PermanentError)
         if permanent or attempts >= self.config.max_attempts:
             why = message if permanent else f"{message} (gave up after {attempts} attempt(s))"
-            log.warning("event %s failed: %s", ev.event_id, why)
-            self.state.set_event_status(ev.event_id, EventStatus.FAILED, error=why)
-            self.state.note_document_error(ev.workspace, ev.file_id, ev.path, why)
+            # The document first: a crash between the two leaves the event processing (retried), never a
+            # failed event whose document does not say so.
+            self.state.note_document_error(ev.workspace, ev.file_id, ev.path, why, event_id=ev.event_id)
+            self._settle(
+                record, EventStatus.FAILED, error=why, change=Change(OutboundType.DOCUMENT_FAILED, "failed", error=why)
+            )
             return Outcome(OutcomeKind.FAILED, why)
         delay = min(self.config.backoff_max_seconds, self.config.backoff_seconds * 2 ** max(0, attempts - 1))
-        log.info("event %s attempt %d failed (%s); retrying in %.1fs", ev.event_id, attempts, message, delay)
+        EVENTS_RETRIED.labels(ev.type.value).inc()
+        log.info(
+            "event %s attempt %d failed (%s); retrying in %.1fs",
+            ev.event_id,
+            attempts,
+            message,
+            delay,
+            extra=_fields(ev),
+        )
         self.state.set_event_status(ev.event_id, EventStatus.QUEUED, error=message)
         return Outcome(OutcomeKind.RETRY, message, delay)
+
+
+def _fields(ev: FileEvent) -> dict[str, str]:
+    """The fields every log line about an event carries."""
+    return {"event_id": ev.event_id, "workspace": ev.workspace, "file_id": ev.file_id}
+
+
+def _version(ev: FileEvent) -> str:
+    return f" v{ev.version}" if ev.version is not None else ""
 
 
 class WorkerLoop:

@@ -107,7 +107,9 @@ class DynamoDocuments(DynamoTable):
             ),
         )
 
-    def note_document_error(self, workspace: str, file_id: str, path: str, error: str) -> None:
+    def note_document_error(
+        self, workspace: str, file_id: str, path: str, error: str, *, event_id: str | None = None
+    ) -> None:
         """Record that the latest event for a file failed, keeping whatever revision is active. One
         UpdateItem: it creates the record when the file has none, like the SQLite store's insert."""
         self.client.update_item(
@@ -116,6 +118,7 @@ class DynamoDocuments(DynamoTable):
             UpdateExpression=(
                 "SET #s = :s, #e = :e, #u = :u, #p = if_not_exists(#p, :p), #c = if_not_exists(#c, :zero),"
                 " #em = if_not_exists(#em, :zero), #r = if_not_exists(#r, :zero), #m = if_not_exists(#m, :m)"
+                + (", #l = :l" if event_id is not None else "")
             ),
             ExpressionAttributeNames={
                 "#s": "status",
@@ -126,6 +129,7 @@ class DynamoDocuments(DynamoTable):
                 "#em": "embedded",
                 "#r": "reused",
                 "#m": "metadata",
+                **({"#l": "last_event_id"} if event_id is not None else {}),
             },
             ExpressionAttributeValues=to_dynamo(
                 {
@@ -135,6 +139,7 @@ class DynamoDocuments(DynamoTable):
                     ":p": path,
                     ":zero": 0,
                     ":m": "{}",
+                    ":l": event_id,
                 }
             ),
         )

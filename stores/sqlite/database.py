@@ -3,7 +3,8 @@
 One file so that "event stored" and "job queued" can never disagree after a crash, and WAL mode so the
 API and the worker threads read while one of them writes. A single connection guarded by a lock: SQLite
 serialises writers anyway, and this keeps transactions explicit. The tables' adapters: `state.py` (events
-and documents), `queue.py` (the local job queue), `sessions.py` (conversations).
+and documents), `queue.py` (the local job queue), `sessions.py` (conversations),
+`outbox.py` (outbound webhook deliveries).
 """
 
 from __future__ import annotations
@@ -70,6 +71,28 @@ CREATE TABLE IF NOT EXISTS sessions (
     updated_at  REAL NOT NULL,
     PRIMARY KEY (workspace, session_id)
 );
+CREATE TABLE IF NOT EXISTS outbox (
+    delivery_id     TEXT PRIMARY KEY,
+    message_id      TEXT NOT NULL,
+    workspace       TEXT NOT NULL,
+    subscriber      TEXT NOT NULL,
+    url             TEXT NOT NULL,
+    type            TEXT NOT NULL,
+    body            TEXT NOT NULL,
+    status          TEXT NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_status     INTEGER,
+    last_response   TEXT,
+    last_error      TEXT,
+    file_id         TEXT,
+    event_id        TEXT,
+    created_at      REAL NOT NULL,
+    updated_at      REAL NOT NULL,
+    delivered_at    REAL
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (status, next_attempt_at);
+CREATE INDEX IF NOT EXISTS outbox_by_workspace ON outbox (workspace, created_at, delivery_id);
 """
 
 

@@ -9,12 +9,15 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from stores.events import EventStatus, FileEvent
+from stores.outbox import Delivery
 from stores.ports import DocumentRecord, DocumentStatus, EventRecord
 from stores.sqlite.database import SqliteDatabase
 from stores.sqlite.database import ts as _ts
+from stores.sqlite.listings import SqliteListings
+from stores.sqlite.outbox import insert_deliveries
 
 
-class SqliteStateStore:
+class SqliteStateStore(SqliteListings):
     def __init__(self, db: SqliteDatabase) -> None:
         self.db = db
 
@@ -65,6 +68,7 @@ class SqliteStateStore:
         error: str | None = None,
         detail: str | None = None,
         count_attempt: bool = False,
+        outbox: Sequence[Delivery] = (),
     ) -> EventRecord:
         with self.db.transaction() as conn:
             cur = conn.execute(
@@ -74,6 +78,7 @@ class SqliteStateStore:
             )
             if cur.rowcount != 1:
                 raise KeyError(event_id)
+            insert_deliveries(conn, outbox)  # the same commit: settled and "to be told" cannot disagree
             row = conn.execute("SELECT * FROM events WHERE event_id = ?", (event_id,)).fetchone()
         return self._event(row)
 
@@ -194,18 +199,22 @@ class SqliteStateStore:
                 ),
             )
 
-    def note_document_error(self, workspace: str, file_id: str, path: str, error: str) -> None:
-        """Record that the latest event for a file failed, keeping whatever revision is active."""
+    def note_document_error(
+        self, workspace: str, file_id: str, path: str, error: str, *, event_id: str | None = None
+    ) -> None:
+        """Record that the latest event for a file failed, keeping whatever revision is active; the document
+        names the failed event (`last_event_id`), so a retry is one step away."""
         with self.db.transaction() as conn:
             cur = conn.execute(
-                "UPDATE documents SET status = ?, last_error = ?, updated_at = ? WHERE workspace = ? AND file_id = ?",
-                (DocumentStatus.FAILED.value, error, time.time(), workspace, file_id),
+                "UPDATE documents SET status = ?, last_error = ?, last_event_id = COALESCE(?, last_event_id),"
+                " updated_at = ? WHERE workspace = ? AND file_id = ?",
+                (DocumentStatus.FAILED.value, error, event_id, time.time(), workspace, file_id),
             )
             if cur.rowcount == 0:
                 conn.execute(
-                    "INSERT INTO documents (workspace, file_id, path, status, last_error, updated_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (workspace, file_id, path, DocumentStatus.FAILED.value, error, time.time()),
+                    "INSERT INTO documents (workspace, file_id, path, status, last_error, last_event_id, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (workspace, file_id, path, DocumentStatus.FAILED.value, error, event_id, time.time()),
                 )
 
     def active_revisions(self, workspace: str, file_ids: Sequence[str]) -> dict[str, str]:
