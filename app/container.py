@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from ingest.receiver import WebhookVerifier
     from ingest.sources import ContentRouter
     from ingest.worker import IngestWorker, WorkerLoop
+    from stores.sqs import SqsDeliveryQueue
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ class Container:
     webhook_secrets: dict[str, list[str]]
     outbox: OutboxStore | None = None
     subscribers: Subscribers = field(default_factory=Subscribers)
+    delivery_queue: SqsDeliveryQueue | None = None
     generated_secret: str | None = None
     fault: FaultHook | None = None
     aws: dict[str, Any] | None = None
@@ -120,9 +122,8 @@ class Container:
         """The worker wrote deliveries: wake the local relay (on AWS: queue them for the outbound function)."""
         if self._relay_loop is not None:
             self._relay_loop.notify()
-        handoff = getattr(self.queue, "send_deliveries", None)
-        if handoff is not None:
-            handoff([d.delivery_id for d in deliveries])
+        if self.delivery_queue is not None:
+            self.delivery_queue.send([d.delivery_id for d in deliveries])
 
     @property
     def write_path(self) -> WritePath:
@@ -204,8 +205,17 @@ def with_remote_secrets(settings: Settings) -> Settings:
     if settings.api_keys_ssm_parameter:
         update["api_keys"] = Settings.parse_api_keys(read_ssm_parameter(settings.api_keys_ssm_parameter))
     if settings.outbound_webhooks_ssm_parameter:
-        subscribers = read_ssm_parameter(settings.outbound_webhooks_ssm_parameter)
-        update["outbound_webhooks"] = Settings.parse_outbound_webhooks(subscribers)
+        try:
+            subscribers = read_ssm_parameter(settings.outbound_webhooks_ssm_parameter)
+        except Exception as exc:
+            # Optional: a deployment without subscribers has no such parameter.
+            if type(exc).__name__ != "ParameterNotFound":
+                raise
+            log.info(
+                "no outbound webhook subscribers (SSM parameter %s not found)", settings.outbound_webhooks_ssm_parameter
+            )
+        else:
+            update["outbound_webhooks"] = Settings.parse_outbound_webhooks(subscribers)
     return settings.model_copy(update=update) if update else settings
 
 
@@ -232,6 +242,23 @@ def build_state_and_queue(settings: Settings, *, aws: dict[str, Any] | None = No
     return state, queue
 
 
+def build_outbox(
+    settings: Settings, *, aws: dict[str, Any] | None = None
+) -> tuple[OutboxStore, SqsDeliveryQueue | None]:
+    """The AWS outbox (DynamoDB) and the queue that hands its deliveries to the outbound function: all that
+    function needs, so it never loads the index or the model."""
+    from stores.dynamodb.common import default_client
+    from stores.dynamodb.outbox import DynamoOutboxStore
+    from stores.sqs import SqsDeliveryQueue
+
+    ddb = (aws or {}).get("dynamodb") or default_client("dynamodb")
+    outbox = DynamoOutboxStore(ddb, table=settings.dynamodb_outbox_table)
+    queue = None
+    if settings.outbound_queue_url:
+        queue = SqsDeliveryQueue((aws or {}).get("sqs") or default_client("sqs"), settings.outbound_queue_url)
+    return outbox, queue
+
+
 def build_container(
     settings: Settings,
     *,
@@ -250,6 +277,7 @@ def build_container(
     closers.append(state.close)
     sessions: SessionStore
     outbox: OutboxStore | None = None
+    delivery_queue: SqsDeliveryQueue | None = None
     if isinstance(state, SqliteStateStore):
         sessions = SqliteSessionStore(state.db)
         outbox = SqliteOutboxStore(state.db)
@@ -257,6 +285,7 @@ def build_container(
         from stores.dynamodb.sessions import DynamoSessionStore
 
         sessions = DynamoSessionStore.from_settings(settings, client=(aws or {}).get("dynamodb"))
+        outbox, delivery_queue = build_outbox(settings, aws=aws)
 
     if qdrant_client is None:
         url, api_key = settings.resolved_qdrant()
@@ -331,6 +360,7 @@ def build_container(
         webhook_secrets=secrets_by_ws,
         outbox=outbox,
         subscribers=build_subscribers(settings),
+        delivery_queue=delivery_queue,
         generated_secret=generated,
         fault=fault,
         aws=aws,

@@ -4,6 +4,8 @@
 - `ingest_handler`: an SQS batch; each record names one event; the same `IngestWorker.process` applies
   them, and only the records that must be retried are reported (`ReportBatchItemFailures`).
 - `s3_handler`: S3 ObjectCreated/ObjectRemoved notifications become file events on the same queue.
+- `outbound_handler`: drains the outbox: attempts the deliveries the outbound queue names, and every
+  minute (an EventBridge schedule) sweeps the outbox for due ones.
 
 The container is built on the first invocation (cold start) and reused while the execution environment
 lives; nothing is built at import.
@@ -16,6 +18,7 @@ import logging
 from typing import Any
 
 from app.container import Container, build_container, build_state_and_queue
+from app.logs import configure_logging
 from app.settings import Settings
 from stores.ports import JobQueue, StateStore
 
@@ -28,14 +31,16 @@ _api: Any = None
 def container() -> Container:
     global _container
     if _container is None:
-        _container = build_container(Settings())
+        settings = Settings()
+        configure_logging(settings)
+        _container = build_container(settings)
     return _container
 
 
 def set_container(c: Container | None) -> None:
     """Tests (and embedders of eventrag) install their own container; `None` resets to lazy building."""
-    global _container, _api, _edge
-    _container, _api, _edge = c, None, None
+    global _container, _api, _edge, _outbound
+    _container, _api, _edge, _outbound = c, None, None, None
 
 
 def api_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
@@ -115,6 +120,54 @@ def ingest_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
 
 _edge: tuple[Settings, StateStore, JobQueue] | None = None
+_outbound: Any = None
+
+
+def outbound_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Attempt outbound webhook deliveries: those named by an SQS batch, or (a scheduled event) every due one.
+
+    A failed attempt is recorded in the outbox with its next attempt time; when that is within SQS's 15
+    minutes, the delivery is queued again with that delay, otherwise the sweep picks it up. Records are
+    never reported failed: the outbox, not the queue, holds each delivery's state.
+    """
+    global _outbound
+    from datetime import UTC, datetime
+
+    from stores.outbox import DeliveryStatus
+
+    if _outbound is None:
+        from app.container import build_outbox, with_remote_secrets
+        from app.outbound.relay import OutboundRelay
+        from app.outbound.subscriptions import build_subscribers
+
+        settings = with_remote_secrets(Settings())
+        configure_logging(settings)
+        outbox, queue = (
+            (_container.outbox, _container.delivery_queue) if _container is not None else build_outbox(settings)
+        )
+        if _container is not None:
+            settings = _container.settings
+        assert outbox is not None
+        _outbound = (OutboundRelay(outbox, build_subscribers(settings).secrets, settings.outbound), queue)
+    relay, queue = _outbound
+    if "Records" not in event:
+        return {"attempted": relay.deliver_due(limit=100)}
+    attempted = 0
+    for record in event["Records"]:
+        try:
+            delivery_id = str(json.loads(record["body"])["delivery_id"])
+        except (KeyError, ValueError, TypeError):
+            log.error("unreadable outbound message %s; dropped (the sweep covers the outbox)", record.get("messageId"))
+            continue
+        result = relay.attempt(delivery_id)
+        if result is None:
+            continue
+        attempted += 1
+        if result.status is DeliveryStatus.PENDING and queue is not None:
+            wait = (result.next_attempt_at - datetime.now(UTC)).total_seconds()
+            if wait <= queue.MAX_DELAY_SECONDS:
+                queue.send([delivery_id], delay_seconds=wait)
+    return {"batchItemFailures": [], "attempted": attempted}
 
 
 def s3_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:

@@ -205,6 +205,8 @@ class Settings(BaseSettings):
     dynamodb_events_table: str = "eventrag-events"
     dynamodb_documents_table: str = "eventrag-documents"
     dynamodb_sessions_table: str = "eventrag-sessions"
+    dynamodb_outbox_table: str = "eventrag-outbox"
+    outbound_queue_url: str | None = Field(None, description="SQS queue that hands deliveries to the outbound function")
     sqs_queue_url: str | None = None
     sqs_dlq_url: str | None = Field(None, description="the ingest dead-letter queue, for `eventrag redrive`")
     source_bucket: str | None = Field(None, description="S3 bucket that s3:// sources and S3 notifications use")

@@ -9,12 +9,14 @@ or the whole new one: never a mix, never nothing.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from stores.embedding import Embedder
 from stores.ports import Hit, SearchFilter, SearchMode, StateStore, VectorIndex
 from stores.sparse import Bm25Encoder
+from stores.telemetry import SEARCH_SECONDS
 
 
 @dataclass(slots=True, frozen=True)
@@ -45,6 +47,13 @@ class Searcher:
         self.overfetch = overfetch
 
     def search(self, req: SearchRequest) -> list[Hit]:
+        started = time.perf_counter()
+        try:
+            return self._search(req)
+        finally:
+            SEARCH_SECONDS.labels(req.mode.value).observe(time.perf_counter() - started)
+
+    def _search(self, req: SearchRequest) -> list[Hit]:
         mode = req.mode if self.sparse is not None else SearchMode.DENSE
         dense = self.embedder.embed_query(req.query) if mode is not SearchMode.SPARSE else None
         sparse = (

@@ -17,7 +17,9 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from stores.dynamodb.common import DynamoTable, error_code, from_dynamo, seconds, serializer, to_dynamo, ts
+from stores.dynamodb.outbox import add_deliveries, put_delivery_args
 from stores.events import TERMINAL_STATUSES, EventStatus, EventType, FileEvent
+from stores.outbox import Delivery
 from stores.ports import EventRecord
 
 
@@ -25,6 +27,7 @@ class DynamoEvents(DynamoTable):
     """The event half of `DynamoStateStore`."""
 
     events_table: str
+    outbox_table: str
     retention: timedelta
 
     @staticmethod
@@ -89,9 +92,9 @@ class DynamoEvents(DynamoTable):
         item = resp.get("Item")
         return self._event(from_dynamo(item)) if item else None
 
-    def _update_event(
+    def _update_args(
         self, event_id: str, sets: dict[str, Any], *, remove: Sequence[str] = (), add_attempts: int = 0
-    ) -> EventRecord:
+    ) -> dict[str, Any]:
         names = {f"#{i}": name for i, name in enumerate([*sets, *remove])}
         by_name = {name: key for key, name in names.items()}
         parts = [f"{by_name[name]} = :{i}" for i, name in enumerate(sets)]
@@ -104,16 +107,21 @@ class DynamoEvents(DynamoTable):
         if remove:
             expression += " REMOVE " + ", ".join(by_name[name] for name in remove)
         names["#key"] = "event_id"
+        return {
+            "TableName": self.events_table,
+            "Key": to_dynamo({"event_id": event_id}),
+            "UpdateExpression": expression,
+            "ConditionExpression": "attribute_exists(#key)",
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": values,
+        }
+
+    def _update_event(
+        self, event_id: str, sets: dict[str, Any], *, remove: Sequence[str] = (), add_attempts: int = 0
+    ) -> EventRecord:
+        args = self._update_args(event_id, sets, remove=remove, add_attempts=add_attempts)
         try:
-            resp = self.client.update_item(
-                TableName=self.events_table,
-                Key=to_dynamo({"event_id": event_id}),
-                UpdateExpression=expression,
-                ConditionExpression="attribute_exists(#key)",
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=values,
-                ReturnValues="ALL_NEW",
-            )
+            resp = self.client.update_item(**args, ReturnValues="ALL_NEW")
         except ClientError as exc:
             if error_code(exc) == "ConditionalCheckFailedException":
                 raise KeyError(event_id) from exc
@@ -128,6 +136,7 @@ class DynamoEvents(DynamoTable):
         error: str | None = None,
         detail: str | None = None,
         count_attempt: bool = False,
+        outbox: Sequence[Delivery] = (),
     ) -> EventRecord:
         now = time.time()
         sets: dict[str, Any] = {"status": status.value, "updated_at": seconds(now)}
@@ -141,7 +150,34 @@ class DynamoEvents(DynamoTable):
             sets["expires_at"] = self._expiry(now)
         else:
             remove.append("expires_at")
+        if outbox:
+            return self._update_with_outbox(event_id, sets, remove, 1 if count_attempt else 0, outbox)
         return self._update_event(event_id, sets, remove=remove, add_attempts=1 if count_attempt else 0)
+
+    def _update_with_outbox(
+        self, event_id: str, sets: dict[str, Any], remove: list[str], add_attempts: int, outbox: Sequence[Delivery]
+    ) -> EventRecord:
+        """The status and the deliveries in one TransactWriteItems (all or nothing, at most 100 items). A
+        delivery already there (a retried write whose first try went through) is kept as it is."""
+        update = self._update_args(event_id, sets, remove=remove, add_attempts=add_attempts)
+        puts = [put_delivery_args(self.outbox_table, d) for d in outbox]
+        try:
+            self.client.transact_write_items(TransactItems=[{"Update": update}, *({"Put": p} for p in puts)])
+        except ClientError as exc:
+            if error_code(exc) != "TransactionCanceledException":
+                raise
+            reasons = [r.get("Code") for r in exc.response.get("CancellationReasons", [])]
+            if reasons and reasons[0] == "ConditionalCheckFailed":
+                raise KeyError(event_id) from exc
+            if "ConditionalCheckFailed" not in reasons[1:]:
+                raise
+            # Some deliveries exist already: write the status, then the missing deliveries alone.
+            self._update_event(event_id, sets, remove=remove, add_attempts=add_attempts)
+            add_deliveries(self.client, self.outbox_table, outbox)
+        record = self.get_event(event_id)
+        if record is None:  # pragma: no cover - it was just updated
+            raise KeyError(event_id)
+        return record
 
     def reset_for_retry(self, event_id: str, *, confirmed: bool = False) -> EventRecord:
         """Back to `queued` with a fresh attempt budget; `confirmed` only ever turns on."""
