@@ -125,6 +125,7 @@ class PassageOut(BaseModel):
     before: str = Field(description="up to `context` characters of the document before the passage")
     text: str = Field(description="the document's text from start to end")
     after: str = Field(description="up to `context` characters after it")
+    length: int = Field(description="characters in the parsed document")
 
 
 class EventOut(BaseModel):

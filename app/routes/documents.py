@@ -123,6 +123,7 @@ def document_passage(
         before=text[max(0, start - context) : start],
         text=text[start:end],
         after=text[end : end + context],
+        length=len(text),
     )
 
 

@@ -105,13 +105,14 @@ function selectTab(name, focus = true) {
     tab.tabIndex = on ? 0 : -1;
     $(`view-${t}`).hidden = !on;
   }
+  $(`tab-${name}`).scrollIntoView({ block: "nearest", inline: "nearest" });
   if (focus) $(`tab-${name}`).focus();
   if (location.hash.slice(1) !== name) history.replaceState(null, "", `#${name}`);
   clearInterval(state.healthTimer);
   if (name === "documents") loadDocuments(true);
   if (name === "events") loadEvents(true);
   if (name === "health") { loadHealth(); state.healthTimer = setInterval(loadHealth, 5000); }
-  if (name === "ask" && focus === false) $("question").focus();
+  if (name === "ask" && !focus) $("question").focus();
 }
 
 for (const t of TABS) $(`tab-${t}`).addEventListener("click", () => selectTab(t));
@@ -227,7 +228,8 @@ function sourceItem(c) {
   api(`${docPath(c.file_id)}/passage${query({ start: c.start, end: c.end, context: 240 })}`)
     .then((p) => {
       if (p.text !== c.text) return;
-      quote.replaceChildren(p.before ? `…${p.before}` : "", el("mark", {}, p.text), p.after ? `${p.after}…` : "");
+      const more = p.end + p.after.length < p.length ? "…" : "";
+      quote.replaceChildren(p.start > p.before.length ? "…" : "", p.before, el("mark", {}, p.text), p.after, more);
     })
     .catch(() => {});
   return item;
@@ -373,5 +375,9 @@ async function loadHealth() {
   }
 }
 
-window.addEventListener("hashchange", () => selectTab(location.hash.slice(1), false));
+// Only tab names switch views; other fragments (#source-2) are in-page links.
+window.addEventListener("hashchange", () => {
+  const name = location.hash.slice(1);
+  if (TABS.includes(name)) selectTab(name, false);
+});
 start();

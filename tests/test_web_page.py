@@ -1,0 +1,220 @@
+"""The web page in a real browser: Playwright driving Debian's chromium (`.ci/run` installs it with apt;
+Playwright's own browser download is never used) against the app served by uvicorn on loopback.
+
+Covered: sign-in, ask with the answer streamed in and `[n]` linked to sources shown in their surrounding
+text, a failed event retried from the page, a held delete confirmed, the Health figures, keyboard use, a
+narrow screen, and that the page asks nothing of any other host. Screenshots go to `test-artifacts/`
+(or `$EVENTRAG_TEST_ARTIFACTS`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
+
+from app.main import create_app
+from tests.conftest import KEY_ACME, Harness
+from tests.fakes.server import serve
+from tests.fakes.webhooks import file_event
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path(os.environ.get("EVENTRAG_CHROMIUM", "/usr/bin/chromium"))
+LAUNCH_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ARTIFACTS = Path(os.environ.get("EVENTRAG_TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"))
+LEAVE = (
+    "# Leave policy\n\nEmployees get 25 days of annual leave per year. Unused days carry over until the end of"
+    " March of the following year.\n\n## Sick leave\n\nSick leave is paid from the first day with a doctor's note"
+    " after three days."
+)
+
+
+@pytest.fixture(scope="module")
+def playwright() -> Iterator[Playwright]:
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (`apt-get install -y chromium`; .ci/run does)")
+    with sync_playwright() as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def browser(playwright: Playwright) -> Iterator[Browser]:
+    b = playwright.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_FLAGS)
+    yield b
+    b.close()
+
+
+@contextmanager
+def served(h: Harness) -> Iterator[str]:
+    """The harness's app on a loopback port, with the worker running in the background."""
+    assert h.container.loop is not None
+    h.container.loop.start()
+    try:
+        with serve(create_app(h.container, start_worker=False)) as url:
+            yield url
+    finally:
+        h.container.loop.stop()
+
+
+@contextmanager
+def page_on(browser: Browser, base: str, **context: Any) -> Iterator[tuple[Page, list[str]]]:
+    """A fresh page; yields it with the list of every URL it requested."""
+    ctx = browser.new_context(**context)
+    page = ctx.new_page()
+    requested: list[str] = []
+    page.on("request", lambda r: requested.append(r.url))
+    try:
+        yield page, requested
+        assert requested, "the page made no request at all"
+        foreign = [u for u in requested if not (u.startswith(base) or u.startswith("data:"))]
+        assert foreign == [], f"requests to other hosts: {foreign}"
+    finally:
+        ctx.close()
+
+
+def sign_in(page: Page, base: str) -> None:
+    page.goto(base + "/")
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    page.get_by_label("API key").fill(KEY_ACME)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_text("Workspace acme")).to_be_visible()
+
+
+def shot(page: Page, name: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / name
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 1000
+    return path
+
+
+def until(check: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.1)
+
+
+def test_ask_streams_an_answer_with_linked_sources_in_context(browser: Browser, harness: Harness) -> None:
+    harness.post_event(file_event("created", "leave", path="hr/leave.md", content=LEAVE, version=3))
+    harness.drain()
+    with served(harness) as base, page_on(browser, base, viewport={"width": 1200, "height": 900}) as (page, _):
+        sign_in(page, base)
+        question = page.get_by_label("Question")
+        question.fill("How many days of annual leave do I get?")
+        question.press("Enter")  # keyboard: Enter asks
+
+        source = page.locator("#source-1")
+        expect(source).to_be_visible()
+        expect(source).to_contain_text("hr/leave.md")
+        expect(source).to_contain_text("version 3")
+        cite = page.locator("#answer a.cite").first
+        expect(cite).to_have_attribute("href", "#source-1")
+        mark = source.locator("mark")
+        expect(mark).to_contain_text("25 days of annual leave")
+        # The quoted passage sits in its surrounding text once the passage is fetched.
+        quote = source.locator("blockquote")
+        expect(quote).to_contain_text("Leave policy")
+        until(lambda: len(quote.inner_text()) > len(mark.inner_text()))
+        cite.click()
+        expect(page).to_have_url(re.compile(r"#source-1$"))
+        shot(page, "web-ask.png")
+
+
+def test_a_failed_event_is_retried_from_the_page(
+    browser: Browser, make_harness: Callable[..., Harness], tmp_path: Path
+) -> None:
+    root = tmp_path / "src"
+    root.mkdir()
+    h = make_harness(source_root=root)
+    h.post_event(file_event("created", "runbook", path="ops/runbook.md", version=1))
+    h.drain()  # not in the source root yet: failed for good
+    with served(h) as base, page_on(browser, base) as (page, _):
+        sign_in(page, base)
+        page.get_by_role("tab", name="Events").click()
+        item = page.locator("#events-list li", has_text="ops/runbook.md")
+        expect(item).to_contain_text("failed")
+        expect(item.locator(".event-error")).to_contain_text("runbook.md")
+        (root / "ops").mkdir()
+        (root / "ops" / "runbook.md").write_text("# Runbook\n\nRestart the ingest worker when the queue stalls.")
+        page.get_by_role("button", name="Retry ops/runbook.md").click()
+        expect(page.locator("#events-message")).to_contain_text("Retry: ops/runbook.md is now queued")
+
+        def done() -> bool:
+            page.get_by_role("button", name="Filter").click()
+            return "done" in page.locator("#events-list li", has_text="ops/runbook.md").first.inner_text()
+
+        until(done)
+        page.get_by_role("tab", name="Documents").click()
+        row = page.locator("#documents-table tbody tr", has_text="ops/runbook.md")
+        expect(row).to_contain_text("indexed")
+        row.get_by_role("button", name="Open ops/runbook.md").click()
+        expect(page.locator("#document-chunks")).to_contain_text("Restart the ingest worker")
+        shot(page, "web-documents.png")
+
+
+def test_a_held_delete_is_confirmed_from_the_page(browser: Browser, make_harness: Callable[..., Harness]) -> None:
+    h = make_harness(worker={"backoff_seconds": 0.0, "poll_seconds": 0.05, "mass_delete_share": 0.2, "mass_delete_min": 1})
+    for name in ("a", "b"):
+        h.post_event(file_event("created", name, path=f"hr/{name}.md", content=f"# {name}\n\nText of {name}.", version=1))
+    h.drain()
+    h.post_event(file_event("deleted", "a", path="hr/a.md", version=2))
+    h.drain()
+    assert h.get("/held-deletes").json()["count"] == 1
+    with served(h) as base, page_on(browser, base) as (page, _):
+        sign_in(page, base)
+        page.get_by_role("tab", name="Events").click()
+        page.get_by_role("tabpanel", name="Events").get_by_label("Status").select_option("held")
+        page.get_by_role("button", name="Filter").click()
+        item = page.locator("#events-list li", has_text="hr/a.md")
+        expect(item).to_contain_text("held")
+        expect(item.get_by_role("button", name="Discard delete of hr/a.md")).to_be_visible()
+        shot(page, "web-events-held.png")
+        item.get_by_role("button", name="Confirm delete of hr/a.md").click()
+        expect(page.locator("#events-message")).to_contain_text("Confirm: hr/a.md is now queued")
+        until(lambda: h.get("/documents/a").json()["status"] == "deleted")
+        page.get_by_role("tab", name="Documents").click()
+        expect(page.locator("#documents-table tbody tr", has_text="hr/a.md")).to_contain_text("deleted")
+        expect(page.locator("#documents-table tbody tr", has_text="hr/b.md")).to_contain_text("indexed")
+
+
+def test_health_on_a_narrow_screen_with_the_keyboard(browser: Browser, harness: Harness) -> None:
+    harness.post_event(file_event("created", "leave", path="hr/leave.md", content=LEAVE, version=1))
+    harness.drain()
+    with served(harness) as base, page_on(browser, base, viewport={"width": 360, "height": 740}) as (page, _):
+        sign_in(page, base)
+        page.get_by_role("tab", name="Ask").focus()
+        for _ in range(3):
+            page.keyboard.press("ArrowRight")  # the tabs pattern: arrows move between views
+        expect(page.get_by_role("tab", name="Health")).to_have_attribute("aria-selected", "true")
+        expect(page.locator("#health-documents")).to_contain_text("indexed")
+        expect(page.locator("#health-index")).to_contain_text("chunks")
+        expect(page.locator("#health-updated")).to_contain_text("refreshes every 5 seconds")
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, f"the page scrolls sideways by {overflow}px on a 360px screen"
+        shot(page, "web-health-narrow.png")
+
+
+def test_single_user_mode_needs_no_key(browser: Browser, make_harness: Callable[..., Harness]) -> None:
+    h = make_harness(api_keys={}, anonymous_workspace="acme")
+    with served(h) as base, page_on(browser, base) as (page, _):
+        page.goto(base + "/")
+        expect(page.get_by_text("single-user mode")).to_be_visible()
+        expect(page.get_by_role("heading", name="Sign in")).to_be_hidden()
+        expect(page.get_by_label("Question")).to_be_focused()
