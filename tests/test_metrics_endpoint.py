@@ -65,9 +65,11 @@ def test_counters_move_with_events_searches_and_answers(make_harness: Callable[.
     h.post_event(file_event("created", "gone", path="nowhere/gone.md", version=1))
     h.drain()
     final = scrape(h)
-    assert value(final, "eventrag_events_failed_total", type="file.created") - value(
-        after, "eventrag_events_failed_total", type="file.created"
-    ) == 1
+    assert (
+        value(final, "eventrag_events_failed_total", type="file.created")
+        - value(after, "eventrag_events_failed_total", type="file.created")
+        == 1
+    )
 
 
 def test_metrics_need_the_key_outside_loopback_single_user_mode(make_harness: Callable[..., Harness]) -> None:

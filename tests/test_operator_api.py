@@ -82,16 +82,21 @@ def test_failed_and_skipped_documents_name_their_last_event(h: Harness) -> None:
     # ... so a retry is one step away
     event = h.get(f"/events/{missing['last_event_id']}").json()
     assert event["status"] == "failed"
-    assert h.client.post(
-        f"/events/{missing['last_event_id']}/retry", headers={"X-API-Key": "key-acme-0123456789abcdef"}
-    ).json()["status"] == "queued"
+    assert (
+        h.client.post(
+            f"/events/{missing['last_event_id']}/retry", headers={"X-API-Key": "key-acme-0123456789abcdef"}
+        ).json()["status"]
+        == "queued"
+    )
 
 
 def test_events_newest_first_with_totals_cursors_and_filters(h: Harness) -> None:
     ids = seed(h)
     events, totals = walk(h, "/events?limit=2", "key-acme-0123456789abcdef", "events")
     assert totals == [7, 7, 7, 7]
-    assert [e["event_id"] for e in events] == [ids[k] for k in ["binary", "missing", *(f"doc{i}" for i in range(4, -1, -1))]]
+    assert [e["event_id"] for e in events] == [
+        ids[k] for k in ["binary", "missing", *(f"doc{i}" for i in range(4, -1, -1))]
+    ]
     assert [e["received_at"] for e in events] == sorted((e["received_at"] for e in events), reverse=True)
 
     failed = h.get("/events?status=failed").json()

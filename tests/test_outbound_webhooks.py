@@ -64,7 +64,9 @@ def deliveries(h: Harness, **params: Any) -> dict[str, Any]:
 def test_indexed_deleted_and_failed_documents_are_delivered_signed(make_harness: Callable[..., Harness]) -> None:
     with receiver() as r:
         h = make_harness(**subscribed(r.url))
-        assert h.post_event(file_event("created", "leave", path="hr/leave.md", content=DOC, version=1)).status_code == 202
+        assert (
+            h.post_event(file_event("created", "leave", path="hr/leave.md", content=DOC, version=1)).status_code == 202
+        )
         # A file that cannot be read: no content and no source root -> failed for good.
         assert h.post_event(file_event("created", "gone", path="hr/gone.md", version=1)).status_code == 202
         h.drain()

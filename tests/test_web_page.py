@@ -170,9 +170,13 @@ def test_a_failed_event_is_retried_from_the_page(
 
 
 def test_a_held_delete_is_confirmed_from_the_page(browser: Browser, make_harness: Callable[..., Harness]) -> None:
-    h = make_harness(worker={"backoff_seconds": 0.0, "poll_seconds": 0.05, "mass_delete_share": 0.2, "mass_delete_min": 1})
+    h = make_harness(
+        worker={"backoff_seconds": 0.0, "poll_seconds": 0.05, "mass_delete_share": 0.2, "mass_delete_min": 1}
+    )
     for name in ("a", "b"):
-        h.post_event(file_event("created", name, path=f"hr/{name}.md", content=f"# {name}\n\nText of {name}.", version=1))
+        h.post_event(
+            file_event("created", name, path=f"hr/{name}.md", content=f"# {name}\n\nText of {name}.", version=1)
+        )
     h.drain()
     h.post_event(file_event("deleted", "a", path="hr/a.md", version=2))
     h.drain()

@@ -308,7 +308,7 @@ async function loadEvents(fresh) {
 
 function eventItem(ev) {
   const actions = el("div", { class: "row" });
-  const item = el("li", { "data-event-id": ev.event_id, "aria-label": `${ev.type} ${ev.path}: ${ev.status}` },
+  const item = el("li", { "data-event-id": ev.event_id },
     el("div", { class: "event-head" }, badge(ev.status), el("span", { class: "event-path" }, ev.path),
        el("span", {}, ev.type), ev.version !== null ? el("span", {}, `version ${ev.version}`) : null,
        el("span", { class: "hint" }, when(ev.received_at))),

@@ -1,0 +1,237 @@
+"""The `OutboxStore` contract and the operator listings of `StateStore`, against SQLite and DynamoDB (moto,
+tables from serverless.yml): deliveries written atomically with an event's status, claimed once, recorded,
+listed newest first a page at a time; events and documents paged with totals and cursors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from ingest.notifications import Change, deliveries_for
+from stores.dynamodb.outbox import DynamoOutboxStore
+from stores.dynamodb.state import DynamoStateStore
+from stores.events import EventStatus, EventType, FileEvent, position_key
+from stores.outbox import DeliveryAttempt, DeliveryStatus, Outbound, OutboundType, OutboxStore, Subscription
+from stores.paging import InvalidCursorError
+from stores.ports import DocumentRecord, DocumentStatus, StateStore
+from stores.sqlite.database import SqliteDatabase
+from stores.sqlite.outbox import SqliteOutboxStore
+from stores.sqlite.state import SqliteStateStore
+from tests.fakes.aws import create_stack, mocked_aws
+
+OUTBOUND = Outbound(
+    {
+        "acme": [
+            Subscription("all", "https://a.example/hook"),
+            Subscription("failures", "https://b.example/hook", frozenset({OutboundType.DOCUMENT_FAILED})),
+        ],
+        "beta": [Subscription("beta", "https://c.example/hook")],
+    }
+)
+
+
+@dataclass
+class Stores:
+    state: StateStore
+    outbox: OutboxStore
+
+
+@pytest.fixture(params=["sqlite", "dynamodb"])
+def stores(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stores]:
+    if request.param == "sqlite":
+        db = SqliteDatabase(tmp_path / "state.sqlite3")
+        yield Stores(SqliteStateStore(db), SqliteOutboxStore(db))
+        db.close()
+        return
+    with mocked_aws(monkeypatch) as session:
+        stack = create_stack(session)
+        client = session.client("dynamodb")
+        state = DynamoStateStore(
+            client,
+            events_table=stack.events_table,
+            documents_table=stack.documents_table,
+            outbox_table=stack.outbox_table,
+        )
+        yield Stores(state, DynamoOutboxStore(client, table=stack.outbox_table))
+
+
+def event(event_id: str, *, workspace: str = "acme", file_id: str = "f1", version: int = 1) -> FileEvent:
+    now = datetime.now(UTC)
+    return FileEvent(
+        event_id=event_id,
+        workspace=workspace,
+        type=EventType.UPDATED,
+        file_id=file_id,
+        path=f"docs/{file_id}.md",
+        position=position_key(version=version, sequencer=None, timestamp=now),
+        timestamp=now,
+        version=version,
+        content="text",
+    )
+
+
+def settle(s: Stores, event_id: str, kind: OutboundType, **kw: str) -> list[str]:
+    ev = event(event_id, **kw)
+    s.state.add_event(ev, EventStatus.QUEUED)
+    record = s.state.set_event_status(event_id, EventStatus.PROCESSING, count_attempt=True)
+    out = deliveries_for(OUTBOUND, record, Change(kind, "indexed", chunk_count=3, embedded=1, reused=2))
+    s.state.set_event_status(event_id, EventStatus.DONE, detail="indexed", outbox=out)
+    return [d.delivery_id for d in out]
+
+
+class TestOutboxContract:
+    def test_is_an_outbox_store(self, stores: Stores) -> None:
+        assert isinstance(stores.outbox, OutboxStore)
+
+    def test_settling_writes_one_delivery_per_interested_subscriber(self, stores: Stores) -> None:
+        ids = settle(stores, "e1", OutboundType.DOCUMENT_INDEXED)
+        assert len(ids) == 1  # "failures" does not want document.indexed
+        d = stores.outbox.get_delivery(ids[0])
+        assert d is not None and d.status is DeliveryStatus.PENDING and d.subscriber == "all"
+        assert d.payload["type"] == "document.indexed"
+        assert d.payload["data"]["chunk_count"] == 3 and d.payload["data"]["event_id"] == "e1"
+        assert stores.state.get_event("e1").status is EventStatus.DONE  # type: ignore[union-attr]
+        assert len(settle(stores, "e2", OutboundType.DOCUMENT_FAILED)) == 2
+        assert stores.outbox.pending_count() == 3
+
+    def test_writing_the_same_deliveries_again_changes_nothing(self, stores: Stores) -> None:
+        ev = event("e1")
+        stores.state.add_event(ev, EventStatus.QUEUED)
+        record = stores.state.set_event_status("e1", EventStatus.PROCESSING)
+        out = deliveries_for(OUTBOUND, record, Change(OutboundType.DOCUMENT_FAILED, "failed", error="x"))
+        stores.state.set_event_status("e1", EventStatus.FAILED, error="x", outbox=out)
+        first = stores.outbox.claim(out[0].delivery_id, datetime.now(UTC), 60)
+        assert first is not None
+        stores.state.set_event_status("e1", EventStatus.FAILED, error="x", outbox=out)  # a retried write
+        again = stores.outbox.get_delivery(out[0].delivery_id)
+        assert again is not None and again.next_attempt_at == first.next_attempt_at  # the claim stands
+        assert stores.outbox.pending_count() == 2
+
+    def test_settling_an_unknown_event_writes_nothing(self, stores: Stores) -> None:
+        ev = event("ghost")
+        from stores.ports import EventRecord
+
+        now = datetime.now(UTC)
+        record = EventRecord(ev, EventStatus.PROCESSING, now, now)
+        out = deliveries_for(OUTBOUND, record, Change(OutboundType.DOCUMENT_INDEXED, "indexed"))
+        with pytest.raises(KeyError):
+            stores.state.set_event_status("ghost", EventStatus.DONE, outbox=out)
+        assert stores.outbox.get_delivery(out[0].delivery_id) is None
+
+    def test_claim_is_exclusive_and_attempts_are_recorded(self, stores: Stores) -> None:
+        (did,) = settle(stores, "e1", OutboundType.DOCUMENT_INDEXED)
+        now = datetime.now(UTC) + timedelta(seconds=1)
+        assert [d.delivery_id for d in stores.outbox.due_deliveries(now)] == [did]
+        assert stores.outbox.claim(did, now, 30) is not None
+        assert stores.outbox.claim(did, now, 30) is None  # leased
+        assert stores.outbox.due_deliveries(now) == []
+        later = now + timedelta(seconds=5)
+        retry = stores.outbox.record_attempt(
+            did, DeliveryAttempt(DeliveryStatus.PENDING, later, 503, "busy", "HTTP 503")
+        )
+        assert retry.attempts == 1 and retry.last_status == 503 and retry.last_response == "busy"
+        assert stores.outbox.claim(did, now, 30) is None  # not due yet
+        assert stores.outbox.claim(did, later, 30) is not None
+        done = stores.outbox.record_attempt(did, DeliveryAttempt(DeliveryStatus.DELIVERED, later, 200, "ok"))
+        assert done.status is DeliveryStatus.DELIVERED and done.attempts == 2 and done.delivered_at is not None
+        assert done.last_error is None
+        assert stores.outbox.due_deliveries(later + timedelta(hours=1)) == []
+        assert stores.outbox.pending_count() == 0
+        assert stores.outbox.claim(did, later + timedelta(hours=1), 30) is None  # delivered: never again
+        with pytest.raises(KeyError):
+            stores.outbox.record_attempt("nope", DeliveryAttempt(DeliveryStatus.DELIVERED, later))
+
+    def test_listing_is_per_workspace_newest_first_in_pages(self, stores: Stores) -> None:
+        for i in range(5):
+            settle(stores, f"e{i}", OutboundType.DOCUMENT_FAILED)  # two deliveries each
+        settle(stores, "b1", OutboundType.DOCUMENT_INDEXED, workspace="beta")
+        seen, cursor, totals = [], None, []
+        while True:
+            page = stores.outbox.list_deliveries("acme", cursor=cursor, limit=3)
+            seen.extend(page.items)
+            totals.append(page.total)
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+        assert len(seen) == 10 and len({d.delivery_id for d in seen}) == 10 and set(totals) == {10}
+        assert [d.created_at for d in seen] == sorted((d.created_at for d in seen), reverse=True)
+        assert {d.workspace for d in seen} == {"acme"}
+        assert stores.outbox.list_deliveries("beta").total == 1
+        assert stores.outbox.list_deliveries("acme", status=DeliveryStatus.DELIVERED).total == 0
+        assert stores.outbox.delivery_counts("acme") == {"pending": 10, "delivered": 0, "failed": 0}
+
+
+class TestListingsContract:
+    def test_events_newest_first_in_pages_with_totals(self, stores: Stores) -> None:
+        for i in range(7):
+            stores.state.add_event(event(f"e{i}", file_id=f"f{i % 2}"), EventStatus.QUEUED)
+        stores.state.add_event(event("other", workspace="beta"), EventStatus.QUEUED)
+        stores.state.set_event_status("e3", EventStatus.FAILED, error="boom")
+        seen, cursor = [], None
+        while True:
+            page = stores.state.page_events("acme", cursor=cursor, limit=3)
+            assert page.total == 7
+            seen.extend(r.event_id for r in page.items)
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+        assert seen == [f"e{i}" for i in range(6, -1, -1)]
+        failed = stores.state.page_events("acme", status=EventStatus.FAILED)
+        assert [r.event_id for r in failed.items] == ["e3"] and failed.total == 1
+        f1 = stores.state.page_events("acme", file_id="f1", limit=2)
+        assert f1.total == 3 and [r.event_id for r in f1.items] == ["e5", "e3"] and f1.next_cursor
+        assert stores.state.page_events("acme", since=datetime.now(UTC) + timedelta(minutes=1)).total == 0
+        assert stores.state.page_events("beta").total == 1
+        with pytest.raises(InvalidCursorError):
+            stores.state.page_events("acme", cursor="bogus")
+
+    def test_documents_by_path_in_pages_with_filters(self, stores: Stores) -> None:
+        for i, path in enumerate(["b/2.md", "a/1.md", "b/1.md", "c%_/x.md", "a/0.md"]):
+            stores.state.switch_document(
+                DocumentRecord("acme", f"f{i}", path, DocumentStatus.INDEXED, "v:1", "v:1", 1, chunk_count=i)
+            )
+        stores.state.note_document_error("acme", "f5", "b/3.md", "boom", event_id="e9")
+        seen, cursor = [], None
+        while True:
+            page = stores.state.page_documents("acme", cursor=cursor, limit=2)
+            assert page.total == 6
+            seen.extend(d.path for d in page.items)
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+        assert seen == ["a/0.md", "a/1.md", "b/1.md", "b/2.md", "b/3.md", "c%_/x.md"]
+        b = stores.state.page_documents("acme", path_prefix="b/")
+        assert [d.path for d in b.items] == ["b/1.md", "b/2.md", "b/3.md"] and b.total == 3
+        assert stores.state.page_documents("acme", path_prefix="c%_").total == 1  # no LIKE wildcards
+        failed = stores.state.page_documents("acme", status=DocumentStatus.FAILED)
+        assert [(d.file_id, d.last_event_id) for d in failed.items] == [("f5", "e9")]
+        assert stores.state.page_documents("beta").total == 0
+
+    def test_stats_and_oldest_unsettled(self, stores: Stores) -> None:
+        assert stores.state.oldest_unsettled() is None
+        stores.state.switch_document(
+            DocumentRecord(
+                "acme", "f1", "a.md", DocumentStatus.INDEXED, "v:1", "v:1", 1, chunk_count=4, embedded=1, reused=3
+            )
+        )
+        stores.state.switch_document(DocumentRecord("acme", "f2", "b.md", DocumentStatus.DELETED, "v:2", None, 2))
+        stores.state.add_event(event("q1"), EventStatus.QUEUED)
+        stores.state.add_event(event("d1"), EventStatus.QUEUED)
+        stores.state.set_event_status("d1", EventStatus.DONE)
+        stores.state.add_event(event("h1"), EventStatus.QUEUED)
+        stores.state.set_event_status("h1", EventStatus.HELD)
+        stores.state.add_event(event("b1", workspace="beta"), EventStatus.QUEUED)
+        s = stores.state.workspace_stats("acme", datetime.now(UTC))
+        assert s.documents["indexed"] == 1 and s.documents["deleted"] == 1 and s.documents["failed"] == 0
+        assert (s.chunks, s.embedded, s.reused) == (4, 1, 3)
+        assert s.events_last_hour["queued"] == 1 and s.events_last_hour["done"] == 1
+        assert s.events_last_hour["held"] == 1 and s.events_last_day == s.events_last_hour
+        assert s.unsettled == 1 and s.held == 1 and s.oldest_unsettled_at is not None
+        oldest = stores.state.oldest_unsettled()
+        assert oldest is not None and oldest <= datetime.now(UTC)
+        later = stores.state.workspace_stats("acme", datetime.now(UTC) + timedelta(days=2))
+        assert sum(later.events_last_day.values()) == 0 and later.unsettled == 1
