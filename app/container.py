@@ -252,7 +252,9 @@ def build_outbox(
     from stores.sqs import SqsDeliveryQueue
 
     ddb = (aws or {}).get("dynamodb") or default_client("dynamodb")
-    outbox = DynamoOutboxStore(ddb, table=settings.dynamodb_outbox_table)
+    outbox = DynamoOutboxStore(
+        ddb, table=settings.dynamodb_outbox_table, retention=timedelta(days=settings.outbound.retention_days)
+    )
     queue = None
     if settings.outbound_queue_url:
         queue = SqsDeliveryQueue((aws or {}).get("sqs") or default_client("sqs"), settings.outbound_queue_url)

@@ -183,6 +183,7 @@ def s3_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     else:
         if _edge is None:
             edge_settings = Settings()
+            configure_logging(edge_settings)
             _edge = (edge_settings, *build_state_and_queue(edge_settings))
         settings, state, queue = _edge
     accepted = receive_s3_notification(event, state=state, queue=queue, settings_workspace=settings.s3_workspace)

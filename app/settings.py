@@ -73,6 +73,8 @@ class OutboundSettings(BaseModel):
     max_age_hours: float = Field(24.0, gt=0, description="a delivery still failing after this long is failed")
     timeout_seconds: float = Field(10.0, gt=0, le=60, description="per attempt: connect, send and answer")
     poll_seconds: float = Field(1.0, gt=0, description="how often the local relay looks for due deliveries")
+    concurrency: int = Field(4, ge=1, le=32, description="attempts in flight at once, so one slow receiver")
+    retention_days: float = Field(7.0, gt=0, description="delivered and failed deliveries are kept this long")
 
 
 class SubscriberSettings(BaseModel):
@@ -109,6 +111,11 @@ class SubscriberSettings(BaseModel):
         if unknown:
             raise ValueError(f"unknown outbound event type(s) {unknown}; known: {sorted(known)}")
         return value
+
+
+# At most 20 subscribers per workspace: their deliveries are written in one DynamoDB transaction with the
+# event (at most 100 items), and each settled event writes one row per subscriber.
+SubscribersByWorkspace = dict[str, Annotated[list[SubscriberSettings], Field(max_length=20)]]
 
 
 class LogFormat(StrEnum):
@@ -182,7 +189,7 @@ class Settings(BaseSettings):
     min_score: float = Field(0.2, description="dense hits below this cosine score count as not relevant")
 
     # Outbound webhooks, metrics, logs
-    outbound_webhooks: Annotated[dict[str, list[SubscriberSettings]], NoDecode] = Field(
+    outbound_webhooks: Annotated[SubscribersByWorkspace, NoDecode] = Field(
         default_factory=dict,
         description='workspace -> subscribers, e.g. {"acme": [{"url": "https://...", "secret": "whsec_...",'
         ' "events": ["document.indexed"]}]}',
@@ -272,8 +279,8 @@ class Settings(BaseSettings):
         return parsed
 
     @classmethod
-    def parse_outbound_webhooks(cls, value: str) -> dict[str, list[SubscriberSettings]]:
-        return TypeAdapter(dict[str, list[SubscriberSettings]]).validate_python(cls._outbound(value))
+    def parse_outbound_webhooks(cls, value: str) -> SubscribersByWorkspace:
+        return TypeAdapter(SubscribersByWorkspace).validate_python(cls._outbound(value))
 
     @classmethod
     def parse_api_keys(cls, value: str) -> dict[str, str]:

@@ -29,7 +29,7 @@ from ingest.errors import (
 )
 from ingest.sources import ContentRouter
 from ingest.webhook_body import build_event, parse_webhook_body
-from stores.events import EventStatus, EventType, FileEvent
+from stores.events import EventStatus, EventType, FileEvent, describe_position
 from stores.ports import EventRecord, JobQueue, StateStore
 from stores.telemetry import EVENTS_DUPLICATE, EVENTS_RECEIVED, EVENTS_REJECTED
 
@@ -172,6 +172,13 @@ def record_and_enqueue(event: FileEvent, *, state: StateStore, queue: JobQueue) 
     # the start-up sweep queues again; the reverse order could queue an event that was never stored.
     queue.enqueue(event.event_id, event.group_key)
     record = state.set_event_status(event.event_id, EventStatus.QUEUED)
+    log.info(
+        "queued %s %s (%s)",
+        event.type.value,
+        event.path,
+        describe_position(event.position),
+        extra={"event_id": event.event_id, "workspace": event.workspace, "file_id": event.file_id},
+    )
     return Delivery(record, duplicate=not created)
 
 

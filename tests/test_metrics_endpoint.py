@@ -126,3 +126,31 @@ def test_json_logs_carry_the_event_fields_and_one_line_per_settled_event(
     assert line["level"] == "INFO" and line["workspace"] == "acme" and line["file_id"] == "travel"
     assert " chunks, " in line["message"] and " embedded, " in line["message"] and line["message"].endswith(" s")
     assert {"time", "logger"} <= set(line)
+
+
+def test_llm_errors_and_llm_answer_latency_are_counted(make_harness: Callable[..., Harness]) -> None:
+    import openai
+
+    from retrieval.llm import OpenAIChatModel
+    from tests.fakes.llm_server import Error, Reply, ScriptedLLM
+
+    with ScriptedLLM() as llm:
+        client = openai.OpenAI(base_url=llm.base_url, api_key="test", timeout=10, max_retries=0)
+        h = make_harness(chat=OpenAIChatModel("gpt-test", client=client), metrics_api_key=METRICS_KEY)
+        h.post_event(file_event("created", "travel", path="policies/travel.md", content=DOC, version=1))
+        h.drain()
+        before = scrape(h)
+        llm.push(Error(500, "boom"), Reply("Within 30 days [1]."))
+        assert h.query("How are train tickets refunded?").status_code == 502
+        assert h.query("How are train tickets refunded?").status_code == 200
+        after = scrape(h)
+    assert (
+        value(after, "eventrag_llm_errors_total", kind="LLMError")
+        - value(before, "eventrag_llm_errors_total", kind="LLMError")
+        == 1
+    )
+    assert (
+        value(after, "eventrag_answer_seconds_count", mode="llm")
+        - value(before, "eventrag_answer_seconds_count", mode="llm")
+        == 1
+    )

@@ -209,6 +209,7 @@ def test_the_relay_connects_to_the_address_it_checked(make_harness: Callable[...
         ({"url": "ftp://example.com/x", "secret": SUBSCRIBER_SECRET}, "https://"),
         ({"url": "https://example.com/x", "secret": "not-a-whsec"}, "whsec_"),
         ({"url": "https://example.com/x", "secret": SUBSCRIBER_SECRET, "events": ["file.created"]}, "unknown"),
+        ({"url": "https://example.com/x", "secret": SUBSCRIBER_SECRET, "surprise": 1}, "surprise"),
     ],
 )
 def test_bad_subscriber_settings_are_refused_with_a_reason(subscriber: dict[str, Any], message: str) -> None:
@@ -218,3 +219,17 @@ def test_bad_subscriber_settings_are_refused_with_a_reason(subscriber: dict[str,
 
     with pytest.raises(ValidationError, match=message):
         Settings(outbound_webhooks=json.dumps({"acme": [subscriber]}))
+
+
+def test_subscribers_are_bounded_and_unique() -> None:
+    from pydantic import ValidationError
+
+    from app.outbound.subscriptions import build_subscribers
+    from app.settings import Settings
+
+    many = [{"url": f"https://example.com/{i}", "secret": SUBSCRIBER_SECRET} for i in range(21)]
+    with pytest.raises(ValidationError, match="at most 20"):
+        Settings(outbound_webhooks=json.dumps({"acme": many}))
+    twice = [{"url": "https://example.com/x", "secret": SUBSCRIBER_SECRET}] * 2
+    with pytest.raises(ValueError, match="two subscribers"):
+        build_subscribers(Settings(outbound_webhooks=json.dumps({"acme": twice})))

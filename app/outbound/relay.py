@@ -24,6 +24,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -74,12 +75,13 @@ class OutboundRelay:
         return self.config.timeout_seconds * 3 + 5
 
     def deliver_due(self, limit: int = 50) -> int:
-        """Attempt every delivery due now (at most `limit`); returns how many were attempted."""
-        attempted = 0
-        for d in self.store.due_deliveries(datetime.now(UTC), limit):
-            if self.attempt(d.delivery_id) is not None:
-                attempted += 1
-        return attempted
+        """Attempt every delivery due now (at most `limit`, `concurrency` at a time, so one slow receiver
+        does not hold back the others); returns how many were attempted."""
+        due = [d.delivery_id for d in self.store.due_deliveries(datetime.now(UTC), limit)]
+        if len(due) <= 1 or self.config.concurrency == 1:
+            return sum(self.attempt(d) is not None for d in due)
+        with ThreadPoolExecutor(max_workers=min(self.config.concurrency, len(due))) as pool:
+            return sum(result is not None for result in pool.map(self.attempt, due))
 
     def attempt(self, delivery_id: str) -> Delivery | None:
         """One attempt of one delivery, if it is due and nobody else holds it. Returns the updated record."""
@@ -171,8 +173,12 @@ class RelayLoop:
         self._wake.set()
 
     def _loop(self) -> None:
+        last_purge = 0.0
         while not self._stop.is_set():
             try:
+                if time.monotonic() - last_purge > 3600:
+                    last_purge = time.monotonic()
+                    self._purge()
                 n = self.relay.deliver_due()
             except Exception:
                 log.exception("outbound relay error; continuing")
@@ -180,6 +186,13 @@ class RelayLoop:
             if n == 0:
                 self._wake.wait(self.poll_seconds)
                 self._wake.clear()
+
+    def _purge(self) -> None:
+        purge = getattr(self.relay.store, "purge", None)  # DynamoDB forgets by TTL instead
+        if purge is not None:
+            cutoff = datetime.now(UTC) - timedelta(days=self.relay.config.retention_days)
+            if purged := purge(cutoff):
+                log.info("forgot %d delivered or failed delivery(ies) older than %s", purged, cutoff)
 
     def start(self) -> None:
         if self._thread is not None:

@@ -2,15 +2,17 @@
 
 Index `by_workspace` (workspace, created_at) lists a workspace's deliveries newest first; index `due`
 (due, next_attempt_at) is sparse: `due` = "pending" exists only while a delivery waits, so the relay's
-sweep reads exactly the waiting ones, oldest due first. The worker writes deliveries in the same
-TransactWriteItems that settles their event (`DynamoEvents.set_event_status`).
+sweep reads exactly the waiting ones, oldest due first. Delivered and failed deliveries get `expires_at`
+(the table's TTL attribute) `retention` later, so the table forgets them as SQLite's `purge` does. The
+worker writes deliveries in the same TransactWriteItems that settles their event
+(`DynamoEvents.set_event_status`).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -63,9 +65,10 @@ def add_deliveries(client: Any, table: str, deliveries: Sequence[Delivery]) -> N
 
 
 class DynamoOutboxStore(DynamoTable):
-    def __init__(self, client: Any, *, table: str) -> None:
+    def __init__(self, client: Any, *, table: str, retention: timedelta = timedelta(days=7)) -> None:
         self.client = client
         self.table = table
+        self.retention = retention
 
     @staticmethod
     def _delivery(v: dict[str, Any]) -> Delivery:
@@ -168,6 +171,7 @@ class DynamoOutboxStore(DynamoTable):
             sets["due"] = PENDING
         else:
             remove.append("due")
+            sets["expires_at"] = int(now + self.retention.total_seconds())
         if attempt.status is DeliveryStatus.DELIVERED:
             sets["delivered_at"] = seconds(now)
         names = {f"#{i}": k for i, k in enumerate([*sets, *remove])}

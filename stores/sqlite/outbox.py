@@ -106,6 +106,14 @@ class SqliteOutboxStore:
             counts[row[0]] = int(row[1])
         return counts
 
+    def purge(self, older_than: datetime) -> int:
+        """Forget delivered and failed deliveries last updated before `older_than`; pending ones stay."""
+        with self.db.transaction() as conn:
+            return conn.execute(
+                "DELETE FROM outbox WHERE status IN ('delivered', 'failed') AND updated_at < ?",
+                (older_than.timestamp(),),
+            ).rowcount
+
     def pending_count(self) -> int:
         return int(self.db.query("SELECT COUNT(*) FROM outbox WHERE status = 'pending'")[0][0])
 

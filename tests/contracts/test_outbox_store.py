@@ -145,6 +145,25 @@ class TestOutboxContract:
         with pytest.raises(KeyError):
             stores.outbox.record_attempt("nope", DeliveryAttempt(DeliveryStatus.DELIVERED, later))
 
+    def test_finished_deliveries_are_forgotten_after_the_retention(self, stores: Stores) -> None:
+        (done,) = settle(stores, "e1", OutboundType.DOCUMENT_INDEXED)
+        (waiting,) = settle(stores, "e2", OutboundType.DOCUMENT_INDEXED)
+        now = datetime.now(UTC) + timedelta(seconds=1)
+        assert stores.outbox.claim(done, now, 30) is not None
+        stores.outbox.record_attempt(done, DeliveryAttempt(DeliveryStatus.DELIVERED, now, 200))
+        if isinstance(stores.outbox, SqliteOutboxStore):
+            assert stores.outbox.purge(datetime.now(UTC) - timedelta(days=1)) == 0
+            assert stores.outbox.purge(datetime.now(UTC) + timedelta(seconds=5)) == 1  # pending stays
+            assert stores.outbox.get_delivery(done) is None
+        else:
+            assert isinstance(stores.outbox, DynamoOutboxStore)
+            item = stores.outbox.client.get_item(TableName=stores.outbox.table, Key={"delivery_id": {"S": done}})
+            expires = int(item["Item"]["expires_at"]["N"])
+            assert abs(expires - (datetime.now(UTC) + timedelta(days=7)).timestamp()) < 60
+            pending = stores.outbox.client.get_item(TableName=stores.outbox.table, Key={"delivery_id": {"S": waiting}})
+            assert "expires_at" not in pending["Item"]
+        assert stores.outbox.get_delivery(waiting) is not None
+
     def test_listing_is_per_workspace_newest_first_in_pages(self, stores: Stores) -> None:
         for i in range(5):
             settle(stores, f"e{i}", OutboundType.DOCUMENT_FAILED)  # two deliveries each
