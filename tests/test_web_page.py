@@ -222,3 +222,37 @@ def test_single_user_mode_needs_no_key(browser: Browser, make_harness: Callable[
         expect(page.get_by_text("single-user mode")).to_be_visible()
         expect(page.get_by_role("heading", name="Sign in")).to_be_hidden()
         expect(page.get_by_label("Question")).to_be_focused()
+
+
+def test_every_view_passes_the_axe_accessibility_checks(browser: Browser, make_harness: Callable[..., Harness]) -> None:
+    """axe-core (Deque's rules engine, bundled by axe-playwright-python) finds no WCAG violation in any view,
+    at desktop and at phone width."""
+    from axe_playwright_python.sync_playwright import Axe
+
+    h = make_harness(source_root=None)
+    h.post_event(file_event("created", "leave", path="hr/leave.md", content=LEAVE, version=3))
+    h.post_event(file_event("created", "bin", path="ops/blob.bin", content="x", content_type="application/x-thing"))
+    h.drain()
+    axe = Axe()
+    for width in (1200, 360):
+        with served(h) as base, page_on(browser, base, viewport={"width": width, "height": 800}) as (page, _):
+            page.goto(base + "/")
+            found = {"sign-in": axe.run(page)}
+            sign_in(page, base)
+            page.get_by_label("Question").fill("How many days of annual leave do I get?")
+            page.get_by_role("button", name="Ask").click()
+            expect(page.locator("#source-1 blockquote")).to_contain_text("Leave policy")
+            found["ask"] = axe.run(page)
+            for tab, ready in (("Documents", "#documents-table tbody tr"), ("Events", "#events-list li")):
+                page.get_by_role("tab", name=tab).click()
+                expect(page.locator(ready).first).to_be_visible()
+                found[tab] = axe.run(page)
+            page.get_by_role("tab", name="Health").click()
+            expect(page.locator("#health-documents")).to_contain_text("indexed")
+            found["health"] = axe.run(page)
+            problems = {
+                view: [(v["id"], v["help"], [n["target"] for n in v["nodes"]]) for v in r.response["violations"]]
+                for view, r in found.items()
+                if r.violations_count
+            }
+            assert problems == {}, f"at {width}px: {problems}"

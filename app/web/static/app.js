@@ -56,6 +56,7 @@ function badge(status) { return el("span", { class: `badge s-${status}` }, statu
 // -- signing in ---------------------------------------------------------------------------------------
 function showSignIn(message = "") {
   $("app").hidden = true;
+  $("views").hidden = true;
   $("signin").hidden = false;
   $("signout").hidden = true;
   $("who").textContent = "";
@@ -69,6 +70,7 @@ async function start() {
     state.singleUser = me.single_user && !state.key;
     $("signin").hidden = true;
     $("app").hidden = false;
+    $("views").hidden = false;
     $("signout").hidden = state.singleUser;
     $("who").textContent = state.singleUser ? `Workspace ${me.workspace} (single-user mode, no key needed)`
                                             : `Workspace ${me.workspace}`;
