@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
-from app.outbound.subscriptions import Subscribers, build_subscribers
+from app.outbound.subscriptions import StoredLookup, Subscribers, build_subscribers, secret_lookup
 from app.settings import QueueBackend, Settings, StateBackend, read_ssm_parameter
 from retrieval.agent import Agent, AgentConfig
 from retrieval.answering import Answerer
@@ -32,7 +32,7 @@ from retrieval.llm import ChatModel, OpenAIChatModel
 from retrieval.search import Searcher
 from stores.embedding import SentenceTransformerEmbedder, SqliteEmbeddingCache
 from stores.errors import StoreLockedError
-from stores.outbox import Delivery, OutboxStore
+from stores.outbox import Delivery, OutboxStore, SubscriptionStore
 from stores.ports import Embedder, EmbeddingCache, JobQueue, StateStore, VectorIndex
 from stores.qdrant import QdrantIndex, open_qdrant
 from stores.sessions import SessionStore
@@ -42,6 +42,7 @@ from stores.sqlite.outbox import SqliteOutboxStore
 from stores.sqlite.queue import SqliteJobQueue
 from stores.sqlite.sessions import SqliteSessionStore
 from stores.sqlite.state import SqliteStateStore
+from stores.sqlite.subscriptions import SqliteSubscriptionStore
 
 if TYPE_CHECKING:
     from app.outbound.relay import OutboundRelay, RelayLoop
@@ -86,6 +87,10 @@ class Container:
     outbox: OutboxStore | None = None
     subscribers: Subscribers = field(default_factory=Subscribers)
     delivery_queue: SqsDeliveryQueue | None = None
+    # Subscribers created through the API (POST /webhook-subscriptions), and the cached view the worker and
+    # the relay read them through.
+    subscription_store: SubscriptionStore | None = None
+    stored_subscriptions: StoredLookup | None = None
     generated_secret: str | None = None
     fault: FaultHook | None = None
     aws: dict[str, Any] | None = None
@@ -103,7 +108,8 @@ class Container:
             if self._relay is None and self.outbox is not None:
                 from app.outbound.relay import OutboundRelay
 
-                self._relay = OutboundRelay(self.outbox, self.subscribers.secrets, self.settings.outbound)
+                secret_for = secret_lookup(self.subscribers, self.stored_subscriptions)
+                self._relay = OutboundRelay(self.outbox, secret_for, self.settings.outbound)
                 self._closers.append(self._relay.close)
             return self._relay
 
@@ -244,11 +250,12 @@ def build_state_and_queue(settings: Settings, *, aws: dict[str, Any] | None = No
 
 def build_outbox(
     settings: Settings, *, aws: dict[str, Any] | None = None
-) -> tuple[OutboxStore, SqsDeliveryQueue | None]:
-    """The AWS outbox (DynamoDB) and the queue that hands its deliveries to the outbound function: all that
-    function needs, so it never loads the index or the model."""
+) -> tuple[OutboxStore, SqsDeliveryQueue | None, SubscriptionStore]:
+    """The AWS outbox (DynamoDB), the queue that hands its deliveries to the outbound function and the
+    API-created subscribers: all that function needs, so it never loads the index or the model."""
     from stores.dynamodb.common import default_client
     from stores.dynamodb.outbox import DynamoOutboxStore
+    from stores.dynamodb.subscriptions import DynamoSubscriptionStore
     from stores.sqs import SqsDeliveryQueue
 
     ddb = (aws or {}).get("dynamodb") or default_client("dynamodb")
@@ -258,7 +265,7 @@ def build_outbox(
     queue = None
     if settings.outbound_queue_url:
         queue = SqsDeliveryQueue((aws or {}).get("sqs") or default_client("sqs"), settings.outbound_queue_url)
-    return outbox, queue
+    return outbox, queue, DynamoSubscriptionStore(ddb, table=settings.dynamodb_subscriptions_table)
 
 
 def build_container(
@@ -280,14 +287,16 @@ def build_container(
     sessions: SessionStore
     outbox: OutboxStore | None = None
     delivery_queue: SqsDeliveryQueue | None = None
+    subscription_store: SubscriptionStore | None = None
     if isinstance(state, SqliteStateStore):
         sessions = SqliteSessionStore(state.db)
         outbox = SqliteOutboxStore(state.db)
+        subscription_store = SqliteSubscriptionStore(state.db)
     else:
         from stores.dynamodb.sessions import DynamoSessionStore
 
         sessions = DynamoSessionStore.from_settings(settings, client=(aws or {}).get("dynamodb"))
-        outbox, delivery_queue = build_outbox(settings, aws=aws)
+        outbox, delivery_queue, subscription_store = build_outbox(settings, aws=aws)
 
     if qdrant_client is None:
         url, api_key = settings.resolved_qdrant()
@@ -346,6 +355,10 @@ def build_container(
             history_tokens=settings.agent.history_tokens,
         ),
     )
+    subscribers = build_subscribers(settings)
+    stored = StoredLookup(subscription_store) if subscription_store is not None else None
+    if stored is not None:
+        subscribers.outbound.stored = stored.subscriptions
     return Container(
         settings=settings,
         state=state,
@@ -361,8 +374,10 @@ def build_container(
         chat=chat,
         webhook_secrets=secrets_by_ws,
         outbox=outbox,
-        subscribers=build_subscribers(settings),
+        subscribers=subscribers,
         delivery_queue=delivery_queue,
+        subscription_store=subscription_store,
+        stored_subscriptions=stored,
         generated_secret=generated,
         fault=fault,
         aws=aws,

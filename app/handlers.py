@@ -138,17 +138,18 @@ def outbound_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     if _outbound is None:
         from app.container import build_outbox, with_remote_secrets
         from app.outbound.relay import OutboundRelay
-        from app.outbound.subscriptions import build_subscribers
+        from app.outbound.subscriptions import StoredLookup, build_subscribers, secret_lookup
 
-        settings = with_remote_secrets(Settings())
-        configure_logging(settings)
-        outbox, queue = (
-            (_container.outbox, _container.delivery_queue) if _container is not None else build_outbox(settings)
-        )
         if _container is not None:
-            settings = _container.settings
-        assert outbox is not None
-        _outbound = (OutboundRelay(outbox, build_subscribers(settings).secrets, settings.outbound), queue)
+            relay = _container.relay
+            assert relay is not None
+            _outbound = (relay, _container.delivery_queue)
+        else:
+            settings = with_remote_secrets(Settings())
+            configure_logging(settings)
+            outbox, queue, subscription_store = build_outbox(settings)
+            secret_for = secret_lookup(build_subscribers(settings), StoredLookup(subscription_store))
+            _outbound = (OutboundRelay(outbox, secret_for, settings.outbound), queue)
     relay, queue = _outbound
     if "Records" not in event:
         return {"attempted": relay.deliver_due(limit=100)}

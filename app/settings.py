@@ -213,6 +213,7 @@ class Settings(BaseSettings):
     dynamodb_documents_table: str = "eventrag-documents"
     dynamodb_sessions_table: str = "eventrag-sessions"
     dynamodb_outbox_table: str = "eventrag-outbox"
+    dynamodb_subscriptions_table: str = "eventrag-subscriptions"
     outbound_queue_url: str | None = Field(None, description="SQS queue that hands deliveries to the outbound function")
     sqs_queue_url: str | None = None
     sqs_dlq_url: str | None = Field(None, description="the ingest dead-letter queue, for `eventrag redrive`")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -90,14 +90,34 @@ class DeliveryAttempt:
     last_error: str | None = None
 
 
+@dataclass(slots=True, frozen=True)
+class StoredSubscription:
+    """A subscriber created through the API (`POST /webhook-subscriptions`), kept in the state store with
+    the secret eventrag generated for it."""
+
+    workspace: str
+    id: str
+    url: str
+    events: frozenset[OutboundType]
+    secret: str
+    created_at: datetime
+
+    @property
+    def subscription(self) -> Subscription:
+        return Subscription(self.id, self.url, self.events)
+
+
 @dataclass(slots=True)
 class Outbound:
-    """The subscriptions of every workspace, as the worker needs them to fill the outbox."""
+    """The subscriptions of every workspace, as the worker needs them to fill the outbox: those from
+    settings, and (`stored`, when given) those created through the API."""
 
     by_workspace: Mapping[str, Sequence[Subscription]] = field(default_factory=dict)
+    stored: Callable[[str], Sequence[Subscription]] | None = None
 
     def subscribers(self, workspace: str, kind: OutboundType) -> list[Subscription]:
-        return [s for s in self.by_workspace.get(workspace, ()) if s.wants(kind)]
+        every = [*self.by_workspace.get(workspace, ()), *(self.stored(workspace) if self.stored else ())]
+        return [s for s in every if s.wants(kind)]
 
 
 def message_id(workspace: str, event_id: str, kind: OutboundType, attempt_started: datetime) -> str:
@@ -143,3 +163,17 @@ class OutboxStore(Protocol):
         cursor: str | None = None,
         limit: int = 50,
     ) -> Page[Delivery]: ...
+
+
+@runtime_checkable
+class SubscriptionStore(Protocol):
+    """Subscribers created through the API, per workspace. `add_subscription` returns False (and changes
+    nothing) when the workspace already has a subscriber with that id."""
+
+    def list_subscriptions(self, workspace: str) -> list[StoredSubscription]: ...
+
+    def get_subscription(self, workspace: str, subscription_id: str) -> StoredSubscription | None: ...
+
+    def add_subscription(self, subscription: StoredSubscription) -> bool: ...
+
+    def delete_subscription(self, workspace: str, subscription_id: str) -> bool: ...

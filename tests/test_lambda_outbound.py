@@ -113,3 +113,21 @@ def test_the_sweep_delivers_when_the_hand_off_was_lost(outbound: Outbound) -> No
     (d,) = o.deliveries()
     assert d["attempts"] == 1 + o.receiver.fail_first
     assert verified(o.receiver.received[-1])["data"]["file_id"] == "leave"
+
+
+def test_a_subscriber_created_through_the_api_function_is_told_too(outbound: Outbound) -> None:
+    """POST /webhook-subscriptions on the API function writes the subscriptions table; the ingest function
+    routes to it, and the outbound function signs with its generated secret."""
+    o = outbound
+    code, created = o.deployment.api("POST", "/webhook-subscriptions", {"url": o.receiver.url + "/api", "id": "api"})
+    assert code == 201, created
+    o.ingest_one(file_event("created", "leave", path="hr/leave.md", content=DOC, version=1))
+    deadline = time.monotonic() + 20
+    while {d["status"] for d in o.deliveries()} != {"delivered"}:
+        assert time.monotonic() < deadline
+        handlers.outbound_handler(SCHEDULED, LambdaContext())
+    assert {d["subscriber"] for d in o.deliveries()} == {"downstream", "api"}
+    from standardwebhooks.webhooks import Webhook
+
+    last = next(x for x in reversed(o.receiver.received) if x.path == "/hooks/api")
+    assert Webhook(created["secret"]).verify(last.body, last.headers)["data"]["file_id"] == "leave"

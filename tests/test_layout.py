@@ -132,7 +132,8 @@ def test_the_page_metrics_and_relay_import_neither_torch_nor_the_write_path() ->
     them loads neither torch nor `ingest`."""
     probe = (
         "import sys, json\n"
-        "import app.routes.web, app.routes.metrics, app.routes.stats, app.routes.deliveries, app.outbound.relay\n"
+        "import app.routes.web, app.routes.metrics, app.routes.stats, app.routes.deliveries\n"
+        "import app.routes.subscriptions, app.outbound.relay\n"
         "print(json.dumps(sorted(m for m in ('torch', 'ingest', 'sentence_transformers') if m in sys.modules)))\n"
     )
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)

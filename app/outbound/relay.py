@@ -23,7 +23,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
@@ -45,7 +45,7 @@ class OutboundRelay:
     def __init__(
         self,
         store: OutboxStore,
-        secrets: Mapping[tuple[str, str], str],
+        secret_for: Callable[[str, str], str | None],
         config: OutboundSettings,
         *,
         client: httpx.Client | None = None,
@@ -53,7 +53,7 @@ class OutboundRelay:
         jitter: Callable[[], float] = random.random,
     ) -> None:
         self.store = store
-        self.secrets = secrets
+        self.secret_for = secret_for
         self.config = config
         self.resolver = resolver
         self.jitter = jitter
@@ -96,7 +96,7 @@ class OutboundRelay:
 
     def _send(self, d: Delivery) -> tuple[int | None, str | None, str | None]:
         """(HTTP status, start of the answer, error) of one POST."""
-        secret = self.secrets.get((d.workspace, d.subscriber))
+        secret = self.secret_for(d.workspace, d.subscriber)
         if secret is None:
             return None, None, f"subscriber {d.subscriber!r} is no longer configured for workspace {d.workspace!r}"
         try:

@@ -93,6 +93,15 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (status, next_attempt_at);
 CREATE INDEX IF NOT EXISTS outbox_by_workspace ON outbox (workspace, created_at, delivery_id);
+CREATE TABLE IF NOT EXISTS subscriptions (
+    workspace   TEXT NOT NULL,
+    id          TEXT NOT NULL,
+    url         TEXT NOT NULL,
+    events      TEXT NOT NULL,
+    secret      TEXT NOT NULL,
+    created_at  REAL NOT NULL,
+    PRIMARY KEY (workspace, id)
+);
 """
 
 

@@ -14,13 +14,24 @@ import pytest
 from ingest.notifications import Change, deliveries_for
 from stores.dynamodb.outbox import DynamoOutboxStore
 from stores.dynamodb.state import DynamoStateStore
+from stores.dynamodb.subscriptions import DynamoSubscriptionStore
 from stores.events import EventStatus, EventType, FileEvent, position_key
-from stores.outbox import DeliveryAttempt, DeliveryStatus, Outbound, OutboundType, OutboxStore, Subscription
+from stores.outbox import (
+    DeliveryAttempt,
+    DeliveryStatus,
+    Outbound,
+    OutboundType,
+    OutboxStore,
+    StoredSubscription,
+    Subscription,
+    SubscriptionStore,
+)
 from stores.paging import InvalidCursorError
 from stores.ports import DocumentRecord, DocumentStatus, StateStore
 from stores.sqlite.database import SqliteDatabase
 from stores.sqlite.outbox import SqliteOutboxStore
 from stores.sqlite.state import SqliteStateStore
+from stores.sqlite.subscriptions import SqliteSubscriptionStore
 from tests.fakes.aws import create_stack, mocked_aws
 
 OUTBOUND = Outbound(
@@ -38,13 +49,14 @@ OUTBOUND = Outbound(
 class Stores:
     state: StateStore
     outbox: OutboxStore
+    subscriptions: SubscriptionStore
 
 
 @pytest.fixture(params=["sqlite", "dynamodb"])
 def stores(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stores]:
     if request.param == "sqlite":
         db = SqliteDatabase(tmp_path / "state.sqlite3")
-        yield Stores(SqliteStateStore(db), SqliteOutboxStore(db))
+        yield Stores(SqliteStateStore(db), SqliteOutboxStore(db), SqliteSubscriptionStore(db))
         db.close()
         return
     with mocked_aws(monkeypatch) as session:
@@ -56,7 +68,11 @@ def stores(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.M
             documents_table=stack.documents_table,
             outbox_table=stack.outbox_table,
         )
-        yield Stores(state, DynamoOutboxStore(client, table=stack.outbox_table))
+        yield Stores(
+            state,
+            DynamoOutboxStore(client, table=stack.outbox_table),
+            DynamoSubscriptionStore(client, table=stack.subscriptions_table),
+        )
 
 
 def event(event_id: str, *, workspace: str = "acme", file_id: str = "f1", version: int = 1) -> FileEvent:
@@ -254,3 +270,22 @@ class TestListingsContract:
         assert oldest is not None and oldest <= datetime.now(UTC)
         later = stores.state.workspace_stats("acme", datetime.now(UTC) + timedelta(days=2))
         assert sum(later.events_last_day.values()) == 0 and later.unsettled == 1
+
+
+class TestSubscriptionsContract:
+    def test_add_list_get_delete_per_workspace(self, stores: Stores) -> None:
+        sub = stores.subscriptions
+        assert isinstance(sub, SubscriptionStore)
+        now = datetime.now(UTC)
+        a = StoredSubscription("acme", "a", "https://a.example/h", frozenset({OutboundType.EVENT_HELD}), "whsec_a", now)
+        b = StoredSubscription("acme", "b", "https://b.example/h", frozenset(), "whsec_b", now + timedelta(seconds=1))
+        assert sub.add_subscription(a) and sub.add_subscription(b)
+        assert not sub.add_subscription(a)  # the id is taken
+        assert sub.add_subscription(StoredSubscription("beta", "a", "https://c.example/h", frozenset(), "whsec_c", now))
+        assert [s.id for s in sub.list_subscriptions("acme")] == ["a", "b"]
+        got = sub.get_subscription("acme", "a")
+        assert got is not None and got.events == frozenset({OutboundType.EVENT_HELD}) and got.secret == "whsec_a"
+        assert sub.get_subscription("beta", "b") is None
+        assert sub.delete_subscription("acme", "a") and not sub.delete_subscription("acme", "a")
+        assert [s.id for s in sub.list_subscriptions("acme")] == ["b"]
+        assert [s.url for s in sub.list_subscriptions("beta")] == ["https://c.example/h"]

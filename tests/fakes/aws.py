@@ -30,6 +30,7 @@ TABLES = {
     "documents": "DocumentsTable",
     "sessions": "SessionsTable",
     "outbox": "OutboxTable",
+    "subscriptions": "SubscriptionsTable",
 }
 
 
@@ -99,6 +100,7 @@ class Stack:
     documents_table: str
     sessions_table: str
     outbox_table: str
+    subscriptions_table: str
     queue_url: str
     dead_letter_url: str
     outbound_queue_url: str
@@ -113,6 +115,7 @@ class Stack:
             "dynamodb_documents_table": self.documents_table,
             "dynamodb_sessions_table": self.sessions_table,
             "dynamodb_outbox_table": self.outbox_table,
+            "dynamodb_subscriptions_table": self.subscriptions_table,
             "outbound_queue_url": self.outbound_queue_url,
             "sqs_queue_url": self.queue_url,
             "sqs_dlq_url": self.dead_letter_url,
@@ -191,6 +194,7 @@ def create_stack(session: boto3.session.Session, *, params: dict[str, Any] | Non
         documents_table=table_names["documents"],
         sessions_table=table_names["sessions"],
         outbox_table=table_names["outbox"],
+        subscriptions_table=table_names["subscriptions"],
         queue_url=urls["IngestQueue"],
         dead_letter_url=urls["IngestDeadLetterQueue"],
         outbound_queue_url=urls["OutboundQueue"],
