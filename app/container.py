@@ -11,6 +11,7 @@ imports it: see `Container.write_path`.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import logging
 import os
@@ -388,9 +389,12 @@ def build_container(
 def build_write_path(c: Container) -> WritePath:
     """The ingest side of `c`: content sources, the webhook verifier, the worker and (with the embedded
     queue) its loop. Imported and built here, on first use, so the read path never loads it."""
+    from ingest.parsing import ParseLimits, parse
     from ingest.receiver import WebhookVerifier
+    from ingest.sandbox import ParserPool
     from ingest.sources import ContentRouter, LocalFolderSource
-    from ingest.worker import IngestWorker, WorkerConfig, WorkerLoop
+    from ingest.sources_url import FetchPolicy, UrlSource
+    from ingest.worker import IngestWorker, Parser, WorkerConfig, WorkerLoop
 
     settings = c.settings
     folder = LocalFolderSource(settings.source_root) if settings.source_root else None
@@ -401,8 +405,43 @@ def build_write_path(c: Container) -> WritePath:
         extra["s3"] = S3Source(client=(c.aws or {}).get("s3"), bucket=settings.source_bucket)
     # s3:// content is the S3 event source's: only its workspace may point at it, so one tenant's webhook
     # cannot read another tenant's objects from the shared bucket.
-    sources = ContentRouter(folder=folder, extra=extra, scheme_workspaces={"s3": settings.s3_workspace})
+    f = settings.fetch
+    url_source = None
+    if f.allowed_urls:
+        url_source = UrlSource(
+            FetchPolicy.from_prefixes(
+                f.allowed_urls,
+                allow_private_addresses=f.allow_private_addresses,
+                allowed_networks=tuple(ipaddress.ip_network(n, strict=False) for n in f.allowed_networks),
+                allow_http=f.allow_http,
+                max_bytes=f.max_bytes,
+                connect_timeout_seconds=f.connect_timeout_seconds,
+                read_timeout_seconds=f.read_timeout_seconds,
+                total_timeout_seconds=f.total_timeout_seconds,
+                max_redirects=f.max_redirects,
+                authorization={host: value.get_secret_value() for host, value in f.authorization.items()},
+            )
+        )
+        c._closers.append(url_source.close)
+    sources = ContentRouter(folder=folder, url=url_source, extra=extra, scheme_workspaces={"s3": settings.s3_workspace})
     verifier = WebhookVerifier(c.webhook_secrets, settings.webhook_tolerance_seconds)
+
+    p = settings.parsing
+    limits = ParseLimits(max_bytes=p.max_file_bytes, max_rows=p.max_rows, max_chars=p.max_chars)
+    parser: Parser
+    if p.sandbox:
+        pool = ParserPool(
+            timeout_seconds=p.timeout_seconds,
+            max_memory_mb=p.max_memory_mb,
+            limits=limits,
+            processes=settings.worker.threads,
+        )
+        c._closers.append(pool.close)
+        parser = pool
+    else:
+
+        def parser(data: bytes, content_type: str | None, path: str) -> Any:
+            return parse(data, content_type, path, limits)
 
     w = settings.worker
     worker = IngestWorker(
@@ -426,6 +465,7 @@ def build_write_path(c: Container) -> WritePath:
         fault=c.fault,
         outbound=c.subscribers.outbound,
         on_outbox=c.outbox_written,
+        parser=parser,
     )
     loop = None
     if settings.queue_backend is QueueBackend.LOCAL:

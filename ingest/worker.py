@@ -21,15 +21,15 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import PurePosixPath
 
 from ingest.chunking import Chunker
-from ingest.errors import PermanentError, UnsupportedContentError
+from ingest.errors import PermanentError, SourceUnavailableError, UnsupportedContentError
 from ingest.notifications import Change, deliveries_for
-from ingest.parsing import parse
+from ingest.parsing import ParsedDocument, parse
 from stores.embedding import embed_with_cache
 from stores.events import EventStatus, EventType, FileEvent, describe_position
 from stores.outbox import Delivery, Outbound, OutboundType
@@ -71,6 +71,8 @@ _CHANGE_OF = {
     DocumentStatus.SKIPPED: OutboundType.DOCUMENT_SKIPPED,
     DocumentStatus.FAILED: OutboundType.DOCUMENT_FAILED,
 }
+# Bytes, content type, path -> parsed text: `ingest.parsing.parse`, or the sandboxed `ingest.sandbox.ParserPool`.
+Parser = Callable[[bytes, str | None, str], ParsedDocument]
 
 
 class OutcomeKind(StrEnum):
@@ -108,7 +110,8 @@ class _Plan:
     embed_texts: list[str] = field(default_factory=list)
     token_counts: list[int] = field(default_factory=list)
     title: str | None = None
-    content_type: str | None = None
+    content_type: str | None = None  # for the document record: the parsed type and its charset
+    indexed_type: str | None = None  # for the chunks: the parsed type alone (what filters match)
     reason: str | None = None
     vectors: list[list[float]] = field(default_factory=list)
     embedded: int = 0
@@ -149,7 +152,9 @@ class IngestWorker:
         fault: FaultHook | None = None,
         outbound: Outbound | None = None,
         on_outbox: OutboxHook | None = None,
+        parser: Parser | None = None,
     ) -> None:
+        self.parser: Parser = parser or parse
         self.state = state
         self.index = index
         self.embedder = embedder
@@ -274,17 +279,18 @@ class IngestWorker:
             deletes_in_batch[ev.workspace] = deletes_in_batch.get(ev.workspace, 0) + 1
             return _Plan(record, _Action.EMPTY, status=DocumentStatus.DELETED)
 
-        data = self.sources.fetch(ev)
+        fetched = self.sources.fetch(ev)
         self._step("fetched", ev)
         try:
-            parsed = parse(data, ev.content_type, ev.path)
+            # The event's content type wins; the source's (an HTTP or S3 Content-Type) fills in for none.
+            parsed = self.parser(fetched.data, ev.content_type or fetched.content_type, ev.path)
         except UnsupportedContentError as exc:
             return _Plan(
                 record,
                 _Action.EMPTY,
                 status=DocumentStatus.SKIPPED,
                 reason=str(exc),
-                content_type=ev.content_type,
+                content_type=ev.content_type or fetched.content_type,
             )
         title = parsed.title or PurePosixPath(ev.path).name
         prefix = self._title_prefix(title, ev.path)
@@ -297,7 +303,9 @@ class IngestWorker:
             reserved_tokens=reserved,
             token_offsets=self.embedder.token_offsets,
         )
-        chunks = chunker.chunk(parsed.text)
+        chunks = chunker.chunk(parsed.text, boundaries=[loc.start for loc in parsed.locations])
+        if parsed.locations:
+            chunks = [self._locate(parsed, c) for c in chunks]
         self._step("chunked", ev)
         if not chunks:
             return _Plan(
@@ -305,7 +313,7 @@ class IngestWorker:
                 _Action.EMPTY,
                 status=DocumentStatus.INDEXED,
                 title=title,
-                content_type=parsed.content_type,
+                content_type=_recorded_type(parsed),
                 reason="the file has no text",
             )
         return _Plan(
@@ -315,8 +323,14 @@ class IngestWorker:
             embed_texts=[f"{prefix}\n{c.text}" for c in chunks],
             token_counts=[c.token_count + reserved for c in chunks],
             title=title,
-            content_type=parsed.content_type,
+            content_type=_recorded_type(parsed),
+            indexed_type=parsed.content_type,
         )
+
+    @staticmethod
+    def _locate(parsed: ParsedDocument, chunk: Chunk) -> Chunk:
+        page_start, page_end, sheet = parsed.locate(chunk.start, chunk.end)
+        return replace(chunk, page_start=page_start, page_end=page_end, sheet=sheet)
 
     def _brake(self, workspace: str, deletes_in_batch: dict[str, int]) -> str | None:
         """Why this delete must wait for confirmation, or None. A sync bug or a wiped source folder shows
@@ -394,7 +408,7 @@ class IngestWorker:
                     path=ev.path,
                     revision=ev.position,
                     version=ev.version,
-                    content_type=plan.content_type,
+                    content_type=plan.indexed_type,
                     chunk=chunk,
                     dense=vec,
                     sparse=sp,
@@ -468,6 +482,9 @@ class IngestWorker:
             )
             return Outcome(OutcomeKind.FAILED, why)
         delay = min(self.config.backoff_max_seconds, self.config.backoff_seconds * 2 ** max(0, attempts - 1))
+        if isinstance(exc, SourceUnavailableError) and exc.retry_after is not None:
+            # The source said when to come back (HTTP 429/503 Retry-After): sooner would be refused again.
+            delay = min(self.config.backoff_max_seconds, max(delay, exc.retry_after))
         EVENTS_RETRIED.labels(ev.type.value).inc()
         log.info(
             "event %s attempt %d failed (%s); retrying in %.1fs",
@@ -488,6 +505,11 @@ def _fields(ev: FileEvent) -> dict[str, str]:
 
 def _version(ev: FileEvent) -> str:
     return f" v{ev.version}" if ev.version is not None else ""
+
+
+def _recorded_type(parsed: ParsedDocument) -> str:
+    """The document's content type as recorded: with the charset the text was decoded in, as HTTP says it."""
+    return f"{parsed.content_type}; charset={parsed.charset}" if parsed.charset else parsed.content_type
 
 
 class WorkerLoop:

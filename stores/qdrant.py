@@ -94,9 +94,10 @@ class QdrantIndex:
             "workspace",
             field_schema=models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True),
         )
-        for field in ("file_id", "revision", "path_dirs", "content_type", "path"):
+        for field in ("file_id", "revision", "path_dirs", "content_type", "path", "sheet"):
             self.client.create_payload_index(self.collection, field, field_schema=keyword)
-        self.client.create_payload_index(self.collection, "version", field_schema=models.PayloadSchemaType.INTEGER)
+        for field in ("version", "page_start", "page_end"):
+            self.client.create_payload_index(self.collection, field, field_schema=models.PayloadSchemaType.INTEGER)
 
     def close(self) -> None:
         self.client.close()
@@ -127,6 +128,9 @@ class QdrantIndex:
                         "end": p.chunk.end,
                         "text": p.chunk.text,
                         "heading": p.chunk.heading,
+                        "page_start": p.chunk.page_start,
+                        "page_end": p.chunk.page_end,
+                        "sheet": p.chunk.sheet,
                         "title": p.title,
                         "metadata": p.metadata,
                     },
@@ -161,6 +165,14 @@ class QdrantIndex:
                 must.append(_match(f"metadata.{key}", value))
             for key, values in flt.metadata_any:
                 must.append(models.FieldCondition(key=f"metadata.{key}", match=models.MatchAny(any=list(values))))
+            # A passage on pages [page_start, page_end] touches [page_from, page_to] when it starts on or
+            # before page_to and ends on or after page_from.
+            if flt.page_to is not None:
+                must.append(models.FieldCondition(key="page_start", range=models.Range(lte=flt.page_to)))
+            if flt.page_from is not None:
+                must.append(models.FieldCondition(key="page_end", range=models.Range(gte=flt.page_from)))
+            if flt.sheets:
+                must.append(models.FieldCondition(key="sheet", match=models.MatchAny(any=list(flt.sheets))))
             if flt.revisions:
                 must.append(
                     models.Filter(
@@ -251,6 +263,9 @@ class QdrantIndex:
             content_type=pl.get("content_type"),
             metadata=pl.get("metadata") or {},
             title=pl.get("title"),
+            page_start=pl.get("page_start"),
+            page_end=pl.get("page_end"),
+            sheet=pl.get("sheet"),
         )
 
     def _scroll(self, flt: models.Filter, payload: bool | list[str]) -> Iterator[models.Record]:

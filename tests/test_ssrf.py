@@ -23,13 +23,17 @@ def resolving_to(*addresses: str):  # type: ignore[no-untyped-def]
         (["192.168.0.10"], "private"),
         (["172.16.5.5"], "private"),
         (["169.254.10.1"], "link-local"),
+        (["169.254.170.2"], "metadata"),  # ECS task metadata
+        (["100.64.0.1"], "not public"),  # carrier-grade NAT
         (["fe80::1"], "link-local"),
         (["169.254.169.254"], "metadata"),
         (["fd00:ec2::254"], "metadata"),
         (["100.100.100.200"], "metadata"),
         (["::ffff:127.0.0.1"], "loopback"),  # IPv4-mapped IPv6
         (["64:ff9b::a00:1"], "private"),  # NAT64 of 10.0.0.1
-        (["0.0.0.0"], "not a unicast"),
+        (["0.0.0.0"], "unspecified"),
+        (["224.0.0.1"], "multicast"),
+        (["2002:a00:1::"], "private"),  # 6to4 of 10.0.0.1
         (["93.184.215.14", "10.0.0.1"], "private"),  # one bad address is enough (round-robin DNS)
     ],
 )
@@ -38,19 +42,32 @@ def test_names_resolving_inside_the_network_are_refused(addresses: list[str], wh
         check_url("https://hooks.example.com/x", resolver=resolving_to(*addresses))
 
 
-def test_public_addresses_pass_and_are_pinned() -> None:
-    target = check_url("https://hooks.example.com:8443/in?x=1", resolver=resolving_to("93.184.215.14"))
-    args = target.request_args()
-    assert args["url"] == "https://93.184.215.14:8443/in?x=1"
-    assert args["headers"] == {"host": "hooks.example.com:8443"}
-    assert args["extensions"] == {"sni_hostname": "hooks.example.com"}  # the certificate is checked for the name
-    v6 = check_url("http://[2606:2800:220:1::1]/", resolver=resolving_to()).request_args()
-    assert v6["url"] == "http://[2606:2800:220:1::1]/" and v6["extensions"] == {}
+def test_public_addresses_pass() -> None:
+    checked = check_url("https://hooks.example.com:8443/in?x=1", resolver=resolving_to("93.184.215.14"))
+    assert (checked.host, checked.port, checked.addresses) == ("hooks.example.com", 8443, ("93.184.215.14",))
+    v6 = check_url("http://[2606:2800:220:1::1]/", resolver=resolving_to())
+    assert v6.addresses == ("2606:2800:220:1::1",)
+    assert check_url("https://name.example/", resolver=None).addresses == ()  # shape only, no lookup
+
+
+def test_the_guarded_transport_refuses_at_connect_time_whatever_the_name() -> None:
+    """A name that resolves to loopback is refused when the connection is made (so a URL that passed an
+    earlier check and was re-pointed by DNS since is refused too); the refusal names the setting."""
+    import httpx
+
+    from stores.ssrf import GuardedBackend, GuardedTransport
+
+    backend = GuardedBackend(hint="see SETTING", resolver=resolving_to("127.0.0.1"))
+    with httpx.Client(transport=GuardedTransport(backend)) as client, pytest.raises(UnsafeURLError) as caught:
+        client.get("http://rebinding.example.test:9/")
+    assert "loopback" in str(caught.value) and "see SETTING" in str(caught.value)
 
 
 def test_allow_private_lets_the_own_network_through_but_never_metadata() -> None:
-    assert check_url("http://intranet/x", allow_private=True, resolver=resolving_to("10.0.0.5")).address == "10.0.0.5"
-    assert check_url("http://127.0.0.1:9/x", allow_private=True).address == "127.0.0.1"
+    assert check_url("http://intranet/x", allow_private=True, resolver=resolving_to("10.0.0.5")).addresses == (
+        "10.0.0.5",
+    )
+    assert check_url("http://127.0.0.1:9/x", allow_private=True).addresses == ("127.0.0.1",)
     with pytest.raises(UnsafeURLError, match="metadata"):
         check_url("http://169.254.169.254/latest/meta-data/", allow_private=True)
 

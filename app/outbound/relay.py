@@ -23,7 +23,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
@@ -32,12 +32,13 @@ from standardwebhooks.webhooks import Webhook
 
 from app.settings import OutboundSettings
 from stores.outbox import Delivery, DeliveryAttempt, DeliveryStatus, OutboxStore
-from stores.ssrf import Resolver, UnsafeURLError, check_url, system_resolver
+from stores.ssrf import GuardedBackend, GuardedTransport, Resolver, UnsafeURLError, check_url, system_resolver
 from stores.telemetry import DELIVERY_ATTEMPTS, DELIVERY_SECONDS, bind
 
 log = logging.getLogger(__name__)
 
 RESPONSE_KEPT_BYTES = 1024  # the start of a receiver's answer kept for the operator
+ALLOW_HINT = "allow receivers on your own network with EVENTRAG_OUTBOUND__ALLOW_PRIVATE=true"
 USER_AGENT = "eventrag-webhooks/0.1"
 
 
@@ -57,8 +58,15 @@ class OutboundRelay:
         self.config = config
         self.resolver = resolver
         self.jitter = jitter
-        # trust_env=False: a proxy from the environment would connect somewhere other than the checked address.
-        self.client = client or httpx.Client(timeout=config.timeout_seconds, follow_redirects=False, trust_env=False)
+        # The guarded transport resolves each host itself and connects only to an address the SSRF rules
+        # allow; trust_env=False: a proxy from the environment would resolve names itself.
+        backend = GuardedBackend(allow_private=config.allow_private, hint=ALLOW_HINT, resolver=self._resolve)
+        self.client = client or httpx.Client(
+            transport=GuardedTransport(backend), timeout=config.timeout_seconds, follow_redirects=False, trust_env=False
+        )
+
+    def _resolve(self, host: str, port: int) -> Sequence[str]:
+        return self.resolver(host, port)
 
     def close(self) -> None:
         self.client.close()
@@ -100,23 +108,20 @@ class OutboundRelay:
         if secret is None:
             return None, None, f"subscriber {d.subscriber!r} is no longer configured for workspace {d.workspace!r}"
         try:
-            target = check_url(d.url, allow_private=self.config.allow_private, resolver=self.resolver)
+            # Scheme, credentials and literal addresses now; names are resolved and checked at connect time.
+            check_url(d.url, allow_private=self.config.allow_private, hint=ALLOW_HINT, resolver=None)
         except UnsafeURLError as exc:
             return None, None, str(exc)
         sent = datetime.now(UTC)
-        args = target.request_args()
         headers = {
             "content-type": "application/json",
             "user-agent": USER_AGENT,
             "webhook-id": d.message_id,
             "webhook-timestamp": str(int(sent.timestamp())),
             "webhook-signature": Webhook(secret).sign(d.message_id, sent, d.body),
-            **args["headers"],
         }
         try:
-            with self.client.stream(
-                "POST", args["url"], content=d.body.encode(), headers=headers, extensions=args["extensions"]
-            ) as resp:
+            with self.client.stream("POST", d.url, content=d.body.encode(), headers=headers) as resp:
                 kept = bytearray()
                 for part in resp.iter_bytes():
                     kept.extend(part)
@@ -127,6 +132,8 @@ class OutboundRelay:
                 if 300 <= resp.status_code < 400:
                     error = f"HTTP {resp.status_code}: redirects are not followed (configure the final URL)"
                 return resp.status_code, text, error
+        except UnsafeURLError as exc:  # refused by the guarded transport after resolving the host
+            return None, None, str(exc)
         except httpx.HTTPError as exc:
             return None, None, f"{type(exc).__name__}: {exc}"
 

@@ -10,7 +10,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, status
 from app.container import Container
 from app.deps import ContainerDep, Workspace
 from app.routes.paging import next_link
-from app.schemas import ErrorBody, EventList, EventOut
+from app.schemas import ErrorBody, EventList, EventOut, EventStatusList, EventStatusQuery
 from stores.events import EventStatus
 from stores.ports import EventRecord
 
@@ -73,6 +73,20 @@ def list_events(
         next_cursor=page.next_cursor,
         next=next_link(request, page.next_cursor),
     )
+
+
+@router.post("/events/status", response_model=EventStatusList, responses={**_AUTH, 422: {"model": ErrorBody}})
+def events_status(body: EventStatusQuery, workspace: Workspace, container: ContainerDep) -> EventStatusList:
+    """The status of up to 1000 events at once (what `eventrag ingest --wait` polls). Ids that are unknown, or
+    another workspace's, are listed in `unknown`."""
+    found, unknown = [], []
+    for event_id in dict.fromkeys(body.event_ids):
+        rec = container.state.get_event(event_id)
+        if rec is None or rec.event.workspace != workspace:
+            unknown.append(event_id)
+        else:
+            found.append(event_out(rec))
+    return EventStatusList(events=found, unknown=unknown)
 
 
 @router.get(

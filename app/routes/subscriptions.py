@@ -16,6 +16,7 @@ from fastapi import APIRouter, HTTPException, Response, status
 from pydantic import BaseModel, Field
 
 from app.deps import ContainerDep, Workspace
+from app.outbound.relay import ALLOW_HINT
 from app.outbound.subscriptions import subscriber_id
 from app.schemas import ErrorBody
 from stores.outbox import OutboundType, StoredSubscription
@@ -90,7 +91,7 @@ def create_subscription(body: SubscriptionIn, workspace: Workspace, container: C
     if store is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "no subscription store is configured")
     secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
-    check_url(body.url, allow_private=container.settings.outbound.allow_private)
+    check_url(body.url, allow_private=container.settings.outbound.allow_private, hint=ALLOW_HINT)
     existing = _listing(container, workspace)
     if len(existing) >= MAX_PER_WORKSPACE:
         raise HTTPException(422, f"a workspace has at most {MAX_PER_WORKSPACE} subscribers; delete one first")
