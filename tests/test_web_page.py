@@ -256,3 +256,34 @@ def test_every_view_passes_the_axe_accessibility_checks(browser: Browser, make_h
                 if r.violations_count
             }
             assert problems == {}, f"at {width}px: {problems}"
+
+
+def test_a_pdf_source_shows_its_page(browser: Browser, harness: Harness) -> None:
+    import base64
+
+    from tests.fakes.documents import text_pdf
+
+    pdf = text_pdf(
+        [
+            ["Travel policy", "Book trains through the portal."],
+            ["Expenses", "Hotel costs are refunded up to 150 euros."],
+        ]
+    )
+    body = file_event(
+        "created",
+        "travel",
+        path="policies/travel.pdf",
+        content_type="application/pdf",
+        version=2,
+        content_base64=base64.b64encode(pdf).decode(),
+    )
+    assert harness.post_event(body).status_code == 202
+    harness.drain()
+    assert harness.get("/documents/travel").json()["status"] == "indexed"
+    with served(harness) as base, page_on(browser, base) as (page, _):
+        sign_in(page, base)
+        page.get_by_label("Question").fill("Up to how much are hotel costs refunded?")
+        page.get_by_role("button", name="Ask").click()
+        source = page.locator("#sources li", has_text="Hotel costs").first
+        expect(source).to_contain_text("policies/travel.pdf")
+        expect(source.locator(".source-meta")).to_contain_text("page 2")

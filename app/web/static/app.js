@@ -217,8 +217,12 @@ function renderAnswer(result) {
 function sourceItem(c) {
   const where = [];
   if (c.version !== null && c.version !== undefined) where.push(`version ${c.version}`);
-  if (c.page) where.push(`page ${c.page}`);
-  if (c.slide) where.push(`slide ${c.slide}`);
+  // Pages of a PDF, slides of a deck (page_start/page_end), or the sheet of a spreadsheet, when known.
+  const kind = /\.pptx?$/i.test(c.path) ? "slide" : "page";
+  if (c.page_start) {
+    where.push(c.page_end && c.page_end !== c.page_start ? `${kind}s ${c.page_start}–${c.page_end}` : `${kind} ${c.page_start}`);
+  }
+  if (c.sheet) where.push(`sheet ${c.sheet}`);
   if (c.heading) where.push(c.heading);
   where.push(`characters ${c.start}–${c.end}`);
   const quote = el("blockquote", { class: "context" }, el("mark", {}, c.text));
