@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,6 +13,7 @@ from urllib.parse import quote
 import pytest
 
 from tests.conftest import KEY_BETA, SECRET_BETA, Harness
+from tests.fakes.documents import scanned_pdf
 from tests.fakes.webhooks import file_event
 
 SOURCE_ROOT = Path(__file__).resolve().parent / "events"  # has no .md files: events without content fail
@@ -46,8 +48,10 @@ def seed(h: Harness) -> dict[str, str]:
         body = file_event("created", f"doc{i}", path=f"hr/doc{i}.md", content=f"# Doc {i}\n\nPolicy number {i}.")
         ids[f"doc{i}"] = h.post_event(body).json()["event_id"]
     ids["missing"] = h.post_event(file_event("created", "missing", path="ops/missing.md")).json()["event_id"]
+    # A scanned PDF has no text layer: the file is skipped, with the reason.
+    scan = base64.b64encode(scanned_pdf()).decode()
     ids["binary"] = h.post_event(
-        file_event("created", "binary", path="ops/blob.bin", content="x", content_type="application/x-thing")
+        file_event("created", "binary", path="ops/scan.pdf", content_type="application/pdf", content_base64=scan)
     ).json()["event_id"]
     for i in range(2):
         h.post_event(file_event("created", f"b{i}", content="beta text", workspace="beta"), secret=SECRET_BETA)
