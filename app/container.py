@@ -17,7 +17,7 @@ import logging
 import os
 import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
+from app.outbound.subscriptions import StoredLookup, Subscribers, build_subscribers, secret_lookup
 from app.settings import QueueBackend, Settings, StateBackend, read_ssm_parameter
 from retrieval.agent import Agent, AgentConfig
 from retrieval.answering import Answerer
@@ -32,20 +33,25 @@ from retrieval.llm import ChatModel, OpenAIChatModel
 from retrieval.search import Searcher
 from stores.embedding import SentenceTransformerEmbedder, SqliteEmbeddingCache
 from stores.errors import StoreLockedError
+from stores.outbox import Delivery, OutboxStore, SubscriptionStore
 from stores.ports import Embedder, EmbeddingCache, JobQueue, StateStore, VectorIndex
 from stores.qdrant import QdrantIndex, open_qdrant
 from stores.sessions import SessionStore
 from stores.sparse import Bm25Encoder
 from stores.sqlite.database import SqliteDatabase
+from stores.sqlite.outbox import SqliteOutboxStore
 from stores.sqlite.queue import SqliteJobQueue
 from stores.sqlite.sessions import SqliteSessionStore
 from stores.sqlite.state import SqliteStateStore
+from stores.sqlite.subscriptions import SqliteSubscriptionStore
 
 if TYPE_CHECKING:
+    from app.outbound.relay import OutboundRelay, RelayLoop
     from ingest.receiver import WebhookVerifier
     from ingest.sources import ContentRouter
     from ingest.webhook_body import BodyLimits
     from ingest.worker import IngestWorker, WorkerLoop
+    from stores.sqs import SqsDeliveryQueue
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +87,13 @@ class Container:
     sessions: SessionStore
     chat: ChatModel | None
     webhook_secrets: dict[str, list[str]]
+    outbox: OutboxStore | None = None
+    subscribers: Subscribers = field(default_factory=Subscribers)
+    delivery_queue: SqsDeliveryQueue | None = None
+    # Subscribers created through the API (POST /webhook-subscriptions), and the cached view the worker and
+    # the relay read them through.
+    subscription_store: SubscriptionStore | None = None
+    stored_subscriptions: StoredLookup | None = None
     generated_secret: str | None = None
     fault: FaultHook | None = None
     aws: dict[str, Any] | None = None
@@ -88,6 +101,38 @@ class Container:
     _write: WritePath | None = None
     # Two first requests (a webhook and a retry, say) must not build two workers.
     _write_lock: threading.Lock = field(default_factory=threading.Lock)
+    _relay: OutboundRelay | None = None
+    _relay_loop: RelayLoop | None = None
+
+    @property
+    def relay(self) -> OutboundRelay | None:
+        """Sends outbox deliveries (built on first use); None without an outbox."""
+        with self._write_lock:
+            if self._relay is None and self.outbox is not None:
+                from app.outbound.relay import OutboundRelay
+
+                secret_for = secret_lookup(self.subscribers, self.stored_subscriptions)
+                self._relay = OutboundRelay(self.outbox, secret_for, self.settings.outbound)
+                self._closers.append(self._relay.close)
+            return self._relay
+
+    @property
+    def relay_loop(self) -> RelayLoop | None:
+        """The in-process relay of `eventrag serve` (the embedded queue); on AWS a Lambda drains the outbox."""
+        if self.settings.queue_backend is not QueueBackend.LOCAL or self.relay is None:
+            return None
+        if self._relay_loop is None:
+            from app.outbound.relay import RelayLoop
+
+            self._relay_loop = RelayLoop(self.relay, poll_seconds=self.settings.outbound.poll_seconds)
+        return self._relay_loop
+
+    def outbox_written(self, deliveries: Sequence[Delivery]) -> None:
+        """The worker wrote deliveries: wake the local relay (on AWS: queue them for the outbound function)."""
+        if self._relay_loop is not None:
+            self._relay_loop.notify()
+        if self.delivery_queue is not None:
+            self.delivery_queue.send([d.delivery_id for d in deliveries])
 
     @property
     def write_path(self) -> WritePath:
@@ -132,6 +177,8 @@ class Container:
     def close(self) -> None:
         if self._write is not None and self._write.loop is not None:
             self._write.loop.stop()
+        if self._relay_loop is not None:
+            self._relay_loop.stop()
         for closer in reversed(self._closers):
             try:
                 closer()
@@ -168,6 +215,18 @@ def with_remote_secrets(settings: Settings) -> Settings:
         update["webhook_secrets"] = {ws: [SecretStr(s) for s in items] for ws, items in raw.items()}
     if settings.api_keys_ssm_parameter:
         update["api_keys"] = Settings.parse_api_keys(read_ssm_parameter(settings.api_keys_ssm_parameter))
+    if settings.outbound_webhooks_ssm_parameter:
+        try:
+            subscribers = read_ssm_parameter(settings.outbound_webhooks_ssm_parameter)
+        except Exception as exc:
+            # Optional: a deployment without subscribers has no such parameter.
+            if type(exc).__name__ != "ParameterNotFound":
+                raise
+            log.info(
+                "no outbound webhook subscribers (SSM parameter %s not found)", settings.outbound_webhooks_ssm_parameter
+            )
+        else:
+            update["outbound_webhooks"] = Settings.parse_outbound_webhooks(subscribers)
     return settings.model_copy(update=update) if update else settings
 
 
@@ -209,6 +268,26 @@ def build_index(settings: Settings, qdrant_client: Any | None = None) -> QdrantI
                 ) from exc
             raise
     return QdrantIndex(qdrant_client, settings.qdrant_collection)
+
+
+def build_outbox(
+    settings: Settings, *, aws: dict[str, Any] | None = None
+) -> tuple[OutboxStore, SqsDeliveryQueue | None, SubscriptionStore]:
+    """The AWS outbox (DynamoDB), the queue that hands its deliveries to the outbound function and the
+    API-created subscribers: all that function needs, so it never loads the index or the model."""
+    from stores.dynamodb.common import default_client
+    from stores.dynamodb.outbox import DynamoOutboxStore
+    from stores.dynamodb.subscriptions import DynamoSubscriptionStore
+    from stores.sqs import SqsDeliveryQueue
+
+    ddb = (aws or {}).get("dynamodb") or default_client("dynamodb")
+    outbox = DynamoOutboxStore(
+        ddb, table=settings.dynamodb_outbox_table, retention=timedelta(days=settings.outbound.retention_days)
+    )
+    queue = None
+    if settings.outbound_queue_url:
+        queue = SqsDeliveryQueue((aws or {}).get("sqs") or default_client("sqs"), settings.outbound_queue_url)
+    return outbox, queue, DynamoSubscriptionStore(ddb, table=settings.dynamodb_subscriptions_table)
 
 
 def build_container(
@@ -274,15 +353,21 @@ def _assemble(
     if isinstance(queue, SqliteJobQueue):
         closers.append(queue.close)
     sessions: SessionStore
+    outbox: OutboxStore | None = None
+    delivery_queue: SqsDeliveryQueue | None = None
+    subscription_store: SubscriptionStore | None = None
     if isinstance(state, SqliteStateStore):
         agent_settings = settings.agent
         sessions = SqliteSessionStore(
             state.db, max_turns=agent_settings.session_max_turns, max_bytes=agent_settings.session_max_bytes
         )
+        outbox = SqliteOutboxStore(state.db)
+        subscription_store = SqliteSubscriptionStore(state.db)
     else:
         from stores.dynamodb.sessions import DynamoSessionStore
 
         sessions = DynamoSessionStore.from_settings(settings, client=(aws or {}).get("dynamodb"))
+        outbox, delivery_queue, subscription_store = build_outbox(settings, aws=aws)
 
     index = build_index(settings, qdrant_client)
     closers.append(index.close)
@@ -328,6 +413,10 @@ def _assemble(
             top_k_max=settings.top_k_max,
         ),
     )
+    subscribers = build_subscribers(settings)
+    stored = StoredLookup(subscription_store) if subscription_store is not None else None
+    if stored is not None:
+        subscribers.outbound.stored = stored.subscriptions
     return Container(
         settings=settings,
         state=state,
@@ -342,6 +431,11 @@ def _assemble(
         sessions=sessions,
         chat=chat,
         webhook_secrets=secrets_by_ws,
+        outbox=outbox,
+        subscribers=subscribers,
+        delivery_queue=delivery_queue,
+        subscription_store=subscription_store,
+        stored_subscriptions=stored,
         generated_secret=generated,
         fault=fault,
         aws=aws,
@@ -448,6 +542,8 @@ def build_write_path(c: Container) -> WritePath:
             mass_delete_window_seconds=w.mass_delete_window_seconds,
         ),
         fault=c.fault,
+        outbound=c.subscribers.outbound,
+        on_outbox=c.outbox_written,
         parser=parser,
     )
     loop = None
