@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,79 +13,15 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.fakes.cli import run_cli, serving, wait_for
 from tests.fakes.documents import scanned_pdf
 from tests.fakes.webhooks import file_event, sign
-
-EVENTRAG = [sys.executable, "-m", "app.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def cli_env(data_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("EVENTRAG_", "OPENAI_"))}
-    env.update({"EVENTRAG_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1", "EVENTRAG_WORKER__POLL_SECONDS": "0.1"})
-    return env
-
-
-def run_cli(*args: str, data_dir: Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*EVENTRAG, *args],
-        env=cli_env(data_dir),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=Path(__file__).parent.parent,
-    )
-
-
-def wait_for(predicate, deadline: float, what: str):  # type: ignore[no-untyped-def]
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[str, Path, subprocess.Popen[str], list[str]]]:
-    data = tmp_path / "data"
-    port = free_port()
-    proc = subprocess.Popen(
-        [*EVENTRAG, "serve", "--port", str(port), "--data-dir", str(data), "--log-level", "warning"],
-        env=cli_env(data),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=Path(__file__).parent.parent,
-    )
-    url = f"http://127.0.0.1:{port}"
-    lines: list[str] = []
-
-    def up() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited: {proc.stdout.read() if proc.stdout else ''}")
-        try:
-            return httpx.get(f"{url}/healthz", timeout=0.5).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_for(up, 120, "the server to answer /healthz")
-        yield url, data, proc, lines
-    finally:
-        proc.terminate()
-        try:
-            out, _ = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
-        lines.extend(out.splitlines())
+    with serving(tmp_path / "data") as served:
+        yield served.url, served.data, served.proc, served.lines
 
 
 def test_serve_ingest_ask_over_loopback(server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

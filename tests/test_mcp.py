@@ -8,12 +8,10 @@ it, and try what must be refused (a wrong key, another workspace's documents, ba
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -28,9 +26,9 @@ from mcp_types import CallToolResult, TextResourceContents
 from retrieval.agent import Ask, ToolArgumentError
 from retrieval.llm import ToolCall as LLMToolCall
 from tests.conftest import KEY_BETA, SECRET_ACME, SECRET_BETA, Harness
+from tests.fakes.cli import cli_env, serving, wait_for
 from tests.fakes.mcp_wire import mcp_request
 from tests.fakes.webhooks import file_event, sign
-from tests.test_cli import EVENTRAG, cli_env, free_port, wait_for
 
 KEY_WRITER = "key-acme-writer-0123456789"
 KEY_READER = "key-acme-reader-0123456789"
@@ -74,27 +72,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             "EVENTRAG_MIN_SCORE": "-1",  # every passage counts as relevant: the top_k cap is what limits
         }
     )
-    port = free_port()
-    proc = subprocess.Popen(
-        [*EVENTRAG, "serve", "--port", str(port), "--data-dir", str(data), "--log-level", "warning"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=Path(__file__).parent.parent,
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited: {proc.stdout.read() if proc.stdout else ''}")
-        try:
-            return httpx.get(f"{url}/healthz", timeout=0.5).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_for(up, 120, "the server to answer /healthz")
+    with serving(data, env) as server:
+        url = server.url
         events = {fid: post_file(url, SECRET_ACME, fid, path, text, "acme") for fid, (path, text) in ACME_DOCS.items()}
         events["merger"] = post_file(url, SECRET_BETA, "merger", *BETA_DOC, "beta")
 
@@ -107,15 +86,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 
         wait_for(all_done, 120, "the documents to be indexed")
         yield Served(url, events)
-    finally:
-        proc.terminate()
-        try:
-            out, _ = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
-        # Whatever happened, no request may have put a traceback of ours into the server log unnoticed.
-        assert "Traceback" not in out, out
+    # Whatever happened, no request may have put a traceback of ours into the server log unnoticed.
+    log = "\n".join(server.lines)
+    assert "Traceback" not in log, log
 
 
 @asynccontextmanager

@@ -13,7 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.test_cli import EVENTRAG, cli_env, server, wait_for  # noqa: F401  (server is a fixture)
+from tests.fakes.cli import EVENTRAG, cli_env, wait_for
+from tests.test_cli import server  # noqa: F401  (a fixture)
 
 
 def documents(url: str) -> dict[str, dict[str, Any]]:
