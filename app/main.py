@@ -32,6 +32,7 @@ from app.routes import (
     web,
     webhooks,
 )
+from app.schemas import describe_errors
 from app.settings import Settings
 from stores.errors import EventragError
 
@@ -113,11 +114,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        parts = []
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err.get("loc", ()))
-            parts.append(f"{where}: {err.get('msg')}")
-        return JSONResponse({"detail": "; ".join(parts)}, status_code=422)
+        return JSONResponse({"detail": describe_errors(exc.errors())}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Any:
