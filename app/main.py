@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
+from app.body_limit import BodyLimit
 from app.container import Container, build_container
 from app.mcp_server import McpEndpoint
 from app.routes import (
@@ -32,7 +33,7 @@ from app.routes import (
     web,
     webhooks,
 )
-from app.schemas import describe_errors
+from app.schemas import ErrorBody, describe_errors
 from app.settings import Settings
 from stores.errors import EventragError
 
@@ -71,10 +72,12 @@ def create_app(container: Container | Callable[[], Container] | None = None, *, 
         version="0.1.0",
         summary="Webhooks in, an index that always equals your files, cited answers out.",
         lifespan=lifespan,
+        responses={413: {"model": ErrorBody, "description": "The request body is larger than its limit"}},
     )
     if isinstance(container, Container):
         app.state.container = container  # usable without the lifespan (Lambda, tests)
     install_error_handlers(app)
+    app.add_middleware(BodyLimit, limit_of=_request_limit)
     for module in (
         webhooks,
         query,
@@ -101,6 +104,15 @@ def create_app(container: Container | Callable[[], Container] | None = None, *, 
 
 def _from_env() -> Container:
     return build_container(Settings())
+
+
+def _request_limit(app: Any) -> int:
+    """EVENTRAG_MAX_REQUEST_BYTES of the running container (read per request: the container may be built
+    after the app, in its lifespan); the default while it starts."""
+    container: Container | None = getattr(app.state, "container", None)
+    if container is None:
+        return int(Settings.model_fields["max_request_bytes"].default)
+    return container.settings.max_request_bytes
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -270,7 +270,7 @@ class Me(BaseModel):
 class EventStatusQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    event_ids: list[str] = Field(min_length=1, max_length=1000)
+    event_ids: list[Annotated[str, StringConstraints(max_length=256)]] = Field(min_length=1, max_length=1000)
 
 
 class EventStatusList(BaseModel):
