@@ -157,6 +157,9 @@ def _ingest_via_server(
     return report([*(outcome_of(path, events.get(eid)) for eid, path in accepted.items()), *refused])
 
 
+POLL_FIRST_SECONDS, POLL_MAX_SECONDS = 0.5, 5.0
+
+
 def _wait_for(
     server: str, api_key: str | None, accepted: dict[str, str], progress: Any, timeout: float
 ) -> dict[str, dict[str, Any]]:
@@ -168,6 +171,7 @@ def _wait_for(
     events: dict[str, dict[str, Any]] = {}
     pending = list(accepted)
     deadline = time.monotonic() + timeout
+    delay = POLL_FIRST_SECONDS
     with httpx.Client(base_url=server, timeout=60, headers=headers) as client:
         while pending and time.monotonic() < deadline:
             for i in range(0, len(pending), 1000):
@@ -177,8 +181,11 @@ def _wait_for(
                     raise typer.Exit(1)
                 for ev in r.json()["events"]:
                     events[ev["event_id"]] = ev
-            pending = [eid for eid in pending if events.get(eid, {}).get("status") not in SETTLED]
+            still = [eid for eid in pending if events.get(eid, {}).get("status") not in SETTLED]
+            # Quick while events settle; backing off (to POLL_MAX_SECONDS) while none does, e.g. a long file.
+            delay = POLL_FIRST_SECONDS if len(still) < len(pending) else min(delay * 2, POLL_MAX_SECONDS)
+            pending = still
             progress.update(task, completed=len(accepted) - len(pending))
             if pending:
-                time.sleep(0.5)
+                time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
     return events
