@@ -207,7 +207,7 @@ class DynamoListings(DynamoTable):
         oldest = None
         unsettled = 0
         for status in UNSETTLED:
-            items = list(self._status_items(status, workspace=workspace))
+            items = list(self._status_items(status, workspace=workspace, keys_only=True))
             unsettled += len(items)
             if items:
                 first = min(Decimal(v["received_at"]) for v in items)
