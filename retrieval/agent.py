@@ -99,6 +99,7 @@ TOOLS: list[dict[str, Any]] = [
 ]
 
 READ_LIMIT = 4000  # characters one read_document call returns at most
+LIST_TOOL_LIMIT = 100  # documents one list_documents call names; the rest are counted ("... and N more")
 
 
 class ToolCallError(ValueError):
@@ -398,13 +399,12 @@ class Agent:
     def _list_tool(self, ask: Ask, args: dict[str, Any]) -> str:
         reject_unknown(args, {"path_prefix"}, "the list is limited to your workspace")
         prefix = str(args.get("path_prefix") or "").lstrip("/")
-        docs = [
-            d
-            for d in self.state.list_documents(ask.workspace, status=DocumentStatus.INDEXED, limit=10_000)
-            if d.path.startswith(prefix)
-        ]
-        lines = [" | ".join(x for x in (d.file_id, d.path, version_label(d.version)) if x) for d in docs[:100]]
-        more = f"\n... and {len(docs) - 100} more" if len(docs) > 100 else ""
+        page = self.state.page_documents(
+            ask.workspace, status=DocumentStatus.INDEXED, path_prefix=prefix or None, limit=LIST_TOOL_LIMIT
+        )
+        lines = [" | ".join(x for x in (d.file_id, d.path, version_label(d.version)) if x) for d in page.items]
+        hidden = page.total - len(page.items)
+        more = f"\n... and {hidden} more" if hidden > 0 else ""
         return ("<documents>\n" + "\n".join(lines) + more + "\n</documents>") if lines else "no documents"
 
     @staticmethod
