@@ -370,14 +370,17 @@ class Agent:
         if not chunks:
             raise DocumentNotIndexedError(f"no indexed document {file_id!r}")
         length = max(c.end for c in chunks)
-        buf = [" "] * length
-        for c in chunks:
-            buf[c.start : c.end] = c.text
         end = min(length, end_wanted, start + limit)
         if start >= end:
             raise ToolArgumentError(f"empty range; the document has {length} characters")
-        # Where the range is: the pages and sheet of the chunks it overlaps, not those of the first chunk.
         touched = [c for c in chunks if c.start < end and c.end > start]
+        # Only the range is rebuilt, from the chunks over it, in index order (chunks of a file overlap and
+        # agree where they do); a gap no chunk covers (whitespace the chunker trimmed) reads as spaces.
+        buf = [" "] * (end - start)
+        for c in touched:
+            lo, hi = max(c.start, start), min(c.end, end)
+            buf[lo - start : hi - start] = c.text[lo - c.start : hi - c.start]
+        # Where the range is: the pages and sheet of the chunks it overlaps, not those of the first chunk.
         pages = [p for c in touched for p in (c.page_start, c.page_end) if p is not None]
         sheets = {c.sheet for c in touched}
         passage = replace(
@@ -390,7 +393,7 @@ class Agent:
             chunk_index=-1,
             start=start,
             end=end,
-            text="".join(buf[start:end]),
+            text="".join(buf),
             heading=None,
             similarity=None,
         )
