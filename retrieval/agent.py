@@ -212,7 +212,7 @@ class Agent:
         history = self._trim(ask.history)
         use_llm = self.chat is not None and not ask.extractive
         query = self.standalone_query(ask.question, history, use_llm)
-        hits = self.answerer.retrieve(
+        found = self.answerer.retrieve(
             ask.workspace,
             query,
             top_k=ask.top_k,
@@ -221,13 +221,17 @@ class Agent:
             score_threshold=ask.score_threshold,
             group_by_document=ask.group_by_document,
         )
+        hits = found.hits
         if not hits:
             answer = Answer(NOT_COVERED, "llm" if use_llm else "extractive", [], covered=False)
             yield AgentEvent("token", answer.answer)
             yield AgentEvent("answer", answer=answer)
             return
         if not use_llm:
-            answer = self.answerer.extractive(ask.question, hits)
+            # Quotes are scored against the question as asked; the search's vector is its embedding only
+            # when the search ran on that same text (a follow-up searches with the previous question too).
+            vector = found.query_vector if query == ask.question else None
+            answer = self.answerer.extractive(ask.question, hits, question_vector=vector)
             yield AgentEvent("token", answer.answer)
             yield AgentEvent("answer", answer=answer)
             return
