@@ -9,6 +9,7 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import APIKeyHeader
 
 from app.container import Container
+from app.settings import Settings
 
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="API key of a workspace")
 
@@ -21,6 +22,13 @@ def get_container(request: Request) -> Container:
 
 
 ContainerDep = Annotated[Container, Depends(get_container)]
+
+
+def single_user_workspace(settings: Settings) -> str | None:
+    """The workspace of loopback single-user mode (no API keys, a workspace for requests without one, as
+    `eventrag serve` sets on loopback), or None. Only in that mode do an unknown key and the all-workspace
+    `/metrics` pass without a key."""
+    return settings.anonymous_workspace if not settings.api_keys else None
 
 
 def caller_workspace(
@@ -41,8 +49,8 @@ def caller_workspace(
         if hmac.compare_digest(known.encode(), key.encode()):  # constant time: no key prefix leaks
             found = workspace
     if found is None:
-        if not settings.api_keys and settings.anonymous_workspace:
-            return settings.anonymous_workspace
+        if (anonymous := single_user_workspace(settings)) is not None:
+            return anonymous
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "unknown API key")
     return found
 

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
+from app.body_limit import BodyLimit
 from app.container import Container, build_container
 from app.mcp_server import McpEndpoint
 from app.routes import (
@@ -32,6 +33,7 @@ from app.routes import (
     web,
     webhooks,
 )
+from app.schemas import ErrorBody, describe_errors
 from app.settings import Settings
 from stores.errors import EventragError
 
@@ -70,10 +72,12 @@ def create_app(container: Container | Callable[[], Container] | None = None, *, 
         version="0.1.0",
         summary="Webhooks in, an index that always equals your files, cited answers out.",
         lifespan=lifespan,
+        responses={413: {"model": ErrorBody, "description": "The request body is larger than its limit"}},
     )
     if isinstance(container, Container):
         app.state.container = container  # usable without the lifespan (Lambda, tests)
     install_error_handlers(app)
+    app.add_middleware(BodyLimit, limit_of=_request_limit)
     for module in (
         webhooks,
         query,
@@ -102,6 +106,15 @@ def _from_env() -> Container:
     return build_container(Settings())
 
 
+def _request_limit(app: Any) -> int:
+    """EVENTRAG_MAX_REQUEST_BYTES of the running container (read per request: the container may be built
+    after the app, in its lifespan); the default while it starts."""
+    container: Container | None = getattr(app.state, "container", None)
+    if container is None:
+        return int(Settings.model_fields["max_request_bytes"].default)
+    return container.settings.max_request_bytes
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(EventragError)
     async def _eventrag(_: Request, exc: EventragError) -> JSONResponse:
@@ -113,11 +126,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        parts = []
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err.get("loc", ()))
-            parts.append(f"{where}: {err.get('msg')}")
-        return JSONResponse({"detail": "; ".join(parts)}, status_code=422)
+        return JSONResponse({"detail": describe_errors(exc.errors())}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Any:

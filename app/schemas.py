@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from stores.ports import SearchMode
+
+
+def describe_errors(errors: Iterable[Mapping[str, Any]], *, nowhere: str = "") -> str:
+    """Pydantic's validation errors as one line: `where: what` per problem, `; `-separated (the 422 detail of
+    the REST API, and the MCP tools' argument errors)."""
+    return "; ".join(f"{'.'.join(str(p) for p in err.get('loc', ())) or nowhere}: {err.get('msg')}" for err in errors)
+
 
 # A question longer than this is not a question: it bounds the query embedding, the BM25 query and the prompt.
 # The REST API, the OpenAI-compatible route and the MCP tools share it.
@@ -262,7 +270,7 @@ class Me(BaseModel):
 class EventStatusQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    event_ids: list[str] = Field(min_length=1, max_length=1000)
+    event_ids: list[Annotated[str, StringConstraints(max_length=256)]] = Field(min_length=1, max_length=1000)
 
 
 class EventStatusList(BaseModel):

@@ -265,6 +265,9 @@ class Settings(BaseSettings):
     )
     webhook_tolerance_seconds: int = Field(300, ge=1, le=86400, description="max age of webhook-timestamp")
     max_body_bytes: int = Field(5 * 1024 * 1024, ge=1024, description="largest webhook body accepted")
+    max_request_bytes: int = Field(
+        2 * 1024 * 1024, ge=1024, description="largest request body of every other route (413 beyond it)"
+    )
     event_retention_days: float = Field(7.0, gt=0, description="how long event ids are remembered (dedupe)")
     anonymous_workspace: str | None = Field(
         None, description="workspace for requests without a key (set by `eventrag serve` on loopback only)"

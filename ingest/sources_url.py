@@ -97,10 +97,6 @@ class FetchPolicy:
             table = {None: tuple(UrlPrefix.parse(p) for p in allowed)}
         return cls(allowed=table, **options)
 
-    @property
-    def enabled(self) -> bool:
-        return any(self.allowed.values())
-
     def prefixes(self, workspace: str) -> tuple[UrlPrefix, ...]:
         return self.allowed.get(workspace, ()) + self.allowed.get(None, ())
 

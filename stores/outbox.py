@@ -155,6 +155,10 @@ class OutboxStore(Protocol):
         """Deliveries still waiting to be sent, across workspaces (a gauge of `/metrics`)."""
         ...
 
+    def purge(self, older_than: datetime) -> int:
+        """Forgets delivered and failed deliveries settled before `older_than`; how many it forgot."""
+        ...
+
     def list_deliveries(
         self,
         workspace: str,

@@ -144,6 +144,27 @@ def test_chat_completions_have_the_limits_of_query(indexed: Harness) -> None:
     assert ok.status_code == 200, ok.text
 
 
+@pytest.mark.parametrize("path", ["/query", "/v1/chat/completions", "/events/status", "/mcp"])
+def test_every_request_body_is_bounded(make_harness: Callable[..., Harness], path: str) -> None:
+    """EVENTRAG_MAX_REQUEST_BYTES bounds every route's body (webhooks keep their own, larger bound): declared
+    too large, or streamed past the bound without a length, it is a 413 before any route reads it."""
+    h = make_harness(model=HashEmbedder(), max_request_bytes=4096)
+    body = json.dumps({"question": "x" * 5000, "messages": [], "event_ids": ["e"]}).encode()
+    headers = {"X-API-Key": KEY_ACME, "content-type": "application/json"}
+    declared = h.client.post(path, content=body, headers=headers)
+    assert declared.status_code == 413, declared.text
+    assert "4096 bytes" in declared.json()["detail"] and "EVENTRAG_MAX_REQUEST_BYTES" in declared.json()["detail"]
+    streamed = h.client.post(path, content=iter([body[:3000], body[3000:]]), headers=headers)  # chunked
+    assert streamed.status_code == 413, streamed.text
+    small = h.client.post("/query", json={"question": "within bounds?"}, headers={"X-API-Key": KEY_ACME})
+    assert small.status_code == 200, small.text
+    # 5,000 characters of content: over the route bound, within the webhook one
+    raw, signed_headers = sign(SECRET_ACME, file_event("created", "big", path="big.txt", content="word " * 1000))
+    signed = h.client.post("/webhooks", content=raw, headers=signed_headers)
+    assert signed.status_code == 202, signed.text
+    assert "413" in h.client.get("/openapi.json").json()["paths"]["/query"]["post"]["responses"]
+
+
 def test_the_422_bodies_are_the_documented_ones(indexed: Harness) -> None:
     doc = indexed.client.get("/openapi.json").json()
     for path, method in (("/v1/chat/completions", "post"), ("/reconcile", "post"), ("/query", "post")):

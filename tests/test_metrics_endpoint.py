@@ -85,6 +85,10 @@ def test_metrics_without_a_key_only_in_single_user_mode(make_harness: Callable[.
     public = make_harness()
     resp = public.client.get("/metrics")
     assert resp.status_code == 403 and "EVENTRAG_METRICS_API_KEY" in resp.json()["detail"]
+    # A keyless workspace next to API keys is not single-user mode: the all-workspace figures stay closed.
+    mixed = make_harness(anonymous_workspace="default", data_dir=public.settings.data_dir.parent / "mixed")
+    assert mixed.settings.api_keys
+    assert mixed.client.get("/metrics").status_code == 403
 
 
 def test_metrics_on_loopback_single_user_and_off(make_harness: Callable[..., Harness], tmp_path: Path) -> None:

@@ -165,3 +165,32 @@ def test_the_version_0_migration_creates_the_outbox_too(tmp_path: Path) -> None:
         assert {"outbox_due", "outbox_by_workspace", "events_by_status"} <= indexes
     finally:
         db.close()
+
+
+def test_listings_page_through_an_index_without_sorting_the_workspace(tmp_path: Path) -> None:
+    """GET /events and GET /documents read one page along an index: no statement they run sorts the workspace
+    (`USE TEMP B-TREE`) or scans the table; a version 2 file gets the indexes when it is opened."""
+    path = tmp_path / "state.sqlite3"
+    SqliteDatabase(path).close()
+    old = sqlite3.connect(path)
+    old.executescript(
+        "DROP INDEX IF EXISTS events_by_received; DROP INDEX IF EXISTS documents_by_path; PRAGMA user_version = 2;"
+    )
+    old.close()
+    db = SqliteDatabase(path)
+    try:
+        state = SqliteStateStore(db)
+        statements: list[str] = []
+        db._conn.set_trace_callback(statements.append)
+        state.page_events("acme", limit=10)
+        state.page_events("acme", status=EventStatus.FAILED, limit=10)
+        first = state.page_documents("acme", limit=10)
+        state.page_documents("acme", path_prefix="handbook/", cursor=first.next_cursor, limit=10)
+        db._conn.set_trace_callback(None)
+        listings = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+        assert len(listings) >= 8
+        for sql in listings:
+            plan = " / ".join(str(row[3]) for row in db._conn.execute("EXPLAIN QUERY PLAN " + sql))
+            assert "TEMP B-TREE" not in plan and "SCAN events" not in plan and "SCAN documents" not in plan, (sql, plan)
+    finally:
+        db.close()

@@ -142,13 +142,21 @@ class Watcher:
             return None
         return data, hashlib.sha256(data).hexdigest()
 
+    def _digest(self, relative: str) -> str | None:
+        """The file's sha256, streamed: a scan holds no file's bytes, only what it sends does, one at a time."""
+        try:
+            with (self.folder / relative).open("rb") as fh:
+                return hashlib.file_digest(fh, "sha256").hexdigest()
+        except OSError:
+            return None
+
     # --- sync --------------------------------------------------------------------------------------------
     def sync(self) -> int:
         """Send what differs between the folder and the manifest; returns how many changes were sent."""
         now = self.scan()
         self.unsent = False
         sent = 0
-        changed: dict[str, tuple[Seen, bytes, str]] = {}
+        changed: dict[str, tuple[Seen, str]] = {}
         for relative, seen in now.items():
             entry = self.files.get(relative)
             if entry is not None and (entry.size, entry.mtime_ns, entry.inode) == (
@@ -157,14 +165,13 @@ class Watcher:
                 seen.inode,
             ):
                 continue
-            read = self._read(relative)
-            if read is None:
+            digest = self._digest(relative)
+            if digest is None:
                 continue
-            data, digest = read
             if entry is not None and entry.sha256 == digest:
                 entry.size, entry.mtime_ns, entry.inode = seen.size, seen.mtime_ns, seen.inode  # touched only
                 continue
-            changed[relative] = (seen, data, digest)
+            changed[relative] = (seen, digest)
         gone = [relative for relative in self.files if relative not in now]
         # Renames: a path gone and a new one with the same inode and content, in the same scan.
         for old in gone:
@@ -172,19 +179,25 @@ class Watcher:
             match = next(
                 (
                     new
-                    for new, (seen, _, digest) in changed.items()
+                    for new, (seen, digest) in changed.items()
                     if new not in self.files and seen.inode == entry.inode and digest == entry.sha256
                 ),
                 None,
             )
-            if match is not None:
-                seen, data, digest = changed.pop(match)
+            read = self._read(match) if match is not None else None
+            if match is not None and read is not None:
+                seen, _ = changed.pop(match)
+                data, digest = read  # as it is now: it may have changed again since the scan
                 if self._send("updated", match, entry.file_id, data, seen, digest, renamed_from=old):
                     del self.files[old]
                     sent += 1
             elif self._delete(old, entry):
                 sent += 1
-        for relative, (seen, data, digest) in sorted(changed.items()):
+        for relative, (seen, _) in sorted(changed.items()):
+            read = self._read(relative)
+            if read is None:  # gone since the scan: the next one sees it deleted
+                continue
+            data, digest = read
             entry = self.files.get(relative)
             kind = "updated" if entry is not None else "created"
             file_id = entry.file_id if entry is not None else relative

@@ -47,6 +47,7 @@ from mcp_types import (
 from pydantic import BaseModel, ValidationError
 
 from app.mcp_server.tools import TOOLS, TOOLS_BY_NAME, Caller, Deferred, ToolSpec, document_text, documents_page
+from app.schemas import describe_errors
 from retrieval.agent import ToolCallError
 from retrieval.answering import version_label
 from stores.errors import EventragError
@@ -138,7 +139,7 @@ async def _call_tool(ctx: ServerRequestContext[Any], params: CallToolRequestPara
     try:
         args = spec.arguments.model_validate(params.arguments or {})
     except ValidationError as exc:
-        return _tool_error(f"invalid arguments: {describe(exc)}")
+        return _tool_error(f"invalid arguments: {describe_errors(exc.errors(include_url=False), nowhere='arguments')}")
     limit = _time_limit(spec, caller)
     out: BaseModel | Deferred | None = None
     try:
@@ -156,7 +157,7 @@ async def _call_tool(ctx: ServerRequestContext[Any], params: CallToolRequestPara
     except HTTPException as exc:
         return _tool_error(str(exc.detail))
     except ValidationError as exc:  # the REST request model refused what the tool arguments let through
-        return _tool_error(f"invalid arguments: {describe(exc)}")
+        return _tool_error(f"invalid arguments: {describe_errors(exc.errors(include_url=False), nowhere='arguments')}")
     except EventragError as exc:  # the LLM failed, a store is unavailable: said in words, as the API does
         log.warning("MCP tool %s refused (%s): %s", spec.name, exc.status_code, exc)
         return _tool_error(str(exc))
@@ -185,15 +186,6 @@ def _tool_result(out: BaseModel) -> CallToolResult:
 
 def _tool_error(message: str) -> CallToolResult:
     return CallToolResult(content=[TextContent(type="text", text=message)], is_error=True)
-
-
-def describe(exc: ValidationError) -> str:
-    """Pydantic's errors as one line per problem, the way the REST API words a 422."""
-    parts = []
-    for err in exc.errors(include_url=False):
-        where = ".".join(str(p) for p in err.get("loc", ())) or "arguments"
-        parts.append(f"{where}: {err.get('msg')}")
-    return "; ".join(parts)
 
 
 # Resources --------------------------------------------------------------------------------------------

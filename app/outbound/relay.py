@@ -195,11 +195,9 @@ class RelayLoop:
                 self._wake.clear()
 
     def _purge(self) -> None:
-        purge = getattr(self.relay.store, "purge", None)  # DynamoDB forgets by TTL instead
-        if purge is not None:
-            cutoff = datetime.now(UTC) - timedelta(days=self.relay.config.retention_days)
-            if purged := purge(cutoff):
-                log.info("forgot %d delivered or failed delivery(ies) older than %s", purged, cutoff)
+        cutoff = datetime.now(UTC) - timedelta(days=self.relay.config.retention_days)
+        if purged := self.relay.store.purge(cutoff):
+            log.info("forgot %d delivered or failed delivery(ies) older than %s", purged, cutoff)
 
     def start(self) -> None:
         if self._thread is not None:

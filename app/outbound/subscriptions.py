@@ -20,10 +20,6 @@ class Subscribers:
     outbound: Outbound = field(default_factory=Outbound)
     secrets: dict[tuple[str, str], str] = field(default_factory=dict)
 
-    @property
-    def any(self) -> bool:
-        return bool(self.secrets)
-
 
 def subscriber_id(url: str) -> str:
     """A stable id for a subscriber configured without one: the same URL keeps its deliveries' history."""

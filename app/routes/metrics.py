@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from fastapi import APIRouter, HTTPException, Request, Response, status
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.deps import ContainerDep
+from app.deps import ContainerDep, single_user_workspace
 from app.schemas import ErrorBody
 from stores.telemetry import OLDEST_QUEUED_AGE, OUTBOX_PENDING, QUEUE_DEPTH
 
@@ -48,7 +48,7 @@ def metrics(request: Request, container: ContainerDep) -> Response:
         expected = settings.metrics_api_key.get_secret_value()
         if given is None or not hmac.compare_digest(given.encode(), expected.encode()):
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "send the metrics key as `Authorization: Bearer <key>`")
-    elif not settings.anonymous_workspace:
+    elif not single_user_workspace(settings):
         raise HTTPException(
             status.HTTP_403_FORBIDDEN,
             "set EVENTRAG_METRICS_API_KEY to scrape /metrics outside loopback single-user mode",

@@ -11,7 +11,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
-from app.deps import ContainerDep, Workspace
+from app.deps import ContainerDep, Workspace, single_user_workspace
 from app.schemas import ErrorBody, Me
 from app.web import STATIC_DIR
 
@@ -38,8 +38,7 @@ def page() -> FileResponse:
 )
 def me(workspace: Workspace, container: ContainerDep) -> Me:
     """The caller's workspace; `single_user` when the server runs on loopback without keys."""
-    s = container.settings
-    return Me(workspace=workspace, single_user=bool(s.anonymous_workspace) and not s.api_keys)
+    return Me(workspace=workspace, single_user=bool(single_user_workspace(container.settings)))
 
 
 def mount_static(app: FastAPI) -> None:

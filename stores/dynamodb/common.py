@@ -8,7 +8,8 @@ their moto tables from it). The adapters: `state.py` (the `StateStore`, over `ev
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Protocol
@@ -76,3 +77,26 @@ class DynamoTable:
         for page in self._pages(operation, **kwargs):
             for item in page.get("Items", []):
                 yield from_dynamo(item)
+
+    def _batch_get(
+        self, table: str, keys: Sequence[dict[str, Any]], *, names: dict[str, str] | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """The items of `keys` (any order; missing ones left out), BATCH_GET_KEYS a request, strongly
+        consistent; with `names` ({"#a": "attribute"}) only those attributes."""
+        for i in range(0, len(keys), BATCH_GET_KEYS):
+            batch = keys[i : i + BATCH_GET_KEYS]
+            spec: dict[str, Any] = {"Keys": [to_dynamo(k) for k in batch], "ConsistentRead": True}
+            if names:
+                spec["ProjectionExpression"] = ", ".join(names)
+                spec["ExpressionAttributeNames"] = names
+            request: dict[str, Any] = {table: spec}
+            retries = 0
+            while request:
+                resp = self.client.batch_get_item(RequestItems=request)
+                for item in resp.get("Responses", {}).get(table, []):
+                    yield from_dynamo(item)
+                request = resp.get("UnprocessedKeys") or {}
+                if request:
+                    # Throttled or over the response size: AWS asks for an exponential backoff.
+                    retries += 1
+                    time.sleep(min(1.0, 0.05 * 2**retries))

@@ -15,7 +15,6 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from stores.dynamodb.common import (
-    BATCH_GET_KEYS,
     DynamoTable,
     error_code,
     from_dynamo,
@@ -209,27 +208,6 @@ class DynamoDocuments(DynamoTable):
         )
 
     def active_revisions(self, workspace: str, file_ids: Sequence[str]) -> dict[str, str]:
-        out: dict[str, str] = {}
-        ids = list(dict.fromkeys(file_ids))
-        for i in range(0, len(ids), BATCH_GET_KEYS):
-            request: dict[str, Any] = {
-                self.documents_table: {
-                    "Keys": [to_dynamo({"workspace": workspace, "file_id": f}) for f in ids[i : i + BATCH_GET_KEYS]],
-                    "ProjectionExpression": "#f, #r",
-                    "ExpressionAttributeNames": {"#f": "file_id", "#r": "revision"},
-                    "ConsistentRead": True,
-                }
-            }
-            retries = 0
-            while request:
-                resp = self.client.batch_get_item(RequestItems=request)
-                for item in resp.get("Responses", {}).get(self.documents_table, []):
-                    values = from_dynamo(item)
-                    if values.get("revision") is not None:
-                        out[values["file_id"]] = values["revision"]
-                request = resp.get("UnprocessedKeys") or {}
-                if request:
-                    # Throttled or over the response size: AWS asks for an exponential backoff.
-                    retries += 1
-                    time.sleep(min(1.0, 0.05 * 2**retries))
-        return out
+        keys = [{"workspace": workspace, "file_id": f} for f in dict.fromkeys(file_ids)]
+        found = self._batch_get(self.documents_table, keys, names={"#f": "file_id", "#r": "revision"})
+        return {v["file_id"]: v["revision"] for v in found if v.get("revision") is not None}

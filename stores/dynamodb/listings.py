@@ -20,6 +20,11 @@ from stores.paging import Page, cursor_number, decode_cursor, encode_cursor
 from stores.ports import DocumentRecord, DocumentStatus, EventRecord, WorkspaceStats
 
 UNSETTLED = (EventStatus.RECEIVED, EventStatus.QUEUED, EventStatus.PROCESSING)
+# What a listing reads of every matching event: its key and its place in the order, not its payload.
+KEYS_ONLY: dict[str, Any] = {
+    "ProjectionExpression": "#kw, #ke, #kr",
+    "ExpressionAttributeNames": {"#kw": "workspace", "#ke": "event_id", "#kr": "received_at"},
+}
 
 
 class DynamoListings(DynamoTable):
@@ -35,7 +40,13 @@ class DynamoListings(DynamoTable):
         raise NotImplementedError
 
     def _status_items(
-        self, status: EventStatus, *, workspace: str | None, since: datetime | None = None, **extra: Any
+        self,
+        status: EventStatus,
+        *,
+        workspace: str | None,
+        since: datetime | None = None,
+        keys_only: bool = False,
+        **extra: Any,
     ) -> Iterator[dict[str, Any]]:
         names: dict[str, str] = {"#s": "status"}
         values: dict[str, Any] = {":s": status.value}
@@ -47,6 +58,9 @@ class DynamoListings(DynamoTable):
         if workspace is not None:
             kwargs["FilterExpression"] = "#w = :w"
             names["#w"], values[":w"] = "workspace", workspace
+        if keys_only:
+            kwargs["ProjectionExpression"] = KEYS_ONLY["ProjectionExpression"]
+            names.update(KEYS_ONLY["ExpressionAttributeNames"])
         yield from self._items(
             "query",
             TableName=self.events_table,
@@ -61,10 +75,12 @@ class DynamoListings(DynamoTable):
     def _matching_events(
         self, workspace: str, status: EventStatus | None, file_id: str | None, since: datetime | None
     ) -> Iterator[dict[str, Any]]:
+        """The sort keys (event id, received_at) of the matching events: never their payloads, which may hold
+        a whole file each (the page's items are read by key afterwards)."""
         if status is not None and file_id is None:
-            yield from self._status_items(status, workspace=workspace, since=since)
+            yield from self._status_items(status, workspace=workspace, since=since, keys_only=True)
             return
-        names: dict[str, str] = {}
+        names: dict[str, str] = dict(KEYS_ONLY["ExpressionAttributeNames"])
         values: dict[str, Any] = {}
         filters: list[str] = []
         if status is not None:
@@ -88,6 +104,7 @@ class DynamoListings(DynamoTable):
         yield from self._items(
             operation,
             TableName=self.events_table,
+            ProjectionExpression=KEYS_ONLY["ProjectionExpression"],
             ExpressionAttributeNames=names,
             ExpressionAttributeValues=to_dynamo(values),
             **kwargs,
@@ -115,7 +132,10 @@ class DynamoListings(DynamoTable):
         if len(found) > limit:
             last = page[-1]
             next_cursor = encode_cursor("events", workspace, [str(last["received_at"]), last["event_id"]])
-        return Page([self._event(v) for v in page], total, next_cursor)
+        keys = [{"workspace": workspace, "event_id": v["event_id"]} for v in page]
+        items = {v["event_id"]: v for v in self._batch_get(self.events_table, keys)}
+        # An event forgotten (TTL) between the two reads is left out of the page.
+        return Page([self._event(items[v["event_id"]]) for v in page if v["event_id"] in items], total, next_cursor)
 
     def page_documents(
         self,

@@ -256,6 +256,10 @@ class DynamoOutboxStore(DynamoTable):
             counts[v["status"]] = counts.get(v["status"], 0) + 1
         return counts
 
+    def purge(self, older_than: datetime) -> int:
+        """Nothing to do: DynamoDB's TTL forgets settled deliveries (`expires_at`, the retention)."""
+        return 0
+
     def pending_count(self) -> int:
         return sum(
             int(p.get("Count", 0))

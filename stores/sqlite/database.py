@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -43,6 +43,8 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_by_file ON events (workspace, file_id);
 CREATE INDEX IF NOT EXISTS events_by_status ON events (status, received_at);
 CREATE INDEX IF NOT EXISTS events_by_kind ON events (workspace, kind, status, updated_at);
+-- GET /events: a workspace's events newest first, a page at a time, without sorting the whole workspace
+CREATE INDEX IF NOT EXISTS events_by_received ON events (workspace, received_at, event_id);
 CREATE TABLE IF NOT EXISTS documents (
     workspace     TEXT NOT NULL,
     file_id       TEXT NOT NULL,
@@ -61,6 +63,8 @@ CREATE TABLE IF NOT EXISTS documents (
     updated_at    REAL NOT NULL,
     PRIMARY KEY (workspace, file_id)
 );
+-- GET /documents: a workspace's documents by path, a page at a time
+CREATE INDEX IF NOT EXISTS documents_by_path ON documents (workspace, path, file_id);
 CREATE TABLE IF NOT EXISTS jobs (
     seq           INTEGER PRIMARY KEY AUTOINCREMENT,
     workspace     TEXT NOT NULL,
@@ -209,7 +213,7 @@ class SqliteDatabase:
             if version < 1:
                 _migrate_from_v0(conn)  # on a new file: just creates the tables
             elif version < SCHEMA_VERSION:
-                _create_tables(conn)  # version 1 -> 2 only adds tables (the outbox, the subscriptions)
+                _create_tables(conn)  # 1 -> 2 adds tables (the outbox, the subscriptions), 2 -> 3 the listing indexes
             elif version > SCHEMA_VERSION:
                 raise RuntimeError(
                     f"{self.path} has schema version {version}, newer than this eventrag ({SCHEMA_VERSION});"

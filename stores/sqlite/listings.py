@@ -79,7 +79,9 @@ class SqliteListings:
             where, params = [*where, "status = ?"], [*params, status.value]
         if path_prefix:
             # substr, not LIKE: a path may contain % or _, which LIKE would read as wildcards
-            where, params = [*where, "substr(path, 1, ?) = ?"], [*params, len(path_prefix), path_prefix]
+            # (`path >= prefix` lets the index start the range there)
+            where = [*where, "path >= ?", "substr(path, 1, ?) = ?"]
+            params = [*params, path_prefix, len(path_prefix), path_prefix]
         sql = " AND ".join(where)
         total = int(self.db.query(f"SELECT COUNT(*) FROM documents WHERE {sql}", params)[0][0])
         if cursor is not None:

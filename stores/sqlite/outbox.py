@@ -93,12 +93,6 @@ class SqliteOutboxStore:
         )
         return [self._delivery(r) for r in rows]
 
-    def next_due(self) -> datetime | None:
-        """When the earliest pending delivery is due (the local relay sleeps until then)."""
-        rows = self.db.query("SELECT MIN(next_attempt_at) FROM outbox WHERE status = 'pending'")
-        value = rows[0][0]
-        return _ts(value) if value is not None else None
-
     def delivery_counts(self, workspace: str) -> dict[str, int]:
         counts = {s.value: 0 for s in DeliveryStatus}
         for row in self.db.query(

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -331,3 +332,47 @@ class TestSubscriptionsContract:
         assert sub.delete_subscription("acme", "a") and not sub.delete_subscription("acme", "a")
         assert [s.id for s in sub.list_subscriptions("acme")] == ["b"]
         assert [s.url for s in sub.list_subscriptions("beta")] == ["https://c.example/h"]
+
+
+def test_a_dynamodb_listing_reads_keys_then_only_the_page(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Event items hold their payload (a whole file, inline): a listing reads the matching events' keys,
+    never their payloads, then the page's items by key."""
+    with mocked_aws(monkeypatch) as session:
+        stack = create_stack(session)
+        state = DynamoStateStore(
+            session.client("dynamodb"),
+            events_table=stack.events_table,
+            documents_table=stack.documents_table,
+            outbox_table=stack.outbox_table,
+        )
+        _listing_requests(state)
+
+
+def _listing_requests(state: DynamoStateStore) -> None:
+    for i in range(7):
+        state.add_event(event(f"e{i}", file_id=f"f{i % 2}"), EventStatus.QUEUED)
+    calls: list[tuple[str, dict[str, Any]]] = []
+    client = state.client
+
+    def record(params: dict[str, Any], event_name: str, **_: Any) -> None:
+        calls.append((event_name.rsplit(".", 1)[-1], params))
+
+    client.meta.events.register("provide-client-params.dynamodb.*", record)
+    try:
+        for status in (None, EventStatus.QUEUED):
+            calls.clear()
+            page = state.page_events("acme", status=status, limit=3)
+            assert [r.event_id for r in page.items] == ["e6", "e5", "e4"] and page.total == 7
+            assert page.items[0].event.content == "text"  # the page's own items are whole
+            queries = [p for name, p in calls if name == "Query"]
+            assert queries
+            for q in queries:  # what each query reads, the placeholders resolved
+                read = {
+                    q["ExpressionAttributeNames"].get(a.strip(), a.strip())
+                    for a in q["ProjectionExpression"].split(",")
+                }
+                assert read == {"workspace", "event_id", "received_at"}, q
+            gets = [p for name, p in calls if name == "BatchGetItem"]
+            assert sum(len(spec["Keys"]) for p in gets for spec in p["RequestItems"].values()) == 3
+    finally:
+        client.meta.events.unregister("provide-client-params.dynamodb.*", record)
