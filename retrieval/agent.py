@@ -99,6 +99,7 @@ TOOLS: list[dict[str, Any]] = [
 ]
 
 READ_LIMIT = 4000  # characters one read_document call returns at most
+LIST_TOOL_LIMIT = 100  # documents one list_documents call names; the rest are counted ("... and N more")
 
 
 class ToolCallError(ValueError):
@@ -211,7 +212,7 @@ class Agent:
         history = self._trim(ask.history)
         use_llm = self.chat is not None and not ask.extractive
         query = self.standalone_query(ask.question, history, use_llm)
-        hits = self.answerer.retrieve(
+        found = self.answerer.retrieve(
             ask.workspace,
             query,
             top_k=ask.top_k,
@@ -220,13 +221,17 @@ class Agent:
             score_threshold=ask.score_threshold,
             group_by_document=ask.group_by_document,
         )
+        hits = found.hits
         if not hits:
             answer = Answer(NOT_COVERED, "llm" if use_llm else "extractive", [], covered=False)
             yield AgentEvent("token", answer.answer)
             yield AgentEvent("answer", answer=answer)
             return
         if not use_llm:
-            answer = self.answerer.extractive(ask.question, hits)
+            # Quotes are scored against the question as asked; the search's vector is its embedding only
+            # when the search ran on that same text (a follow-up searches with the previous question too).
+            vector = found.query_vector if query == ask.question else None
+            answer = self.answerer.extractive(ask.question, hits, question_vector=vector)
             yield AgentEvent("token", answer.answer)
             yield AgentEvent("answer", answer=answer)
             return
@@ -369,14 +374,17 @@ class Agent:
         if not chunks:
             raise DocumentNotIndexedError(f"no indexed document {file_id!r}")
         length = max(c.end for c in chunks)
-        buf = [" "] * length
-        for c in chunks:
-            buf[c.start : c.end] = c.text
         end = min(length, end_wanted, start + limit)
         if start >= end:
             raise ToolArgumentError(f"empty range; the document has {length} characters")
-        # Where the range is: the pages and sheet of the chunks it overlaps, not those of the first chunk.
         touched = [c for c in chunks if c.start < end and c.end > start]
+        # Only the range is rebuilt, from the chunks over it, in index order (chunks of a file overlap and
+        # agree where they do); a gap no chunk covers (whitespace the chunker trimmed) reads as spaces.
+        buf = [" "] * (end - start)
+        for c in touched:
+            lo, hi = max(c.start, start), min(c.end, end)
+            buf[lo - start : hi - start] = c.text[lo - c.start : hi - c.start]
+        # Where the range is: the pages and sheet of the chunks it overlaps, not those of the first chunk.
         pages = [p for c in touched for p in (c.page_start, c.page_end) if p is not None]
         sheets = {c.sheet for c in touched}
         passage = replace(
@@ -389,7 +397,7 @@ class Agent:
             chunk_index=-1,
             start=start,
             end=end,
-            text="".join(buf[start:end]),
+            text="".join(buf),
             heading=None,
             similarity=None,
         )
@@ -398,13 +406,12 @@ class Agent:
     def _list_tool(self, ask: Ask, args: dict[str, Any]) -> str:
         reject_unknown(args, {"path_prefix"}, "the list is limited to your workspace")
         prefix = str(args.get("path_prefix") or "").lstrip("/")
-        docs = [
-            d
-            for d in self.state.list_documents(ask.workspace, status=DocumentStatus.INDEXED, limit=10_000)
-            if d.path.startswith(prefix)
-        ]
-        lines = [" | ".join(x for x in (d.file_id, d.path, version_label(d.version)) if x) for d in docs[:100]]
-        more = f"\n... and {len(docs) - 100} more" if len(docs) > 100 else ""
+        page = self.state.page_documents(
+            ask.workspace, status=DocumentStatus.INDEXED, path_prefix=prefix or None, limit=LIST_TOOL_LIMIT
+        )
+        lines = [" | ".join(x for x in (d.file_id, d.path, version_label(d.version)) if x) for d in page.items]
+        hidden = page.total - len(page.items)
+        more = f"\n... and {hidden} more" if hidden > 0 else ""
         return ("<documents>\n" + "\n".join(lines) + more + "\n</documents>") if lines else "no documents"
 
     @staticmethod

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from retrieval.extracts import Extract, Extractor, locate
 from retrieval.llm import ChatModel
-from retrieval.search import Searcher, SearchRequest
+from retrieval.search import Searcher, SearchRequest, SearchResults
 from stores.ports import Hit, SearchFilter, SearchMode
 from stores.sparse import Bm25Encoder
 
@@ -215,8 +215,9 @@ class Answerer:
         mode: SearchMode = SearchMode.HYBRID,
         score_threshold: float | None = None,
         group_by_document: bool = False,
-    ) -> list[Hit]:
-        hits = self.searcher.search(
+    ) -> SearchResults:
+        """The relevant hits of a search for `question`, with the question's embedding the search made."""
+        found = self.searcher.search_results(
             SearchRequest(
                 workspace,
                 question,
@@ -227,7 +228,7 @@ class Answerer:
                 group_by_document=group_by_document,  # the API's "at most one passage per file"
             )
         )
-        return [h for h in hits if self.relevant(h)]
+        return SearchResults([h for h in found.hits if self.relevant(h)], found.query_vector)
 
     def relevant(self, hit: Hit) -> bool:
         """A hit counts when either signal clears its bar: cosine similarity >= `min_similarity`, or BM25
@@ -255,7 +256,7 @@ class Answerer:
         extractive: bool = False,
         group_by_document: bool = False,
     ) -> Answer:
-        hits = self.retrieve(
+        found = self.retrieve(
             workspace,
             question,
             top_k=top_k,
@@ -264,11 +265,12 @@ class Answerer:
             score_threshold=score_threshold,
             group_by_document=group_by_document,
         )
+        hits = found.hits
         use_llm = self.chat is not None and not extractive
         if not hits:
             return Answer(NOT_COVERED, "llm" if use_llm else "extractive", [], covered=False)
         if not use_llm:
-            return self.extractive(question, hits)
+            return self.extractive(question, hits, question_vector=found.query_vector)
         assert self.chat is not None
         reply = self.chat.complete(self.messages(question, hits, history))
         return self.finish(reply.text, hits)
@@ -287,18 +289,46 @@ class Answerer:
         unverified = check_quotes(cleaned, hits, citations)
         return Answer(cleaned or NOT_COVERED, "llm", citations, invented, bool(citations), unverified)
 
-    def extractive(self, question: str, hits: Sequence[Hit], max_quotes: int = 3) -> Answer:
-        return extractive_answer(question, hits, self.extractor, max_quotes=max_quotes, answer_bar=self.answer_bar)
+    def extractive(
+        self,
+        question: str,
+        hits: Sequence[Hit],
+        max_quotes: int = 3,
+        *,
+        question_vector: Sequence[float] | None = None,
+    ) -> Answer:
+        """`extractive_answer`. `question_vector`: the embedding of `question` by the searcher's embedder
+        (`SearchResults.query_vector` of a search for `question` itself), so it is not embedded again; used
+        only when the extractor embeds with that same model."""
+        if self.extractor.embedder is not self.searcher.embedder:
+            question_vector = None
+        return extractive_answer(
+            question,
+            hits,
+            self.extractor,
+            max_quotes=max_quotes,
+            answer_bar=self.answer_bar,
+            question_vector=question_vector,
+        )
 
 
 def extractive_answer(
-    question: str, hits: Sequence[Hit], extractor: Extractor, *, max_quotes: int = 3, answer_bar: float = ANSWER_BAR
+    question: str,
+    hits: Sequence[Hit],
+    extractor: Extractor,
+    *,
+    max_quotes: int = 3,
+    answer_bar: float = ANSWER_BAR,
+    question_vector: Sequence[float] | None = None,
 ) -> Answer:
     """Quotes from the passages that answer best, each `<quote> [n]` on a line of its own; every passage in
     `hits` is cited, numbered in rank order. No model, no invention: each quote is one contiguous span of
-    its passage (whitespace runs shown as single spaces), and its citation records the span's offsets."""
+    its passage (whitespace runs shown as single spaces), and its citation records the span's offsets.
+    `question_vector`: the question's embedding by the extractor's embedder, when already made."""
     citations = [Citation.from_hit(n, hit) for n, hit in enumerate(hits, start=1)]
-    extracts = extractor.choose(question, [h.text for h in hits], max_quotes=max_quotes)
+    extracts = extractor.choose(
+        question, [h.text for h in hits], max_quotes=max_quotes, question_vector=question_vector
+    )
     # Shown by passage rank, and in the passage's own order within one passage.
     ordered = sorted(extracts, key=lambda e: (e.passage, e.start))
     lines = [f"{e.text(hits[e.passage].text)} [{e.passage + 1}]" for e in ordered]

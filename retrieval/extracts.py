@@ -198,8 +198,12 @@ class Extractor:
             return set(self.terms.tokenize(text))
         return {w for w in re.findall(r"[^\W_]+", text.lower())}
 
-    def score_units(self, question: str, texts: Sequence[str]) -> list[float]:
-        """One score per unit text: term coverage, similarity and the number bonus, combined."""
+    def score_units(
+        self, question: str, texts: Sequence[str], question_vector: Sequence[float] | None = None
+    ) -> list[float]:
+        """One score per unit text: term coverage, similarity and the number bonus, combined.
+        `question_vector` is the question's embedding by `self.embedder` when the caller has it already
+        (the search made it); without it the question is embedded here."""
         if not texts:
             return []
         q_terms = self.tokens(question)
@@ -214,7 +218,7 @@ class Extractor:
         lexical = [sum(weight[t] for t in ts & q_terms) / total for ts in unit_terms]
         dense = [0.0] * n
         if self.embedder is not None and self.dense_weight > 0:
-            q = self.embedder.embed_query(question)
+            q = question_vector if question_vector is not None else self.embedder.embed_query(question)
             # Unit-length vectors (the index is cosine): the dot product is the cosine similarity.
             dense = [sum(a * b for a, b in zip(q, v, strict=True)) for v in self.embedder.embed_documents(texts)]
         wants_number = bool(_WANTS_NUMBER.search(question))
@@ -226,11 +230,18 @@ class Extractor:
             scores.append(s)
         return scores
 
-    def choose(self, question: str, passages: Sequence[str], max_quotes: int = 3) -> list[Extract]:
+    def choose(
+        self,
+        question: str,
+        passages: Sequence[str],
+        max_quotes: int = 3,
+        *,
+        question_vector: Sequence[float] | None = None,
+    ) -> list[Extract]:
         """At most `max_quotes` non-overlapping extracts, best first; each one span of one passage.
 
         `passages` are the passage texts in rank order. Overlap is judged on the text: a sentence that two
-        overlapping chunks of one file both hold is quoted once.
+        overlapping chunks of one file both hold is quoted once. `question_vector`: see `score_units`.
         """
         per_passage = [units(p) for p in passages]
         # Score each distinct unit text once: overlapping chunks repeat sentences.
@@ -238,7 +249,7 @@ class Extractor:
         for p, us in zip(passages, per_passage, strict=True):
             for u in us:
                 distinct.setdefault(" ".join(p[u.start : u.end].split()), len(distinct))
-        scores = self.score_units(question, list(distinct))
+        scores = self.score_units(question, list(distinct), question_vector)
 
         def unit_score(p: int, u: Unit) -> float:
             s = scores[distinct[" ".join(passages[p][u.start : u.end].split())]]

@@ -30,6 +30,15 @@ class SearchRequest:
     group_by_document: bool = False
 
 
+@dataclass(slots=True)
+class SearchResults:
+    """The hits of a search and the query's dense vector they were ranked with: reused by whatever else
+    compares the same text to passages (the extractor), so a question is embedded once."""
+
+    hits: list[Hit]
+    query_vector: list[float] | None  # None: no dense search ran (a sparse query without indexable terms)
+
+
 class Searcher:
     def __init__(
         self,
@@ -50,17 +59,21 @@ class Searcher:
         """The best `top_k` passages, ranked by `req.mode`. Each carries both relevance signals whatever the
         mode: `similarity` (cosine to the question) and `keyword_score` (BM25; None when the question has
         no indexable term or there is no sparse index)."""
+        return self.search_results(req).hits
+
+    def search_results(self, req: SearchRequest) -> SearchResults:
+        """`search`, with the embedding of `req.query` the search made (`self.embedder.embed_query`)."""
         started = time.perf_counter()
         try:
             return self._search(req)
         finally:
             SEARCH_SECONDS.labels(req.mode.value).observe(time.perf_counter() - started)
 
-    def _search(self, req: SearchRequest) -> list[Hit]:
+    def _search(self, req: SearchRequest) -> SearchResults:
         mode = req.mode if self.sparse is not None else SearchMode.DENSE
         sparse = self.sparse.encode_query(req.query) if self.sparse is not None else None
         if mode is SearchMode.SPARSE and not (sparse and sparse[0]):
-            return []
+            return SearchResults([], None)
         dense = self.embedder.embed_query(req.query)
 
         def run(limit: int, flt: SearchFilter | None) -> list[Hit]:
@@ -80,7 +93,7 @@ class Searcher:
             hits = _best_per_document(hits)
         hits = hits[: req.top_k]
         self._add_keyword_scores(req.workspace, sparse, hits)
-        return hits
+        return SearchResults(hits, dense)
 
     def _add_keyword_scores(
         self, workspace: str, sparse: tuple[list[int], list[float]] | None, hits: list[Hit]

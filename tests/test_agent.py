@@ -14,7 +14,10 @@ import openai
 import pytest
 
 from app.main import create_app
+from retrieval.agent import Ask
 from retrieval.llm import OpenAIChatModel
+from retrieval.llm import ToolCall as LLMToolCall
+from stores.ports import DocumentRecord, DocumentStatus
 from tests.conftest import KEY_ACME, KEY_BETA, SECRET_BETA, Harness
 from tests.fakes.llm_server import Reply, ScriptedLLM, ToolCall
 from tests.fakes.server import serve
@@ -214,3 +217,72 @@ def test_official_openai_client_against_eventrag(h: Harness, llm: ScriptedLLM) -
 
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=f"{url}/v1", api_key="wrong-key-0123456789", max_retries=0).models.list()
+
+
+# The agent's own tools, called directly (no model): what they read and what they return -----------------
+
+POLICY = "# Policy\n\n" + "\n\n".join(
+    f"Section {i}. " + " ".join(f"Rule {i}.{j} says that item {j} must be filed within {j + 2} days." for j in range(6))
+    for i in range(5)
+)
+
+
+def test_read_document_rebuilds_exactly_the_range_asked_for(make_harness: Callable[..., Harness]) -> None:
+    """A read is the span of the document the chunks over it hold: the same text, character for character,
+    as the whole document rebuilt from every chunk (overlaps agree; gaps no chunk covers read as spaces)."""
+    h = make_harness(chunking={"chunk_tokens": 48, "overlap_tokens": 12})
+    h.post_event(file_event("created", "policy", path="policy.md", content=POLICY, version=1))
+    h.drain()
+    doc = h.container.state.get_document("acme", "policy")
+    assert doc is not None and doc.revision is not None
+    chunks = h.container.index.file_chunks("acme", "policy", doc.revision)
+    assert len(chunks) >= 8
+    assert any(b.start < a.end for a, b in zip(chunks, chunks[1:], strict=False))  # some chunks overlap
+    length = max(c.end for c in chunks)
+    whole = [" "] * length
+    for c in chunks:
+        whole[c.start : c.end] = c.text
+    rebuilt = "".join(whole)
+    agent = h.container.agent
+    edges = sorted({e for c in chunks for e in (c.start, c.end)})
+    windows = [(max(0, e - 7), min(length, e + 9)) for e in edges] + [(s, s + 120) for s in range(0, length, 97)]
+    for start, end in windows:
+        span = agent.read_span("acme", {"file_id": "policy", "start": start, "end": end})
+        p = span.passage
+        assert (p.start, p.end, span.length) == (start, min(end, length), length)
+        assert p.text == rebuilt[start : min(end, length)]
+    overlap = next(b for a, b in zip(chunks, chunks[1:], strict=False) if b.start < a.end)
+    across = agent.read_span("acme", {"file_id": "policy", "start": overlap.start - 20, "end": overlap.start + 40})
+    assert across.passage.text == POLICY[overlap.start - 20 : overlap.start + 40]
+    # The default window (READ_LIMIT characters) from an offset reads to the end of this short document.
+    rest = agent.read_span("acme", {"file_id": "policy", "start": 100})
+    assert rest.passage.text == rebuilt[100:] and rest.passage.end == length
+
+
+def test_the_list_tool_names_a_hundred_documents_and_counts_the_rest(make_harness: Callable[..., Harness]) -> None:
+    """The registry is asked for one page (names for the model) and the total of the filter ("and N more"),
+    indexed documents of the caller's workspace only."""
+    h = make_harness()
+    state = h.container.state
+
+    def record(workspace: str, file_id: str, path: str, status: DocumentStatus) -> None:
+        revision = f"r-{file_id}" if status is DocumentStatus.INDEXED else None
+        assert state.switch_document(DocumentRecord(workspace, file_id, path, status, f"p-{file_id}", revision, 1))
+
+    for i in range(103):
+        record("acme", f"m{i:03d}", f"many/m{i:03d}.md", DocumentStatus.INDEXED)
+    record("acme", "gone", "many/gone.md", DocumentStatus.DELETED)
+    record("acme", "other", "other/x.md", DocumentStatus.INDEXED)
+    record("beta", "b", "many/b.md", DocumentStatus.INDEXED)
+    agent, ask = h.container.agent, Ask("acme", "which documents are there?")
+
+    def listed(args: dict[str, Any]) -> list[str]:
+        return agent._tool(ask, LLMToolCall("c", "list_documents", json.dumps(args)), []).splitlines()
+
+    lines = listed({"path_prefix": "/many/"})
+    assert lines[0] == "<documents>" and lines[-1] == "</documents>"
+    assert lines[1:-2] == [f"m{i:03d} | many/m{i:03d}.md | version 1" for i in range(100)]
+    assert lines[-2] == "... and 3 more"
+    assert listed({})[-2] == "... and 4 more"  # other/x.md too; never the deleted one, never beta's
+    assert listed({"path_prefix": "many/m10"})[1:-1] == [f"m10{i} | many/m10{i}.md | version 1" for i in range(3)]
+    assert listed({"path_prefix": "nowhere/"}) == ["no documents"]

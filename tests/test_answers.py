@@ -23,9 +23,11 @@ from hypothesis import strategies as st
 
 from app.main import create_app
 from retrieval.agent import Ask
-from retrieval.answering import NOTES, Answer, Citation
+from retrieval.answering import NOTES, Answer, Citation, extractive_answer
 from retrieval.errors import TopKTooLargeError
+from stores.embedding import SentenceTransformerEmbedder
 from tests.conftest import KEY_ACME, Harness
+from tests.fakes.embedder import CountingEmbedder
 from tests.fakes.server import serve
 from tests.fakes.webhooks import file_event
 from tests.test_extracts import APACHE_REDISTRIBUTION, MPL_TERMINATION, assert_answer_quotes_its_passages, documents
@@ -86,6 +88,33 @@ def test_hard_wrapped_licence_answer_is_one_contiguous_quote_with_the_number(lic
     assert MPL_TERMINATION[a:b].count("\n") >= 3  # it really ran over wrapped lines
     for c in res["citations"]:
         assert DOCS[c["file_id"]][c["start"] : c["end"]] == c["text"]
+
+
+def test_a_question_is_embedded_once_per_extractive_answer(
+    make_harness: Callable[..., Harness], embedder: SentenceTransformerEmbedder
+) -> None:
+    """The extractor scores sentences against the vector the search made for the question: one model call
+    for the question per answer, and the same quotes as when the extractor embeds the question itself."""
+    counting = CountingEmbedder(embedder)
+    h = make_harness(model=counting)
+    for file_id, text in DOCS.items():
+        h.post_event(file_event("created", file_id, path=f"{file_id}.txt", content=text, content_type="text/plain"))
+    assert h.drain() == 3
+    question = "How many days after receiving notice of non-compliance does a licensee have to become compliant?"
+    counting.queries.clear()
+    res = h.query(question, session_id="once").json()
+    assert counting.queries == [question]
+    assert res["mode"] == "extractive" and "30 days after Your receipt of the notice" in res["answer"]
+    found = h.container.answerer.retrieve("acme", question, top_k=h.settings.top_k_default)
+    assert [c["file_id"] for c in res["citations"]] == [hit.file_id for hit in found.hits]
+    assert res["answer"] == extractive_answer(question, found.hits, h.container.answerer.extractor).answer
+    # A follow-up searches with the previous question prepended, but quotes are scored against the question
+    # as asked: two different texts, each embedded once.
+    follow_up = "And how many times does the worker retry a failed event?"
+    counting.queries.clear()
+    again = h.query(follow_up, session_id="once").json()
+    assert counting.queries == [f"{question} {follow_up}", follow_up]
+    assert again["mode"] == "extractive" and again["covered"] is True
 
 
 def test_a_list_item_is_quoted_whole_and_alone(licences: Harness) -> None:

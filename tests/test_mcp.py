@@ -206,6 +206,7 @@ def test_every_tool_answers_with_structured_content(served: Served) -> None:
             # list_documents: by folder, by status, a page at a time
             listed = structured(await client.call_tool("list_documents", {"path_prefix": "handbook/", "limit": 2}))
             assert [d["path"] for d in listed["documents"]] == ["handbook/leave.md", "handbook/remote.md"]
+            assert listed["total"] == 3  # every match of the filters, as GET /documents counts them
             assert listed["documents"][0]["status"] == "indexed" and listed["documents"][0]["chunk_count"] >= 1
             nxt = structured(
                 await client.call_tool(
@@ -213,6 +214,7 @@ def test_every_tool_answers_with_structured_content(served: Served) -> None:
                 )
             )
             assert [d["path"] for d in nxt["documents"]] == ["handbook/travel.md"] and nxt["next_cursor"] is None
+            assert nxt["total"] == 3
             everything = structured(await client.call_tool("list_documents", {"status": "indexed"}))
             assert {d["file_id"] for d in everything["documents"]} == set(ACME_DOCS)
 
@@ -294,7 +296,7 @@ def test_no_tool_or_resource_reaches_another_workspace(served: Served) -> None:
                 await beta.call_tool("read_document", {"file_id": "leave"})
             )
             listed = structured(await beta.call_tool("list_documents", {}))
-            assert [d["file_id"] for d in listed["documents"]] == ["merger"]
+            assert [d["file_id"] for d in listed["documents"]] == ["merger"] and listed["total"] == 1
             assert "no document 'leave'" in error_text(await beta.call_tool("document_status", {"file_id": "leave"}))
             event = served.events["leave"]
             assert f"no event {event!r}" in error_text(await beta.call_tool("event_status", {"event_id": event}))
@@ -311,6 +313,12 @@ def test_no_tool_or_resource_reaches_another_workspace(served: Served) -> None:
             found = structured(await acme.call_tool("search_documents", {"query": "merger code name BLUEHERON"}))
             assert "merger" not in {p["file_id"] for p in found["passages"]}
             assert all("BLUEHERON" not in p["text"] for p in found["passages"])
+            acme_cursor = structured(await acme.call_tool("list_documents", {"limit": 1}))["next_cursor"]
+        # A cursor of acme's listing, passed back unchanged with the same filters, does not page beta's.
+        async with mcp_client(served.url, KEY_BETA) as beta:
+            refused = error_text(await beta.call_tool("list_documents", {"limit": 1, "cursor": acme_cursor}))
+            assert "cursor is not one this server issued for this listing" in refused
+            assert "another workspace" in refused
 
     run(main)
 

@@ -214,7 +214,7 @@ async def _list_resources(ctx: ServerRequestContext[Any], params: PaginatedReque
     cursor = params.cursor if params else None
 
     def page() -> ListResourcesResult:
-        docs, next_cursor = documents_page(
+        listing = documents_page(
             caller.container.state,
             caller.workspace,
             prefix="",
@@ -231,9 +231,9 @@ async def _list_resources(ctx: ServerRequestContext[Any], params: PaginatedReque
                 + (f", parsed from {d.content_type}" if d.content_type else ""),
                 mime_type="text/plain",
             )
-            for d in docs
+            for d in listing.items
         ]
-        return ListResourcesResult(resources=resources, next_cursor=next_cursor)
+        return ListResourcesResult(resources=resources, next_cursor=listing.next_cursor)
 
     try:
         return await anyio.to_thread.run_sync(page)

@@ -37,13 +37,11 @@ from app.schemas import (
 )
 from retrieval.agent import READ_LIMIT, ToolArgumentError, ToolCallError
 from retrieval.answering import Answer, Citation
+from stores.paging import InvalidCursorError, Page
 from stores.ports import DocumentRecord, DocumentStatus, Hit, SearchMode, StateStore
 
 LIST_PAGE_DEFAULT = 100
 LIST_PAGE_MAX = 1000  # as GET /documents
-# Registry rows one list call reads at most: a narrow path_prefix over a large workspace answers a short page
-# and a cursor instead of scanning everything in one request.
-LIST_SCAN_MAX = 5000
 
 _T = TypeVar("_T")
 
@@ -138,6 +136,7 @@ class DocumentText(BaseModel):
 
 class DocumentPage(BaseModel):
     documents: list[DocumentOut]
+    total: int = Field(description="documents matching path_prefix and status, on every page")
     next_cursor: str | None = Field(description="pass as cursor for the next page; null on the last page")
 
 
@@ -156,7 +155,7 @@ def read_document(caller: Caller, args: ReadArgs) -> DocumentText:
 
 
 def list_documents(caller: Caller, args: ListArgs) -> DocumentPage:
-    docs, cursor = documents_page(
+    page = documents_page(
         caller.container.state,
         caller.workspace,
         prefix=args.path_prefix or "",
@@ -164,7 +163,7 @@ def list_documents(caller: Caller, args: ListArgs) -> DocumentPage:
         cursor=args.cursor,
         limit=args.limit,
     )
-    return DocumentPage(documents=[document_out(d) for d in docs], next_cursor=cursor)
+    return DocumentPage(documents=[document_out(d) for d in page.items], total=page.total, next_cursor=page.next_cursor)
 
 
 @dataclass(slots=True)
@@ -240,48 +239,45 @@ def documents_page(
     status: DocumentStatus | None,
     cursor: str | None,
     limit: int,
-) -> tuple[list[DocumentRecord], str | None]:
-    """One page of the workspace's documents (ordered by path, then file id) under `prefix`, and the cursor
-    of the next one. The cursor is tied to the filters it was issued for."""
+) -> Page[DocumentRecord]:
+    """One page of the workspace's documents (ordered by path, then file id) under `prefix`: the store's own
+    keyset listing (`StateStore.page_documents`, as `GET /documents`), with its total and next cursor. The
+    cursor carries the filters it was issued for too: passed back with others, it is refused rather than
+    read as a position in another listing."""
     prefix = prefix.lstrip("/")
-    offset = _read_cursor(cursor, prefix, status)
-    found: list[DocumentRecord] = []
-    scanned = 0
-    while scanned < LIST_SCAN_MAX:
-        want = min(500, LIST_SCAN_MAX - scanned)
-        batch = state.list_documents(workspace, status=status, limit=want, offset=offset)
-        for d in batch:
-            offset += 1
-            if d.path.startswith(prefix):
-                found.append(d)
-                if len(found) == limit:
-                    return found, _cursor(offset, prefix, status)
-            elif prefix and d.path > prefix:
-                return found, None  # ordered by path: nothing further down starts with the prefix
-        scanned += len(batch)
-        if len(batch) < want:
-            return found, None
-    return found, _cursor(offset, prefix, status)
+    try:
+        page = state.page_documents(
+            workspace,
+            status=status,
+            path_prefix=prefix or None,
+            cursor=_read_cursor(cursor, prefix, status),
+            limit=limit,
+        )
+    except InvalidCursorError as exc:  # well-formed, but not a cursor of this workspace's document listing
+        raise ToolArgumentError(f"cursor is not one this server issued for this listing ({exc})") from exc
+    next_cursor = _cursor(page.next_cursor, prefix, status) if page.next_cursor is not None else None
+    return Page(page.items, page.total, next_cursor)
 
 
-def _cursor(offset: int, prefix: str, status: DocumentStatus | None) -> str:
-    raw = json.dumps({"o": offset, "p": prefix, "s": status.value if status else None}, separators=(",", ":"))
+def _cursor(position: str, prefix: str, status: DocumentStatus | None) -> str:
+    raw = json.dumps({"c": position, "p": prefix, "s": status.value if status else None}, separators=(",", ":"))
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
-def _read_cursor(cursor: str | None, prefix: str, status: DocumentStatus | None) -> int:
+def _read_cursor(cursor: str | None, prefix: str, status: DocumentStatus | None) -> str | None:
+    """The store's cursor inside an MCP cursor, after checking it was issued for these filters."""
     if not cursor:
-        return 0
+        return None
     try:
         data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        offset, issued_prefix, issued_status = data["o"], data["p"], data["s"]
+        position, issued_prefix, issued_status = data["c"], data["p"], data["s"]
     except (binascii.Error, ValueError, TypeError, KeyError) as exc:
         raise ToolArgumentError("cursor is not one this server issued: pass next_cursor back unchanged") from exc
-    if not isinstance(offset, int) or offset < 0:
+    if not isinstance(position, str) or not position:
         raise ToolArgumentError("cursor is not one this server issued: pass next_cursor back unchanged")
     if (issued_prefix, issued_status) != (prefix, status.value if status else None):
         raise ToolArgumentError("cursor belongs to another listing: keep path_prefix and status as they were")
-    return offset
+    return position
 
 
 # The registry --------------------------------------------------------------------------------------------

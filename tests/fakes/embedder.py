@@ -1,4 +1,5 @@
-"""A fast, deterministic stand-in for the embedding model (the consistency tests need speed, not meaning).
+"""A fast, deterministic stand-in for the embedding model (the consistency tests need speed, not meaning), and
+a wrapper that counts what the real model is asked to embed.
 
 Words are hashed into a fixed number of dimensions; the vector is L2-normalised, so texts sharing words are
 close. Token counting splits on words and punctuation and adds two special tokens, like a BERT tokenizer.
@@ -10,6 +11,8 @@ import hashlib
 import math
 import re
 from collections.abc import Sequence
+
+from stores.ports import Embedder
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 
@@ -55,3 +58,37 @@ class HashEmbedder:
 
     def embed_query(self, text: str) -> list[float]:
         return self._vector(text)
+
+
+class CountingEmbedder:
+    """A real embedder that records every text it is asked to embed as a query (how often a question is
+    embedded per answer); everything else is the wrapped model's."""
+
+    def __init__(self, inner: Embedder) -> None:
+        self.inner = inner
+        self.queries: list[str] = []
+
+    @property
+    def model_id(self) -> str:
+        return self.inner.model_id
+
+    @property
+    def dimension(self) -> int:
+        return self.inner.dimension
+
+    @property
+    def max_tokens(self) -> int:
+        return self.inner.max_tokens
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return self.inner.count_tokens(texts)
+
+    def token_offsets(self, text: str) -> list[tuple[int, int]]:
+        return self.inner.token_offsets(text)
+
+    def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
+        return self.inner.embed_documents(texts)
+
+    def embed_query(self, text: str) -> list[float]:
+        self.queries.append(text)
+        return self.inner.embed_query(text)
