@@ -8,7 +8,6 @@ Qdrant's IDF modifier), and records in its metadata which embedding model filled
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -16,24 +15,20 @@ from typing import Any
 import numpy as np
 from qdrant_client import QdrantClient, models
 
-from stores.errors import EmbeddingModelMismatchError
+from stores.errors import EmbeddingModelMismatchError, StoreLockedError
+from stores.points import (
+    DENSE,
+    INTEGER_FIELDS,
+    KEYWORD_FIELDS,
+    MIN_PREFETCH,
+    SCHEMA_VERSION,
+    SPARSE,
+    hit_of,
+    model_mismatch_message,
+    payload_of,
+    point_id,
+)
 from stores.ports import Hit, IndexPoint, SearchFilter, SearchMode
-
-DENSE = "dense"
-SPARSE = "bm25"
-SCHEMA_VERSION = 1
-_POINT_NAMESPACE = uuid.UUID("6f1c7f53-3f43-4a8e-9a39-6f8d0a4b1e27")
-
-
-def point_id(workspace: str, file_id: str, revision: str, chunk_index: int) -> str:
-    """Deterministic: re-running an event rewrites the same points instead of adding copies."""
-    return str(uuid.uuid5(_POINT_NAMESPACE, f"{workspace}\x1f{file_id}\x1f{revision}\x1f{chunk_index}"))
-
-
-def path_dirs(path: str) -> list[str]:
-    """Every folder prefix of a path ("a/b/c.md" -> ["a/", "a/b/"]): lets a keyword index answer prefixes."""
-    parts = path.strip("/").split("/")[:-1]
-    return ["/".join(parts[: i + 1]) + "/" for i in range(len(parts))]
 
 
 def _match(key: str, value: Any) -> models.FieldCondition:
@@ -75,9 +70,7 @@ class QdrantIndex:
         recorded = meta.get("embedding_model")
         if recorded is not None and recorded != model_id:
             raise EmbeddingModelMismatchError(
-                f"collection {self.collection!r} was filled by embedding model {recorded!r}, but this process "
-                f"uses {model_id!r}: vectors of two models are not comparable. Set EVENTRAG_EMBEDDING_MODEL "
-                f"back to {recorded!r}, or use a new EVENTRAG_QDRANT_COLLECTION (and re-send your files)."
+                model_mismatch_message(f"collection {self.collection!r}", recorded, model_id)
             )
         vectors = info.config.params.vectors
         size = vectors[DENSE].size if isinstance(vectors, dict) and DENSE in vectors else None
@@ -94,9 +87,10 @@ class QdrantIndex:
             "workspace",
             field_schema=models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True),
         )
-        for field in ("file_id", "revision", "path_dirs", "content_type", "path"):
+        for field in KEYWORD_FIELDS:
             self.client.create_payload_index(self.collection, field, field_schema=keyword)
-        self.client.create_payload_index(self.collection, "version", field_schema=models.PayloadSchemaType.INTEGER)
+        for field in INTEGER_FIELDS:
+            self.client.create_payload_index(self.collection, field, field_schema=models.PayloadSchemaType.INTEGER)
 
     def close(self) -> None:
         self.client.close()
@@ -114,22 +108,7 @@ class QdrantIndex:
                 models.PointStruct(
                     id=point_id(p.workspace, p.file_id, p.revision, p.chunk.index),
                     vector=vector,
-                    payload={
-                        "workspace": p.workspace,
-                        "file_id": p.file_id,
-                        "path": p.path,
-                        "path_dirs": path_dirs(p.path),
-                        "revision": p.revision,
-                        "version": p.version,
-                        "content_type": p.content_type,
-                        "chunk_index": p.chunk.index,
-                        "start": p.chunk.start,
-                        "end": p.chunk.end,
-                        "text": p.chunk.text,
-                        "heading": p.chunk.heading,
-                        "title": p.title,
-                        "metadata": p.metadata,
-                    },
+                    payload=payload_of(p),
                 )
             )
         with self._guard():
@@ -213,8 +192,8 @@ class QdrantIndex:
                 res = self.client.query_points(
                     self.collection,
                     prefetch=[
-                        models.Prefetch(query=dense, using=DENSE, filter=qfilter, limit=max(limit, 50)),
-                        models.Prefetch(query=sparse_vec, using=SPARSE, filter=qfilter, limit=max(limit, 50)),
+                        models.Prefetch(query=dense, using=DENSE, filter=qfilter, limit=max(limit, MIN_PREFETCH)),
+                        models.Prefetch(query=sparse_vec, using=SPARSE, filter=qfilter, limit=max(limit, MIN_PREFETCH)),
                     ],
                     query=models.FusionQuery(fusion=models.Fusion.RRF),
                     query_filter=qfilter,
@@ -224,7 +203,7 @@ class QdrantIndex:
                 )
         hits = []
         for p in res.points:
-            hit = self._hit(str(p.id), p.score, p.payload or {})
+            hit = hit_of(str(p.id), p.score, p.payload or {})
             if mode is SearchMode.DENSE:
                 hit.similarity = hit.score
             elif dense is not None and isinstance(p.vector, dict) and DENSE in p.vector:
@@ -232,26 +211,6 @@ class QdrantIndex:
                 hit.similarity = float(np.dot(np.asarray(p.vector[DENSE]), np.asarray(dense)))
             hits.append(hit)
         return hits
-
-    @staticmethod
-    def _hit(pid: str, score: float, pl: dict[str, Any]) -> Hit:
-        return Hit(
-            point_id=pid,
-            score=float(score),
-            workspace=pl["workspace"],
-            file_id=pl["file_id"],
-            path=pl["path"],
-            revision=pl["revision"],
-            version=pl.get("version"),
-            chunk_index=int(pl["chunk_index"]),
-            start=int(pl["start"]),
-            end=int(pl["end"]),
-            text=pl["text"],
-            heading=pl.get("heading"),
-            content_type=pl.get("content_type"),
-            metadata=pl.get("metadata") or {},
-            title=pl.get("title"),
-        )
 
     def _scroll(self, flt: models.Filter, payload: bool | list[str]) -> Iterator[models.Record]:
         offset: Any = None
@@ -273,7 +232,7 @@ class QdrantIndex:
         flt = models.Filter(
             must=[_match("workspace", workspace), _match("file_id", file_id), _match("revision", revision)]
         )
-        hits = [self._hit(str(r.id), 0.0, r.payload or {}) for r in self._scroll(flt, True)]
+        hits = [hit_of(str(r.id), 0.0, r.payload or {}) for r in self._scroll(flt, True)]
         return sorted(hits, key=lambda h: h.chunk_index)
 
     def revision_counts(self, workspace: str) -> dict[tuple[str, str], int]:
@@ -290,4 +249,9 @@ def open_qdrant(*, url: str | None, api_key: str | None, path: str | None) -> Qd
     if url:
         return QdrantClient(url=url, api_key=api_key, timeout=30)
     assert path is not None
-    return QdrantClient(path=path)
+    try:
+        return QdrantClient(path=path)
+    except RuntimeError as exc:
+        if "already accessed" in str(exc):
+            raise StoreLockedError(f"the local index at {path} is open in another process") from exc
+        raise
