@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -244,14 +245,33 @@ class QdrantIndex:
         return counts
 
 
+def _held_by_another_process(path: str) -> bool:
+    """Whether another process holds local mode's lock file (checked before opening: qdrant-client leaks
+    the file handle of a lock it could not take, which surfaces later as a ResourceWarning)."""
+    import portalocker
+
+    lock = Path(path) / ".lock"
+    if not lock.exists():
+        return False
+    with open(lock, "r+") as fh:
+        try:
+            portalocker.lock(fh, portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING)
+        except portalocker.exceptions.LockException:
+            return True
+        portalocker.unlock(fh)
+    return False
+
+
 def open_qdrant(*, url: str | None, api_key: str | None, path: str | None) -> QdrantClient:
     """Server mode when a URL is given, else local mode on disk (the directory is locked to one process)."""
     if url:
         return QdrantClient(url=url, api_key=api_key, timeout=30)
     assert path is not None
+    if _held_by_another_process(path):
+        raise StoreLockedError(f"the local index at {path} is open in another process")
     try:
         return QdrantClient(path=path)
     except RuntimeError as exc:
-        if "already accessed" in str(exc):
+        if "already accessed" in str(exc):  # taken between the check and the open
             raise StoreLockedError(f"the local index at {path} is open in another process") from exc
         raise
