@@ -5,11 +5,18 @@ For each event:
 
 1. *decide*: older than (or equal to) what is applied for the file -> `superseded`, index untouched;
    already switched by an earlier attempt that died before finishing -> only clean up.
-2. *prepare*: fetch, parse, chunk (a type we cannot parse -> the file is `skipped`, its old chunks go).
-3. *embed*: the chunks of the whole batch together, cache first, the rest sorted by length.
+2. *prepare*: fetch, then fingerprint: a revision is named by what its points are made of (the bytes, the
+   type, the path, the metadata, the chunking and the model: `content_revision`). The file's active
+   revision already has that name -> *keep* it: no parsing, chunking, embedding or writing, only the new
+   version is recorded (a re-sync of unchanged files costs a registry write each). Else parse and chunk
+   (a type we cannot parse -> the file is `skipped`, its old chunks go).
+3. *embed*: the chunks of the whole batch together, cache first, the rest sorted by length (the worker
+   loop carries the remainder of a batch to the next round, `ingest.batching`).
 4. *write*: upsert the new revision's points (deterministic ids; invisible until step 5).
-5. *switch*: one atomic write of the document record makes the new revision the searchable one.
-6. *clean up*: delete the file's points of every other revision; mark the event done.
+5. *switch*: one atomic write of the document record makes the new revision the searchable one (for a
+   kept revision, the record moves to the new version and its points' `version` follows).
+6. *clean up*: delete the file's points of every other revision (nothing to delete for a file seen for
+   the first time, on the first attempt); mark the event done.
 
 A crash anywhere before 5 leaves the old revision searchable and the event queued; a crash after 5 is
 finished by the retry (step 1 sees the switch). Searches trust only the revision recorded in step 5.
@@ -17,6 +24,8 @@ finished by the retry (step 1 sees the switch). Searches trust only the revision
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -74,8 +83,32 @@ class Outcome:
 
 class _Action(StrEnum):
     INDEX = "index"
+    KEEP = "keep"  # the active revision already holds exactly this content: record the new version only
     EMPTY = "empty"  # delete, or a version with nothing to index (skipped)
     FINISH = "finish"  # switched by an earlier attempt: clean up and mark done
+
+
+# Bump when chunking or the point layout changes, so unchanged files are re-indexed the new way.
+REVISION_FORMAT = 1
+
+
+def content_revision(event: FileEvent, data: bytes, *, model_id: str, chunking: tuple[int, ...]) -> str:
+    """The name of the revision `event` would write: equal names, equal points (same chunks, vectors and
+    payload except the version). So an unchanged re-send is recognised without parsing or embedding, and
+    a changed path or metadata (they reach the payload, and the path the embedded title) is a new one."""
+    h = hashlib.sha256()
+    head = {
+        "format": REVISION_FORMAT,
+        "model": model_id,
+        "chunking": list(chunking),
+        "path": event.path,
+        "content_type": event.content_type,
+        "metadata": event.metadata,
+    }
+    h.update(json.dumps(head, sort_keys=True, default=str).encode())
+    h.update(b"\x00")
+    h.update(data)
+    return "c" + h.hexdigest()[:31]
 
 
 @dataclass(slots=True)
@@ -83,6 +116,8 @@ class _Plan:
     record: EventRecord
     action: _Action
     status: DocumentStatus = DocumentStatus.INDEXED
+    revision: str | None = None
+    kept: DocumentRecord | None = None  # KEEP: the record whose revision stays
     chunks: list[Chunk] = field(default_factory=list)
     embed_texts: list[str] = field(default_factory=list)
     token_counts: list[int] = field(default_factory=list)
@@ -90,6 +125,7 @@ class _Plan:
     content_type: str | None = None
     reason: str | None = None
     vectors: list[list[float]] = field(default_factory=list)
+    partial: dict[int, list[float]] = field(default_factory=dict)  # vectors known so far, by text index
     embedded: int = 0
     reused: int = 0
 
@@ -143,6 +179,14 @@ class IngestWorker:
     # the batch ----------------------------------------------------------------------------------------
     def process(self, event_ids: Sequence[str]) -> dict[str, Outcome]:
         """Apply a batch of events (at most one per file). Returns an outcome per event id."""
+        outcomes, plans = self.prepare(event_ids)
+        ready, failed = self.embed(plans)
+        outcomes.update(failed)
+        outcomes.update(self.apply(ready))
+        return outcomes
+
+    def prepare(self, event_ids: Sequence[str]) -> tuple[dict[str, Outcome], list[_Plan]]:
+        """Steps 1 and 2 for each event: the outcomes already settled, and the plans still to carry out."""
         outcomes: dict[str, Outcome] = {}
         plans: list[_Plan] = []
         deletes_in_batch: dict[str, int] = {}
@@ -170,16 +214,32 @@ class IngestWorker:
                 outcomes[event_id] = plan
             else:
                 plans.append(plan)
+        return outcomes, plans
 
-        to_embed = [p for p in plans if p.action is _Action.INDEX and p.chunks]
+    def embed(
+        self, plans: Sequence[_Plan], *, whole_batches_only: bool = False
+    ) -> tuple[list[_Plan], dict[str, Outcome]]:
+        """Step 3 for the plans (oldest first): returns the plans now ready to apply (every vector known) and
+        the failures. With `whole_batches_only`, texts that would make a partial batch are left for a later
+        call, and so are the plans they belong to (`WorkerLoop` carries them)."""
+        to_embed = [p for p in plans if p.action is _Action.INDEX and p.chunks and not p.vectors]
+        failed: dict[str, Outcome] = {}
         if to_embed:
             try:
-                self._embed(to_embed)
+                self._embed(to_embed, whole_batches_only)
             except Exception as exc:
                 for p in to_embed:
-                    outcomes[p.event.event_id] = self._failure(p.record, exc)
-                plans = [p for p in plans if p not in to_embed]
+                    failed[p.event.event_id] = self._failure(p.record, exc)
+        ready = [
+            p
+            for p in plans
+            if p.event.event_id not in failed and not (p.action is _Action.INDEX and p.chunks and not p.vectors)
+        ]
+        return ready, failed
 
+    def apply(self, plans: Sequence[_Plan]) -> dict[str, Outcome]:
+        """Steps 4 to 6 for plans whose vectors are known."""
+        outcomes: dict[str, Outcome] = {}
         for plan in plans:
             try:
                 outcomes[plan.event.event_id] = self._apply(plan)
@@ -209,6 +269,19 @@ class IngestWorker:
 
         data = self.sources.fetch(ev)
         self._step("fetched", ev)
+        cfg = self.config
+        revision = content_revision(
+            ev,
+            data,
+            model_id=self.embedder.model_id,
+            chunking=(cfg.chunk_tokens, cfg.overlap_tokens, cfg.title_tokens, int(self.sparse is not None)),
+        )
+        if (
+            doc is not None
+            and doc.revision == revision
+            and doc.status in (DocumentStatus.INDEXED, DocumentStatus.FAILED)
+        ):
+            return _Plan(record, _Action.KEEP, revision=revision, kept=doc, content_type=doc.content_type)
         try:
             parsed = parse(data, ev.content_type, ev.path)
         except UnsupportedContentError as exc:
@@ -244,6 +317,7 @@ class IngestWorker:
         return _Plan(
             record,
             _Action.INDEX,
+            revision=revision,
             chunks=chunks,
             embed_texts=[f"{prefix}\n{c.text}" for c in chunks],
             token_counts=[c.token_count + reserved for c in chunks],
@@ -279,30 +353,50 @@ class IngestWorker:
         return text
 
     # 3: embed, across the whole batch -----------------------------------------------------------------
-    def _embed(self, plans: list[_Plan]) -> None:
-        texts = [t for p in plans for t in p.embed_texts]
-        counts = [n for p in plans for n in p.token_counts]
-        vectors, stats = embed_with_cache(self.embedder, self.cache, texts, counts, self.config.embed_batch_size)
-        at = 0
+    def _embed(self, plans: list[_Plan], whole_batches_only: bool) -> None:
+        """Embed the texts of `plans` (cache first); a plan gets its vectors once all of its texts have one
+        (the vectors of a plan left half done wait on it for the next call)."""
+        wanted = [(p, i) for p in plans for i in range(len(p.embed_texts)) if i not in p.partial]
+        vectors, stats = embed_with_cache(
+            self.embedder,
+            self.cache,
+            [p.embed_texts[i] for p, i in wanted],
+            [p.token_counts[i] for p, i in wanted],
+            self.config.embed_batch_size,
+            whole_batches_only=whole_batches_only,
+        )
+        for (p, i), vec, cached in zip(wanted, vectors, stats.cached, strict=True):
+            if vec is not None:
+                p.partial[i] = vec
+                p.reused += int(cached)
         for p in plans:
             n = len(p.embed_texts)
-            p.vectors = vectors[at : at + n]
-            p.reused = sum(stats.cached[at : at + n])
-            p.embedded = n - p.reused
-            at += n
-            self._step("embedded", p.event)
+            if len(p.partial) == n:
+                p.vectors = [p.partial[i] for i in range(n)]
+                p.embedded = n - p.reused
+                p.partial = {}
+                self._step("embedded", p.event)
 
     # 4 - 6: write, switch, clean up -------------------------------------------------------------------
     def _apply(self, plan: _Plan) -> Outcome:
         ev = plan.event
         if plan.action is _Action.FINISH:
             doc = self.state.get_document(ev.workspace, ev.file_id)
+            if doc is not None and doc.revision is not None:
+                # The interrupted attempt may have kept a revision without restamping its version.
+                self.index.set_version(ev.workspace, ev.file_id, doc.revision, doc.version)
             self.index.delete_file(ev.workspace, ev.file_id, keep_revision=doc.revision if doc else None)
             self.state.set_event_status(ev.event_id, EventStatus.DONE, detail="finished after an interrupted attempt")
             return Outcome(OutcomeKind.DONE)
+        if plan.action is _Action.KEEP:
+            return self._keep(plan)
 
-        revision = ev.position if plan.action is _Action.INDEX else None
+        revision = plan.revision if plan.action is _Action.INDEX else None
+        # A file never seen before, on its first attempt, has no points to clean up; otherwise (an earlier
+        # revision, a tombstone, or a retry after a crash that may have written points) clean up.
+        had_points = self.state.get_document(ev.workspace, ev.file_id) is not None or plan.record.attempts > 1
         if plan.action is _Action.INDEX:
+            assert revision is not None
             sparse = (
                 self.sparse.encode_documents(plan.embed_texts) if self.sparse is not None else [None] * len(plan.chunks)
             )
@@ -311,7 +405,7 @@ class IngestWorker:
                     workspace=ev.workspace,
                     file_id=ev.file_id,
                     path=ev.path,
-                    revision=ev.position,
+                    revision=revision,
                     version=ev.version,
                     content_type=plan.content_type,
                     chunk=chunk,
@@ -344,7 +438,8 @@ class IngestWorker:
             )
         )
         self._step("switched", ev)
-        self.index.delete_file(ev.workspace, ev.file_id, keep_revision=revision)
+        if had_points:
+            self.index.delete_file(ev.workspace, ev.file_id, keep_revision=revision)
         self._step("cleaned", ev)
         if plan.status is DocumentStatus.DELETED:
             detail = "deleted"
@@ -352,6 +447,37 @@ class IngestWorker:
             detail = f"skipped: {plan.reason}"
         else:
             detail = f"indexed {len(plan.chunks)} chunk(s): {plan.embedded} embedded, {plan.reused} reused"
+        self.state.set_event_status(ev.event_id, EventStatus.DONE, detail=detail)
+        return Outcome(OutcomeKind.DONE, detail)
+
+    def _keep(self, plan: _Plan) -> Outcome:
+        """The content is what the active revision already holds: move the record to this version (the
+        position decides what is newer), then restamp the points' version, which citations show."""
+        ev, doc = plan.event, plan.kept
+        assert doc is not None and doc.revision is not None
+        self.state.switch_document(
+            DocumentRecord(
+                workspace=ev.workspace,
+                file_id=ev.file_id,
+                path=ev.path,
+                status=DocumentStatus.INDEXED,
+                position=ev.position,
+                revision=doc.revision,
+                version=ev.version,
+                content_type=doc.content_type,
+                chunk_count=doc.chunk_count,
+                embedded=0,
+                reused=doc.chunk_count,
+                last_event_id=ev.event_id,
+                last_error=None,
+                metadata=dict(ev.metadata),
+            )
+        )
+        self._step("switched", ev)
+        if doc.version != ev.version:
+            self.index.set_version(ev.workspace, ev.file_id, doc.revision, ev.version)
+        self._step("cleaned", ev)
+        detail = f"unchanged content: kept {doc.chunk_count} chunk(s), 0 embedded"
         self.state.set_event_status(ev.event_id, EventStatus.DONE, detail=detail)
         return Outcome(OutcomeKind.DONE, detail)
 
@@ -371,6 +497,31 @@ class IngestWorker:
         log.info("event %s attempt %d failed (%s); retrying in %.1fs", ev.event_id, attempts, message, delay)
         self.state.set_event_status(ev.event_id, EventStatus.QUEUED, error=message)
         return Outcome(OutcomeKind.RETRY, message, delay)
+
+
+MAX_CARRY_ROUNDS = 4  # a plan waits at most this many rounds for a full embedding batch
+
+
+@dataclass(slots=True)
+class _Carry:
+    """Plans waiting for a full embedding batch, with their (still leased) jobs, oldest first."""
+
+    waiting: list[tuple[Job, _Plan]] = field(default_factory=list)
+    rounds: int = 0
+
+    @property
+    def plans(self) -> list[_Plan]:
+        return [p for _, p in self.waiting]
+
+    def add(self, items: list[tuple[Job, _Plan]]) -> None:
+        self.waiting.extend(items)
+
+    def pop(self, event_id: str) -> Job:
+        for n, (job, plan) in enumerate(self.waiting):
+            if plan.event.event_id == event_id:
+                del self.waiting[n]
+                return job
+        raise KeyError(event_id)
 
 
 class WorkerLoop:
@@ -397,17 +548,43 @@ class WorkerLoop:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._local = threading.local()  # each thread carries its own plans
+        self._carries: list[_Carry] = []
+        self._carries_lock = threading.Lock()
         self._last_purge = datetime.min.replace(tzinfo=UTC)
 
     def run_once(self) -> int:
-        """Claim one batch and settle it; returns how many jobs were claimed."""
+        """Claim one batch, apply what is ready and settle it; returns how many jobs were claimed.
+
+        Full batches: while claims come back full (more work is queued), only whole embedding batches are
+        embedded; the plans whose texts would make the last, partial batch are carried (with their jobs,
+        still leased) into the next round, where they are embedded first. A short claim, or a plan carried
+        `MAX_CARRY_ROUNDS` times, embeds everything.
+        """
+        carry = self._carry()
         jobs = self.queue.claim(self.batch_size, self.lease_seconds)
-        if not jobs:
+        if not jobs and not carry.plans:
             return 0
-        outcomes = self.worker.process([j.event_id for j in jobs])
-        for job in jobs:
-            self._settle(job, outcomes[job.event_id])
+        by_id = {j.event_id: j for j in jobs}
+        outcomes, plans = self.worker.prepare(list(by_id))
+        for event_id, outcome in outcomes.items():
+            self._settle(by_id[event_id], outcome)
+        carry.add([(by_id[p.event.event_id], p) for p in plans])
+        final = len(jobs) < self.batch_size or carry.rounds >= MAX_CARRY_ROUNDS
+        ready, failed = self.worker.embed(carry.plans, whole_batches_only=not final)
+        applied = self.worker.apply(ready)
+        for event_id, outcome in {**failed, **applied}.items():
+            self._settle(carry.pop(event_id), outcome)
+        carry.rounds = carry.rounds + 1 if carry.plans else 0
         return len(jobs)
+
+    def _carry(self) -> _Carry:
+        carry: _Carry | None = getattr(self._local, "carry", None)
+        if carry is None:
+            carry = self._local.carry = _Carry()
+            with self._carries_lock:
+                self._carries.append(carry)
+        return carry
 
     def _settle(self, job: Job, outcome: Outcome) -> None:
         if outcome.settled:
@@ -463,3 +640,9 @@ class WorkerLoop:
         for t in self._threads:
             t.join(timeout)
         self._threads.clear()
+        # Jobs carried for a next round that will not come: hand them back now, not after their lease.
+        with self._carries_lock:
+            for carry in self._carries:
+                for job, _ in carry.waiting:
+                    self.queue.release(job, 0)
+                carry.waiting.clear()

@@ -164,6 +164,10 @@ class EdgeIndex:
         )
         self.shard.update(qe.UpdateOperation.delete_points_by_filter(flt))
 
+    def set_version(self, workspace: str, file_id: str, revision: str, version: int | None) -> None:
+        flt = qe.Filter(must=[_match("workspace", workspace), _match("file_id", file_id), _match("revision", revision)])
+        self.shard.update(qe.UpdateOperation.set_payload_by_filter(flt, {"version": version}))
+
     # reads --------------------------------------------------------------------------------------------
     def _filter(self, workspace: str, flt: SearchFilter | None) -> qe.Filter:
         must: list[Any] = [_match("workspace", workspace)]

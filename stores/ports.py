@@ -278,6 +278,8 @@ class VectorIndex(Protocol):
     - `ensure_ready` creates the collection if missing and raises `EmbeddingModelMismatchError` when it was
       filled by another model.
     - `delete_file` removes a file's points except those of `keep_revision`.
+    - `set_version` sets the `version` payload of one revision's points (a kept revision moving to a newer
+      version of unchanged content); nothing else of them changes.
     - `search` never returns points of another workspace; it does not know which revision is active (the
       state store does), so callers filter hits by `StateStore.active_revisions`.
     """
@@ -287,6 +289,8 @@ class VectorIndex(Protocol):
     def upsert(self, points: Sequence[IndexPoint]) -> None: ...
 
     def delete_file(self, workspace: str, file_id: str, keep_revision: str | None = None) -> None: ...
+
+    def set_version(self, workspace: str, file_id: str, revision: str, version: int | None) -> None: ...
 
     def search(
         self,

@@ -124,6 +124,13 @@ class QdrantIndex:
         with self._guard():
             self.client.delete(self.collection, points_selector=models.FilterSelector(filter=flt), wait=True)
 
+    def set_version(self, workspace: str, file_id: str, revision: str, version: int | None) -> None:
+        flt = models.Filter(
+            must=[_match("workspace", workspace), _match("file_id", file_id), _match("revision", revision)]
+        )
+        with self._guard():
+            self.client.set_payload(self.collection, payload={"version": version}, points=flt, wait=True)
+
     # reads --------------------------------------------------------------------------------------------
     def _filter(self, workspace: str, flt: SearchFilter | None) -> models.Filter:
         must: list[Any] = [_match("workspace", workspace)]

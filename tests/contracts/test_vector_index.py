@@ -193,6 +193,16 @@ class TestVectorIndexContract:
         assert index.revision_counts("beta") == {("f", "r1"): 1}  # same file id, other tenant: untouched
         index.delete_file("acme", "never-indexed")  # deleting nothing is fine
 
+    def test_set_version_restamps_one_revision_only(self, index: VectorIndex) -> None:
+        index.upsert([point("f", revision="r1", index=i) for i in range(2)] + [point("f", revision="r0")])
+        index.upsert([point("f", workspace="beta", revision="r1")])
+        index.set_version("acme", "f", "r1", 7)
+        assert {h.version for h in index.file_chunks("acme", "f", "r1")} == {7}
+        assert {h.version for h in index.file_chunks("acme", "f", "r0")} == {1}
+        assert {h.version for h in index.file_chunks("beta", "f", "r1")} == {1}
+        hit = dense_search(index, unit(1.0), SearchFilter(revisions=(("f", "r1"),)))[0]
+        assert (hit.version, hit.text, hit.path) == (7, "f chunk 0 of r1", "docs/f.md")  # nothing else moved
+
     def test_writing_a_revision_twice_changes_nothing(self, index: VectorIndex) -> None:
         points = [point("f", index=i, text=f"chunk {i}") for i in range(4)]
         index.upsert(points)
