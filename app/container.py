@@ -272,11 +272,13 @@ class Container:
 
     @property
     def sources(self) -> ContentRouter:
-        return self.write_path.sources
+        """Where event content is read from; receiving a webhook needs it (to refuse what it cannot read),
+        but not the worker: the API function records and queues deliveries without loading a model."""
+        return self._once("sources", lambda: build_sources(self))  # type: ignore[no-any-return]
 
     @property
     def verifier(self) -> WebhookVerifier:
-        return self.write_path.verifier
+        return self._once("verifier", lambda: build_verifier(self))  # type: ignore[no-any-return]
 
     @property
     def worker(self) -> IngestWorker:
@@ -472,12 +474,8 @@ def _onnx_embedder(settings: Settings, *, quantized: bool) -> Embedder:
     return OnnxEmbedder(folder, quantized=quantized, batch_size=settings.embedding_batch_size)
 
 
-def build_write_path(c: Container) -> WritePath:
-    """The ingest side of `c`: content sources, the webhook verifier, the worker and (with the embedded
-    queue) its loop. Imported and built here, on first use, so the read path never loads it."""
-    from ingest.receiver import WebhookVerifier
+def build_sources(c: Container) -> ContentRouter:
     from ingest.sources import ContentRouter, LocalFolderSource
-    from ingest.worker import IngestWorker, WorkerConfig, WorkerLoop
 
     settings = c.settings
     folder = LocalFolderSource(settings.source_root) if settings.source_root else None
@@ -488,9 +486,22 @@ def build_write_path(c: Container) -> WritePath:
         extra["s3"] = S3Source(client=(c.aws or {}).get("s3"), bucket=settings.source_bucket)
     # s3:// content is the S3 event source's: only its workspace may point at it, so one tenant's webhook
     # cannot read another tenant's objects from the shared bucket.
-    sources = ContentRouter(folder=folder, extra=extra, scheme_workspaces={"s3": settings.s3_workspace})
-    verifier = WebhookVerifier(c.webhook_secrets, settings.webhook_tolerance_seconds)
+    return ContentRouter(folder=folder, extra=extra, scheme_workspaces={"s3": settings.s3_workspace})
 
+
+def build_verifier(c: Container) -> WebhookVerifier:
+    from ingest.receiver import WebhookVerifier
+
+    return WebhookVerifier(c.webhook_secrets, c.settings.webhook_tolerance_seconds)
+
+
+def build_write_path(c: Container) -> WritePath:
+    """The worker side of `c` (the worker and, with the embedded queue, its loop), over the sources and
+    verifier. Imported and built here, on first use, so the read path never loads it."""
+    from ingest.worker import IngestWorker, WorkerConfig, WorkerLoop
+
+    settings = c.settings
+    sources, verifier = c.sources, c.verifier
     # The write side checks the index with its own embedder too (the read side checked the query encoder).
     c.index.ensure_ready(c.embedder.model_id, c.embedder.dimension)
     w = settings.worker
