@@ -27,10 +27,7 @@ def ingest(docs: list[Doc], backend: str, *, keep: bool = False) -> tuple[dict[s
     received = send(store, docs, 1)
     total = drain(store)
     chunks = len(store.recorder.texts)
-    # The raw encode right after the ingest, and once more after that: their mean is the reference, and
-    # their spread says how much the machine's load moved meanwhile.
-    raws = [raw_encode_seconds(store), raw_encode_seconds(store)]
-    raw = sum(raws) / 2
+    raw = raw_encode_seconds(store)  # right after the ingest, on the same texts
     full = sum(1 for b in store.recorder.batches if b == store.recorder.inner.batch_size)
     row = {
         "backend": backend,
@@ -39,7 +36,6 @@ def ingest(docs: list[Doc], backend: str, *, keep: bool = False) -> tuple[dict[s
         "seconds": round(total, 2),
         "receive_seconds": round(received, 2),
         "raw_encode_seconds": round(raw, 2),
-        "raw_encode_spread": round(abs(raws[0] - raws[1]) / raw, 3),
         "ratio_to_raw": round(total / raw, 3),
         "model_seconds": round(store.recorder.model_seconds, 2),
         "outside_model_seconds": round(total - store.recorder.model_seconds, 2),
