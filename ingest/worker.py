@@ -276,8 +276,10 @@ class IngestWorker:
             model_id=self.embedder.model_id,
             chunking=(cfg.chunk_tokens, cfg.overlap_tokens, cfg.title_tokens, int(self.sparse is not None)),
         )
+        # A registry with no position was reset on purpose (`reconcile --repair` lost points): rewrite them.
         if (
             doc is not None
+            and doc.position is not None
             and doc.revision == revision
             and doc.status in (DocumentStatus.INDEXED, DocumentStatus.FAILED)
         ):

@@ -225,7 +225,9 @@ def test_html_hidden_text_never_reaches_the_index(harness: Harness) -> None:
         file_event("created", "office", path="guide.html", content=html, content_type="text/html", version=1)
     )
     harness.drain()
-    texts = [h.text for h in harness.container.index.file_chunks("acme", "office", "v:" + "1".rjust(20, "0"))]
+    doc = harness.container.state.get_document("acme", "office")
+    assert doc is not None and doc.revision is not None
+    texts = [h.text for h in harness.container.index.file_chunks("acme", "office", doc.revision)]
     joined = " ".join(texts)
     assert "office opens at 8 am" in joined
     assert "launch codes" not in joined and "Ignore previous" not in joined
