@@ -9,8 +9,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.routing import Route
 
 from app.container import Container, build_container
+from app.mcp_server import McpEndpoint
 from app.routes import documents, events, health, openai_compat, operations, query, sessions, webhooks
 from app.settings import Settings
 from stores.errors import EventragError
@@ -21,6 +23,7 @@ log = logging.getLogger(__name__)
 def create_app(container: Container | Callable[[], Container] | None = None, *, start_worker: bool = True) -> FastAPI:
     """Build the app. `container` may be ready-made (tests), a factory, or None (built from the environment
     at start-up, never at import). The in-process worker starts only with the embedded queue."""
+    mcp = McpEndpoint()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -31,7 +34,8 @@ def create_app(container: Container | Callable[[], Container] | None = None, *, 
         if start_worker and c.loop is not None:
             c.loop.start()
         try:
-            yield
+            async with mcp.running(c.settings):  # without a lifespan (Lambda), /mcp runs one per request
+                yield
         finally:
             if c.loop is not None:
                 c.loop.stop()
@@ -50,6 +54,9 @@ def create_app(container: Container | Callable[[], Container] | None = None, *, 
     install_error_handlers(app)
     for module in (webhooks, query, sessions, openai_compat, documents, events, operations, health):
         app.include_router(module.router)
+    # A route, not a mount: a mount answers POST /mcp with a redirect to /mcp/. POST only: a stateless server
+    # has no stream of its own to offer (GET) and no session to end (DELETE), and answers both with 405.
+    app.router.routes.append(Route("/mcp", mcp, methods=["POST"], include_in_schema=False))
     return app
 
 

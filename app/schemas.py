@@ -9,6 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from stores.ports import SearchMode
 
+# A question longer than this is not a question: it bounds the query embedding, the BM25 query and the prompt.
+# The REST API and the MCP tools share it.
+QUESTION_MAX_CHARS = 4000
+
 
 class ErrorBody(BaseModel):
     detail: str = Field(description="what is wrong, in words")
@@ -35,7 +39,7 @@ class QueryFilters(BaseModel):
 class QueryRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    question: str = Field(min_length=1, max_length=4000)
+    question: str = Field(min_length=1, max_length=QUESTION_MAX_CHARS)
     top_k: int | None = Field(None, ge=1, description="passages to retrieve (capped by the server maximum)")
     filters: QueryFilters | None = None
     mode: SearchMode | None = Field(None, description="dense, sparse or hybrid; the server default if unset")

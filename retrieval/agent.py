@@ -99,6 +99,39 @@ TOOLS: list[dict[str, Any]] = [
 READ_LIMIT = 4000  # characters one read_document call returns at most
 
 
+class ToolCallError(ValueError):
+    """A tool call that cannot be answered. The message says why, in words the model (or an MCP client)
+    reads; it never carries internals.
+
+    ToolCallError
+    ├── ToolArgumentError        an argument the tool does not take, or a value it cannot use
+    └── DocumentNotIndexedError  the file has no searchable revision in the caller's workspace
+    """
+
+
+class ToolArgumentError(ToolCallError):
+    pass
+
+
+class DocumentNotIndexedError(ToolCallError):
+    pass
+
+
+def reject_unknown(args: dict[str, Any], allowed: set[str], why: str = "", *, what: str = "argument") -> None:
+    """Tools take only the arguments they declare: an extra one (a `workspace`, say) is refused, never ignored."""
+    unknown = set(args) - allowed
+    if unknown:
+        raise ToolArgumentError(f"unknown {what}(s) {sorted(unknown)}" + (f"; {why}" if why else ""))
+
+
+@dataclass(slots=True, frozen=True)
+class DocumentSpan:
+    """A character range of a document's active revision (`read_document`)."""
+
+    passage: Hit  # the range as a citable passage: text == parsed_document[start:end]
+    length: int  # characters in the whole document
+
+
 @dataclass(slots=True)
 class AgentConfig:
     tools: bool = True
@@ -264,14 +297,20 @@ class Agent:
             return f"error: {exc}"
 
     def _search_tool(self, ask: Ask, args: dict[str, Any], passages: list[Hit]) -> str:
-        unknown = set(args) - {"query", "filters"}
-        if unknown:
-            raise ValueError(f"unknown argument(s) {sorted(unknown)}; the search is limited to your workspace")
-        query = str(args["query"])
+        found = self.search_passages(ask, args)
+        return self._number(found, passages) if found else "no passages found"
+
+    def search_passages(self, ask: Ask, args: dict[str, Any]) -> list[Hit]:
+        """`search_documents`: the relevant passages of `ask.workspace` for `args["query"]`, within `ask.flt`
+        narrowed by `args["filters"]`. Raises `ToolArgumentError` for an argument the tool does not take."""
+        reject_unknown(args, {"query", "filters"}, "the search is limited to your workspace")
+        if not isinstance(args.get("query"), str) or not args["query"].strip():
+            raise ToolArgumentError("query must be a non-empty string")
+        query = args["query"]
         f = args.get("filters") or {}
-        bad = set(f) - {"path_prefix", "content_type", "file_id"}
-        if bad:
-            raise ValueError(f"unknown filter(s) {sorted(bad)}")
+        if not isinstance(f, dict):
+            raise ToolArgumentError("filters must be an object")
+        reject_unknown(f, {"path_prefix", "content_type", "file_id"}, what="filter")
         base = ask.flt or SearchFilter()
         flt = replace(
             base,
@@ -283,41 +322,55 @@ class Agent:
         found = self.answerer.searcher.search(
             SearchRequest(ask.workspace, query, top_k=ask.top_k, mode=ask.mode, flt=flt)
         )
-        found = [h for h in found if self.answerer.relevant(h)]
-        return self._number(found, passages) if found else "no passages found"
+        return [h for h in found if self.answerer.relevant(h)]
 
     def _read_tool(self, ask: Ask, args: dict[str, Any], passages: list[Hit]) -> str:
-        file_id = str(args["file_id"])
-        doc = self.state.get_document(ask.workspace, file_id)
-        if doc is None or doc.revision is None:
-            return f"no indexed document {file_id!r}"
-        chunks = self.index.file_chunks(ask.workspace, file_id, doc.revision)
+        try:
+            span = self.read_span(ask.workspace, args)
+        except DocumentNotIndexedError as exc:
+            return str(exc)
+        return self._number([span.passage], passages) + f"\n(the document has {span.length} characters)"
+
+    def read_span(self, workspace: str, args: dict[str, Any], *, limit: int = READ_LIMIT) -> DocumentSpan:
+        """`read_document`: characters `start` to `end` (at most `limit` of them) of the active revision of
+        `args["file_id"]` in `workspace`, as a citable passage. Raises `ToolArgumentError` for arguments the
+        tool does not take or cannot use, `DocumentNotIndexedError` when nothing of the file is searchable."""
+        reject_unknown(args, {"file_id", "start", "end"}, "documents are read from your workspace only")
+        file_id = args.get("file_id")
+        if not isinstance(file_id, str) or not file_id:
+            raise ToolArgumentError("file_id must be a non-empty string")
+        try:
+            start = max(0, int(args.get("start") or 0))
+            end_arg = args.get("end")
+            end_wanted = start + limit if end_arg is None else int(end_arg)
+        except (TypeError, ValueError) as exc:
+            raise ToolArgumentError("start and end must be integers (character offsets)") from exc
+        doc = self.state.get_document(workspace, file_id)
+        chunks = self.index.file_chunks(workspace, file_id, doc.revision) if doc and doc.revision else []
         if not chunks:
-            return f"no indexed document {file_id!r}"
+            raise DocumentNotIndexedError(f"no indexed document {file_id!r}")
         length = max(c.end for c in chunks)
         buf = [" "] * length
         for c in chunks:
             buf[c.start : c.end] = c.text
-        text = "".join(buf)
-        start = max(0, int(args.get("start", 0)))
-        end = min(length, int(args.get("end", start + READ_LIMIT)), start + READ_LIMIT)
+        end = min(length, end_wanted, start + limit)
         if start >= end:
-            return f"empty range; the document has {length} characters"
-        first = chunks[0]
-        hit = replace(
-            first,
+            raise ToolArgumentError(f"empty range; the document has {length} characters")
+        passage = replace(
+            chunks[0],
             point_id=f"read:{file_id}:{start}:{end}",
             score=0.0,
             chunk_index=-1,
             start=start,
             end=end,
-            text=text[start:end],
+            text="".join(buf[start:end]),
             heading=None,
             similarity=None,
         )
-        return self._number([hit], passages) + f"\n(the document has {length} characters)"
+        return DocumentSpan(passage, length)
 
     def _list_tool(self, ask: Ask, args: dict[str, Any]) -> str:
+        reject_unknown(args, {"path_prefix"}, "the list is limited to your workspace")
         prefix = str(args.get("path_prefix") or "").lstrip("/")
         docs = [
             d
