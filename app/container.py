@@ -418,7 +418,11 @@ def build_index(settings: Settings, *, qdrant_client: Any | None = None) -> Vect
     try:
         if url is None and settings.index_backend is IndexBackend.EDGE:
             from stores.edge import EdgeIndex
+            from stores.migrate_index import migrate_local_to_edge, needs_migration
 
+            if needs_migration(settings.qdrant_path, settings.edge_path):
+                # A data dir of an earlier release: its points move to Edge once, nothing re-embedded.
+                migrate_local_to_edge(settings.qdrant_path, settings.qdrant_collection, settings.edge_path)
             return EdgeIndex(settings.edge_path)
         from stores.qdrant import QdrantIndex, open_qdrant
 

@@ -312,3 +312,27 @@ def test_edge_metadata_file_names_the_model(tmp_path: Path) -> None:
     idx.close()
     meta = json.loads((tmp_path / "edge" / "eventrag-index.json").read_text())
     assert (meta["embedding_model"], meta["dimension"], meta["engine"]) == (MODEL, DIM, "edge")
+
+
+def test_a_local_mode_data_dir_moves_to_edge_on_first_open(tmp_path: Path) -> None:
+    """A data dir of an earlier release (qdrant-client local mode): the Edge default opens it with every
+    point, both vectors and the payload, moved over; the old folder is kept aside, nothing re-embedded."""
+    old = QdrantIndex(QdrantClient(path=str(tmp_path / "qdrant")), "eventrag")
+    old.ensure_ready(MODEL, DIM)
+    old.upsert([point("a", dense=unit(1.0), sparse=([5], [1.0])), point("b", dense=unit(0.0, 1.0), revision="r2")])
+    old.close()
+
+    index = build_index(Settings(data_dir=tmp_path))
+    try:
+        assert isinstance(index, EdgeIndex)
+        index.ensure_ready(MODEL, DIM)
+        assert index.revision_counts("acme") == {("a", "r1"): 1, ("b", "r2"): 1}
+        assert files(dense_search(index, unit(0.0, 1.0)))[0] == "b"
+        sparse = index.search("acme", dense=None, sparse=([5], [1.0]), mode=SearchMode.SPARSE, limit=5)
+        assert files(sparse) == ["a"] and sparse[0].metadata == {} and sparse[0].title == "A"
+        with pytest.raises(EmbeddingModelMismatchError):
+            index.ensure_ready("test/other", DIM)  # the model record moved too
+    finally:
+        index.close()
+    assert not (tmp_path / "qdrant").exists() and (tmp_path / "qdrant.migrated-to-edge").is_dir()
+    build_index(Settings(data_dir=tmp_path)).close()  # the second open finds nothing to move
