@@ -31,14 +31,14 @@ def create_app(container: Container | Callable[[], Container] | None = None, *, 
         c = container if isinstance(container, Container) else (container or _from_env)()
         app.state.container = c
         c.recover()
-        if start_worker and c.loop is not None:
-            c.loop.start()
+        if start_worker:
+            # In the background: the server answers (and queues webhooks) while the ingest model loads.
+            c.start_worker_in_background()
         try:
             async with mcp.running(c.settings):  # without a lifespan (Lambda), /mcp runs one per request
                 yield
         finally:
-            if c.loop is not None:
-                c.loop.stop()
+            c.stop_worker()
             if owned:
                 c.close()
             app.state.container = None

@@ -59,8 +59,7 @@ async def post_webhook(request: Request, response: Response, container: Containe
         queue=container.queue,
         sources=container.sources,
     )
-    if container.loop is not None:
-        container.loop.notify()
+    container.notify_worker()
     event_id = delivery.record.event_id
     status_url = str(request.url_for("get_event", event_id=event_id).path)
     response.headers["Location"] = status_url
