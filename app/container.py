@@ -99,8 +99,6 @@ class Container:
         # RLock: a port's factory asks for the ports it needs (the searcher asks for the index).
         self._lock = threading.RLock()
         self._write: WritePath | None = None
-        self._stopping = False
-        self._starter: threading.Thread | None = None
         # Two first requests (a webhook and a retry, say) must not build two workers.
         self._write_lock = threading.Lock()
 
@@ -300,31 +298,14 @@ class Container:
         if write is not None and write.loop is not None:
             write.loop.notify()
 
-    def start_worker_in_background(self) -> None:
-        """Build the write path and start the embedded queue's worker loop in a thread, so a server answers
-        at once while the ingest model loads (`eventrag serve`). No-op with SQS."""
-        if self.settings.queue_backend is not QueueBackend.LOCAL:
-            return
+    def start_worker(self) -> None:
+        """Build the write path and start the embedded queue's worker loop (`eventrag serve`), before the
+        server accepts requests: loading the ingest model in a thread beside live requests starves them of
+        the GIL (imports hold it for seconds). No-op with SQS."""
+        if self.settings.queue_backend is QueueBackend.LOCAL and self.loop is not None:
+            self.loop.start()
 
-        def start() -> None:
-            try:
-                loop = self.loop
-            except Exception:
-                log.exception("the ingest worker could not start; events stay queued")
-                return
-            with self._write_lock:
-                if loop is not None and not self._stopping:
-                    loop.start()
-
-        self._stopping = False
-        self._starter = threading.Thread(target=start, name="eventrag-worker-start", daemon=True)
-        self._starter.start()
-
-    def stop_worker(self, timeout: float = 120.0) -> None:
-        self._stopping = True
-        starter = self._starter
-        if starter is not None:
-            starter.join(timeout)
+    def stop_worker(self) -> None:
         with self._write_lock:
             if self._write is not None and self._write.loop is not None:
                 self._write.loop.stop()

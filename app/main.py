@@ -32,8 +32,7 @@ def create_app(container: Container | Callable[[], Container] | None = None, *, 
         app.state.container = c
         c.recover()
         if start_worker:
-            # In the background: the server answers (and queues webhooks) while the ingest model loads.
-            c.start_worker_in_background()
+            c.start_worker()
         try:
             async with mcp.running(c.settings):  # without a lifespan (Lambda), /mcp runs one per request
                 yield
