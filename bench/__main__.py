@@ -30,6 +30,60 @@ def _table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _on_store(
+    store: Any,
+    first: dict[str, Any],
+    docs: list[Any],
+    questions: list[str],
+    sections: set[str],
+    report: dict[str, Any],
+    emit: Any,
+) -> None:
+    from bench.ingest import resync
+
+    n = len(docs)
+    try:
+        if "resync" in sections:
+            res = resync(store, docs, first["seconds"])
+            report["resync"] = res
+            emit(
+                _table(
+                    f"Re-sync of {n} unchanged documents as new versions ({first['backend']})",
+                    res["unchanged"],
+                    [
+                        "version",
+                        "seconds",
+                        "receive_seconds",
+                        "embedded",
+                        "ratio_to_first_ingest",
+                        "ratio_incl_receive",
+                    ],
+                )
+            )
+            emit(
+                _table(
+                    "Re-sync of 10 edited documents",
+                    [res["edited"]],
+                    ["documents", "seconds", "embedded", "changed_chunks", "ratio_to_10_docs_of_first_ingest"],
+                )
+            )
+        if "query" in sections:
+            from bench.service import query_overhead
+
+            q = query_overhead(store, questions)
+            report["query"] = q
+            emit(_table("/query against question embedding + engine search", [q], list(q)))
+    finally:
+        store.close(keep_files=True)
+    if "cold" in sections:
+        from bench.service import cold_start
+
+        cold = cold_start(store.data_dir, Path(store.container.query_embedder.folder))
+        report["cold_start"] = cold
+        emit(_table("Cold start of the API function vs a bare FastAPI + Mangum app", [cold], list(cold)))
+    store.cleanup()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, default=1000, help="SciFact abstracts to ingest")
@@ -65,18 +119,17 @@ def main(argv: list[str] | None = None) -> int:
 
     docs = scifact_docs(args.docs, args.scifact)
     questions = scifact_queries(100, args.scifact)
-    kept = None
     if sections & {"ingest", "resync", "query", "cold"}:
-        from bench.ingest import ingest, resync
+        from bench.ingest import ingest
 
         rows = []
-        for backend in backends:
-            keep = backend == backends[0]
-            row, store = ingest(docs, backend, keep=keep)
+        for n, backend in enumerate(backends):
+            row, store = ingest(docs, backend, keep=n == 0)
             rows.append(row)
-            if store is not None:
-                kept = (store, row)
             print(f"  ingest {backend}: {row['seconds']} s, {row['ratio_to_raw']}x raw", flush=True)
+            if store is not None:
+                # The first backend's store, right away: the re-sync, /query and cold start sections.
+                _on_store(store, row, docs, questions, sections, report, emit)
         report["ingest"] = rows
         emit(
             _table(
@@ -101,56 +154,7 @@ def main(argv: list[str] | None = None) -> int:
 
         rows = peers(docs)
         report["peers"] = rows
-        emit(
-            _table(
-                "Peers: same documents, same model, same threads",
-                rows,
-                ["pipeline", "chunks", "seconds", "docs_per_second"],
-            )
-        )
-    if kept is not None:
-        store, first = kept
-        try:
-            if "resync" in sections:
-                res = resync(store, docs, first["seconds"])
-                report["resync"] = res
-                emit(
-                    _table(
-                        f"Re-sync of {args.docs} unchanged documents as new versions ({first['backend']})",
-                        res["unchanged"],
-                        [
-                            "version",
-                            "seconds",
-                            "receive_seconds",
-                            "embedded",
-                            "ratio_to_first_ingest",
-                            "ratio_incl_receive",
-                        ],
-                    )
-                )
-                emit(
-                    _table(
-                        "Re-sync of 10 edited documents",
-                        [res["edited"]],
-                        ["documents", "seconds", "embedded", "changed_chunks", "ratio_to_10_docs_of_first_ingest"],
-                    )
-                )
-            if "query" in sections:
-                from bench.service import query_overhead
-
-                q = query_overhead(store, questions)
-                report["query"] = q
-                emit(_table("/query against question embedding + engine search", [q], list(q)))
-        finally:
-            store.close(keep_files=True)
-        if "cold" in sections:
-            from bench.service import cold_start
-
-            onnx_dir = Path(store.container.query_embedder.folder)
-            cold = cold_start(store.data_dir, onnx_dir)
-            report["cold_start"] = cold
-            emit(_table("Cold start of the API function vs a bare FastAPI + Mangum app", [cold], list(cold)))
-        store.cleanup()
+        emit(_table("Peers: same documents, same model", rows, ["pipeline", "chunks", "seconds", "docs_per_second"]))
     if "search" in sections:
         from bench.search import measure
 
