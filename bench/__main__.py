@@ -78,7 +78,7 @@ def _on_store(
     if "cold" in sections:
         from bench.service import cold_start
 
-        cold = cold_start(store.data_dir, Path(store.container.query_embedder.folder))
+        cold = cold_start(store.data_dir, Path(store.container.query_embedder.folder), first["backend"])
         report["cold_start"] = cold
         emit(_table("Cold start of the API function vs a bare FastAPI + Mangum app", [cold], list(cold)))
     store.cleanup()

@@ -90,7 +90,7 @@ else:
 """
 
 
-def cold_start(data_dir: Path, onnx_dir: Path, runs: int = 3) -> dict[str, Any]:
+def cold_start(data_dir: Path, onnx_dir: Path, backend: str, runs: int = 3) -> dict[str, Any]:
     """Median over `runs` fresh processes each: python start -> handler imported -> /healthz answered ->
     first /query answered; the bare app in the same run, alternating."""
     env = {
@@ -99,6 +99,7 @@ def cold_start(data_dir: Path, onnx_dir: Path, runs: int = 3) -> dict[str, Any]:
         "EVENTRAG_API_KEYS": json.dumps({API_KEY: "bench"}),
         "EVENTRAG_WEBHOOK_SECRETS": json.dumps({"bench": ["whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="]}),
         "EVENTRAG_ONNX_DIR": str(onnx_dir),
+        "EVENTRAG_EMBEDDING_BACKEND": backend,  # an int8 index is queried with the int8 encoder
         "HF_HUB_OFFLINE": "1",
     }
     event = str(REPO / "tests" / "events" / "apigw_http_v2.json")
