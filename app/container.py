@@ -12,6 +12,7 @@ only answers questions (the Lambda API function serving `/query`) never imports 
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import logging
 import os
@@ -499,6 +500,7 @@ def _onnx_embedder(settings: Settings, *, quantized: bool) -> Embedder:
 
 def build_sources(c: Container) -> ContentRouter:
     from ingest.sources import ContentRouter, LocalFolderSource
+    from ingest.sources_url import FetchPolicy, UrlSource
 
     settings = c.settings
     folder = LocalFolderSource(settings.source_root) if settings.source_root else None
@@ -509,7 +511,25 @@ def build_sources(c: Container) -> ContentRouter:
         extra["s3"] = S3Source(client=(c.aws or {}).get("s3"), bucket=settings.source_bucket)
     # s3:// content is the S3 event source's: only its workspace may point at it, so one tenant's webhook
     # cannot read another tenant's objects from the shared bucket.
-    return ContentRouter(folder=folder, extra=extra, scheme_workspaces={"s3": settings.s3_workspace})
+    f = settings.fetch
+    url_source = None
+    if f.allowed_urls:
+        url_source = UrlSource(
+            FetchPolicy.from_prefixes(
+                f.allowed_urls,
+                allow_private_addresses=f.allow_private_addresses,
+                allowed_networks=tuple(ipaddress.ip_network(n, strict=False) for n in f.allowed_networks),
+                allow_http=f.allow_http,
+                max_bytes=f.max_bytes,
+                connect_timeout_seconds=f.connect_timeout_seconds,
+                read_timeout_seconds=f.read_timeout_seconds,
+                total_timeout_seconds=f.total_timeout_seconds,
+                max_redirects=f.max_redirects,
+                authorization={host: value.get_secret_value() for host, value in f.authorization.items()},
+            )
+        )
+        c._closers.append(url_source.close)
+    return ContentRouter(folder=folder, url=url_source, extra=extra, scheme_workspaces={"s3": settings.s3_workspace})
 
 
 def build_verifier(c: Container) -> WebhookVerifier:
@@ -521,12 +541,32 @@ def build_verifier(c: Container) -> WebhookVerifier:
 def build_write_path(c: Container) -> WritePath:
     """The worker side of `c` (the worker and, with the embedded queue, its loop), over the sources and
     verifier. Imported and built here, on first use, so the read path never loads it."""
-    from ingest.worker import IngestWorker, WorkerConfig, WorkerLoop
+    from ingest.parsing import ParseLimits, parse
+    from ingest.sandbox import ParserPool
+    from ingest.worker import IngestWorker, Parser, WorkerConfig, WorkerLoop
 
     settings = c.settings
     sources, verifier = c.sources, c.verifier
     # The write side checks the index with its own embedder too (the read side checked the query encoder).
     c.index.ensure_ready(c.embedder.model_id, c.embedder.dimension)
+
+    p = settings.parsing
+    limits = ParseLimits(max_bytes=p.max_file_bytes, max_rows=p.max_rows, max_chars=p.max_chars)
+    parser: Parser
+    if p.sandbox:
+        pool = ParserPool(
+            timeout_seconds=p.timeout_seconds,
+            max_memory_mb=p.max_memory_mb,
+            limits=limits,
+            processes=settings.worker.threads,
+        )
+        c._closers.append(pool.close)
+        parser = pool
+    else:
+
+        def parser(data: bytes, content_type: str | None, path: str) -> Any:
+            return parse(data, content_type, path, limits)
+
     w = settings.worker
     worker = IngestWorker(
         state=c.state,
@@ -547,6 +587,7 @@ def build_write_path(c: Container) -> WritePath:
             mass_delete_window_seconds=w.mass_delete_window_seconds,
         ),
         fault=c.fault,
+        parser=parser,
     )
     loop = None
     if settings.queue_backend is QueueBackend.LOCAL:

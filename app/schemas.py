@@ -34,6 +34,9 @@ class QueryFilters(BaseModel):
     metadata: dict[str, str | int | float | bool | list[str | int | float | bool]] | None = Field(
         None, description="webhook metadata: a value means equality, a list means any of"
     )
+    page_from: int | None = Field(None, ge=1, description="passages on this page (or slide) or later")
+    page_to: int | None = Field(None, ge=1, description="passages on this page (or slide) or earlier")
+    sheet: list[str] | None = Field(None, description="passages from any of these spreadsheet sheets")
 
 
 class QueryRequest(BaseModel):
@@ -69,6 +72,9 @@ class CitationOut(BaseModel):
     score: float
     heading: str | None = None
     title: str | None = None
+    page_start: int | None = Field(None, description="first page (PDF) or slide (PPTX) the passage is on, 1-based")
+    page_end: int | None = Field(None, description="last page or slide the passage is on")
+    sheet: str | None = Field(None, description="the spreadsheet sheet the passage is from")
 
 
 class QueryResponse(BaseModel):
@@ -88,6 +94,7 @@ class DocumentOut(BaseModel):
     version: int | None
     position: str | None
     content_type: str | None
+    charset: str | None = Field(None, description="the character encoding the text was decoded with")
     chunk_count: int
     embedded: int
     reused: int
@@ -115,6 +122,17 @@ class EventOut(BaseModel):
     detail: str | None
     received_at: datetime
     updated_at: datetime
+
+
+class EventStatusQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    event_ids: list[str] = Field(min_length=1, max_length=1000)
+
+
+class EventStatusList(BaseModel):
+    events: list[EventOut]
+    unknown: list[str] = Field(default_factory=list, description="ids with no event in the caller's workspace")
 
 
 class Health(BaseModel):

@@ -61,6 +61,82 @@ class WorkerSettings(BaseModel):
     mass_delete_window_seconds: float = Field(600.0, gt=0, description="how far back deletes count as a burst")
 
 
+class ParsingSettings(BaseModel):
+    sandbox: bool = Field(
+        True, description="parse in child processes with the time and memory budgets (false: in the worker)"
+    )
+    timeout_seconds: float = Field(60.0, gt=0, description="time budget to parse one file; then it fails")
+    max_memory_mb: int = Field(1024, ge=64, description="memory budget to parse one file; then it fails")
+    max_file_bytes: int = Field(200 * 1024 * 1024, ge=1024, description="larger files are skipped")
+    max_rows: int = Field(50_000, ge=1, description="spreadsheet and CSV rows per file; more are skipped")
+    max_chars: int = Field(20_000_000, ge=1000, description="characters of parsed text per file")
+
+
+class FetchSettings(BaseModel):
+    allowed_urls: list[str] | dict[str, list[str]] = Field(
+        default_factory=list,
+        description='URL prefixes data.url may point under: ["https://files.example.com/"] for every'
+        ' workspace, or {"acme": [...]}; empty: URL fetching is off',
+    )
+    allow_private_addresses: bool = Field(
+        False, description="fetch from loopback/private/link-local addresses too (tests, trusted LANs only)"
+    )
+    allowed_networks: list[str] = Field(
+        default_factory=list,
+        description='non-public networks that may be fetched from all the same, e.g. ["10.0.5.0/24"]',
+    )
+    allow_http: bool = Field(False, description="allow plain-HTTP prefixes (default: https only)")
+    max_bytes: int = Field(50 * 1024 * 1024, ge=1024, description="larger bodies are refused while streaming")
+    connect_timeout_seconds: float = Field(10.0, gt=0)
+    read_timeout_seconds: float = Field(30.0, gt=0, description="between two reads of the body")
+    total_timeout_seconds: float = Field(300.0, gt=0, description="for the whole download")
+    max_redirects: int = Field(5, ge=0, le=20)
+    authorization: Annotated[dict[str, SecretStr], NoDecode] = Field(
+        default_factory=dict,
+        description='host -> Authorization header value, e.g. {"files.example.com": "Bearer ..."}',
+    )
+
+    @field_validator("authorization", mode="before")
+    @classmethod
+    def _authorization(cls, value: Any) -> Any:
+        parsed = _parse_mapping(value, "EVENTRAG_FETCH__AUTHORIZATION")
+        if isinstance(parsed, dict):
+            return {str(k).lower(): v[0] if isinstance(v, list) else v for k, v in parsed.items()}
+        return parsed
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for net in value:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"EVENTRAG_FETCH__ALLOWED_NETWORKS: {net!r} is not a network ({exc})") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _prefixes(self) -> FetchSettings:
+        from urllib.parse import urlsplit
+
+        lists = self.allowed_urls.values() if isinstance(self.allowed_urls, dict) else [self.allowed_urls]
+        for prefix in (p for items in lists for p in items):
+            parts = urlsplit(prefix)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"EVENTRAG_FETCH__ALLOWED_URLS: {prefix!r} is not an http(s) URL prefix with a host")
+            if parts.username is not None or parts.password is not None:
+                raise ValueError(
+                    f"EVENTRAG_FETCH__ALLOWED_URLS: {prefix!r} holds credentials; use EVENTRAG_FETCH__AUTHORIZATION"
+                )
+            if parts.scheme == "http" and not self.allow_http:
+                raise ValueError(
+                    f"EVENTRAG_FETCH__ALLOWED_URLS: {prefix!r} is plain HTTP; use https, or set"
+                    " EVENTRAG_FETCH__ALLOW_HTTP=true"
+                )
+        return self
+
+
 class AgentSettings(BaseModel):
     tools: bool = Field(True, description="let the LLM call search/read/list tools (needs tool-call support)")
     max_steps: int = Field(4, ge=1, le=20, description="model calls that may use tools before answering")
@@ -148,6 +224,8 @@ class Settings(BaseSettings):
 
     chunking: ChunkingSettings = Field(default_factory=ChunkingSettings)  # type: ignore[arg-type]
     worker: WorkerSettings = Field(default_factory=WorkerSettings)  # type: ignore[arg-type]
+    parsing: ParsingSettings = Field(default_factory=ParsingSettings)  # type: ignore[arg-type]
+    fetch: FetchSettings = Field(default_factory=FetchSettings)  # type: ignore[arg-type]
     agent: AgentSettings = Field(default_factory=AgentSettings)  # type: ignore[arg-type]
 
     # Backends (the AWS deployment sets these)

@@ -53,6 +53,7 @@ class _Segment:
     heading_path: str | None  # the path in effect; a heading's own path includes it
     is_heading: bool
     tokens: int = 0  # model tokens without the special tokens
+    breaks_before: bool = False  # the first segment of a page (or another boundary): starts a new chunk
 
 
 @dataclass(slots=True)
@@ -80,6 +81,7 @@ class Chunker:
       (`reserved_tokens` is what the caller prepends when embedding, e.g. a title);
     - a size of about `min(chunk_tokens, max_tokens - reserved_tokens)` tokens;
     - a Markdown heading starts a new chunk and is never the last thing in one (unless nothing follows it);
+      so does a `boundary` (a page), and no chunk spans one;
       consecutive chunks of one section share about `overlap_tokens` worth of whole sentences, chunks on
       either side of a heading share nothing;
     - `heading` is the heading path ("Leave policy > Parental leave") in effect where the chunk's first
@@ -113,11 +115,16 @@ class Chunker:
 
     # --- public -------------------------------------------------------------------------------------------
 
-    def chunk(self, text: str) -> list[Chunk]:
-        """Cut `text` into chunks (see the class docstring for the contract); "" or blank text gives []."""
+    def chunk(self, text: str, boundaries: Sequence[int] = ()) -> list[Chunk]:
+        """Cut `text` into chunks (see the class docstring for the contract); "" or blank text gives [].
+
+        `boundaries` are offsets where a new chunk must start, sharing nothing with the one before (the
+        first character of each page of a PDF or slide of a deck).
+        """
         segments = _segment(text)
         if not segments:
             return []
+        _mark_boundaries(segments, boundaries)
         # One batch for every segment; the empty text in front measures the special tokens.
         counts = self._count(["", *(text[s.start : s.end] for s in segments)])
         self._specials = counts[0]
@@ -177,6 +184,7 @@ class Chunker:
                         segment.heading_path,
                         segment.is_heading and k == 0,
                         tokens - self._specials,
+                        segment.breaks_before and k == 0,
                     )
                 )
         return fitted
@@ -192,6 +200,11 @@ class Chunker:
         i = 0
         while i < len(segments):
             segment = segments[i]
+            if segment.breaks_before and current:
+                # A page boundary: close the chunk (headings and all) and carry nothing over, so every
+                # chunk lies on one page and its citation names that page.
+                groups.append(current)
+                current, tokens, has_text = [], 0, False
             if segment.is_heading:
                 if has_text:
                     groups.append(current)
@@ -400,6 +413,17 @@ def _pack_atoms(atoms: list[_Atom], room: int) -> list[int]:
                 j = k
         i = j
     return firsts
+
+
+def _mark_boundaries(segments: list[_Segment], boundaries: Sequence[int]) -> None:
+    """Flag the first segment at or after each boundary (segments are in text order)."""
+    marks = sorted(set(boundaries))
+    k = 0
+    for segment in segments:
+        crossed = False
+        while k < len(marks) and marks[k] <= segment.start:
+            crossed, k = True, k + 1
+        segment.breaks_before = crossed
 
 
 def _heading_of(group: list[_Segment]) -> str | None:

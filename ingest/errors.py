@@ -10,8 +10,13 @@
     ├── SourceError                   fetching a file's bytes failed
     │   ├── SourceNotFoundError       the file is not there (permanent)
     │   ├── PathOutsideRootError      a path escapes EVENTRAG_SOURCE_ROOT (permanent)
-    │   └── SourceUnavailableError    network or backend trouble (transient: retried)
-    └── UnsupportedContentError       a type we cannot parse: the file is recorded as skipped
+    │   ├── FetchRefusedError         a URL the fetch policy refuses: not allowed, not public, too big
+    │   │                             (permanent)
+    │   └── SourceUnavailableError    network or backend trouble, 429 and 5xx (transient: retried; may
+    │                                 carry the server's Retry-After)
+    ├── UnsupportedContentError       a type or file we cannot parse: the file is recorded as skipped
+    └── ParseError                    a parser broke on a file (permanent: the event fails, the previous
+        └── ParseBudgetError          version stays searchable); or ran over its time or memory budget
 
 `PermanentError` marks the errors a retry cannot fix; the worker records them at once instead of
 backing off; when one reaches a route it is answered 422.
@@ -70,9 +75,23 @@ class PathOutsideRootError(SourceError, PermanentError):
     pass
 
 
-class SourceUnavailableError(SourceError):
+class FetchRefusedError(SourceError, PermanentError):
     pass
 
 
+class SourceUnavailableError(SourceError):
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after  # seconds the source asked us to wait (HTTP Retry-After)
+
+
 class UnsupportedContentError(PermanentError):
+    pass
+
+
+class ParseError(PermanentError):
+    pass
+
+
+class ParseBudgetError(ParseError):
     pass

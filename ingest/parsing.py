@@ -1,10 +1,15 @@
-"""File bytes -> the text that chunks' character offsets refer to.
+"""File bytes -> the text that chunks' character offsets refer to: the entry point of every format.
 
-`parse` accepts plain text, Markdown and HTML and raises `UnsupportedContentError` for anything else (the
-worker then records the file as skipped). Plain text and Markdown are kept as they are apart from newlines,
-so a chunk's `start`/`end` point into the file the user wrote; HTML becomes the visible text a reader sees,
-written as light Markdown (headings as "#" lines, list items as "- " lines) so the chunker keeps sections
-together the same way for both formats.
+`parse` finds what a file is (`resolve_content_type`: the event's content type, else the file name's
+extension, else the bytes themselves) and hands it to its format: plain text, Markdown and HTML here;
+PDF, DOCX, PPTX, XLSX/CSV and text sniffing in `ingest.formats`. Anything else raises
+`UnsupportedContentError`, which the worker records as `skipped` with the message.
+
+Plain text and Markdown are kept as they are apart from newlines, so a chunk's `start`/`end` point into
+the file the user wrote; HTML becomes the visible text a reader sees (no scripts, hidden elements or page
+chrome), written as light Markdown (headings as "#" lines, list items as "- " lines) so the chunker keeps
+sections together the same way for every format. Text is decoded with the charset rules of
+`ingest.formats.text`, and the charset used is recorded on the result.
 
 The Markdown line scanner (`scan_markdown_lines`) lives here too: the chunker uses it to find headings, so
 the title rule and the chunk heading rule cannot drift apart.
@@ -12,7 +17,6 @@ the title rule and the chunk heading rule cannot drift apart.
 
 from __future__ import annotations
 
-import codecs
 import mimetypes
 import re
 from collections.abc import Sequence
@@ -24,24 +28,27 @@ from bs4 import BeautifulSoup
 from bs4.element import NavigableString, PreformattedString, Tag
 
 from ingest.errors import UnsupportedContentError
+from ingest.formats.base import Location, ParsedDocument
+from ingest.formats.html_chrome import find_chrome
+from ingest.formats.sheets import CSV, TSV
+from ingest.formats.text import DOCX, OCTET, PDF, PPTX, XLSX, charset_parameter, decode, sniff
+
+__all__ = ["Location", "ParseLimits", "ParsedDocument", "detect_content_type", "parse", "scan_markdown_lines"]
 
 PLAIN = "text/plain"
 MARKDOWN = "text/markdown"
 HTML = "text/html"
-SUPPORTED_CONTENT_TYPES: tuple[str, ...] = (PLAIN, MARKDOWN, HTML)
+SUPPORTED_CONTENT_TYPES: tuple[str, ...] = (PLAIN, MARKDOWN, HTML, CSV, TSV, PDF, DOCX, PPTX, XLSX)
+SUPPORTED = "supported: PDF, DOCX, PPTX, XLSX, CSV/TSV, HTML, Markdown and any plain text"
 
 
 @dataclass(frozen=True, slots=True)
-class ParsedDocument:
-    """The text of one file version, ready for chunking.
+class ParseLimits:
+    """Bounds on what one file may produce (settings `EVENTRAG_PARSING__*`)."""
 
-    `text` is what chunks' character offsets refer to; `content_type` is one of `SUPPORTED_CONTENT_TYPES`;
-    `title` is the HTML <title> (else its first <h1>), the first "# " heading of Markdown, or None.
-    """
-
-    text: str
-    content_type: str
-    title: str | None
+    max_bytes: int = 200 * 1024 * 1024  # of the file
+    max_rows: int = 50_000  # spreadsheet and CSV rows, all sheets together
+    max_chars: int = 20_000_000  # characters of parsed text
 
 
 # --- content type -----------------------------------------------------------------------------------------
@@ -51,127 +58,236 @@ _BY_EXTENSION: dict[str, str] = {
     ".markdown": MARKDOWN,
     ".html": HTML,
     ".htm": HTML,
+    ".xhtml": HTML,
     ".txt": PLAIN,
     ".text": PLAIN,
     ".rst": PLAIN,
-    ".csv": PLAIN,
     ".log": PLAIN,
+    ".csv": CSV,
+    ".tsv": TSV,
+    ".tab": TSV,
+    ".pdf": PDF,
+    ".docx": DOCX,
+    ".docm": DOCX,
+    ".pptx": PPTX,
+    ".pptm": PPTX,
+    ".xlsx": XLSX,
+    ".xlsm": XLSX,
 }
 
 # Other spellings of the types we parse, so a header names the same type as the extension would.
 _ALIASES: dict[str, str] = {
     "text/x-markdown": MARKDOWN,
     "application/xhtml+xml": HTML,
-    "text/csv": PLAIN,
+    "application/csv": CSV,
+    "text/x-csv": CSV,
+    "text/tsv": TSV,
     "text/x-rst": PLAIN,
     "text/x-log": PLAIN,
+    "application/x-pdf": PDF,
+    "application/vnd.ms-word.document.macroenabled.12": DOCX,
+    "application/vnd.ms-powerpoint.presentation.macroenabled.12": PPTX,
+    "application/vnd.ms-excel.sheet.macroenabled.12": XLSX,
 }
 
 # Headers that say "some bytes" rather than what they are: S3 and many servers send these for any file
-# they have no type for, so the extension is better evidence than the header.
-_UNINFORMATIVE = frozenset({"application/octet-stream", "binary/octet-stream"})
+# they have no type for, so the extension (or the bytes) is better evidence than the header.
+_UNINFORMATIVE = frozenset({"application/octet-stream", "binary/octet-stream", "application/unknown"})
+
+# Types that are text, though not "text/...": indexed as plain text.
+_TEXT_APPLICATIONS = frozenset(
+    {
+        "application/json",
+        "application/ld+json",
+        "application/xml",
+        "application/javascript",
+        "application/x-javascript",
+        "application/ecmascript",
+        "application/x-sh",
+        "application/x-shellscript",
+        "application/x-csh",
+        "application/x-python",
+        "application/x-python-code",
+        "application/x-perl",
+        "application/x-ruby",
+        "application/x-httpd-php",
+        "application/sql",
+        "application/x-sql",
+        "application/yaml",
+        "application/x-yaml",
+        "application/toml",
+        "application/x-toml",
+        "application/x-tex",
+        "application/x-latex",
+        "application/x-troff",
+        "application/x-troff-man",
+        "application/x-subrip",
+        "application/x-ndjson",
+        "application/jsonl",
+    }
+)
+# Families of types that are never text: refused by name, without looking at the bytes.
+_BINARY_FAMILIES = ("image/", "audio/", "video/", "font/", "model/")
+_BINARY_TYPES = frozenset(
+    {
+        "application/zip",
+        "application/gzip",
+        "application/x-gzip",
+        "application/x-tar",
+        "application/x-7z-compressed",
+        "application/vnd.rar",
+        "application/x-rar-compressed",
+        "application/x-bzip2",
+        "application/x-xz",
+        "application/zstd",
+        "application/java-archive",
+        "application/x-executable",
+        "application/x-msdownload",
+        "application/x-sharedlib",
+        "application/wasm",
+        "application/msword",
+        "application/vnd.ms-excel",
+        "application/vnd.ms-powerpoint",
+        "application/x-ole-storage",
+        "application/rtf",
+        "application/vnd.sqlite3",
+        "application/x-sqlite3",
+        "application/x-shockwave-flash",
+        "application/epub+zip",
+    }
+)
+
+
+def _is_text_type(kind: str) -> bool:
+    return kind.startswith("text/") or kind in _TEXT_APPLICATIONS or kind.endswith(("+json", "+xml"))
+
+
+def _is_binary_type(kind: str) -> bool:
+    return kind.startswith(_BINARY_FAMILIES) or kind in _BINARY_TYPES or kind.startswith("application/vnd.oasis.")
+
+
+def _header_type(content_type: str | None) -> str | None:
+    """The normalised media type of a header, or None when it is missing or says only "some bytes"."""
+    essence = (content_type or "").split(";", 1)[0].strip().lower()
+    if not essence or essence in _UNINFORMATIVE:
+        return None
+    return _ALIASES.get(essence, essence)
 
 
 def detect_content_type(content_type: str | None, path: str) -> str:
-    """Return the normalised media type of a file.
+    """The media type a file's header or name says it has, without looking at its bytes.
 
     The header wins when it says something: parameters are dropped ("text/html; charset=utf-8" ->
     "text/html"), case is folded, and aliases map to the types in `SUPPORTED_CONTENT_TYPES`. A missing or
     generic (`application/octet-stream`) header falls back to the extension of `path` (a URL's query and
-    fragment are ignored): .md .markdown -> text/markdown, .html .htm -> text/html, .txt .text .rst .csv
-    .log and no extension -> text/plain. Anything else is returned as it is ("application/pdf"), for
-    `parse` to refuse with a message that names it.
+    fragment are ignored): the formats we parse by their usual extensions, others as `mimetypes` knows
+    them, and `application/octet-stream` when the name says nothing (no extension, or one like
+    `README.Debian`): `parse` then sniffs the bytes.
     """
-    if content_type:
-        essence = content_type.split(";", 1)[0].strip().lower()
-        if essence and essence not in _UNINFORMATIVE:
-            return _ALIASES.get(essence, essence)
+    header = _header_type(content_type)
+    if header is not None:
+        return header
     name = urlsplit(path).path if "://" in path else path
     suffix = PurePosixPath(name).suffix.lower()
-    if not suffix:
-        return PLAIN
     if suffix in _BY_EXTENSION:
         return _BY_EXTENSION[suffix]
+    if not suffix:
+        return OCTET
     guessed, _encoding = mimetypes.guess_type(PurePosixPath(name).name, strict=False)
-    return guessed or "application/octet-stream"
+    return _ALIASES.get(guessed, guessed) if guessed else OCTET
+
+
+def resolve_content_type(data: bytes, content_type: str | None, path: str) -> tuple[str, str | None]:
+    """(the type to parse the bytes as, why it was sniffed or None).
+
+    `detect_content_type` first; when it cannot tell (a generic header, an unfamiliar extension, or a
+    type we have no rule for), the bytes decide (`ingest.formats.text.sniff`).
+    """
+    declared = detect_content_type(content_type, path)
+    if declared in SUPPORTED_CONTENT_TYPES:
+        return declared, None
+    if _is_text_type(declared):
+        return PLAIN, None
+    if _is_binary_type(declared) and _header_type(content_type) == declared:
+        return declared, None  # the sender says it is binary: believe it
+    sniffed = sniff(data)
+    if _header_type(content_type) is not None:
+        said = f"it was sent as {declared!r}"
+    elif declared != OCTET:
+        said = f"its name suggests {declared!r}"
+    else:
+        said = "no type was given and its name says none"
+    return sniffed, f"its bytes are {sniffed} ({said})"
 
 
 # --- parse ------------------------------------------------------------------------------------------------
 
 
-def parse(data: bytes, content_type: str | None, path: str) -> ParsedDocument:
+def parse(data: bytes, content_type: str | None, path: str, limits: ParseLimits | None = None) -> ParsedDocument:
     """Turn a file's bytes into a `ParsedDocument`.
 
-    Raises `UnsupportedContentError` when the type (see `detect_content_type`) is not one we parse, and
-    when the bytes are not text: not valid UTF-8 (for HTML, a `<meta charset>` is honoured only when UTF-8
-    decoding fails) or containing NUL bytes. A UTF-8 byte order mark is dropped and newlines become "\\n";
+    Raises `UnsupportedContentError` for a type we do not parse (naming it and what is supported), bytes
+    that are not what their type says, a scanned PDF without a text layer, an encrypted PDF, and results
+    over `limits`. Text is decoded by the charset rules of `ingest.formats.text`; newlines become "\\n";
     plain text and Markdown are otherwise unchanged. An empty result (text "") is not an error.
     """
-    kind = detect_content_type(content_type, path)
-    if kind not in SUPPORTED_CONTENT_TYPES:
+    limits = limits or ParseLimits()
+    if len(data) > limits.max_bytes:
         raise UnsupportedContentError(
-            f"cannot parse {path!r}: content type {kind!r} is not supported "
-            f"(supported: {', '.join(SUPPORTED_CONTENT_TYPES)})"
+            f"{path!r} is {len(data):,} bytes, more than the limit of {limits.max_bytes:,}"
+            " (EVENTRAG_PARSING__MAX_FILE_BYTES)"
         )
-    text = _normalise_newlines(_decode(data, kind, path))
+    kind, sniffed = resolve_content_type(data, content_type, path)
+    parsed = _parse_as(kind, data, content_type, path, limits, sniffed)
+    if len(parsed.text) > limits.max_chars:
+        raise UnsupportedContentError(
+            f"{path!r} holds {len(parsed.text):,} characters of text, more than the limit of {limits.max_chars:,}"
+            " (EVENTRAG_PARSING__MAX_CHARS)"
+        )
+    return parsed
+
+
+def _parse_as(
+    kind: str, data: bytes, content_type: str | None, path: str, limits: ParseLimits, sniffed: str | None
+) -> ParsedDocument:
+    if kind == PDF:
+        from ingest.formats.pdf import parse_pdf
+
+        return parse_pdf(data, path)
+    if kind == DOCX:
+        from ingest.formats.office import parse_docx
+
+        return parse_docx(data, path)
+    if kind == PPTX:
+        from ingest.formats.office import parse_pptx
+
+        return parse_pptx(data, path)
+    if kind == XLSX:
+        from ingest.formats.sheets import parse_xlsx
+
+        return parse_xlsx(data, path, max_rows=limits.max_rows)
+    if kind not in (PLAIN, MARKDOWN, HTML, CSV, TSV):
+        if sniffed:
+            raise UnsupportedContentError(f"cannot parse {path!r}: {sniffed}, not a format we parse ({SUPPORTED})")
+        raise UnsupportedContentError(f"cannot parse {path!r}: content type {kind!r} is not supported ({SUPPORTED})")
+    xml = "xml" in (content_type or "").lower() or path.lower().endswith((".xml", ".xhtml", ".svg", ".rss"))
+    markup = "html" if kind == HTML else ("xml" if xml else None)
+    raw, charset = decode(data, declared=charset_parameter(content_type), markup=markup, path=path)
+    text = _normalise_newlines(raw)
     if kind == HTML:
         body, title = _html_to_text(text)
-        return ParsedDocument(text=body, content_type=kind, title=title)
+        return ParsedDocument(text=body, content_type=kind, title=title, charset=charset)
     if kind == MARKDOWN:
-        return ParsedDocument(text=text, content_type=kind, title=_markdown_title(text))
-    return ParsedDocument(text=text, content_type=kind, title=None)
+        return ParsedDocument(text=text, content_type=kind, title=_markdown_title(text), charset=charset)
+    if kind in (CSV, TSV):
+        from ingest.formats.sheets import parse_delimited
+
+        return parse_delimited(text, path, kind=kind, charset=charset, max_rows=limits.max_rows)
+    return ParsedDocument(text=text, content_type=kind, title=None, charset=charset)
 
 
 def _normalise_newlines(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
-
-
-# WHATWG Encoding: a prescan finds <meta charset> in the first 1024 bytes; we look further because pages
-# with a long inline <head> script put it later, and a wrong guess here only costs a refused file.
-_META_CHARSET = re.compile(rb"""<meta\b[^>]*?charset\s*=\s*["']?\s*([A-Za-z0-9._:-]+)""", re.IGNORECASE)
-_META_SCAN_BYTES = 8192
-
-
-def _decode(data: bytes, kind: str, path: str) -> str:
-    if data.startswith(codecs.BOM_UTF8):
-        data = data[len(codecs.BOM_UTF8) :]
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        declared = _META_CHARSET.search(data[:_META_SCAN_BYTES]) if kind == HTML else None
-        if declared is None:
-            raise UnsupportedContentError(
-                f"{path!r} is not valid UTF-8 text (invalid byte at offset {exc.start})"
-            ) from exc
-        text = _decode_declared(data, declared.group(1).decode("ascii"), path)
-    if "\x00" in text:
-        raise UnsupportedContentError(f"{path!r} is not valid UTF-8 text: it contains NUL bytes (binary data?)")
-    return text
-
-
-def _decode_declared(data: bytes, label: str, path: str) -> str:
-    """Decode HTML that is not UTF-8 with the charset its <meta> declares."""
-    try:
-        codec = codecs.lookup(label).name
-    except LookupError:
-        raise UnsupportedContentError(
-            f"{path!r} is not valid UTF-8 text and its declared charset {label!r} is unknown"
-        ) from None
-    if codec == "utf-8":
-        raise UnsupportedContentError(f"{path!r} is not valid UTF-8 text (though it declares charset {label!r})")
-    if codec in {"iso8859-1", "ascii"}:
-        # WHATWG Encoding maps these labels to windows-1252: pages labelled latin-1 use its curly quotes.
-        try:
-            return data.decode("cp1252")
-        except UnicodeDecodeError:
-            # One of the five bytes cp1252 leaves undefined: browsers map them as latin-1 does.
-            return data.decode("latin-1")
-    try:
-        return data.decode(codec)
-    except UnicodeDecodeError as exc:
-        raise UnsupportedContentError(
-            f"{path!r} is not valid UTF-8 text, nor valid {label!r} text as it declares"
-        ) from exc
 
 
 # --- Markdown ---------------------------------------------------------------------------------------------
@@ -468,6 +584,7 @@ def _html_to_text(markup: str) -> tuple[str, str | None]:
             title = _SPACES.sub(" ", element.get_text()).strip() or None
             break
 
+    chrome = find_chrome(soup)  # navigation, site headers and footers, link bars: not the document
     writer = _TextWriter()
     # An explicit stack rather than recursion: machine-generated pages nest deeper than Python's recursion
     # limit. An entry is (node, entering); a tag is pushed again with entering=False to close it.
@@ -480,7 +597,7 @@ def _html_to_text(markup: str) -> tuple[str, str | None]:
                 writer.text(str(node))
             continue
         if entering:
-            if node is not soup and _is_hidden(node):
+            if node is not soup and (_is_hidden(node) or id(node) in chrome):
                 continue
             _enter(writer, node)
             stack.append((node, False))

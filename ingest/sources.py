@@ -1,24 +1,29 @@
 """Content sources: where the bytes of a changed file come from.
 
-An event carries its content inline (`content`, `content_base64`), points at a URL, or names a path under
-`EVENTRAG_SOURCE_ROOT`. `ContentRouter` picks the source for each event; the S3 adapter plugs in the same way.
+An event carries its content inline (`content`, `content_base64`), points at a URL (`ingest.sources_url`,
+or `s3://` with `ingest.sources_s3`), or names a path under `EVENTRAG_SOURCE_ROOT`. `ContentRouter` picks
+the source for each event.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ingest.errors import InvalidEventError, PathOutsideRootError, SourceNotFoundError, SourceUnavailableError
 from stores.events import EventType, FileEvent
-from stores.ports import ContentSource
+from stores.ports import ContentSource, FetchedFile
+
+if TYPE_CHECKING:
+    from ingest.sources_url import UrlSource
 
 
 class InlineSource:
-    def fetch(self, event: FileEvent) -> bytes:
+    def fetch(self, event: FileEvent) -> FetchedFile:
         data = event.inline_bytes()
         if data is None:
             raise SourceNotFoundError(f"event {event.event_id} carries no inline content")
-        return data
+        return FetchedFile(data)
 
 
 class LocalFolderSource:
@@ -35,10 +40,10 @@ class LocalFolderSource:
             raise PathOutsideRootError(f"path {path!r} points outside the source root")
         return target
 
-    def fetch(self, event: FileEvent) -> bytes:
+    def fetch(self, event: FileEvent) -> FetchedFile:
         target = self.resolve(event.path)
         try:
-            return target.read_bytes()
+            return FetchedFile(target.read_bytes())
         except FileNotFoundError as exc:
             raise SourceNotFoundError(f"{event.path!r} does not exist under the source root") from exc
         except IsADirectoryError as exc:
@@ -54,7 +59,7 @@ class ContentRouter:
         self,
         *,
         folder: LocalFolderSource | None = None,
-        url: ContentSource | None = None,
+        url: UrlSource | None = None,
         extra: dict[str, ContentSource] | None = None,
         scheme_workspaces: dict[str, str] | None = None,
     ) -> None:
@@ -83,8 +88,10 @@ class ContentRouter:
                 if self.url is None:
                     raise InvalidEventError(
                         "fetching content from a URL is not enabled on this server; send the content inline"
-                        " (content or content_base64) or set EVENTRAG_URL_ALLOWED_HOSTS"
+                        " (content or content_base64), or have the operator list the URL's prefix in"
+                        " EVENTRAG_FETCH__ALLOWED_URLS"
                     )
+                self.url.check(event)
                 return
             raise InvalidEventError(f"unsupported URL scheme {scheme!r} in data.url")
         if self.folder is None:
@@ -97,12 +104,12 @@ class ContentRouter:
         except PathOutsideRootError as exc:
             raise InvalidEventError(str(exc)) from exc
 
-    def fetch(self, event: FileEvent) -> bytes:
+    def fetch(self, event: FileEvent) -> FetchedFile:
         if event.inline_bytes() is not None:
             return self.inline.fetch(event)
         scheme = self._scheme(event)
         if scheme is not None:
-            source = self.extra.get(scheme) or (self.url if scheme in ("http", "https") else None)
+            source: ContentSource | None = self.extra.get(scheme) or (self.url if scheme in ("http", "https") else None)
             if source is None:
                 raise SourceNotFoundError(f"no source configured for {event.url!r}")
             return source.fetch(event)

@@ -13,6 +13,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from ingest.errors import SourceNotFoundError, SourceUnavailableError
 from stores.events import FileEvent
+from stores.ports import FetchedFile
 
 # What S3 answers for a key or bucket that is not there. A missing key reads as AccessDenied instead when
 # the caller may not s3:ListBucket; the ingest role may (serverless.yml), so a 403 stays a transient error.
@@ -51,11 +52,12 @@ class S3Source:
             raise SourceNotFoundError(f"event {event.event_id} has no s3:// URL and no default bucket is set")
         return self.bucket, event.path
 
-    def fetch(self, event: FileEvent) -> bytes:
+    def fetch(self, event: FileEvent) -> FetchedFile:
         bucket, key = self.locate(event)
         where = f"s3://{bucket}/{key}"
         try:
-            body = self.client.get_object(Bucket=bucket, Key=key)["Body"]
+            response = self.client.get_object(Bucket=bucket, Key=key)
+            body = response["Body"]
             try:
                 data: bytes = body.read()
             finally:
@@ -67,4 +69,6 @@ class S3Source:
             raise SourceUnavailableError(f"cannot read {where}: {code or exc}") from exc
         except BotoCoreError as exc:  # connection errors, timeouts, a response cut short
             raise SourceUnavailableError(f"cannot read {where}: {exc}") from exc
-        return data
+        # S3 stores the Content-Type it was uploaded with (often a generic binary/octet-stream, which the
+        # parser treats as saying nothing).
+        return FetchedFile(data, response.get("ContentType"))

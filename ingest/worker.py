@@ -29,14 +29,14 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import PurePosixPath
 
 from ingest.chunking import Chunker
-from ingest.errors import PermanentError, UnsupportedContentError
-from ingest.parsing import parse
+from ingest.errors import PermanentError, SourceUnavailableError, UnsupportedContentError
+from ingest.parsing import ParsedDocument, parse
 from stores.embedding import embed_with_cache
 from stores.events import EventStatus, EventType, FileEvent, describe_position
 from stores.ports import (
@@ -59,6 +59,8 @@ log = logging.getLogger(__name__)
 
 # A hook the crash tests use to kill the worker between steps; production passes none.
 FaultHook = Callable[[str, FileEvent], None]
+# Bytes, content type, path -> parsed text: `ingest.parsing.parse`, or the sandboxed `ingest.sandbox.ParserPool`.
+Parser = Callable[[bytes, str | None, str], ParsedDocument]
 
 
 class OutcomeKind(StrEnum):
@@ -92,7 +94,9 @@ class _Action(StrEnum):
 REVISION_FORMAT = 1
 
 
-def content_revision(event: FileEvent, data: bytes, *, model_id: str, chunking: tuple[int, ...]) -> str:
+def content_revision(
+    event: FileEvent, data: bytes, *, content_type: str | None, model_id: str, chunking: tuple[int, ...]
+) -> str:
     """The name of the revision `event` would write: equal names, equal points (same chunks, vectors and
     payload except the version). So an unchanged re-send is recognised without parsing or embedding, and
     a changed path or metadata (they reach the payload, and the path the embedded title) is a new one."""
@@ -102,7 +106,7 @@ def content_revision(event: FileEvent, data: bytes, *, model_id: str, chunking: 
         "model": model_id,
         "chunking": list(chunking),
         "path": event.path,
-        "content_type": event.content_type,
+        "content_type": content_type,
         "metadata": event.metadata,
     }
     h.update(json.dumps(head, sort_keys=True, default=str).encode())
@@ -122,7 +126,8 @@ class _Plan:
     embed_texts: list[str] = field(default_factory=list)
     token_counts: list[int] = field(default_factory=list)
     title: str | None = None
-    content_type: str | None = None
+    content_type: str | None = None  # for the document record: the parsed type and its charset
+    indexed_type: str | None = None  # for the chunks: the parsed type alone (what filters match)
     reason: str | None = None
     vectors: list[list[float]] = field(default_factory=list)
     partial: dict[int, list[float]] = field(default_factory=dict)  # vectors known so far, by text index
@@ -162,7 +167,9 @@ class IngestWorker:
         sparse: Bm25Encoder | None = None,
         config: WorkerConfig | None = None,
         fault: FaultHook | None = None,
+        parser: Parser | None = None,
     ) -> None:
+        self.parser: Parser = parser or parse
         self.state = state
         self.index = index
         self.embedder = embedder
@@ -267,12 +274,14 @@ class IngestWorker:
             deletes_in_batch[ev.workspace] = deletes_in_batch.get(ev.workspace, 0) + 1
             return _Plan(record, _Action.EMPTY, status=DocumentStatus.DELETED)
 
-        data = self.sources.fetch(ev)
+        fetched = self.sources.fetch(ev)
         self._step("fetched", ev)
         cfg = self.config
+        content_type = ev.content_type or fetched.content_type
         revision = content_revision(
             ev,
-            data,
+            fetched.data,
+            content_type=content_type,
             model_id=self.embedder.model_id,
             chunking=(cfg.chunk_tokens, cfg.overlap_tokens, cfg.title_tokens, int(self.sparse is not None)),
         )
@@ -285,14 +294,15 @@ class IngestWorker:
         ):
             return _Plan(record, _Action.KEEP, revision=revision, kept=doc, content_type=doc.content_type)
         try:
-            parsed = parse(data, ev.content_type, ev.path)
+            # The event's content type wins; the source's (an HTTP or S3 Content-Type) fills in for none.
+            parsed = self.parser(fetched.data, content_type, ev.path)
         except UnsupportedContentError as exc:
             return _Plan(
                 record,
                 _Action.EMPTY,
                 status=DocumentStatus.SKIPPED,
                 reason=str(exc),
-                content_type=ev.content_type,
+                content_type=ev.content_type or fetched.content_type,
             )
         title = parsed.title or PurePosixPath(ev.path).name
         prefix = self._title_prefix(title, ev.path)
@@ -305,7 +315,9 @@ class IngestWorker:
             reserved_tokens=reserved,
             token_offsets=self.embedder.token_offsets,
         )
-        chunks = chunker.chunk(parsed.text)
+        chunks = chunker.chunk(parsed.text, boundaries=[loc.start for loc in parsed.locations])
+        if parsed.locations:
+            chunks = [self._locate(parsed, c) for c in chunks]
         self._step("chunked", ev)
         if not chunks:
             return _Plan(
@@ -313,7 +325,7 @@ class IngestWorker:
                 _Action.EMPTY,
                 status=DocumentStatus.INDEXED,
                 title=title,
-                content_type=parsed.content_type,
+                content_type=_recorded_type(parsed),
                 reason="the file has no text",
             )
         return _Plan(
@@ -324,8 +336,14 @@ class IngestWorker:
             embed_texts=[f"{prefix}\n{c.text}" for c in chunks],
             token_counts=[c.token_count + reserved for c in chunks],
             title=title,
-            content_type=parsed.content_type,
+            content_type=_recorded_type(parsed),
+            indexed_type=parsed.content_type,
         )
+
+    @staticmethod
+    def _locate(parsed: ParsedDocument, chunk: Chunk) -> Chunk:
+        page_start, page_end, sheet = parsed.locate(chunk.start, chunk.end)
+        return replace(chunk, page_start=page_start, page_end=page_end, sheet=sheet)
 
     def _brake(self, workspace: str, deletes_in_batch: dict[str, int]) -> str | None:
         """Why this delete must wait for confirmation, or None. A sync bug or a wiped source folder shows
@@ -409,7 +427,7 @@ class IngestWorker:
                     path=ev.path,
                     revision=revision,
                     version=ev.version,
-                    content_type=plan.content_type,
+                    content_type=plan.indexed_type,
                     chunk=chunk,
                     dense=vec,
                     sparse=sp,
@@ -496,6 +514,9 @@ class IngestWorker:
             self.state.note_document_error(ev.workspace, ev.file_id, ev.path, why)
             return Outcome(OutcomeKind.FAILED, why)
         delay = min(self.config.backoff_max_seconds, self.config.backoff_seconds * 2 ** max(0, attempts - 1))
+        if isinstance(exc, SourceUnavailableError) and exc.retry_after is not None:
+            # The source said when to come back (HTTP 429/503 Retry-After): sooner would be refused again.
+            delay = min(self.config.backoff_max_seconds, max(delay, exc.retry_after))
         log.info("event %s attempt %d failed (%s); retrying in %.1fs", ev.event_id, attempts, message, delay)
         self.state.set_event_status(ev.event_id, EventStatus.QUEUED, error=message)
         return Outcome(OutcomeKind.RETRY, message, delay)
@@ -524,6 +545,11 @@ class _Carry:
                 del self.waiting[n]
                 return job
         raise KeyError(event_id)
+
+
+def _recorded_type(parsed: ParsedDocument) -> str:
+    """The document's content type as recorded: with the charset the text was decoded in, as HTTP says it."""
+    return f"{parsed.content_type}; charset={parsed.charset}" if parsed.charset else parsed.content_type
 
 
 class WorkerLoop:

@@ -356,8 +356,15 @@ class Agent:
         end = min(length, end_wanted, start + limit)
         if start >= end:
             raise ToolArgumentError(f"empty range; the document has {length} characters")
+        # Where the range is: the pages and sheet of the chunks it overlaps, not those of the first chunk.
+        touched = [c for c in chunks if c.start < end and c.end > start]
+        pages = [p for c in touched for p in (c.page_start, c.page_end) if p is not None]
+        sheets = {c.sheet for c in touched}
         passage = replace(
             chunks[0],
+            page_start=min(pages) if pages else None,
+            page_end=max(pages) if pages else None,
+            sheet=sheets.pop() if len(sheets) == 1 else None,
             point_id=f"read:{file_id}:{start}:{end}",
             score=0.0,
             chunk_index=-1,

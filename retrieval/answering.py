@@ -44,6 +44,9 @@ class Citation:
     heading: str | None = None
     title: str | None = None
     chunk_index: int = 0
+    page_start: int | None = None
+    page_end: int | None = None
+    sheet: str | None = None
 
     @classmethod
     def from_hit(cls, n: int, hit: Hit) -> Citation:
@@ -59,6 +62,9 @@ class Citation:
             heading=hit.heading,
             title=hit.title,
             chunk_index=hit.chunk_index,
+            page_start=hit.page_start,
+            page_end=hit.page_end,
+            sheet=hit.sheet,
         )
 
 

@@ -183,6 +183,14 @@ class EdgeIndex:
                 must.append(_match(f"metadata.{key}", value))
             for key, values in flt.metadata_any:
                 must.append(_match_any(f"metadata.{key}", values))
+            # A passage on pages [page_start, page_end] touches [page_from, page_to] when it starts on or
+            # before page_to and ends on or after page_from.
+            if flt.page_to is not None:
+                must.append(qe.FieldCondition(key="page_start", range=qe.RangeFloat(lte=flt.page_to)))
+            if flt.page_from is not None:
+                must.append(qe.FieldCondition(key="page_end", range=qe.RangeFloat(gte=flt.page_from)))
+            if flt.sheets:
+                must.append(_match_any("sheet", flt.sheets))
             if flt.revisions:
                 must.append(
                     qe.Filter(

@@ -22,8 +22,8 @@ MIN_PREFETCH = 50
 _POINT_NAMESPACE = uuid.UUID("6f1c7f53-3f43-4a8e-9a39-6f8d0a4b1e27")
 
 # Payload fields with a keyword index (the workspace one is the tenant index) and the integer one.
-KEYWORD_FIELDS = ("file_id", "revision", "path_dirs", "content_type", "path")
-INTEGER_FIELDS = ("version",)
+KEYWORD_FIELDS = ("file_id", "revision", "path_dirs", "content_type", "path", "sheet")
+INTEGER_FIELDS = ("version", "page_start", "page_end")
 
 
 def point_id(workspace: str, file_id: str, revision: str, chunk_index: int) -> str:
@@ -51,6 +51,9 @@ def payload_of(p: IndexPoint) -> dict[str, Any]:
         "end": p.chunk.end,
         "text": p.chunk.text,
         "heading": p.chunk.heading,
+        "page_start": p.chunk.page_start,
+        "page_end": p.chunk.page_end,
+        "sheet": p.chunk.sheet,
         "title": p.title,
         "metadata": p.metadata,
     }
@@ -73,6 +76,9 @@ def hit_of(pid: str, score: float, pl: dict[str, Any]) -> Hit:
         content_type=pl.get("content_type"),
         metadata=pl.get("metadata") or {},
         title=pl.get("title"),
+        page_start=pl.get("page_start"),
+        page_end=pl.get("page_end"),
+        sheet=pl.get("sheet"),
     )
 
 

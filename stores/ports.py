@@ -193,11 +193,19 @@ class EmbeddingCache(Protocol):
     def put_many(self, model_id: str, vectors: dict[str, list[float]]) -> None: ...
 
 
-class ContentSource(Protocol):
-    """Returns the bytes of the file an event points at. Raises `SourceNotFoundError` /
-    `PathOutsideRootError` for what a retry cannot fix, `SourceUnavailableError` otherwise."""
+@dataclass(slots=True, frozen=True)
+class FetchedFile:
+    """The bytes of a file, and the media type its source gave them (an HTTP or S3 Content-Type), if any."""
 
-    def fetch(self, event: FileEvent) -> bytes: ...
+    data: bytes
+    content_type: str | None = None
+
+
+class ContentSource(Protocol):
+    """Returns the file an event points at. Raises `SourceNotFoundError` / `PathOutsideRootError` /
+    `FetchRefusedError` for what a retry cannot fix, `SourceUnavailableError` otherwise."""
+
+    def fetch(self, event: FileEvent) -> FetchedFile: ...
 
 
 @dataclass(slots=True, frozen=True)
@@ -210,6 +218,11 @@ class Chunk:
     end: int
     heading: str | None = None  # the Markdown heading path the passage sits under, "A > B"
     token_count: int = 0
+    # Where the passage is in the file: 1-based pages (PDF pages, slides) it starts and ends on, the sheet
+    # of a workbook. None for formats without pages or sheets.
+    page_start: int | None = None
+    page_end: int | None = None
+    sheet: str | None = None
 
 
 @dataclass(slots=True)
@@ -240,6 +253,10 @@ class SearchFilter:
     metadata_any: tuple[tuple[str, tuple[Any, ...]], ...] = ()
     # (file_id, revision) pairs: restrict to exactly these revisions (re-reads after a concurrent switch)
     revisions: tuple[tuple[str, str], ...] = ()
+    # Passages touching pages page_from..page_to (either bound optional), or in one of these sheets.
+    page_from: int | None = None
+    page_to: int | None = None
+    sheets: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -262,6 +279,9 @@ class Hit:
     # Cosine similarity of the passage to the query's dense vector, when known: the relevance bar that
     # fused (rank-based) scores cannot give.
     similarity: float | None = None
+    page_start: int | None = None
+    page_end: int | None = None
+    sheet: str | None = None
 
 
 class SearchMode(StrEnum):

@@ -148,6 +148,14 @@ class QdrantIndex:
                 must.append(_match(f"metadata.{key}", value))
             for key, values in flt.metadata_any:
                 must.append(models.FieldCondition(key=f"metadata.{key}", match=models.MatchAny(any=list(values))))
+            # A passage on pages [page_start, page_end] touches [page_from, page_to] when it starts on or
+            # before page_to and ends on or after page_from.
+            if flt.page_to is not None:
+                must.append(models.FieldCondition(key="page_start", range=models.Range(lte=flt.page_to)))
+            if flt.page_from is not None:
+                must.append(models.FieldCondition(key="page_end", range=models.Range(gte=flt.page_from)))
+            if flt.sheets:
+                must.append(models.FieldCondition(key="sheet", match=models.MatchAny(any=list(flt.sheets))))
             if flt.revisions:
                 must.append(
                     models.Filter(

@@ -52,6 +52,9 @@ def base_settings(data_dir: Path, **overrides: Any) -> Settings:
         "webhook_secrets": {"acme": [SECRET_ACME, SECRET_ACME_OLD], "beta": [SECRET_BETA]},
         "api_keys": {KEY_ACME: "acme", KEY_BETA: "beta"},
         "worker": {"backoff_seconds": 0.0, "poll_seconds": 0.05},
+        # Parsing runs in the worker process here, for speed: each sandbox child costs a second to start.
+        # The sandbox (the default) has its own tests (test_sandbox.py, test_documents.py, the CLI tests).
+        "parsing": {"sandbox": False},
     }
     values.update(overrides)
     return Settings(**values)

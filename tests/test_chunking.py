@@ -281,3 +281,15 @@ def test_limits_that_leave_no_room_are_refused(count_tokens: CountTokens) -> Non
         Chunker(count_tokens=count_tokens, max_tokens=256, reserved_tokens=256)
     with pytest.raises(ValueError, match="no room"):
         Chunker(count_tokens=count_tokens, max_tokens=12, reserved_tokens=5).chunk("Some text.")
+
+
+def test_boundaries_start_new_chunks_that_share_nothing() -> None:
+    """Pages of a PDF: a chunk never spans a boundary, and no overlap crosses it."""
+    page1 = "First page sentence one. First page sentence two. First page sentence three."
+    page2 = "Second page starts here. It goes on."
+    text = f"{page1}\n\n{page2}"
+    chunker = Chunker(count_tokens=lambda texts: [len(t.split()) + 2 for t in texts], chunk_tokens=100)
+    assert [c.text for c in chunker.chunk(text)] == [text]  # without boundaries: one chunk
+    chunks = chunker.chunk(text, boundaries=[0, len(page1) + 2])
+    assert [c.text for c in chunks] == [page1, page2]
+    assert [(c.start, c.end) for c in chunks] == [(0, len(page1)), (len(page1) + 2, len(text))]

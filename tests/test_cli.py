@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.fakes.documents import scanned_pdf
 from tests.fakes.webhooks import file_event, sign
 
 EVENTRAG = [sys.executable, "-m", "app.cli"]
@@ -115,7 +116,7 @@ def test_serve_ingest_ask_over_loopback(server, tmp_path: Path) -> None:  # type
     (folder / "parking.md").write_text("# Parking\nVisitor parking is on level minus two, spaces 40 to 60.\n")
     out = run_cli("ingest", str(folder), "--server", url, data_dir=data)
     assert out.returncode == 0, out.stderr
-    assert "sending 1 file(s) to the server" in out.stdout
+    assert "sending 1 file(s) to the server" in out.stdout and "queued 1 file(s)" in out.stdout
     wait_for(
         lambda: any(
             d["path"] == "parking.md" and d["status"] == "indexed"
@@ -124,6 +125,13 @@ def test_serve_ingest_ask_over_loopback(server, tmp_path: Path) -> None:  # type
         60,
         "parking.md indexed",
     )
+    # --wait: the outcome of this run's files, indexed by the server (in its parse sandbox), with reasons.
+    (folder / "scan.pdf").write_bytes(scanned_pdf())
+    (folder / "README.Debian").write_text("Built with debhelper; the test suite runs with dh_auto_test.\n")
+    out = run_cli("ingest", str(folder), "--server", url, "--wait", "--api-key", "unused-on-loopback", data_dir=data)
+    assert out.returncode == 0, out.stderr
+    assert "3 file(s) in this run: 2 indexed, 1 skipped" in out.stdout  # parking.md again: a duplicate, done
+    assert re.search(r"skipped: scan\.pdf: 'scan\.pdf': no text layer \(OCR is not enabled\)", out.stdout)
 
     out = run_cli("ask", "Where can visitors park?", "--server", url, data_dir=data)
     assert out.returncode == 0, out.stderr
@@ -143,8 +151,16 @@ def test_ingest_and_ask_without_a_server(tmp_path: Path) -> None:
     (folder / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     out = run_cli("ingest", str(folder), "--server", "http://127.0.0.1:9", data_dir=data)
     assert out.returncode == 0, out.stderr
-    assert "1 indexed document(s)" in out.stdout
-    assert re.search(r"skipped: logo\.png", out.stdout)
+    assert "2 file(s) in this run: 1 indexed, 1 skipped" in out.stdout
+    assert re.search(r"skipped: logo\.png: cannot parse 'logo\.png': its bytes are image/png", out.stdout)
+
+    # A second run reports its own files only: the skipped logo of the first run is not listed again.
+    (folder / "it" / "vpn.md").write_text("# VPN\nThe VPN client must be updated every month by the IT desk.\n")
+    out = run_cli(
+        "ingest", str(folder / "it" / "vpn.md"), "--root", str(folder), "--server", "http://127.0.0.1:9", data_dir=data
+    )
+    assert out.returncode == 0, out.stderr
+    assert "1 file(s) in this run: 1 indexed" in out.stdout and "logo" not in out.stdout
     out = run_cli(
         "ask",
         "How often is the VPN client updated?",

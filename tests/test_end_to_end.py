@@ -237,10 +237,10 @@ def test_unsupported_type_is_recorded_as_skipped(harness: Harness) -> None:
     r = harness.post_event(
         file_event(
             "created",
-            "scan",
-            path="scan.pdf",
-            content_base64="JVBERi0xLjQK",
-            content_type="application/pdf",
+            "logo",
+            path="logo.png",
+            content_base64="iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==",
+            content_type="image/png",
             version=1,
         )
     )
@@ -248,8 +248,8 @@ def test_unsupported_type_is_recorded_as_skipped(harness: Harness) -> None:
     harness.drain()
     ev = harness.get(r.json()["status_url"]).json()
     assert ev["status"] == "done" and ev["detail"].startswith("skipped")
-    doc = harness.get("/documents/scan").json()
-    assert doc["status"] == "skipped" and "application/pdf" in doc["last_error"]
+    doc = harness.get("/documents/logo").json()
+    assert doc["status"] == "skipped" and "image/png" in doc["last_error"]
 
 
 def test_restart_after_202_finishes_the_event(make_harness, tmp_path) -> None:  # type: ignore[no-untyped-def]

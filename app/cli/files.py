@@ -1,16 +1,19 @@
-"""`eventrag ingest`: local files in as file events, through a running server or the local store."""
+"""`eventrag ingest`: local files in as file events, through a running server or the local store, and a
+report of what became of this run's files."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from app.cli.common import DataDirOpt, ServerOpt, app, load_settings, open_container, server_up
+from app.cli.common import DataDirOpt, KeyOpt, ServerOpt, app, load_settings, open_container, server_up
+from app.cli.delivery import SETTLED, Outcome, Sender, error_detail, event_id_for, file_event_body, outcome_of, report
 
 
 def _walk(paths: list[Path]) -> list[Path]:
@@ -26,30 +29,21 @@ def _walk(paths: list[Path]) -> list[Path]:
     return files
 
 
-def _file_event_body(path: Path, root: Path, workspace: str) -> tuple[str, dict[str, Any]]:
-    import base64
+def _relative(path: Path, root: Path) -> str:
+    resolved, base = path.resolve(), root.resolve()
+    return resolved.relative_to(base).as_posix() if resolved.is_relative_to(base) else path.name
 
+
+def _file_event(path: Path, root: Path, workspace: str) -> tuple[str, dict[str, Any]]:
+    """(event id, body) for a file as it is now. The id is deterministic in the content and mtime, so
+    re-running ingest on an unchanged file is a duplicate delivery, not new work."""
     stat = path.stat()
-    rel = (
-        path.resolve().relative_to(root.resolve()).as_posix()
-        if path.resolve().is_relative_to(root.resolve())
-        else path.name
-    )
+    rel = _relative(path, root)
     data = path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()[:16]
     stamp = datetime.fromtimestamp(stat.st_mtime, UTC)
-    body = {
-        "type": "file.updated",
-        "timestamp": stamp.isoformat().replace("+00:00", "Z"),
-        "data": {
-            "workspace": workspace,
-            "file_id": rel,
-            "path": rel,
-            "content_base64": base64.b64encode(data).decode(),
-        },
-    }
-    event_id = f"cli-{hashlib.sha256(f'{workspace}/{rel}/{digest}/{stat.st_mtime_ns}'.encode()).hexdigest()[:24]}"
-    return event_id, body
+    body = file_event_body("updated", workspace=workspace, file_id=rel, path=rel, data=data, timestamp=stamp)
+    return event_id_for("cli", workspace, rel, digest, stat.st_mtime_ns), body
 
 
 @app.command()
@@ -57,53 +51,73 @@ def ingest(
     paths: Annotated[list[Path], typer.Argument(help="files or folders to index")],
     workspace: Annotated[str, typer.Option(help="workspace to index into")] = "default",
     root: Annotated[Path | None, typer.Option(help="paths are recorded relative to this folder")] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait/--no-wait", help="with a server: wait until it has indexed this run's files")
+    ] = False,
+    wait_timeout: Annotated[float, typer.Option(help="seconds --wait waits at most")] = 3600.0,
     server: ServerOpt = "http://127.0.0.1:8000",
+    api_key: KeyOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
-    """Index local files (re-running indexes only what changed), with a progress bar."""
-    from rich.progress import Progress
-
+    """Index local files (re-running indexes only what changed) and report, for this run's files, how many
+    were indexed, skipped and failed, with the reason for each file that was not indexed."""
     files = _walk(paths)
     base = root or (paths[0] if len(paths) == 1 and paths[0].is_dir() else Path.cwd())
     settings = load_settings(data_dir)
     if server_up(server):
-        _ingestvia_server(files, base, workspace, server, settings)
-        return
+        failed = _ingest_via_server(files, base, workspace, server, api_key, settings, wait, wait_timeout)
+    else:
+        failed = _ingest_locally(files, base, workspace, settings)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _ingest_locally(files: list[Path], base: Path, workspace: str, settings: Any) -> int:
+    from rich.progress import Progress
+
     from ingest.webhook_body import build_event, parse_webhook_body
     from stores.events import EventStatus
 
     c = open_container(settings)
     try:
+        sent: list[tuple[str, str]] = []  # (path, event id)
         with Progress() as progress:
             task = progress.add_task("queueing", total=len(files))
             for f in files:
-                event_id, body = _file_event_body(f, base, workspace)
+                event_id, body = _file_event(f, base, workspace)
                 event = build_event(event_id, workspace, parse_webhook_body(json.dumps(body).encode()))
                 rec, created = c.state.add_event(event, EventStatus.RECEIVED)
                 if created or rec.status is EventStatus.RECEIVED:
                     c.queue.enqueue(event.event_id, event.group_key)
                     c.state.set_event_status(event.event_id, EventStatus.QUEUED)
+                sent.append((body["data"]["path"], event_id))
                 progress.advance(task)
             progress.update(task, description="indexing", completed=0, total=c.queue.pending())
             assert c.loop is not None
             while (n := c.loop.run_once()) > 0:
                 progress.advance(task, n)
-        docs = c.state.list_documents(workspace, limit=100000)
-        failed = [d for d in docs if d.status.value in ("failed", "skipped")]
-        typer.echo(
-            f"{len(files)} file(s); workspace '{workspace}' has"
-            f" {sum(d.status.value == 'indexed' for d in docs)} indexed document(s)"
-        )
-        for d in failed:
-            typer.secho(f"  {d.status.value}: {d.path}: {d.last_error}", fg="yellow")
+        outcomes = []
+        for path, event_id in sent:
+            rec = c.state.get_event(event_id)
+            shown = None if rec is None else {"status": rec.status.value, "detail": rec.detail, "error": rec.error}
+            outcomes.append(outcome_of(path, shown))
+        return report(outcomes)
     finally:
         c.close()
 
 
-def _ingestvia_server(files: list[Path], base: Path, workspace: str, server: str, settings: Any) -> None:
+def _ingest_via_server(
+    files: list[Path],
+    base: Path,
+    workspace: str,
+    server: str,
+    api_key: str | None,
+    settings: Any,
+    wait: bool,
+    wait_timeout: float,
+) -> int:
     import httpx
     from rich.progress import Progress
-    from standardwebhooks.webhooks import Webhook
 
     from app.container import local_webhook_secrets
 
@@ -111,22 +125,61 @@ def _ingestvia_server(files: list[Path], base: Path, workspace: str, server: str
     if workspace not in secrets:
         typer.secho(f"no webhook secret for workspace {workspace!r} in this configuration", fg="red", err=True)
         raise typer.Exit(2)
-    signer = Webhook(secrets[workspace][0])
+    sender = Sender(server, secrets[workspace][0])
     typer.echo(f"sending {len(files)} file(s) to the server at {server}")
-    with httpx.Client(base_url=server, timeout=60) as client, Progress() as progress:
-        task = progress.add_task("sending", total=len(files))
-        for f in files:
-            event_id, body = _file_event_body(f, base, workspace)
-            raw = json.dumps(body)
-            now = datetime.now(UTC)
-            headers = {
-                "webhook-id": event_id,
-                "webhook-timestamp": str(int(now.timestamp())),
-                "webhook-signature": signer.sign(event_id, now, raw),
-                "content-type": "application/json",
-            }
-            r = client.post("/webhooks", content=raw, headers=headers)
-            if r.status_code >= 400:
-                typer.secho(f"{f}: {r.status_code} {r.json().get('detail')}", fg="red", err=True)
-            progress.advance(task)
-    typer.echo("queued; the server indexes them in the background (GET /documents shows progress)")
+    accepted: dict[str, str] = {}  # event id -> path
+    refused: list[Outcome] = []
+    try:
+        with Progress() as progress:
+            task = progress.add_task("sending", total=len(files))
+            for f in files:
+                event_id, body = _file_event(f, base, workspace)
+                path = body["data"]["path"]
+                try:
+                    r = sender.send(event_id, body)
+                except httpx.HTTPError as exc:
+                    refused.append(Outcome(path, "failed", f"could not deliver: {exc}"))
+                else:
+                    if r.status_code >= 400:
+                        refused.append(Outcome(path, "failed", f"{r.status_code} {error_detail(r)}"))
+                    else:
+                        accepted[event_id] = path
+                progress.advance(task)
+            if not wait:
+                progress.stop()
+                typer.echo(
+                    f"queued {len(accepted)} file(s); the server indexes them in the background"
+                    " (--wait waits for the outcome; GET /documents shows it)"
+                )
+                return report(refused) if refused else 0
+            events = _wait_for(server, api_key, accepted, progress, wait_timeout)
+    finally:
+        sender.close()
+    return report([*(outcome_of(path, events.get(eid)) for eid, path in accepted.items()), *refused])
+
+
+def _wait_for(
+    server: str, api_key: str | None, accepted: dict[str, str], progress: Any, timeout: float
+) -> dict[str, dict[str, Any]]:
+    """Poll the server until every accepted event has settled (or the timeout); returns the events."""
+    import httpx
+
+    headers = {"X-API-Key": api_key} if api_key else {}
+    task = progress.add_task("indexing", total=len(accepted))
+    events: dict[str, dict[str, Any]] = {}
+    pending = list(accepted)
+    deadline = time.monotonic() + timeout
+    with httpx.Client(base_url=server, timeout=60, headers=headers) as client:
+        while pending and time.monotonic() < deadline:
+            for i in range(0, len(pending), 1000):
+                r = client.post("/events/status", json={"event_ids": pending[i : i + 1000]})
+                if r.status_code >= 400:
+                    typer.secho(f"{r.status_code}: {error_detail(r)}", fg="red", err=True)
+                    raise typer.Exit(1)
+                for ev in r.json()["events"]:
+                    events[ev["event_id"]] = ev
+            pending = [eid for eid in pending if events.get(eid, {}).get("status") not in SETTLED]
+            progress.update(task, completed=len(accepted) - len(pending))
+            if pending:
+                time.sleep(0.5)
+    return events

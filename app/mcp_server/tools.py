@@ -131,6 +131,9 @@ class DocumentText(BaseModel):
     length: int = Field(description="characters in the whole document")
     text: str = Field(description="exactly the document's parsed text[start:end], of its latest indexed version")
     next_start: int | None = Field(description="pass as start to read on; null at the end of the document")
+    page_start: int | None = Field(None, description="first PDF page or slide the text is on")
+    page_end: int | None = Field(None, description="last PDF page or slide the text is on")
+    sheet: str | None = Field(None, description="the spreadsheet sheet the text is from")
 
 
 class DocumentPage(BaseModel):
@@ -223,6 +226,9 @@ def document_text(caller: Caller, args: dict[str, Any], limit: int) -> DocumentT
         length=span.length,
         text=p.text,
         next_start=p.end if p.end < span.length else None,
+        page_start=p.page_start,
+        page_end=p.page_end,
+        sheet=p.sheet,
     )
 
 

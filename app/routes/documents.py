@@ -15,7 +15,17 @@ router = APIRouter(tags=["documents"])
 _AUTH: dict[int | str, dict[str, Any]] = {401: {"model": ErrorBody, "description": "Missing or unknown API key"}}
 
 
+def _split_type(content_type: str | None) -> tuple[str | None, str | None]:
+    """("text/plain", "windows-1252") from the recorded "text/plain; charset=windows-1252"."""
+    if content_type is None:
+        return None, None
+    essence, _, params = content_type.partition(";")
+    key, _, value = params.strip().partition("=")
+    return essence.strip(), (value.strip() or None) if key.strip().lower() == "charset" else None
+
+
 def document_out(d: DocumentRecord) -> DocumentOut:
+    content_type, charset = _split_type(d.content_type)
     return DocumentOut(
         workspace=d.workspace,
         file_id=d.file_id,
@@ -23,7 +33,8 @@ def document_out(d: DocumentRecord) -> DocumentOut:
         status=d.status.value,
         version=d.version,
         position=d.position,
-        content_type=d.content_type,
+        content_type=content_type,
+        charset=charset,
         chunk_count=d.chunk_count,
         embedded=d.embedded,
         reused=d.reused,

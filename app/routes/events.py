@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, status
 
 from app.container import Container
 from app.deps import ContainerDep, Workspace
-from app.schemas import ErrorBody, EventOut
+from app.schemas import ErrorBody, EventOut, EventStatusList, EventStatusQuery
 from stores.events import EventStatus
 from stores.ports import EventRecord
 
@@ -41,6 +41,20 @@ def _own_event(container: ContainerDep, workspace: str, event_id: str) -> EventR
     if rec is None or rec.event.workspace != workspace:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no event {event_id!r} in this workspace")
     return rec
+
+
+@router.post("/events/status", response_model=EventStatusList, responses={**_AUTH, 422: {"model": ErrorBody}})
+def events_status(body: EventStatusQuery, workspace: Workspace, container: ContainerDep) -> EventStatusList:
+    """The status of up to 1000 events at once (what `eventrag ingest --wait` polls). Ids that are unknown, or
+    another workspace's, are listed in `unknown`."""
+    found, unknown = [], []
+    for event_id in dict.fromkeys(body.event_ids):
+        rec = container.state.get_event(event_id)
+        if rec is None or rec.event.workspace != workspace:
+            unknown.append(event_id)
+        else:
+            found.append(event_out(rec))
+    return EventStatusList(events=found, unknown=unknown)
 
 
 @router.get(

@@ -36,6 +36,9 @@ def to_filter(f: QueryFilters | None) -> SearchFilter | None:
         content_types=tuple(f.content_type or ()),
         metadata_equals=tuple(equals),
         metadata_any=tuple(any_of),
+        page_from=f.page_from,
+        page_to=f.page_to,
+        sheets=tuple(f.sheet or ()),
     )
 
 
@@ -52,6 +55,9 @@ def citations_out(a: Answer) -> list[CitationOut]:
             score=c.score,
             heading=c.heading,
             title=c.title,
+            page_start=c.page_start,
+            page_end=c.page_end,
+            sheet=c.sheet,
         )
         for c in a.citations
     ]
