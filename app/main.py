@@ -35,14 +35,13 @@ def create_app(container: Container | Callable[[], Container] | None = None, *, 
         c = container if isinstance(container, Container) else (container or _from_env)()
         app.state.container = c
         c.recover()
-        if start_worker and c.loop is not None:
-            c.loop.start()
+        if start_worker:
+            c.start_worker()
         try:
             async with mcp.running(c.settings):  # without a lifespan (Lambda), /mcp runs one per request
                 yield
         finally:
-            if c.loop is not None:
-                c.loop.stop()
+            c.stop_worker()
             if owned:
                 c.close()
             app.state.container = None

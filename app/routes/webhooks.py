@@ -85,8 +85,7 @@ async def post_webhook(request: Request, response: Response, container: Containe
         sources=container.sources,
         limits=container.limits,
     )
-    if container.loop is not None:
-        container.loop.notify()
+    container.notify_worker()
     event_id = delivery.record.event_id
     status_url = str(request.url_for("get_event", event_id=event_id).path)
     response.headers["Location"] = status_url
