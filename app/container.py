@@ -18,7 +18,7 @@ import logging
 import os
 import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
+from app.outbound.subscriptions import StoredLookup, Subscribers, build_subscribers, secret_lookup
 from app.settings import IndexBackend, QueueBackend, Settings, StateBackend, read_ssm_parameter
 from retrieval.agent import Agent, AgentConfig
 from retrieval.answering import Answerer
@@ -33,6 +34,7 @@ from retrieval.llm import ChatModel
 from retrieval.search import Searcher
 from stores.errors import StoreLockedError
 from stores.onnx_embedding import EmbeddingBackend
+from stores.outbox import Delivery, OutboxStore, SubscriptionStore
 from stores.ports import Embedder, EmbeddingCache, JobQueue, StateStore, VectorIndex
 from stores.sessions import SessionStore
 from stores.sqlite.database import SqliteDatabase
@@ -40,12 +42,14 @@ from stores.sqlite.queue import SqliteJobQueue
 from stores.sqlite.state import SqliteStateStore
 
 if TYPE_CHECKING:
+    from app.outbound.relay import OutboundRelay, RelayLoop
     from ingest.receiver import WebhookVerifier
     from ingest.sources import ContentRouter
     from ingest.webhook_body import BodyLimits
     from ingest.worker import IngestWorker
     from ingest.worker_loop import WorkerLoop
     from stores.sparse import Bm25Encoder
+    from stores.sqs import SqsDeliveryQueue
 
 log = logging.getLogger(__name__)
 
@@ -274,6 +278,99 @@ class Container:
             return local_webhook_secrets(settings)
         return {ws: [s.get_secret_value() for s in items] for ws, items in settings.webhook_secrets.items()}, None
 
+    # outbound webhooks ------------------------------------------------------------------------------------
+    @property
+    def outbox(self) -> OutboxStore:
+        """Deliveries to subscribers, written with the settled event: beside the SQLite registry, or the
+        DynamoDB outbox table."""
+        return self._once("outbox", lambda: self._build_outbound_stores()[0])  # type: ignore[no-any-return]
+
+    @property
+    def delivery_queue(self) -> SqsDeliveryQueue | None:
+        """Hands new deliveries to the outbound function on AWS; None locally (the relay loop polls)."""
+        return self._once("delivery_queue", lambda: self._build_outbound_stores()[1])  # type: ignore[no-any-return]
+
+    @property
+    def subscription_store(self) -> SubscriptionStore:
+        """Subscribers created through the API (POST /webhook-subscriptions)."""
+        return self._once("subscription_store", lambda: self._build_outbound_stores()[2])  # type: ignore[no-any-return]
+
+    def _build_outbound_stores(self) -> tuple[OutboxStore, SqsDeliveryQueue | None, SubscriptionStore]:
+        def build() -> tuple[OutboxStore, SqsDeliveryQueue | None, SubscriptionStore]:
+            state = self.state
+            if isinstance(state, SqliteStateStore):
+                from stores.sqlite.outbox import SqliteOutboxStore
+                from stores.sqlite.subscriptions import SqliteSubscriptionStore
+
+                return SqliteOutboxStore(state.db), None, SqliteSubscriptionStore(state.db)
+            return build_outbox(self.settings, aws=self.aws)
+
+        return self._once("outbound_stores", build)  # type: ignore[no-any-return]
+
+    @property
+    def stored_subscriptions(self) -> StoredLookup:
+        """The cached view of the API-created subscribers the worker and the relay read."""
+        return self._once("stored_subscriptions", lambda: StoredLookup(self.subscription_store))  # type: ignore[no-any-return]
+
+    @property
+    def subscribers(self) -> Subscribers:
+        """Configured subscribers (EVENTRAG_OUTBOUND_WEBHOOKS) and, through the store, the API-created ones.
+        Checked at start-up (`build_container`); the store is opened on the first settled event."""
+
+        def build() -> Subscribers:
+            subscribers = build_subscribers(self.settings)
+            subscribers.outbound.stored = lambda workspace: self.stored_subscriptions.subscriptions(workspace)
+            return subscribers
+
+        return self._once("subscribers", build)  # type: ignore[no-any-return]
+
+    @property
+    def relay(self) -> OutboundRelay:
+        """Sends outbox deliveries (built on first use)."""
+
+        def build() -> OutboundRelay:
+            from app.outbound.relay import OutboundRelay
+
+            secret_for = secret_lookup(self.subscribers, self.stored_subscriptions)
+            relay = OutboundRelay(self.outbox, secret_for, self.settings.outbound)
+            self._closers.append(relay.close)
+            return relay
+
+        return self._once("relay", build)  # type: ignore[no-any-return]
+
+    @property
+    def relay_loop(self) -> RelayLoop | None:
+        """The in-process relay of `eventrag serve` (the embedded queue); on AWS a Lambda drains the outbox."""
+        if self.settings.queue_backend is not QueueBackend.LOCAL:
+            return None
+
+        def build() -> RelayLoop:
+            from app.outbound.relay import RelayLoop
+
+            return RelayLoop(self.relay, poll_seconds=self.settings.outbound.poll_seconds)
+
+        return self._once("relay_loop", build)  # type: ignore[no-any-return]
+
+    def start_relay(self) -> None:
+        """Start the in-process relay (`eventrag serve`); no-op on AWS (the outbound function drains it)."""
+        loop = self.relay_loop
+        if loop is not None:
+            loop.start()
+
+    def stop_relay(self) -> None:
+        loop = self._built.get("relay_loop")
+        if loop is not None:
+            loop.stop()
+
+    def outbox_written(self, deliveries: Sequence[Delivery]) -> None:
+        """The worker wrote deliveries: wake the local relay (on AWS: queue them for the outbound function)."""
+        loop = self._built.get("relay_loop")
+        if loop is not None:
+            loop.notify()
+        queue = self.delivery_queue
+        if queue is not None:
+            queue.send([d.delivery_id for d in deliveries])
+
     @property
     def write_path(self) -> WritePath:
         with self._write_lock:
@@ -343,6 +440,7 @@ class Container:
     def close(self) -> None:
         if self._write is not None and self._write.loop is not None:
             self._write.loop.stop()
+        self.stop_relay()
         for closer in reversed(self._closers):
             try:
                 closer()
@@ -382,6 +480,18 @@ def with_remote_secrets(settings: Settings) -> Settings:
         update["webhook_secrets"] = {ws: [SecretStr(s) for s in items] for ws, items in raw.items()}
     if settings.api_keys_ssm_parameter:
         update["api_keys"] = Settings.parse_api_keys(read_ssm_parameter(settings.api_keys_ssm_parameter))
+    if settings.outbound_webhooks_ssm_parameter:
+        try:
+            subscribers = read_ssm_parameter(settings.outbound_webhooks_ssm_parameter)
+        except Exception as exc:
+            # Optional: a deployment without subscribers has no such parameter.
+            if type(exc).__name__ != "ParameterNotFound":
+                raise
+            log.info(
+                "no outbound webhook subscribers (SSM parameter %s not found)", settings.outbound_webhooks_ssm_parameter
+            )
+        else:
+            update["outbound_webhooks"] = Settings.parse_outbound_webhooks(subscribers)
     return settings.model_copy(update=update) if update else settings
 
 
@@ -408,6 +518,26 @@ def build_state_and_queue(settings: Settings, *, aws: dict[str, Any] | None = No
     return state, queue
 
 
+def build_outbox(
+    settings: Settings, *, aws: dict[str, Any] | None = None
+) -> tuple[OutboxStore, SqsDeliveryQueue | None, SubscriptionStore]:
+    """The AWS outbox (DynamoDB), the queue that hands its deliveries to the outbound function and the
+    API-created subscribers: all that function needs, so it never loads the index or the model."""
+    from stores.dynamodb.common import default_client
+    from stores.dynamodb.outbox import DynamoOutboxStore
+    from stores.dynamodb.subscriptions import DynamoSubscriptionStore
+    from stores.sqs import SqsDeliveryQueue
+
+    ddb = (aws or {}).get("dynamodb") or default_client("dynamodb")
+    outbox = DynamoOutboxStore(
+        ddb, table=settings.dynamodb_outbox_table, retention=timedelta(days=settings.outbound.retention_days)
+    )
+    queue = None
+    if settings.outbound_queue_url:
+        queue = SqsDeliveryQueue((aws or {}).get("sqs") or default_client("sqs"), settings.outbound_queue_url)
+    return outbox, queue, DynamoSubscriptionStore(ddb, table=settings.dynamodb_subscriptions_table)
+
+
 def build_container(
     settings: Settings,
     *,
@@ -432,6 +562,7 @@ def build_container(
         aws=aws,
     )
     check_source_root(settings, lambda: c.webhook_secrets)
+    build_subscribers(settings)  # a misconfigured subscriber list is refused at start-up, not on the first event
     return c
 
 
@@ -631,6 +762,8 @@ def build_write_path(c: Container) -> WritePath:
             mass_delete_window_seconds=w.mass_delete_window_seconds,
         ),
         fault=c.fault,
+        outbound=c.subscribers.outbound,
+        on_outbox=c.outbox_written,
         parser=parser,
     )
     loop = None

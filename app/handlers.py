@@ -8,6 +8,8 @@
 - `sweep_handler` (scheduled): queue events stored but never queued (the process died between the writes).
 - `reconcile_handler` (scheduled): reconcile every workspace; report only, unless
   `EVENTRAG_RECONCILE_REPAIR=true`.
+- `outbound_handler`: drains the outbox: attempts the deliveries the outbound queue names, and every
+  minute (an EventBridge schedule) sweeps the outbox for due ones.
 
 The container is built on the first invocation (cold start) and reused while the execution environment
 lives; nothing is built at import.
@@ -15,10 +17,12 @@ lives; nothing is built at import.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
 from app.container import Container, build_container, build_state_and_queue
+from app.logs import configure_logging
 from app.settings import Settings
 from stores.ports import JobQueue, StateStore
 
@@ -31,14 +35,16 @@ _api: Any = None
 def container() -> Container:
     global _container
     if _container is None:
-        _container = build_container(Settings())
+        settings = Settings()
+        configure_logging(settings)
+        _container = build_container(settings)
     return _container
 
 
 def set_container(c: Container | None) -> None:
     """Tests (and embedders of eventrag) install their own container; `None` resets to lazy building."""
-    global _container, _api, _s3_parts, _maintenance
-    _container, _api, _s3_parts, _maintenance = c, None, None, None
+    global _container, _api, _s3_parts, _maintenance, _outbound
+    _container, _api, _s3_parts, _maintenance, _outbound = c, None, None, None, None
 
 
 def api_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
@@ -119,6 +125,54 @@ def ingest_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
 _s3_parts: tuple[Settings, StateStore, JobQueue] | None = None
 _maintenance: tuple[StateStore, JobQueue, Any] | None = None
+_outbound: Any = None
+
+
+def outbound_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Attempt outbound webhook deliveries: those named by an SQS batch, or (a scheduled event) every due one.
+
+    A failed attempt is recorded in the outbox with its next attempt time; when that is within SQS's 15
+    minutes, the delivery is queued again with that delay, otherwise the sweep picks it up. Records are
+    never reported failed: the outbox, not the queue, holds each delivery's state.
+    """
+    global _outbound
+    from datetime import UTC, datetime
+
+    from stores.outbox import DeliveryStatus
+
+    if _outbound is None:
+        from app.container import build_outbox, with_remote_secrets
+        from app.outbound.relay import OutboundRelay
+        from app.outbound.subscriptions import StoredLookup, build_subscribers, secret_lookup
+
+        if _container is not None:
+            relay = _container.relay
+            _outbound = (relay, _container.delivery_queue)
+        else:
+            settings = with_remote_secrets(Settings())
+            configure_logging(settings)
+            outbox, queue, subscription_store = build_outbox(settings)
+            secret_for = secret_lookup(build_subscribers(settings), StoredLookup(subscription_store))
+            _outbound = (OutboundRelay(outbox, secret_for, settings.outbound), queue)
+    relay, queue = _outbound
+    if "Records" not in event:
+        return {"attempted": relay.deliver_due(limit=100)}
+    attempted = 0
+    for record in event["Records"]:
+        try:
+            delivery_id = str(json.loads(record["body"])["delivery_id"])
+        except (KeyError, ValueError, TypeError):
+            log.error("unreadable outbound message %s; dropped (the sweep covers the outbox)", record.get("messageId"))
+            continue
+        result = relay.attempt(delivery_id)
+        if result is None:
+            continue
+        attempted += 1
+        if result.status is DeliveryStatus.PENDING and queue is not None:
+            wait = (result.next_attempt_at - datetime.now(UTC)).total_seconds()
+            if wait <= queue.MAX_DELAY_SECONDS:
+                queue.send([delivery_id], delay_seconds=wait)
+    return {"batchItemFailures": [], "attempted": attempted}
 
 
 def s3_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
@@ -134,6 +188,7 @@ def s3_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     else:
         if _s3_parts is None:
             s3_settings = Settings()
+            configure_logging(s3_settings)
             _s3_parts = (s3_settings, *build_state_and_queue(s3_settings))
         settings, state, queue = _s3_parts
     accepted = receive_s3_notification(event, state=state, queue=queue, settings_workspace=settings.s3_workspace)
@@ -150,6 +205,7 @@ def _maintenance_parts(with_index: bool) -> tuple[StateStore, JobQueue, Any]:
         from app.container import build_index, with_remote_secrets
 
         settings = with_remote_secrets(Settings())
+        configure_logging(settings)
         state, queue = build_state_and_queue(settings)
         _maintenance = (state, queue, build_index(settings) if with_index else None)
     return _maintenance

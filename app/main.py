@@ -17,7 +17,21 @@ from starlette.routing import Route
 
 from app.container import Container, build_container
 from app.mcp_server import McpEndpoint
-from app.routes import documents, events, health, openai_compat, operations, query, sessions, webhooks
+from app.routes import (
+    deliveries,
+    documents,
+    events,
+    health,
+    metrics,
+    openai_compat,
+    operations,
+    query,
+    sessions,
+    stats,
+    subscriptions,
+    web,
+    webhooks,
+)
 from app.settings import Settings
 from stores.errors import EventragError
 
@@ -37,11 +51,13 @@ def create_app(container: Container | Callable[[], Container] | None = None, *, 
         c.recover()
         if start_worker:
             c.start_worker()
+            c.start_relay()
         try:
             async with mcp.running(c.settings):  # without a lifespan (Lambda), /mcp runs one per request
                 yield
         finally:
             c.stop_worker()
+            c.stop_relay()
             if owned:
                 c.close()
             app.state.container = None
@@ -55,12 +71,27 @@ def create_app(container: Container | Callable[[], Container] | None = None, *, 
     if isinstance(container, Container):
         app.state.container = container  # usable without the lifespan (Lambda, tests)
     install_error_handlers(app)
-    for module in (webhooks, query, sessions, openai_compat, documents, events, operations, health):
+    for module in (
+        webhooks,
+        query,
+        sessions,
+        openai_compat,
+        documents,
+        events,
+        operations,
+        stats,
+        deliveries,
+        subscriptions,
+        health,
+        metrics,
+        web,
+    ):
         app.include_router(module.router)
     # A route, not a mount: a mount answers POST /mcp with a redirect to /mcp/. POST only: a stateless server
     # has no stream of its own to offer (GET) and no session to end (DELETE), and answers both with 405.
     app.router.routes.append(Route("/mcp", mcp, methods=["POST"], include_in_schema=False))
     install_openapi(app)
+    web.mount_static(app)
     return app
 
 

@@ -156,7 +156,37 @@ class DocumentOut(BaseModel):
 
 class DocumentList(BaseModel):
     documents: list[DocumentOut]
-    count: int
+    count: int = Field(description="documents on this page")
+    total: int = Field(description="documents matching the filter, on every page")
+    next_cursor: str | None = Field(None, description="pass as `cursor` for the next page; null on the last")
+    next: str | None = Field(None, description="the URL of the next page; null on the last")
+
+
+class ChunkOut(BaseModel):
+    index: int
+    start: int = Field(description="character offset in the parsed text")
+    end: int
+    text: str
+    heading: str | None = None
+
+
+class ChunkList(BaseModel):
+    file_id: str
+    path: str
+    version: int | None
+    chunks: list[ChunkOut]
+
+
+class PassageOut(BaseModel):
+    file_id: str
+    path: str
+    version: int | None
+    start: int
+    end: int
+    before: str = Field(description="up to `context` characters of the document before the passage")
+    text: str = Field(description="the document's text from start to end")
+    after: str = Field(description="up to `context` characters after it")
+    length: int = Field(description="characters in the parsed document")
 
 
 class EventOut(BaseModel):
@@ -172,6 +202,61 @@ class EventOut(BaseModel):
     detail: str | None
     received_at: datetime
     updated_at: datetime
+
+
+class EventList(BaseModel):
+    events: list[EventOut]
+    count: int = Field(description="events on this page")
+    total: int = Field(description="events matching the filter, on every page")
+    next_cursor: str | None = Field(None, description="pass as `cursor` for the next page; null on the last")
+    next: str | None = Field(None, description="the URL of the next page; null on the last")
+
+
+class DeliveryOut(BaseModel):
+    delivery_id: str
+    message_id: str = Field(description="the webhook-id of every attempt")
+    subscriber: str
+    url: str
+    type: str
+    status: str = Field(description="pending, delivered or failed")
+    attempts: int
+    next_attempt_at: datetime | None = Field(description="when a pending delivery is tried next")
+    last_status: int | None = Field(description="HTTP status of the last answer")
+    last_response: str | None = Field(description="the start of the last answer's body")
+    last_error: str | None
+    file_id: str | None
+    event_id: str | None
+    payload: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    delivered_at: datetime | None
+
+
+class DeliveryList(BaseModel):
+    deliveries: list[DeliveryOut]
+    count: int
+    total: int
+    next_cursor: str | None = None
+    next: str | None = None
+
+
+class StatsOut(BaseModel):
+    workspace: str
+    documents: dict[str, int] = Field(description="documents by status")
+    chunks: int = Field(description="chunks of the indexed documents")
+    embeddings: dict[str, int] = Field(description="of those chunks: `embedded` by the model, `reused` from the cache")
+    events_last_hour: dict[str, int] = Field(description="events received in the last hour, by status")
+    events_last_day: dict[str, int] = Field(description="events received in the last 24 hours, by status")
+    queue_depth: int = Field(description="the workspace's events received, queued or processing")
+    oldest_queued_age_seconds: float | None = Field(description="age of its oldest such event: the ingest lag")
+    held: int = Field(description="deletes waiting for confirmation")
+    queue_pending: int = Field(description="jobs in the ingest queue, all workspaces")
+    deliveries: dict[str, int] = Field(default_factory=dict, description="outbound webhook deliveries by status")
+
+
+class Me(BaseModel):
+    workspace: str
+    single_user: bool = Field(description="loopback single-user mode: no API key needed")
 
 
 class EventStatusQuery(BaseModel):

@@ -12,7 +12,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, TypeAdapter, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from stores.onnx_embedding import EmbeddingBackend
@@ -160,6 +160,68 @@ class MetadataSettings(BaseModel):
     max_bytes: int = Field(8192, ge=64, description="the whole metadata object as JSON")
 
 
+class OutboundSettings(BaseModel):
+    """How outbound webhook deliveries are sent and retried (the subscribers are `outbound_webhooks`)."""
+
+    allow_private: bool = Field(
+        False, description="let subscriber URLs resolve to private, loopback or link-local addresses"
+    )
+    max_attempts: int = Field(12, ge=1, le=100, description="attempts before a delivery is marked failed")
+    backoff_seconds: float = Field(5.0, ge=0, description="first retry delay; doubles per attempt, with jitter")
+    backoff_max_seconds: float = Field(3600.0, ge=0, description="the longest wait between two attempts")
+    max_age_hours: float = Field(24.0, gt=0, description="a delivery still failing after this long is failed")
+    timeout_seconds: float = Field(10.0, gt=0, le=60, description="per attempt: connect, send and answer")
+    poll_seconds: float = Field(1.0, gt=0, description="how often the local relay looks for due deliveries")
+    concurrency: int = Field(4, ge=1, le=32, description="attempts in flight at once, so one slow receiver")
+    retention_days: float = Field(7.0, gt=0, description="delivered and failed deliveries are kept this long")
+
+
+class SubscriberSettings(BaseModel):
+    """One outbound webhook subscriber of a workspace."""
+
+    model_config = {"extra": "forbid"}
+
+    url: str = Field(description="https:// (or http://) endpoint that receives the deliveries")
+    secret: SecretStr = Field(description="its Standard Webhooks secret, whsec_<base64>")
+    events: list[str] = Field(default_factory=list, description="types to send; empty = all")
+    id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="a stable name; default: from the URL")
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("outbound webhook URLs must start with https:// or http://")
+        return value
+
+    @field_validator("secret")
+    @classmethod
+    def _whsec(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().startswith("whsec_"):
+            raise ValueError("outbound webhook secrets must be Standard Webhooks secrets 'whsec_<base64>'")
+        return value
+
+    @field_validator("events")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        from stores.outbox import OutboundType
+
+        known = {t.value for t in OutboundType}
+        unknown = [v for v in value if v not in known]
+        if unknown:
+            raise ValueError(f"unknown outbound event type(s) {unknown}; known: {sorted(known)}")
+        return value
+
+
+# At most 20 subscribers per workspace: their deliveries are written in one DynamoDB transaction with the
+# event (at most 100 items), and each settled event writes one row per subscriber.
+SubscribersByWorkspace = dict[str, Annotated[list[SubscriberSettings], Field(max_length=20)]]
+
+
+class LogFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
 def _parse_mapping(value: Any, what: str) -> Any:
     """Accept JSON, or the short form `a=b,c=d` that is easier to write in a shell."""
     if not isinstance(value, str):
@@ -261,6 +323,20 @@ class Settings(BaseSettings):
     )
 
     metadata: MetadataSettings = Field(default_factory=MetadataSettings)  # type: ignore[arg-type]
+    # Outbound webhooks, metrics, logs
+    outbound_webhooks: Annotated[SubscribersByWorkspace, NoDecode] = Field(
+        default_factory=dict,
+        description='workspace -> subscribers, e.g. {"acme": [{"url": "https://...", "secret": "whsec_...",'
+        ' "events": ["document.indexed"]}]}',
+    )
+    outbound: OutboundSettings = Field(default_factory=OutboundSettings)  # type: ignore[arg-type]
+    metrics_enabled: bool = Field(True, description="serve GET /metrics (Prometheus text format)")
+    metrics_api_key: SecretStr | None = Field(
+        None, description="bearer token /metrics requires; without one it answers only in loopback single-user mode"
+    )
+    log_format: LogFormat = Field(LogFormat.TEXT, description="text, or json: one JSON object per line")
+    log_level: str = Field("INFO", pattern=r"^(?i:debug|info|warning|error)$")
+
     chunking: ChunkingSettings = Field(default_factory=ChunkingSettings)  # type: ignore[arg-type]
     worker: WorkerSettings = Field(default_factory=WorkerSettings)  # type: ignore[arg-type]
     parsing: ParsingSettings = Field(default_factory=ParsingSettings)  # type: ignore[arg-type]
@@ -273,6 +349,9 @@ class Settings(BaseSettings):
     dynamodb_events_table: str = "eventrag-events"
     dynamodb_documents_table: str = "eventrag-documents"
     dynamodb_sessions_table: str = "eventrag-sessions"
+    dynamodb_outbox_table: str = "eventrag-outbox"
+    dynamodb_subscriptions_table: str = "eventrag-subscriptions"
+    outbound_queue_url: str | None = Field(None, description="SQS queue that hands deliveries to the outbound function")
     sqs_queue_url: str | None = None
     sqs_dlq_url: str | None = Field(None, description="the ingest dead-letter queue, for `eventrag redrive`")
     source_bucket: str | None = Field(None, description="S3 bucket that s3:// sources and S3 notifications use")
@@ -288,6 +367,7 @@ class Settings(BaseSettings):
     webhook_secrets_ssm_parameter: str | None = None
     api_keys_ssm_parameter: str | None = None
     openai_api_key_ssm_parameter: str | None = None
+    outbound_webhooks_ssm_parameter: str | None = None
 
     @field_validator("source_root", mode="before")
     @classmethod
@@ -332,6 +412,19 @@ class Settings(BaseSettings):
             return out
         return parsed
 
+    @field_validator("outbound_webhooks", mode="before")
+    @classmethod
+    def _outbound(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if not text:
+                return {}
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"EVENTRAG_OUTBOUND_WEBHOOKS is not valid JSON: {exc}") from exc
+        return value
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _keys(cls, value: Any) -> Any:
@@ -351,6 +444,10 @@ class Settings(BaseSettings):
     def parse_webhook_secrets(cls, value: str) -> dict[str, list[str]]:
         parsed: dict[str, list[str]] = cls._secrets(value)
         return parsed
+
+    @classmethod
+    def parse_outbound_webhooks(cls, value: str) -> SubscribersByWorkspace:
+        return TypeAdapter(SubscribersByWorkspace).validate_python(cls._outbound(value))
 
     @classmethod
     def parse_api_keys(cls, value: str) -> dict[str, str]:

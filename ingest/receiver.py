@@ -29,8 +29,9 @@ from ingest.errors import (
 )
 from ingest.sources import ContentRouter
 from ingest.webhook_body import BodyLimits, build_event, parse_webhook_body
-from stores.events import EventStatus, EventType, FileEvent
+from stores.events import EventStatus, EventType, FileEvent, describe_position
 from stores.ports import EventRecord, JobQueue, StateStore
+from stores.telemetry import EVENTS_DUPLICATE, EVENTS_RECEIVED, EVENTS_REJECTED
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,13 @@ def record_rejection(event_id: str, workspace: str, body: bytes, error: Exceptio
     record, created = state.add_event(stub, EventStatus.REJECTED)
     if created:
         state.set_event_status(workspace, event_id, EventStatus.REJECTED, error=str(error))
+        EVENTS_REJECTED.inc()
+        log.warning(
+            "rejected %s: %s",
+            event_id,
+            error,
+            extra={"event_id": event_id, "workspace": workspace, "file_id": stub.file_id},
+        )
 
 
 def _printable(value: Any, limit: int) -> str:
@@ -161,11 +169,21 @@ def record_and_enqueue(event: FileEvent, *, state: StateStore, queue: JobQueue) 
     but never queued). Shared by webhooks and S3 notifications."""
     record, created = state.add_event(event, EventStatus.RECEIVED)
     if not created and record.status is not EventStatus.RECEIVED:
+        EVENTS_DUPLICATE.labels(event.type.value).inc()
         return Delivery(record, duplicate=True)
+    if created:
+        EVENTS_RECEIVED.labels(event.type.value).inc()
     # Stored first, queued second: a crash between the two leaves a `received` event that a redelivery or
     # the sweep queues again; the reverse order could queue an event that was never stored.
     queue.enqueue(event.key, event.group_key)
     record = state.set_event_status(event.workspace, event.event_id, EventStatus.QUEUED)
+    log.info(
+        "queued %s %s (%s)",
+        event.type.value,
+        event.path,
+        describe_position(event.position),
+        extra={"event_id": event.event_id, "workspace": event.workspace, "file_id": event.file_id},
+    )
     return Delivery(record, duplicate=not created)
 
 

@@ -29,27 +29,21 @@ from __future__ import annotations
 import email.utils
 import ipaddress
 import posixpath
-import socket
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
-import httpcore
 import httpx
 
 from ingest.errors import FetchRefusedError, InvalidEventError, SourceNotFoundError, SourceUnavailableError
+from stores import ssrf
 from stores.events import FileEvent
 from stores.ports import FetchedFile
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-# Instance metadata services (AWS, GCP, Azure, OpenStack: 169.254.169.254; AWS over IPv6: fd00:ec2::254;
-# Alibaba: 100.100.100.200): refused whatever the settings, they hand out cloud credentials.
-_METADATA = frozenset(
-    ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200", "169.254.170.2")
-)
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -138,90 +132,37 @@ def _normalise(url: str) -> tuple[str, str, str, int, str]:
     return urlunsplit((scheme, netloc, path, parts.query, "")), scheme, host, port, path
 
 
+_ALLOW_HINT = (
+    "allow it with EVENTRAG_FETCH__ALLOWED_NETWORKS, or all of them with EVENTRAG_FETCH__ALLOW_PRIVATE_ADDRESSES=true"
+)
+
+
 def address_refusal(
     address: IPAddress,
     *,
     allow_private: bool,
     allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (),
 ) -> str | None:
-    """Why we never connect to `address`, or None. Looks through IPv4-mapped and 6to4/Teredo wrappers.
-    `allowed_networks` lets chosen non-public networks through (a file server on the LAN)."""
-    inner: list[IPAddress] = []
-    if isinstance(address, ipaddress.IPv6Address):
-        for wrapped in (address.ipv4_mapped, address.sixtofour, address.teredo[1] if address.teredo else None):
-            if wrapped is not None:
-                inner.append(wrapped)
-    for ip in [*inner, address]:  # the wrapped address first: it is where the packets really go
-        if ip in _METADATA:
-            return f"{ip} is a cloud metadata address"
-        if ip.is_multicast:
-            return f"{ip} is a multicast address"
-        if not allow_private and not ip.is_global and not any(ip in net for net in allowed_networks):
-            kind = (
-                "loopback"
-                if ip.is_loopback
-                else "link-local"
-                if ip.is_link_local
-                else "private"
-                if ip.is_private
-                else "not public"
-            )
-            return (
-                f"{ip} is a {kind} address (allow it with EVENTRAG_FETCH__ALLOWED_NETWORKS, or all of them with"
-                " EVENTRAG_FETCH__ALLOW_PRIVATE_ADDRESSES=true)"
-            )
-    return None
+    """Why we never connect to `address`, or None: the shared rules of `stores.ssrf`, with this source's
+    settings named in the message."""
+    return ssrf.address_refusal(
+        address, allow_private=allow_private, allowed_networks=allowed_networks, hint=_ALLOW_HINT
+    )
 
 
-class _GuardedBackend(httpcore.SyncBackend):
-    """Resolves the host itself, refuses non-public addresses, connects to the address it checked."""
+class _GuardedTransport(ssrf.GuardedTransport):
+    """Resolves the host itself, refuses non-public addresses, connects to the address it checked
+    (`stores.ssrf.GuardedBackend`), raising this source's errors."""
 
     def __init__(self, policy: FetchPolicy) -> None:
-        self.policy = policy
-
-    def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.NetworkStream:
-        try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except socket.gaierror as exc:
-            raise SourceUnavailableError(f"cannot resolve {host!r}: {exc}") from exc
-        addresses = list(dict.fromkeys(ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos))
-        for address in addresses:
-            # Every address the name has: a resolver answering one public and one private address would
-            # otherwise get the private one used on a retry or a later connection.
-            why = address_refusal(
-                address,
-                allow_private=self.policy.allow_private_addresses,
-                allowed_networks=self.policy.allowed_networks,
+        super().__init__(
+            ssrf.GuardedBackend(
+                allow_private=policy.allow_private_addresses,
+                allowed_networks=policy.allowed_networks,
+                hint=_ALLOW_HINT,
+                refused=FetchRefusedError,
+                unresolved=SourceUnavailableError,
             )
-            if why is not None:
-                raise FetchRefusedError(f"refused to connect to {host!r}: {why}")
-        last: Exception | None = None
-        for address in addresses:
-            try:
-                return super().connect_tcp(str(address), port, timeout, local_address, socket_options)
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                last = exc
-        assert last is not None
-        raise last
-
-
-class _GuardedTransport(httpx.HTTPTransport):
-    def __init__(self, policy: FetchPolicy) -> None:
-        super().__init__(trust_env=False, retries=0)
-        # httpx builds its httpcore pool without a way to pass a network backend; the pool it builds is
-        # replaced by the same pool over the guarded backend (tests/test_fetch_url.py proves it is used).
-        self._pool = httpcore.ConnectionPool(
-            ssl_context=httpx.create_ssl_context(trust_env=False),
-            max_connections=10,
-            max_keepalive_connections=5,
-            network_backend=_GuardedBackend(policy),
         )
 
 

@@ -26,6 +26,7 @@ finished by the retry (step 1 sees the switch). Searches trust only the revision
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -34,6 +35,7 @@ from pathlib import PurePosixPath
 
 from ingest.chunking import Chunker
 from ingest.errors import PermanentError, SourceNotFoundError, SourceUnavailableError, UnsupportedContentError
+from ingest.notifications import Change, deliveries_for
 from ingest.parsing import ParsedDocument, parse
 from ingest.revisions import fingerprint, is_older, revision_fingerprint, revision_name, revision_position
 from stores.embedding import embed_with_cache
@@ -47,6 +49,7 @@ from stores.events import (
     parse_position,
     position_is_newer,
 )
+from stores.outbox import Delivery, Outbound, OutboundType
 from stores.ports import (
     Chunk,
     ContentSource,
@@ -60,11 +63,29 @@ from stores.ports import (
     VectorIndex,
 )
 from stores.sparse import Bm25Encoder
+from stores.telemetry import (
+    CHUNKS,
+    EVENTS_APPLIED,
+    EVENTS_FAILED,
+    EVENTS_HELD,
+    EVENTS_RETRIED,
+    INGEST_LAG,
+    bind,
+)
 
 log = logging.getLogger(__name__)
 
 # A hook the crash tests use to kill the worker between steps; production passes none.
 FaultHook = Callable[[str, FileEvent], None]
+# Told about deliveries just written to the outbox (wakes the local relay, or queues them on AWS).
+OutboxHook = Callable[[Sequence[Delivery]], None]
+
+_CHANGE_OF = {
+    DocumentStatus.INDEXED: OutboundType.DOCUMENT_INDEXED,
+    DocumentStatus.DELETED: OutboundType.DOCUMENT_DELETED,
+    DocumentStatus.SKIPPED: OutboundType.DOCUMENT_SKIPPED,
+    DocumentStatus.FAILED: OutboundType.DOCUMENT_FAILED,
+}
 # Bytes, content type, path -> parsed text: `ingest.parsing.parse`, or the sandboxed `ingest.sandbox.ParserPool`.
 Parser = Callable[[bytes, str | None, str], ParsedDocument]
 # A kept revision's points follow the record's version; a writer racing this many times in a row gives up
@@ -157,6 +178,8 @@ class IngestWorker:
         sparse: Bm25Encoder | None = None,
         config: WorkerConfig | None = None,
         fault: FaultHook | None = None,
+        outbound: Outbound | None = None,
+        on_outbox: OutboxHook | None = None,
         parser: Parser | None = None,
     ) -> None:
         self.parser: Parser = parser or parse
@@ -168,6 +191,9 @@ class IngestWorker:
         self.sparse = sparse
         self.config = config or WorkerConfig()
         self.fault = fault
+        self.outbound = outbound
+        self.on_outbox = on_outbox
+        self._started: dict[EventKey, float] = {}  # when each event's attempt began (for the settle log line)
 
     def _step(self, name: str, event: FileEvent) -> None:
         if self.fault is not None:
@@ -206,8 +232,10 @@ class IngestWorker:
             record = self.state.set_event_status(
                 key.workspace, key.event_id, EventStatus.PROCESSING, count_attempt=True
             )
+            self._started[key] = time.perf_counter()
             try:
-                plan = self._plan(record, deletes_in_batch)
+                with bind(**_fields(record.event)):
+                    plan = self._plan(record, deletes_in_batch)
             except Exception as exc:
                 outcomes[key] = self._failure(record, exc)
                 continue
@@ -215,6 +243,8 @@ class IngestWorker:
                 outcomes[key] = plan
             else:
                 plans.append(plan)
+        for key in outcomes:  # settled (or sent back to the queue) already
+            self._started.pop(key, None)
         return outcomes, plans
 
     def embed(
@@ -231,6 +261,7 @@ class IngestWorker:
             except Exception as exc:
                 for p in to_embed:
                     failed[p.event.key] = self._failure(p.record, exc)
+                    self._started.pop(p.event.key, None)
         ready = [p for p in plans if p.event.key not in failed and not p.waiting_for_vectors]
         return ready, failed
 
@@ -239,10 +270,47 @@ class IngestWorker:
         outcomes: dict[EventKey, Outcome] = {}
         for plan in plans:
             try:
-                outcomes[plan.event.key] = self._apply(plan)
+                with bind(**_fields(plan.event)):
+                    outcomes[plan.event.key] = self._apply(plan)
             except Exception as exc:
                 outcomes[plan.event.key] = self._failure(plan.record, exc)
+            self._started.pop(plan.event.key, None)
         return outcomes
+
+    # settling: the event's final status, its outbox rows, one log line and the metrics, together ---------
+    def _settle(
+        self,
+        record: EventRecord,
+        status: EventStatus,
+        *,
+        detail: str | None = None,
+        error: str | None = None,
+        change: Change | None = None,
+        summary: str | None = None,
+    ) -> None:
+        ev = record.event
+        outbox = deliveries_for(self.outbound, record, change) if change is not None else []
+        self.state.set_event_status(ev.workspace, ev.event_id, status, detail=detail, error=error, outbox=outbox)
+        if outbox and self.on_outbox is not None:
+            try:
+                self.on_outbox(outbox)
+            except Exception:  # the rows are durable; the relay's sweep sends them anyway
+                log.warning("could not hand %d delivery(ies) to the relay now", len(outbox), exc_info=True)
+        lag = (datetime.now(UTC) - record.received_at).total_seconds()
+        INGEST_LAG.observe(max(0.0, lag))
+        started = self._started.get(ev.key)
+        took = f", {time.perf_counter() - started:.1f} s" if started is not None else ""
+        kind = ev.type.value
+        if status is EventStatus.FAILED:
+            EVENTS_FAILED.labels(kind).inc()
+            log.warning("failed %s: %s%s", ev.path, error, took, extra=_fields(ev))
+        elif status is EventStatus.HELD:
+            EVENTS_HELD.inc()
+            log.warning("held delete of %s: %s", ev.path, detail, extra=_fields(ev))
+        else:
+            result = change.status if change is not None else status.value
+            EVENTS_APPLIED.labels(kind, result).inc()
+            log.info("%s%s", summary or f"{result} {ev.path}", took, extra=_fields(ev))
 
     # 1 + 2: decide and prepare ------------------------------------------------------------------------
     def _plan(self, record: EventRecord, deletes_in_batch: dict[str, int]) -> Plan | Outcome:
@@ -342,13 +410,14 @@ class IngestWorker:
             f"not newer than what is applied: {describe_position(doc.position)} wins, because"
             f" {explain_order(doc.position, ev.position)}"
         )
-        self._set_status(ev, EventStatus.SUPERSEDED, detail=detail)
+        self._settle(record, EventStatus.SUPERSEDED, detail=detail, summary=f"superseded {ev.path}: {detail}")
         return Outcome(OutcomeKind.SUPERSEDED, detail)
 
     def _plan_delete(self, record: EventRecord, deletes_in_batch: dict[str, int]) -> Plan | Outcome:
         ev = record.event
         if not record.confirmed and (why := self._brake(ev.workspace, deletes_in_batch)):
-            self._set_status(ev, EventStatus.HELD, detail=why)
+            change = Change(OutboundType.EVENT_HELD, EventStatus.HELD.value, error=why)
+            self._settle(record, EventStatus.HELD, detail=why, change=change)
             return Outcome(OutcomeKind.HELD, why)
         deletes_in_batch[ev.workspace] = deletes_in_batch.get(ev.workspace, 0) + 1
         return Plan(record, _Action.EMPTY, status=DocumentStatus.DELETED)
@@ -430,7 +499,27 @@ class IngestWorker:
                 # The interrupted attempt may have kept a revision without restamping its version.
                 self._follow_version(ev.workspace, ev.file_id, plan.revision)
             self._drop_older_revisions(ev, active=plan.revision)
-            self._set_status(ev, EventStatus.DONE, detail="finished after an interrupted attempt")
+            doc = self.state.get_document(ev.workspace, ev.file_id)
+            change = None
+            # Told only if the document is still as this event made it: not when a newer event has been
+            # applied since, nor when a later event's failure marked it (that failure was told already).
+            if doc is not None and doc.position == ev.position and doc.status is not DocumentStatus.FAILED:
+                change = Change(
+                    _CHANGE_OF.get(doc.status, OutboundType.DOCUMENT_INDEXED),
+                    doc.status.value,
+                    chunk_count=doc.chunk_count,
+                    embedded=doc.embedded,
+                    reused=doc.reused,
+                    error=doc.last_error,
+                )
+            finished = doc.status.value if change is not None and doc is not None else "done"
+            self._settle(
+                plan.record,
+                EventStatus.DONE,
+                detail="finished after an interrupted attempt",
+                change=change,
+                summary=f"{finished} {ev.path}{_version(ev)} (finished after an interrupted attempt)",
+            )
             return Outcome(OutcomeKind.DONE)
         if plan.action is _Action.KEEP:
             return self._keep(plan)
@@ -484,17 +573,34 @@ class IngestWorker:
             # the compare-and-set refused the stale write. Its points can never become active: they go.
             if revision is not None:
                 self.index.delete_revisions(ev.workspace, ev.file_id, [revision])
-            return self._superseded_at_switch(ev)
+            return self._superseded_at_switch(plan.record)
         self._step("switched", ev)
         self._drop_older_revisions(ev, active=revision)
         self._step("cleaned", ev)
         if plan.status is DocumentStatus.DELETED:
             detail = "deleted"
+            summary = f"deleted {ev.path}"
         elif plan.status is DocumentStatus.SKIPPED:
             detail = f"skipped: {plan.reason}"
+            summary = f"skipped {ev.path}{_version(ev)}: {plan.reason}"
         else:
             detail = f"indexed {len(plan.chunks)} chunk(s): {plan.embedded} embedded, {plan.reused} reused"
-        self._set_status(ev, EventStatus.DONE, detail=detail + _replaces(previous, ev))
+            summary = (
+                f"indexed {ev.path}{_version(ev)}: {len(plan.chunks)} chunks, {plan.embedded} embedded,"
+                f" {plan.reused} reused"
+            )
+            CHUNKS.labels("embedded").inc(plan.embedded)
+            CHUNKS.labels("reused").inc(plan.reused)
+        detail += _replaces(previous, ev)
+        change = Change(
+            _CHANGE_OF[plan.status],
+            plan.status.value,
+            chunk_count=len(plan.chunks),
+            embedded=plan.embedded,
+            reused=plan.reused,
+            error=plan.reason if plan.status is DocumentStatus.SKIPPED else None,
+        )
+        self._settle(plan.record, EventStatus.DONE, detail=detail, change=change, summary=summary)
         return Outcome(OutcomeKind.DONE, detail)
 
     def _keep(self, plan: Plan) -> Outcome:
@@ -532,17 +638,27 @@ class IngestWorker:
                 why = "the file's active revision changed while this event was prepared; prepared again"
                 self._set_status(ev, EventStatus.QUEUED, detail=why)
                 return Outcome(OutcomeKind.RETRY, why, 0.0)
-            if now.position == ev.position:  # applied meanwhile by another attempt of this very event
-                self._set_status(ev, EventStatus.DONE, detail="applied by another attempt of this event")
+            if now.position == ev.position:  # applied meanwhile by another attempt of this very event (it tells)
+                self._settle(plan.record, EventStatus.DONE, detail="applied by another attempt of this event")
                 return Outcome(OutcomeKind.DONE)
-            return self._superseded_at_switch(ev)
+            return self._superseded_at_switch(plan.record)
         self._step("switched", ev)
         if doc.version != ev.version:  # (a re-send of the same version, or of none, writes nothing)
             self._follow_version(ev.workspace, ev.file_id, doc.revision)
         self._drop_older_revisions(ev, active=doc.revision)
         self._step("cleaned", ev)
         detail = f"unchanged content: kept {doc.chunk_count} chunk(s), 0 embedded"
-        self._set_status(ev, EventStatus.DONE, detail=detail + _replaces(doc, ev))
+        CHUNKS.labels("reused").inc(doc.chunk_count)
+        # Subscribers hear of it as of any indexing: the document now stands at this event's version.
+        change = Change(
+            OutboundType.DOCUMENT_INDEXED,
+            DocumentStatus.INDEXED.value,
+            chunk_count=doc.chunk_count,
+            embedded=0,
+            reused=doc.chunk_count,
+        )
+        summary = f"indexed {ev.path}{_version(ev)}: unchanged content, {doc.chunk_count} chunks kept, 0 embedded"
+        self._settle(plan.record, EventStatus.DONE, detail=detail + _replaces(doc, ev), change=change, summary=summary)
         return Outcome(OutcomeKind.DONE, detail)
 
     def _follow_version(self, workspace: str, file_id: str, revision: str) -> None:
@@ -560,13 +676,14 @@ class IngestWorker:
                 return
         log.warning("%s/%s: the record kept changing while its version was stamped", workspace, file_id)
 
-    def _superseded_at_switch(self, ev: FileEvent) -> Outcome:
+    def _superseded_at_switch(self, record: EventRecord) -> Outcome:
+        ev = record.event
         now = self.state.get_document(ev.workspace, ev.file_id)
         winner = now.position if now is not None and now.position else None
         detail = "not newer than what was applied while it was processed"
         if winner is not None:
             detail += f": {describe_position(winner)} wins, because {explain_order(winner, ev.position)}"
-        self._set_status(ev, EventStatus.SUPERSEDED, detail=detail)
+        self._settle(record, EventStatus.SUPERSEDED, detail=detail, summary=f"superseded {ev.path}: {detail}")
         return Outcome(OutcomeKind.SUPERSEDED, detail)
 
     def _drop_older_revisions(self, ev: FileEvent, *, active: str | None) -> None:
@@ -586,15 +703,29 @@ class IngestWorker:
         permanent = isinstance(exc, PermanentError)
         if permanent or attempts >= self.config.max_attempts:
             why = message if permanent else f"{message} (gave up after {attempts} attempt(s))"
-            log.warning("event %s failed: %s", ev.key, why)
-            self._set_status(ev, EventStatus.FAILED, error=why)
-            self.state.note_document_error(ev.workspace, ev.file_id, ev.path, why, position=ev.position)
+            # The document first: a crash between the two leaves the event processing (retried), never a
+            # failed event whose document does not say so. Only an event newer than the applied one marks
+            # the document (a stale failure leaves the newer work as it is).
+            self.state.note_document_error(
+                ev.workspace, ev.file_id, ev.path, why, position=ev.position, event_id=ev.event_id
+            )
+            self._settle(
+                record, EventStatus.FAILED, error=why, change=Change(OutboundType.DOCUMENT_FAILED, "failed", error=why)
+            )
             return Outcome(OutcomeKind.FAILED, why)
         delay = min(self.config.backoff_max_seconds, self.config.backoff_seconds * 2 ** max(0, attempts - 1))
         if isinstance(exc, SourceUnavailableError) and exc.retry_after is not None:
             # The source said when to come back (HTTP 429/503 Retry-After): sooner would be refused again.
             delay = min(self.config.backoff_max_seconds, max(delay, exc.retry_after))
-        log.info("event %s attempt %d failed (%s); retrying in %.1fs", ev.key, attempts, message, delay)
+        EVENTS_RETRIED.labels(ev.type.value).inc()
+        log.info(
+            "event %s attempt %d failed (%s); retrying in %.1fs",
+            ev.key,
+            attempts,
+            message,
+            delay,
+            extra=_fields(ev),
+        )
         self._set_status(ev, EventStatus.QUEUED, error=message)
         return Outcome(OutcomeKind.RETRY, message, delay)
 
@@ -604,6 +735,15 @@ def _replaces(previous: DocumentRecord | None, ev: FileEvent) -> str:
     if replaced and replaced != ev.position and parse_position(replaced) is not None:
         return f"; replaces {describe_position(replaced)}, because {explain_order(ev.position, replaced)}"
     return ""
+
+
+def _fields(ev: FileEvent) -> dict[str, str]:
+    """The fields every log line about an event carries."""
+    return {"event_id": ev.event_id, "workspace": ev.workspace, "file_id": ev.file_id}
+
+
+def _version(ev: FileEvent) -> str:
+    return f" v{ev.version}" if ev.version is not None else ""
 
 
 def _recorded_type(parsed: ParsedDocument) -> str:

@@ -33,6 +33,7 @@ from retrieval.llm import ChatModel, ChatReply, ToolCall
 from retrieval.search import SearchRequest
 from stores.ports import DocumentStatus, Hit, SearchFilter, SearchMode, StateStore, VectorIndex
 from stores.sessions import Turn
+from stores.telemetry import ANSWER_SECONDS
 
 REWRITE_PROMPT = """Rewrite the user's last message as one standalone search query for a document search,
 using the conversation only to resolve what it refers to. Output only the query, nothing else."""
@@ -200,6 +201,13 @@ class Agent:
         """Yields answer tokens (when streaming with an LLM) and finally the whole `Answer`. Raises
         `QuestionRejectedError` (on the first `next`) for a request it refuses, see `check`."""
         self.check(ask)
+        started = time.perf_counter()
+        for event in self._run(ask, stream=stream):
+            if event.answer is not None:
+                ANSWER_SECONDS.labels(event.answer.mode).observe(time.perf_counter() - started)
+            yield event
+
+    def _run(self, ask: Ask, *, stream: bool) -> Iterator[AgentEvent]:
         history = self._trim(ask.history)
         use_llm = self.chat is not None and not ask.extractive
         query = self.standalone_query(ask.question, history, use_llm)

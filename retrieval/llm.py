@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from stores.errors import EventragError
+from stores.telemetry import LLM_ERRORS
 
 
 class LLMError(EventragError):
@@ -83,6 +84,11 @@ class OpenAIChatModel:
         return self._model
 
     def _map(self, exc: Exception) -> LLMError:
+        error = self._classify(exc)
+        LLM_ERRORS.labels(type(error).__name__).inc()
+        return error
+
+    def _classify(self, exc: Exception) -> LLMError:
         o = self._openai
         if isinstance(exc, o.APITimeoutError):
             return LLMTimeoutError(f"the language model did not answer in time: {exc}")

@@ -9,12 +9,14 @@ or the whole new one: never a mix, never nothing.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from stores.embedding import Embedder
 from stores.ports import Hit, SearchFilter, SearchMode, StateStore, VectorIndex
 from stores.sparse import Bm25Encoder
+from stores.telemetry import SEARCH_SECONDS
 
 
 @dataclass(slots=True, frozen=True)
@@ -48,6 +50,13 @@ class Searcher:
         """The best `top_k` passages, ranked by `req.mode`. Each carries both relevance signals whatever the
         mode: `similarity` (cosine to the question) and `keyword_score` (BM25; None when the question has
         no indexable term or there is no sparse index)."""
+        started = time.perf_counter()
+        try:
+            return self._search(req)
+        finally:
+            SEARCH_SECONDS.labels(req.mode.value).observe(time.perf_counter() - started)
+
+    def _search(self, req: SearchRequest) -> list[Hit]:
         mode = req.mode if self.sparse is not None else SearchMode.DENSE
         sparse = self.sparse.encode_query(req.query) if self.sparse is not None else None
         if mode is SearchMode.SPARSE and not (sparse and sparse[0]):

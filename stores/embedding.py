@@ -14,6 +14,7 @@ import hashlib
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from stores.ports import Embedder, EmbeddingCache
+from stores.telemetry import EMBED_BATCH_SIZE, EMBED_SECONDS
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -167,7 +169,11 @@ def embed_with_cache(
         fresh: dict[str, list[float]] = {}
         for b in range(0, len(order), batch_size):
             part = order[b : b + batch_size]
-            for i, vec in zip(part, embedder.embed_documents([texts[i] for i in part]), strict=True):
+            started = time.perf_counter()
+            vectors = embedder.embed_documents([texts[i] for i in part])
+            EMBED_SECONDS.observe(time.perf_counter() - started)
+            EMBED_BATCH_SIZE.observe(len(part))
+            for i, vec in zip(part, vectors, strict=True):
                 fresh[keys[i]] = vec
         stats.embedded = len(fresh)
         if cache is not None:

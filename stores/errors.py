@@ -4,6 +4,8 @@
     ├── StoreError                    a store or the index cannot serve (this package)
     │   ├── EmbeddingModelMismatchError   the index was filled by another embedding model (503)
     │   └── StoreLockedError              the local store is held by another process (503)
+    ├── stores.ssrf.UnsafeURLError    a URL eventrag must not call (SSRF rules; 422)
+    ├── stores.paging.InvalidCursorError  a cursor not made by that listing (422)
     ├── ingest.errors.IngestError     the write path (webhooks, sources, parsing)
     └── retrieval.llm.LLMError        the chat model (the read path)
 

@@ -14,6 +14,8 @@ from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
 from stores.events import EventKey, EventStatus, FileEvent
+from stores.outbox import Delivery
+from stores.paging import Page
 
 
 class DocumentStatus(StrEnum):
@@ -64,6 +66,22 @@ class DocumentRecord:
 
 
 @dataclass(slots=True)
+class WorkspaceStats:
+    """What `GET /stats` shows for one workspace, read from the state store at one moment."""
+
+    workspace: str
+    documents: dict[str, int]  # by DocumentStatus value
+    chunks: int  # chunks of the indexed documents
+    embedded: int  # of those, chunks whose vectors the model made
+    reused: int  # ... and chunks whose vectors came from the embedding cache
+    events_last_hour: dict[str, int]  # received in the last hour, by EventStatus value
+    events_last_day: dict[str, int]
+    unsettled: int  # received, queued or processing: the workspace's share of the queue
+    held: int  # deletes waiting for an operator
+    oldest_unsettled_at: datetime | None = None
+
+
+@dataclass(slots=True)
 class Job:
     """A queued unit of work: apply one event. `receipt` is the adapter's handle for ack/release."""
 
@@ -110,7 +128,10 @@ class StateStore(Protocol):
         error: str | None = None,
         detail: str | None = None,
         count_attempt: bool = False,
-    ) -> EventRecord: ...
+        outbox: Sequence[Delivery] = (),
+    ) -> EventRecord:
+        """`outbox`: outbound webhook deliveries written in the same atomic step as the status."""
+        ...
 
     def list_events(
         self,
@@ -146,12 +167,51 @@ class StateStore(Protocol):
     def switch_document(self, record: DocumentRecord, *, if_revision: str | None = None) -> bool: ...
 
     def note_document_error(
-        self, workspace: str, file_id: str, path: str, error: str, *, position: str | None = None
-    ) -> None: ...
+        self,
+        workspace: str,
+        file_id: str,
+        path: str,
+        error: str,
+        *,
+        position: str | None = None,
+        event_id: str | None = None,
+    ) -> None:
+        """The file's latest event (`event_id`, kept as `last_event_id`) failed; the active revision stays.
+        With `position`, only if that event is newer than the applied one (see the class docstring)."""
+        ...
 
     def active_revisions(self, workspace: str, file_ids: Sequence[str]) -> dict[str, str]: ...
 
     def workspaces(self) -> list[str]: ...
+
+    # listings for operators (GET /events, /documents, /stats): newest events first, documents by path;
+    # `cursor` is the previous page's `next_cursor`; `total` counts every match of the filter
+    def page_events(
+        self,
+        workspace: str,
+        *,
+        status: EventStatus | None = None,
+        file_id: str | None = None,
+        since: datetime | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> Page[EventRecord]: ...
+
+    def page_documents(
+        self,
+        workspace: str,
+        *,
+        status: DocumentStatus | None = None,
+        path_prefix: str | None = None,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> Page[DocumentRecord]: ...
+
+    def workspace_stats(self, workspace: str, now: datetime) -> WorkspaceStats: ...
+
+    def oldest_unsettled(self) -> datetime | None:
+        """When the oldest event still received, queued or processing arrived, across workspaces."""
+        ...
 
     def close(self) -> None: ...
 

@@ -286,3 +286,32 @@ class SqsJobQueue:
                 self.client.delete_message(QueueUrl=self.dead_letter_url, ReceiptHandle=job.receipt)
                 moved += 1
         return moved
+
+
+class SqsDeliveryQueue:
+    """The outbound webhook queue (a standard queue): one message `{"delivery_id"}` tells the outbound
+    function to attempt a delivery now, or after `delay_seconds` (SQS allows at most 15 minutes; longer
+    waits are picked up by the function's scheduled sweep of the outbox). Order does not matter here:
+    each delivery carries its own state in the outbox, and a receiver deduplicates on `webhook-id`."""
+
+    MAX_DELAY_SECONDS = 900
+    MAX_BATCH = 10  # SendMessageBatch takes at most 10 entries
+
+    def __init__(self, client: Any, queue_url: str) -> None:
+        self.client = client
+        self.queue_url = queue_url
+
+    def send(self, delivery_ids: list[str], delay_seconds: float = 0) -> None:
+        delay = max(0, min(self.MAX_DELAY_SECONDS, math.ceil(delay_seconds)))
+        for i in range(0, len(delivery_ids), self.MAX_BATCH):
+            part = delivery_ids[i : i + self.MAX_BATCH]
+            resp = self.client.send_message_batch(
+                QueueUrl=self.queue_url,
+                Entries=[
+                    {"Id": str(n), "MessageBody": json.dumps({"delivery_id": d}), "DelaySeconds": delay}
+                    for n, d in enumerate(part)
+                ],
+            )
+            if resp.get("Failed"):
+                # Not lost: the deliveries are in the outbox, and the sweep finds them.
+                log.warning("could not queue %d outbound delivery(ies): %s", len(resp["Failed"]), resp["Failed"])

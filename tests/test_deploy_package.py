@@ -113,9 +113,19 @@ def statements_of(template: dict[str, Any], function: dict[str, Any]) -> list[di
     return statements
 
 
+def mapping_of(template: dict[str, Any], function_id: str) -> dict[str, Any]:
+    """The SQS event source mapping of one function (by its logical id, e.g. IngestLambdaFunction)."""
+    (mapping,) = [
+        m
+        for m in resources_of(template, "AWS::Lambda::EventSourceMapping").values()
+        if m["Properties"]["FunctionName"]["Fn::GetAtt"][0] == function_id
+    ]
+    return mapping
+
+
 def queue_ids(template: dict[str, Any]) -> tuple[str, str]:
     """(ingest queue, its dead-letter queue), found through the ingest event source mapping."""
-    (mapping,) = resources_of(template, "AWS::Lambda::EventSourceMapping").values()
+    mapping = mapping_of(template, "IngestLambdaFunction")
     queue_id = mapping["Properties"]["EventSourceArn"]["Fn::GetAtt"][0]
     redrive = template["Resources"][queue_id]["Properties"]["RedrivePolicy"]
     dlq_id = redrive["deadLetterTargetArn"]["Fn::GetAtt"][0]
@@ -158,8 +168,8 @@ def test_every_function_is_an_image_with_its_own_handler(template: dict[str, Any
     """The worker runs the full image (torch); the API and the S3 mapper the slim one without torch."""
     commands = {}
     images = {"api": API_IMAGE_URI, "ingest": IMAGE_URI, "s3": API_IMAGE_URI}
-    images |= {"sweep": API_IMAGE_URI, "reconcile": API_IMAGE_URI}
-    for name in ("api", "ingest", "s3", "sweep", "reconcile"):
+    images |= {"sweep": API_IMAGE_URI, "reconcile": API_IMAGE_URI, "outbound": API_IMAGE_URI}
+    for name in ("api", "ingest", "s3", "sweep", "reconcile", "outbound"):
         props = function_named(template, name)["Properties"]
         assert props["PackageType"] == "Image"
         assert props["Code"]["ImageUri"] == images[name], name
@@ -171,6 +181,7 @@ def test_every_function_is_an_image_with_its_own_handler(template: dict[str, Any
         "s3": ["app.handlers.s3_handler"],
         "sweep": ["app.handlers.sweep_handler"],
         "reconcile": ["app.handlers.reconcile_handler"],
+        "outbound": ["app.handlers.outbound_handler"],
     }
 
 
@@ -184,8 +195,7 @@ def test_api_is_an_http_api_catch_all(template: dict[str, Any]) -> None:
 
 
 def test_ingest_reads_fifo_batches_with_partial_failures(template: dict[str, Any]) -> None:
-    (mapping,) = resources_of(template, "AWS::Lambda::EventSourceMapping").values()
-    props = mapping["Properties"]
+    props = mapping_of(template, "IngestLambdaFunction")["Properties"]
     assert props["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     assert 1 <= props["BatchSize"] <= 10  # FIFO event sources take at most 10
     assert props["FunctionName"]["Fn::GetAtt"][0] == "IngestLambdaFunction"
@@ -256,7 +266,7 @@ def test_environment_holds_parameter_names_never_secrets(template: dict[str, Any
 
 
 def test_each_function_reads_only_its_own_parameters(template: dict[str, Any]) -> None:
-    for name in ("api", "ingest", "s3", "sweep", "reconcile"):
+    for name in ("api", "ingest", "s3", "sweep", "reconcile", "outbound"):
         function = function_named(template, name)
         env = function["Properties"]["Environment"]["Variables"]
         names = {v for k, v in env.items() if k.endswith("_SSM_PARAMETER")}
@@ -280,7 +290,8 @@ def test_each_function_reads_only_its_own_parameters(template: dict[str, Any]) -
 def test_every_function_has_its_own_role(template: dict[str, Any]) -> None:
     functions = resources_of(template, "AWS::Lambda::Function")
     roles = [fn["Properties"]["Role"]["Fn::GetAtt"][0] for fn in functions.values()]
-    assert len(functions) == 5 and len(set(roles)) == 5
+    names = {fn["Properties"]["FunctionName"].rsplit("-", 1)[1] for fn in functions.values()}
+    assert names == {"api", "ingest", "s3", "sweep", "reconcile", "outbound"} and len(set(roles)) == len(functions)
     assert "IamRoleLambdaExecution" not in template["Resources"]  # the framework's shared role
     for fn in functions.values():
         statements = statements_of(template, fn)
@@ -311,6 +322,35 @@ def test_tables_keys_ttl_and_recovery(template: dict[str, Any]) -> None:
     indexes = {i["IndexName"]: [k["AttributeName"] for k in i["KeySchema"]] for i in events["GlobalSecondaryIndexes"]}
     assert indexes == {"by_file": ["group_key", "received_at"], "by_status": ["status", "received_at"]}
 
+    outbox = tables[("delivery_id",)]
+    indexes = {i["IndexName"]: [k["AttributeName"] for k in i["KeySchema"]] for i in outbox["GlobalSecondaryIndexes"]}
+    assert indexes == {"by_workspace": ["workspace", "created_at"], "due": ["due", "next_attempt_at"]}
+    assert outbox["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+
+
+def test_outbox_drains_through_its_own_queue_and_a_sweep(template: dict[str, Any]) -> None:
+    """The outbound function reads the outbound queue (hand-offs and backoff delays) and runs every minute
+    (the sweep that finds deliveries whose hand-off was lost); the ingest function may send to that queue
+    and write the outbox, and gets the subscribers' parameter to route deliveries."""
+    mapping = mapping_of(template, "OutboundLambdaFunction")["Properties"]
+    queue_id = mapping["EventSourceArn"]["Fn::GetAtt"][0]
+    queue = template["Resources"][queue_id]["Properties"]
+    assert "FifoQueue" not in queue  # standard: order does not matter, DelaySeconds carries the backoff
+    timeout = function_named(template, "outbound")["Properties"]["Timeout"]
+    assert queue["VisibilityTimeout"] >= 6 * timeout
+    (rule,) = [
+        r
+        for r in resources_of(template, "AWS::Events::Rule").values()
+        if r["Properties"]["Targets"][0]["Arn"]["Fn::GetAtt"][0] == "OutboundLambdaFunction"
+    ]
+    assert rule["Properties"]["ScheduleExpression"] == "rate(1 minute)"
+
+    ingest = statements_of(template, function_named(template, "ingest"))
+    sends = [s for s in ingest if s["Action"] == "sqs:SendMessage"]
+    assert any(s["Resource"]["Fn::GetAtt"][0] == queue_id for s in sends)
+    env = function_named(template, "ingest")["Properties"]["Environment"]["Variables"]
+    assert env["EVENTRAG_OUTBOUND_WEBHOOKS_SSM_PARAMETER"].endswith("/outbound-webhooks")
+
 
 def test_source_bucket_notifies_the_s3_function(template: dict[str, Any]) -> None:
     (bucket,) = [
@@ -339,6 +379,8 @@ def test_outputs_name_what_operators_need(template: dict[str, Any]) -> None:
         "EventsTableName",
         "DocumentsTableName",
         "SessionsTableName",
+        "OutboxTableName",
+        "OutboundQueueUrl",
     } <= outputs
 
 

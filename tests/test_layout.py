@@ -123,3 +123,16 @@ def test_the_query_function_never_imports_the_write_path(tmp_path: Path, onnx_di
     assert (result["health"], result["query"]) == (200, 200)
     assert "ingest" not in result["loaded"]
     assert {"app", "retrieval", "stores"} <= set(result["loaded"])
+
+
+def test_the_page_metrics_and_relay_import_neither_torch_nor_the_write_path() -> None:
+    """`/`, `/metrics`, `/stats` and the outbound relay (the AWS outbound function) stay light: importing
+    them loads neither torch nor `ingest`."""
+    probe = (
+        "import sys, json\n"
+        "import app.routes.web, app.routes.metrics, app.routes.stats, app.routes.deliveries\n"
+        "import app.routes.subscriptions, app.outbound.relay\n"
+        "print(json.dumps(sorted(m for m in ('torch', 'ingest', 'sentence_transformers') if m in sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []

@@ -107,3 +107,61 @@ def test_a_version_0_state_file_is_migrated_in_place(tmp_path: Path) -> None:
         assert SqliteStateStore(again).get_event("beta", "e1") is not None
     finally:
         again.close()
+
+
+def test_a_version_1_state_file_gets_the_outbox_and_subscriptions_tables(tmp_path: Path) -> None:
+    """Version 1 (issue 10's layout) had no outbox: opening it adds the tables, keeping everything else."""
+    path = tmp_path / "state.sqlite3"
+    db = SqliteDatabase(path)
+    state = SqliteStateStore(db)
+    event = FileEvent(
+        event_id="e1",
+        workspace="acme",
+        type=EventType.UPDATED,
+        file_id="f1",
+        path="f1.md",
+        timestamp=datetime(2026, 1, 1, tzinfo=UTC),
+        version=1,
+        content="hello",
+    )
+    state.add_event(event, EventStatus.QUEUED)
+    db.close()
+    old = sqlite3.connect(path)
+    old.executescript("DROP TABLE outbox; DROP TABLE subscriptions; PRAGMA user_version = 1;")
+    old.close()
+
+    from ingest.notifications import Change, deliveries_for
+    from stores.outbox import Outbound, OutboundType, Subscription
+    from stores.sqlite.outbox import SqliteOutboxStore
+    from stores.sqlite.subscriptions import SqliteSubscriptionStore
+
+    db = SqliteDatabase(path)
+    try:
+        assert db.query("PRAGMA user_version")[0][0] == SCHEMA_VERSION
+        tables = {r[0] for r in db.query("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert {"outbox", "subscriptions", "events", "documents", "jobs"} <= tables
+        state = SqliteStateStore(db)
+        record = state.get_event("acme", "e1")
+        assert record is not None and record.status is EventStatus.QUEUED
+        outbound = Outbound({"acme": [Subscription("s", "https://example.com/hook")]})
+        out = deliveries_for(outbound, record, Change(OutboundType.DOCUMENT_INDEXED, "indexed"))
+        state.set_event_status("acme", "e1", EventStatus.DONE, outbox=out)
+        assert SqliteOutboxStore(db).pending_count() == 1
+        assert SqliteSubscriptionStore(db).list_subscriptions("acme") == []
+    finally:
+        db.close()
+
+
+def test_the_version_0_migration_creates_the_outbox_too(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    old = sqlite3.connect(path)
+    old.executescript(SCHEMA_V0)
+    old.close()
+    db = SqliteDatabase(path)
+    try:
+        tables = {r[0] for r in db.query("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert {"outbox", "subscriptions", "session_turns"} <= tables
+        indexes = {r[0] for r in db.query("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert {"outbox_due", "outbox_by_workspace", "events_by_status"} <= indexes
+    finally:
+        db.close()

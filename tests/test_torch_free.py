@@ -36,6 +36,7 @@ imported = time.perf_counter() - t0
 event = json.loads(Path(sys.argv[1]).read_text())
 def call(method, path, body=None):
     e = dict(event)
+    path, _, e["rawQueryString"] = path.partition("?")
     e["rawPath"] = path
     e["requestContext"] = {**e["requestContext"], "http": {**e["requestContext"]["http"], "method": method,
                            "path": path}}
@@ -54,6 +55,10 @@ health = call("GET", "/healthz")
 after_health = loaded(watch)
 built_after_health = sorted(handlers.container()._built)
 query = call("POST", "/query", {"question": "Which level is visitor parking on?", "top_k": 3})
+# The operator's read routes (issue 14) on the same function: listings with cursors, a document's chunks
+# and a passage of it, the workspace's figures and the Prometheus scrape.
+reads = {path: call("GET", path) for path in ("/documents?limit=1", "/documents/parking/chunks",
+         "/documents/parking/passage?start=0&end=7", "/events?limit=5", "/stats", "/metrics")}
 print(json.dumps({
     "import_seconds": imported,
     "after_import": after_import,
@@ -64,6 +69,8 @@ print(json.dumps({
     "answer": json.loads(query["body"]),
     "after_query": loaded(watch),
     "built_after_query": sorted(handlers.container()._built),
+    "reads": {p: [r["statusCode"], r["body"]] for p, r in reads.items()},
+    "after_reads": loaded(watch),
 }))
 """
 
@@ -96,6 +103,7 @@ def test_the_api_function_answers_without_torch(
         "EVENTRAG_API_KEYS": json.dumps({KEY_ACME: "acme"}),
         "EVENTRAG_WEBHOOK_SECRETS": json.dumps({"acme": [SECRET_ACME]}),
         "EVENTRAG_ONNX_DIR": str(onnx_dir),
+        "EVENTRAG_METRICS_API_KEY": KEY_ACME,
         "HF_HUB_OFFLINE": "1",
     }
     out = subprocess.run(
@@ -118,3 +126,15 @@ def test_the_api_function_answers_without_torch(
     # And it found what the torch model indexed.
     citations = r["answer"]["citations"]
     assert citations and citations[0]["file_id"] == "parking" and "level minus two" in citations[0]["text"]
+    # The read routes answer on the Edge index and the registry, and still import no heavy module.
+    statuses = {path: status for path, (status, _) in r["reads"].items()}
+    assert set(statuses.values()) == {200}, r["reads"]
+    listing = json.loads(r["reads"]["/documents?limit=1"][1])
+    assert [d["file_id"] for d in listing["documents"]] == ["parking"] and listing["total"] == 1, listing
+    chunks = json.loads(r["reads"]["/documents/parking/chunks"][1])
+    assert any("level minus two" in ch["text"] for ch in chunks["chunks"]), chunks
+    first = min(chunks["chunks"], key=lambda ch: ch["start"])
+    passage = json.loads(r["reads"]["/documents/parking/passage?start=0&end=7"][1])
+    assert first["start"] == 0 and passage["text"] == first["text"][:7], (passage, first)
+    assert "eventrag_" in r["reads"]["/metrics"][1]
+    assert not set(r["after_reads"]) & {*HEAVY, "ingest", "qdrant_client", "openai"}, r["after_reads"]

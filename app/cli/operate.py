@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from typing import Annotated
+from urllib.parse import quote
 
 import typer
 
@@ -80,7 +81,7 @@ def retry(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Queue a failed event again, with a fresh attempt budget."""
-    if via_server(server, api_key, "POST", f"/events/{event_id}/retry") is not None:
+    if via_server(server, api_key, "POST", f"/events/{quote(event_id, safe='')}/retry") is not None:
         typer.echo(f"event {event_id} queued again")
         return
     from app.routes.events import retry_failed

@@ -21,10 +21,13 @@ def serve(
     import uvicorn
 
     from app.container import DEFAULT_WORKSPACE, build_container
+    from app.logs import configure_logging
     from app.main import create_app
+    from app.settings import LogFormat
     from stores.errors import EventragError
 
     settings = load_settings(data_dir)
+    configure_logging(settings)
     if not settings.api_keys and settings.anonymous_workspace is None:
         if is_loopback(host):
             # A single local user: no keys needed, because nothing off this machine can reach the port.
@@ -48,7 +51,9 @@ def serve(
         typer.echo(f"queries without an API key use workspace '{settings.anonymous_workspace}' (loopback only)")
     typer.echo(f"data dir: {settings.data_dir.resolve()}  index: {settings.qdrant_url or 'local (embedded)'}")
     try:
-        uvicorn.run(create_app(container), host=host, port=port, log_level=log_level)
+        # JSON logs: uvicorn's own loggers go through the root handler too, so every line is one object.
+        log_config = None if settings.log_format is LogFormat.JSON else uvicorn.config.LOGGING_CONFIG
+        uvicorn.run(create_app(container), host=host, port=port, log_level=log_level, log_config=log_config)
     finally:
         container.close()
 

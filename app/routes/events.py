@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, HTTPException, Query, Request, status
 
 from app.container import Container
 from app.deps import ContainerDep, Workspace
-from app.schemas import ErrorBody, EventOut, EventStatusList, EventStatusQuery
+from app.routes.paging import next_link
+from app.schemas import ErrorBody, EventList, EventOut, EventStatusList, EventStatusQuery
 from stores.events import EventStatus
 from stores.ports import EventRecord
 
@@ -43,6 +45,36 @@ def _own_event(container: ContainerDep, workspace: str, event_id: str) -> EventR
     return rec
 
 
+@router.get("/events", response_model=EventList, responses={**_AUTH, 422: {"model": ErrorBody}})
+def list_events(
+    request: Request,
+    workspace: Workspace,
+    container: ContainerDep,
+    status_: Annotated[
+        EventStatus | None,
+        Query(alias="status", description="received, queued, processing, done, failed, superseded, held, rejected"),
+    ] = None,
+    file_id: Annotated[str | None, Query(max_length=512)] = None,
+    since: Annotated[datetime | None, Query(description="received at or after this time (ISO 8601)")] = None,
+    cursor: Annotated[str | None, Query(max_length=4096, description="`next_cursor` of the previous page")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> EventList:
+    """The caller's events, newest first, with their status, attempts and error; `total` counts every match of
+    the filter, `next` is the next page (null on the last)."""
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)
+    page = container.state.page_events(
+        workspace, status=status_, file_id=file_id, since=since, cursor=cursor, limit=limit
+    )
+    return EventList(
+        events=[event_out(r) for r in page.items],
+        count=len(page.items),
+        total=page.total,
+        next_cursor=page.next_cursor,
+        next=next_link(request, page.next_cursor),
+    )
+
+
 @router.post("/events/status", response_model=EventStatusList, responses={**_AUTH, 422: {"model": ErrorBody}})
 def events_status(body: EventStatusQuery, workspace: Workspace, container: ContainerDep) -> EventStatusList:
     """The status of up to 1000 events at once (what `eventrag ingest --wait` polls). Ids that are unknown, or
@@ -58,7 +90,8 @@ def events_status(body: EventStatusQuery, workspace: Workspace, container: Conta
 
 
 @router.get(
-    "/events/{event_id}",
+    # `:path`: a webhook-id may contain "/" (sent percent-encoded as %2F, which the server decodes).
+    "/events/{event_id:path}",
     response_model=EventOut,
     responses={**_AUTH, 404: {"model": ErrorBody, "description": "No such event in the caller's workspace"}},
 )
@@ -68,7 +101,7 @@ def get_event(event_id: str, workspace: Workspace, container: ContainerDep) -> E
 
 
 @router.post(
-    "/events/{event_id}/retry",
+    "/events/{event_id:path}/retry",
     response_model=EventOut,
     status_code=status.HTTP_202_ACCEPTED,
     responses={

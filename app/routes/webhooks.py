@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 from fastapi import APIRouter, HTTPException, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
@@ -87,7 +89,8 @@ async def post_webhook(request: Request, response: Response, container: Containe
     )
     container.notify_worker()
     event_id = delivery.record.event_id
-    status_url = str(request.url_for("get_event", event_id=event_id).path)
+    # The id as one percent-encoded path segment: a webhook-id may hold "/", "?", "#" or spaces.
+    status_url = f"{request.url_for('list_events').path}/{quote(event_id, safe='')}"
     response.headers["Location"] = status_url
     if delivery.duplicate:
         response.status_code = status.HTTP_200_OK

@@ -32,6 +32,7 @@ class DynamoSettings(Protocol):
     dynamodb_events_table: str
     dynamodb_documents_table: str
     dynamodb_sessions_table: str
+    dynamodb_outbox_table: str
     event_retention_days: float
 
 

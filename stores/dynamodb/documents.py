@@ -144,24 +144,39 @@ class DynamoDocuments(DynamoTable):
         )
 
     def note_document_error(
-        self, workspace: str, file_id: str, path: str, error: str, *, position: str | None = None
+        self,
+        workspace: str,
+        file_id: str,
+        path: str,
+        error: str,
+        *,
+        position: str | None = None,
+        event_id: str | None = None,
     ) -> None:
         """Record that the latest event for a file failed, keeping whatever revision is active. One
         UpdateItem: it creates the record when the file has none, like the SQLite store's insert. With
-        `position`, only if no newer event has been applied meanwhile."""
+        `position`, only if no newer event has been applied meanwhile. The document names the failed event
+        (`last_event_id`), so a retry is one step away."""
         extra: dict[str, Any] = {}
         if position is not None:
             extra = {
                 "ConditionExpression": "attribute_not_exists(#pos) OR #pos < :pos OR #pos >= :legacy",
             }
         try:
-            self._note_error(workspace, file_id, path, error, position, extra)
+            self._note_error(workspace, file_id, path, error, position, event_id, extra)
         except ClientError as exc:
             if error_code(exc) != "ConditionalCheckFailedException":
                 raise
 
     def _note_error(
-        self, workspace: str, file_id: str, path: str, error: str, position: str | None, extra: dict[str, Any]
+        self,
+        workspace: str,
+        file_id: str,
+        path: str,
+        error: str,
+        position: str | None,
+        event_id: str | None,
+        extra: dict[str, Any],
     ) -> None:
         names = {
             "#s": "status",
@@ -185,12 +200,16 @@ class DynamoDocuments(DynamoTable):
             names["#pos"] = "position"
             values[":pos"] = position
             values[":legacy"] = "a"
+        if event_id is not None:
+            names["#l"] = "last_event_id"
+            values[":l"] = event_id
         self.client.update_item(
             TableName=self.documents_table,
             Key=to_dynamo({"workspace": workspace, "file_id": file_id}),
             UpdateExpression=(
                 "SET #s = :s, #e = :e, #u = :u, #p = if_not_exists(#p, :p), #c = if_not_exists(#c, :zero),"
                 " #em = if_not_exists(#em, :zero), #r = if_not_exists(#r, :zero), #m = if_not_exists(#m, :m)"
+                + (", #l = :l" if event_id is not None else "")
             ),
             ExpressionAttributeNames=names,
             ExpressionAttributeValues=to_dynamo(values),

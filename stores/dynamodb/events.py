@@ -18,7 +18,9 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from stores.dynamodb.common import DynamoTable, error_code, from_dynamo, seconds, serializer, to_dynamo, ts
+from stores.dynamodb.outbox import add_deliveries, put_delivery_args
 from stores.events import TERMINAL_STATUSES, EventStatus, EventType, FileEvent
+from stores.outbox import Delivery
 from stores.ports import EventRecord
 
 
@@ -26,6 +28,7 @@ class DynamoEvents(DynamoTable):
     """The event half of `DynamoStateStore`."""
 
     events_table: str
+    outbox_table: str
     retention: timedelta
 
     @staticmethod
@@ -104,7 +107,7 @@ class DynamoEvents(DynamoTable):
         item = resp.get("Item")
         return self._event(from_dynamo(item)) if item else None
 
-    def _update_event(
+    def _update_args(
         self,
         workspace: str,
         event_id: str,
@@ -112,7 +115,7 @@ class DynamoEvents(DynamoTable):
         *,
         remove: Sequence[str] = (),
         add_attempts: int = 0,
-    ) -> EventRecord:
+    ) -> dict[str, Any]:
         names = {f"#{i}": name for i, name in enumerate([*sets, *remove])}
         by_name = {name: key for key, name in names.items()}
         parts = [f"{by_name[name]} = :{i}" for i, name in enumerate(sets)]
@@ -125,16 +128,27 @@ class DynamoEvents(DynamoTable):
         if remove:
             expression += " REMOVE " + ", ".join(by_name[name] for name in remove)
         names["#key"] = "event_id"
+        return {
+            "TableName": self.events_table,
+            "Key": to_dynamo({"workspace": workspace, "event_id": event_id}),
+            "UpdateExpression": expression,
+            "ConditionExpression": "attribute_exists(#key)",
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": values,
+        }
+
+    def _update_event(
+        self,
+        workspace: str,
+        event_id: str,
+        sets: dict[str, Any],
+        *,
+        remove: Sequence[str] = (),
+        add_attempts: int = 0,
+    ) -> EventRecord:
+        args = self._update_args(workspace, event_id, sets, remove=remove, add_attempts=add_attempts)
         try:
-            resp = self.client.update_item(
-                TableName=self.events_table,
-                Key=to_dynamo({"workspace": workspace, "event_id": event_id}),
-                UpdateExpression=expression,
-                ConditionExpression="attribute_exists(#key)",
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=values,
-                ReturnValues="ALL_NEW",
-            )
+            resp = self.client.update_item(**args, ReturnValues="ALL_NEW")
         except ClientError as exc:
             if error_code(exc) == "ConditionalCheckFailedException":
                 raise KeyError(event_id) from exc
@@ -150,6 +164,7 @@ class DynamoEvents(DynamoTable):
         error: str | None = None,
         detail: str | None = None,
         count_attempt: bool = False,
+        outbox: Sequence[Delivery] = (),
     ) -> EventRecord:
         now = time.time()
         sets: dict[str, Any] = {"status": status.value, "updated_at": seconds(now)}
@@ -163,7 +178,41 @@ class DynamoEvents(DynamoTable):
             sets["expires_at"] = self._expiry(now)
         else:
             remove.append("expires_at")
-        return self._update_event(workspace, event_id, sets, remove=remove, add_attempts=1 if count_attempt else 0)
+        attempts = 1 if count_attempt else 0
+        if outbox:
+            return self._update_with_outbox(workspace, event_id, sets, remove, attempts, outbox)
+        return self._update_event(workspace, event_id, sets, remove=remove, add_attempts=attempts)
+
+    def _update_with_outbox(
+        self,
+        workspace: str,
+        event_id: str,
+        sets: dict[str, Any],
+        remove: list[str],
+        add_attempts: int,
+        outbox: Sequence[Delivery],
+    ) -> EventRecord:
+        """The status and the deliveries in one TransactWriteItems (all or nothing, at most 100 items). A
+        delivery already there (a retried write whose first try went through) is kept as it is."""
+        update = self._update_args(workspace, event_id, sets, remove=remove, add_attempts=add_attempts)
+        puts = [put_delivery_args(self.outbox_table, d) for d in outbox]
+        try:
+            self.client.transact_write_items(TransactItems=[{"Update": update}, *({"Put": p} for p in puts)])
+        except ClientError as exc:
+            if error_code(exc) != "TransactionCanceledException":
+                raise
+            reasons = [r.get("Code") for r in exc.response.get("CancellationReasons", [])]
+            if reasons and reasons[0] == "ConditionalCheckFailed":
+                raise KeyError(event_id) from exc
+            if "ConditionalCheckFailed" not in reasons[1:]:
+                raise
+            # Some deliveries exist already: write the status, then the missing deliveries alone.
+            self._update_event(workspace, event_id, sets, remove=remove, add_attempts=add_attempts)
+            add_deliveries(self.client, self.outbox_table, outbox)
+        record = self.get_event(workspace, event_id)
+        if record is None:  # pragma: no cover - it was just updated
+            raise KeyError(event_id)
+        return record
 
     def reset_for_retry(self, workspace: str, event_id: str, *, confirmed: bool = False) -> EventRecord:
         """Back to `queued` with a fresh attempt budget; `confirmed` only ever turns on."""

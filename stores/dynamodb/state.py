@@ -11,6 +11,8 @@ their moto tables from it):
   values come back with their JSON types (DynamoDB numbers would come back as `Decimal`). The switch is a
   conditional write on `position` (a compare-and-set).
 - sessions, key (`workspace`, `session_id`): the turns as JSON strings, `expires_at` (TTL).
+- outbox, key `delivery_id`: outbound webhook deliveries (`outbox.py`), written in the same transaction
+  that settles their event.
 
 Reads that decide something (`get_event`, `get_document`, `active_revisions`) are strongly consistent;
 listings go through indexes, which DynamoDB keeps eventually consistent.
@@ -24,9 +26,10 @@ from typing import Any
 from stores.dynamodb.common import DynamoSettings, default_client
 from stores.dynamodb.documents import DynamoDocuments
 from stores.dynamodb.events import DynamoEvents
+from stores.dynamodb.listings import DynamoListings
 
 
-class DynamoStateStore(DynamoEvents, DynamoDocuments):
+class DynamoStateStore(DynamoEvents, DynamoDocuments, DynamoListings):
     """`StateStore` on the events and documents tables. Thread-safe: boto3 clients are."""
 
     def __init__(
@@ -35,11 +38,13 @@ class DynamoStateStore(DynamoEvents, DynamoDocuments):
         *,
         events_table: str,
         documents_table: str,
+        outbox_table: str = "eventrag-outbox",
         retention: timedelta = timedelta(days=7),
     ) -> None:
         self.client = client
         self.events_table = events_table
         self.documents_table = documents_table
+        self.outbox_table = outbox_table
         self.retention = retention
 
     @classmethod
@@ -48,6 +53,7 @@ class DynamoStateStore(DynamoEvents, DynamoDocuments):
             client if client is not None else default_client("dynamodb"),
             events_table=settings.dynamodb_events_table,
             documents_table=settings.dynamodb_documents_table,
+            outbox_table=settings.dynamodb_outbox_table,
             retention=timedelta(days=settings.event_retention_days),
         )
 

@@ -3,11 +3,13 @@
 One file so that "event stored" and "job queued" can never disagree after a crash, and WAL mode so the
 API and the worker threads read while one of them writes. A single connection guarded by a lock: SQLite
 serialises writers anyway, and this keeps transactions explicit. The tables' adapters: `state.py` (events
-and documents), `queue.py` (the local job queue), `sessions.py` (conversations).
+and documents), `queue.py` (the local job queue), `sessions.py` (conversations), `outbox.py` (outbound
+webhook deliveries) and `subscriptions.py` (subscribers created through the API).
 
 The schema version is SQLite's `user_version`. Version 1 keys events and jobs by (workspace, event id),
 gives every job lease an owner, and keeps a session's turns one row each; a file of version 0 (the layout
-before) is migrated in place, in one transaction, when it is opened.
+before) is migrated in place, in one transaction, when it is opened. Version 2 adds the outbox and the
+subscriptions tables (a version 1 file gets them, empty, when it is opened).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -86,6 +88,37 @@ CREATE TABLE IF NOT EXISTS session_turns (
     turn        TEXT NOT NULL,
     PRIMARY KEY (workspace, session_id, seq)
 );
+CREATE TABLE IF NOT EXISTS outbox (
+    delivery_id     TEXT PRIMARY KEY,
+    message_id      TEXT NOT NULL,
+    workspace       TEXT NOT NULL,
+    subscriber      TEXT NOT NULL,
+    url             TEXT NOT NULL,
+    type            TEXT NOT NULL,
+    body            TEXT NOT NULL,
+    status          TEXT NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_status     INTEGER,
+    last_response   TEXT,
+    last_error      TEXT,
+    file_id         TEXT,
+    event_id        TEXT,
+    created_at      REAL NOT NULL,
+    updated_at      REAL NOT NULL,
+    delivered_at    REAL
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (status, next_attempt_at);
+CREATE INDEX IF NOT EXISTS outbox_by_workspace ON outbox (workspace, created_at, delivery_id);
+CREATE TABLE IF NOT EXISTS subscriptions (
+    workspace   TEXT NOT NULL,
+    id          TEXT NOT NULL,
+    url         TEXT NOT NULL,
+    events      TEXT NOT NULL,
+    secret      TEXT NOT NULL,
+    created_at  REAL NOT NULL,
+    PRIMARY KEY (workspace, id)
+);
 """
 
 
@@ -96,6 +129,14 @@ def ts(value: float) -> datetime:
 def _columns(conn: sqlite3.Connection, table: str) -> dict[str, int]:
     """Column name -> its position in the primary key (0: not part of it)."""
     return {row[1]: row[5] for row in conn.execute(f"PRAGMA table_info({table})")}
+
+
+def _create_tables(conn: sqlite3.Connection) -> None:
+    """Every table and index of SCHEMA that is missing (each statement says IF NOT EXISTS)."""
+    # Statement by statement: executescript would commit the migration's transaction half-way.
+    for statement in SCHEMA.split(";"):
+        if statement.strip():
+            conn.execute(statement)
 
 
 def _migrate_from_v0(conn: sqlite3.Connection) -> None:
@@ -114,10 +155,7 @@ def _migrate_from_v0(conn: sqlite3.Connection) -> None:
     sessions = _columns(conn, "sessions")
     if "turns" in sessions:
         conn.execute("ALTER TABLE sessions RENAME TO sessions_v0")
-    # Statement by statement: executescript would commit the migration's transaction half-way.
-    for statement in SCHEMA.split(";"):
-        if statement.strip():
-            conn.execute(statement)
+    _create_tables(conn)
     if events and events.get("workspace") == 0:
         conn.execute(
             "INSERT OR IGNORE INTO events (workspace, event_id, file_id, status, attempts, error, detail, confirmed,"
@@ -170,6 +208,8 @@ class SqliteDatabase:
             version = int(conn.execute("PRAGMA user_version").fetchone()[0])
             if version < 1:
                 _migrate_from_v0(conn)  # on a new file: just creates the tables
+            elif version < SCHEMA_VERSION:
+                _create_tables(conn)  # version 1 -> 2 only adds tables (the outbox, the subscriptions)
             elif version > SCHEMA_VERSION:
                 raise RuntimeError(
                     f"{self.path} has schema version {version}, newer than this eventrag ({SCHEMA_VERSION});"

@@ -9,12 +9,15 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from stores.events import EventStatus, FileEvent
+from stores.outbox import Delivery
 from stores.ports import DocumentRecord, DocumentStatus, EventRecord
 from stores.sqlite.database import SqliteDatabase
 from stores.sqlite.database import ts as _ts
+from stores.sqlite.listings import SqliteListings
+from stores.sqlite.outbox import insert_deliveries
 
 
-class SqliteStateStore:
+class SqliteStateStore(SqliteListings):
     def __init__(self, db: SqliteDatabase) -> None:
         self.db = db
 
@@ -78,6 +81,7 @@ class SqliteStateStore:
         error: str | None = None,
         detail: str | None = None,
         count_attempt: bool = False,
+        outbox: Sequence[Delivery] = (),
     ) -> EventRecord:
         with self.db.transaction() as conn:
             cur = conn.execute(
@@ -87,6 +91,7 @@ class SqliteStateStore:
             )
             if cur.rowcount != 1:
                 raise KeyError(event_id)
+            insert_deliveries(conn, outbox)  # the same commit: settled and "to be told" cannot disagree
             row = conn.execute(
                 "SELECT * FROM events WHERE workspace = ? AND event_id = ?", (workspace, event_id)
             ).fetchone()
@@ -260,24 +265,33 @@ class SqliteStateStore:
             return cur.rowcount == 1
 
     def note_document_error(
-        self, workspace: str, file_id: str, path: str, error: str, *, position: str | None = None
+        self,
+        workspace: str,
+        file_id: str,
+        path: str,
+        error: str,
+        *,
+        position: str | None = None,
+        event_id: str | None = None,
     ) -> None:
         """Record that the latest event for a file failed, keeping whatever revision is active; with
-        `position`, only if no newer event has been applied meanwhile."""
+        `position`, only if no newer event has been applied meanwhile. The document names the failed event
+        (`last_event_id`), so a retry is one step away."""
         with self.db.transaction() as conn:
             cur = conn.execute(
-                "UPDATE documents SET status = ?, last_error = ?, updated_at = ? WHERE workspace = ? AND file_id = ?"
+                "UPDATE documents SET status = ?, last_error = ?, last_event_id = COALESCE(?, last_event_id),"
+                " updated_at = ? WHERE workspace = ? AND file_id = ?"
                 " AND (? IS NULL OR position IS NULL OR position < ? OR position >= 'a')",
-                (DocumentStatus.FAILED.value, error, time.time(), workspace, file_id, position, position),
+                (DocumentStatus.FAILED.value, error, event_id, time.time(), workspace, file_id, position, position),
             )
             exists = conn.execute(
                 "SELECT 1 FROM documents WHERE workspace = ? AND file_id = ?", (workspace, file_id)
             ).fetchone()
             if cur.rowcount == 0 and exists is None:
                 conn.execute(
-                    "INSERT INTO documents (workspace, file_id, path, status, last_error, updated_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (workspace, file_id, path, DocumentStatus.FAILED.value, error, time.time()),
+                    "INSERT INTO documents (workspace, file_id, path, status, last_error, last_event_id, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (workspace, file_id, path, DocumentStatus.FAILED.value, error, event_id, time.time()),
                 )
 
     def active_revisions(self, workspace: str, file_ids: Sequence[str]) -> dict[str, str]:

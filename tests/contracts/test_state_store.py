@@ -32,6 +32,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.Mo
             session.client("dynamodb"),
             events_table=stack.events_table,
             documents_table=stack.documents_table,
+            outbox_table=stack.outbox_table,
             retention=timedelta(days=7),
         )
         yield dynamo

@@ -25,7 +25,13 @@ REGION = "us-east-1"
 ACCOUNT = "123456789012"  # moto's default account
 STACK_STAGE = "test"
 
-TABLES = {"events": "EventsTable", "documents": "DocumentsTable", "sessions": "SessionsTable"}
+TABLES = {
+    "events": "EventsTable",
+    "documents": "DocumentsTable",
+    "sessions": "SessionsTable",
+    "outbox": "OutboxTable",
+    "subscriptions": "SubscriptionsTable",
+}
 
 
 @dataclass(frozen=True)
@@ -93,8 +99,11 @@ class Stack:
     events_table: str
     documents_table: str
     sessions_table: str
+    outbox_table: str
+    subscriptions_table: str
     queue_url: str
     dead_letter_url: str
+    outbound_queue_url: str
     max_receive_count: int
 
     def settings(self) -> dict[str, Any]:
@@ -105,6 +114,9 @@ class Stack:
             "dynamodb_events_table": self.events_table,
             "dynamodb_documents_table": self.documents_table,
             "dynamodb_sessions_table": self.sessions_table,
+            "dynamodb_outbox_table": self.outbox_table,
+            "dynamodb_subscriptions_table": self.subscriptions_table,
+            "outbound_queue_url": self.outbound_queue_url,
             "sqs_queue_url": self.queue_url,
             "sqs_dlq_url": self.dead_letter_url,
         }
@@ -166,7 +178,7 @@ def create_stack(session: boto3.session.Session, *, params: dict[str, Any] | Non
 
     urls = {}
     # The dead-letter queue first: the ingest queue's redrive policy names its ARN.
-    for logical_id in ("IngestDeadLetterQueue", "IngestQueue"):
+    for logical_id in ("IngestDeadLetterQueue", "IngestQueue", "OutboundQueue"):
         props = _plain(resources[logical_id]["Properties"], attributes, stack_name)
         name = props.pop("QueueName")
         # CloudFormation property names are the SQS attribute names.
@@ -181,8 +193,11 @@ def create_stack(session: boto3.session.Session, *, params: dict[str, Any] | Non
         events_table=table_names["events"],
         documents_table=table_names["documents"],
         sessions_table=table_names["sessions"],
+        outbox_table=table_names["outbox"],
+        subscriptions_table=table_names["subscriptions"],
         queue_url=urls["IngestQueue"],
         dead_letter_url=urls["IngestDeadLetterQueue"],
+        outbound_queue_url=urls["OutboundQueue"],
         max_receive_count=int(redrive["maxReceiveCount"]),
     )
 
