@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -135,6 +136,9 @@ def resolve_onnx_dir(
     return folder
 
 
+_RECENT_QUERIES = 64  # question vectors an OnnxEmbedder remembers
+
+
 class OnnxEmbedder:
     """`Embedder` over an exported model folder. Loads the session on first embed, never at construction;
     `dimension`, `max_tokens` and `model_id` come from the folder's metadata without loading the model."""
@@ -157,6 +161,7 @@ class OnnxEmbedder:
         self._encoder: Tokenizer | None = None
         self._input_names: set[str] = set()
         self._lock = threading.Lock()
+        self._recent: OrderedDict[str, tuple[float, ...]] = OrderedDict()
 
     @property
     def backend(self) -> EmbeddingBackend:
@@ -204,6 +209,10 @@ class OnnxEmbedder:
                     if self._threads:
                         options.intra_op_num_threads = self._threads
                     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+                    # No busy-waiting between calls: the session shares the cores with the worker (`eventrag
+                    # serve`) and other requests; spinning threads took 1.8x longer for a query's sentences
+                    # on this 2-core machine under load (docs/performance.md).
+                    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
                     path = self.folder / (INT8_FILE if self.quantized else FP32_FILE)
                     log.info("loading ONNX embedding model %s", path)
                     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -224,9 +233,16 @@ class OnnxEmbedder:
     def _encode(self, texts: Sequence[str]) -> np.ndarray[Any, Any]:
         session = self._load()
         _, encoder = self._tokenizers()
+        if len(texts) > self.batch_size:
+            # Longest first, so each batch pads to a length close to its own texts' (a query's sentences
+            # range from a heading to a paragraph); the result comes back in the order asked.
+            lengths = self.count_tokens(texts)
+            order = sorted(range(len(texts)), key=lambda i: -lengths[i])
+        else:
+            order = list(range(len(texts)))
         out = []
-        for i in range(0, len(texts), self.batch_size):
-            batch = encoder.encode_batch(list(texts[i : i + self.batch_size]))
+        for i in range(0, len(order), self.batch_size):
+            batch = encoder.encode_batch([texts[j] for j in order[i : i + self.batch_size]])
             feed = {
                 "input_ids": np.asarray([e.ids for e in batch], dtype=np.int64),
                 "attention_mask": np.asarray([e.attention_mask for e in batch], dtype=np.int64),
@@ -234,7 +250,12 @@ class OnnxEmbedder:
             if "token_type_ids" in self._input_names:
                 feed["token_type_ids"] = np.asarray([e.type_ids for e in batch], dtype=np.int64)
             out.append(np.asarray(session.run(None, feed)[0], dtype=np.float32))
-        return np.concatenate(out) if out else np.zeros((0, self.dimension), dtype=np.float32)
+        if not out:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        vectors = np.concatenate(out)
+        result = np.empty_like(vectors)
+        result[order] = vectors
+        return result
 
     def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
         if not texts:
@@ -242,4 +263,16 @@ class OnnxEmbedder:
         return self._encode(texts).tolist()  # type: ignore[no-any-return]
 
     def embed_query(self, text: str) -> list[float]:
-        return self._encode([text])[0].tolist()  # type: ignore[no-any-return]
+        """One question's vector. The last few are remembered: one `/query` embeds its question for the
+        search and again for choosing the extracts."""
+        with self._lock:
+            cached = self._recent.get(text)
+            if cached is not None:
+                self._recent.move_to_end(text)
+                return list(cached)
+        vector: list[float] = self._encode([text])[0].tolist()
+        with self._lock:
+            self._recent[text] = tuple(vector)
+            while len(self._recent) > _RECENT_QUERIES:
+                self._recent.popitem(last=False)
+        return vector

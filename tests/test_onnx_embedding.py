@@ -46,6 +46,14 @@ def test_batching_and_padding_do_not_change_a_vector(fp32: OnnxEmbedder) -> None
     alone = [fp32.embed_documents([t])[0] for t in SAMPLE]
     together = fp32.embed_documents(SAMPLE)  # one padded batch
     assert cosines(alone, together).min() >= 0.99999
+    # More texts than a batch: sorted by length into batches, returned in the order asked.
+    small = OnnxEmbedder(fp32.folder, batch_size=3)
+    mixed = SAMPLE * 2
+    assert cosines([alone[i % len(SAMPLE)] for i in range(len(mixed))], small.embed_documents(mixed)).min() >= 0.99999
+    # A question asked twice (the search, then the extracts) gets the same vector, as a fresh list.
+    first = small.embed_query(SAMPLE[0])
+    first[0] += 1.0
+    assert cosines([small.embed_query(SAMPLE[0])], [fp32.embed_documents([SAMPLE[0]])[0]])[0] >= 0.99999
 
 
 def test_tokens_are_the_models_own(fp32: OnnxEmbedder, embedder: SentenceTransformerEmbedder) -> None:
