@@ -33,7 +33,7 @@ from retrieval.answering import Answerer
 from retrieval.llm import ChatModel
 from retrieval.search import Searcher
 from stores.errors import StoreLockedError
-from stores.onnx_embedding import EmbeddingBackend
+from stores.onnx_embedding import EmbeddingBackend, recorded_backend
 from stores.outbox import Delivery, OutboxStore, SubscriptionStore
 from stores.ports import Embedder, EmbeddingCache, JobQueue, StateStore, VectorIndex
 from stores.sessions import SessionStore
@@ -159,27 +159,53 @@ class Container:
         return DynamoSessionStore.from_settings(self.settings, client=(self.aws or {}).get("dynamodb"))
 
     @property
+    def backend(self) -> EmbeddingBackend:
+        """`EVENTRAG_EMBEDDING_BACKEND`, or unset: the backend whose vectors the index holds (int8 for a new
+        index), so an index filled by torch keeps opening after an upgrade and is never mixed."""
+
+        def resolve() -> EmbeddingBackend:
+            if self.settings.embedding_backend is not None:
+                return self.settings.embedding_backend
+            return recorded_backend(self._opened_index.recorded_model())
+
+        return self._once("backend", resolve)  # type: ignore[no-any-return]
+
+    @property
     def embedder(self) -> Embedder:
-        """The ingest embedder (`EVENTRAG_EMBEDDING_BACKEND`): torch, or the ONNX export."""
-        return self._once("embedder", lambda: build_embedder(self.settings))  # type: ignore[no-any-return]
+        """The ingest embedder (`backend`): torch, or the ONNX export."""
+        return self._once("embedder", lambda: build_embedder(self.settings, self.backend))  # type: ignore[no-any-return]
 
     @property
     def query_embedder(self) -> Embedder:
         """Embeds questions: always the ONNX export (fp32, or int8 when ingest is int8), so the read path
         never imports torch."""
-        return self._once("query_embedder", lambda: build_query_embedder(self.settings))  # type: ignore[no-any-return]
+        return self._once(  # type: ignore[no-any-return]
+            "query_embedder", lambda: build_query_embedder(self.settings, self.backend)
+        )
+
+    @property
+    def _opened_index(self) -> VectorIndex:
+        """The index, opened but not yet checked against the model (`index` checks it)."""
+
+        def build() -> VectorIndex:
+            index = build_index(self.settings, qdrant_client=self._qdrant_client)
+            self._closers.append(index.close)
+            return index
+
+        return self._once("opened_index", build)  # type: ignore[no-any-return]
 
     @property
     def index(self) -> VectorIndex:
         return self._once("index", self._build_index)  # type: ignore[no-any-return]
 
     def _build_index(self) -> VectorIndex:
-        index = build_index(self.settings, qdrant_client=self._qdrant_client)
-        self._closers.append(index.close)
+        index = self._opened_index
         try:
             probe = self._built.get("embedder") or self.query_embedder
             index.ensure_ready(probe.model_id, probe.dimension)
         except BaseException:
+            with self._lock:  # a later attempt opens the index again
+                self._built.pop("opened_index", None)
             index.close()
             self._closers.remove(index.close)
             raise
@@ -614,9 +640,8 @@ def build_index(settings: Settings, *, qdrant_client: Any | None = None) -> Vect
         raise StoreLockedError(locked_message(where)) from exc
 
 
-def build_embedder(settings: Settings) -> Embedder:
-    """The ingest embedder of `EVENTRAG_EMBEDDING_BACKEND`."""
-    backend = settings.embedding_backend
+def build_embedder(settings: Settings, backend: EmbeddingBackend) -> Embedder:
+    """The ingest embedder of `backend` (`Container.backend`: the configured one, or the index's)."""
     if backend is EmbeddingBackend.TORCH:
         from stores.embedding import SentenceTransformerEmbedder
 
@@ -624,15 +649,15 @@ def build_embedder(settings: Settings) -> Embedder:
     return _onnx_embedder(settings, quantized=backend.quantized)
 
 
-def build_query_embedder(settings: Settings) -> Embedder:
+def build_query_embedder(settings: Settings, backend: EmbeddingBackend) -> Embedder:
     """The ONNX export of the configured model: fp32 for an index filled by torch or fp32 ONNX (the same
     vectors), int8 for an int8 index. A model that is not a local folder cannot be exported here; its
     questions are embedded by torch, like its documents."""
     model_location, _ = _model_location(settings)
     if settings.onnx_dir is None and not Path(model_location).is_dir():
         log.warning("%s is not a local model folder: questions are embedded with torch", model_location)
-        return build_embedder(settings)
-    return _onnx_embedder(settings, quantized=settings.embedding_backend.quantized)
+        return build_embedder(settings, backend)
+    return _onnx_embedder(settings, quantized=backend.quantized)
 
 
 def _model_location(settings: Settings) -> tuple[str, str]:

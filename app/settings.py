@@ -297,8 +297,10 @@ class Settings(BaseSettings):
     embedding_model: str | None = Field(
         None, description="sentence-transformers name or path; default: the bundled all-MiniLM-L6-v2"
     )
-    embedding_backend: EmbeddingBackend = Field(
-        EmbeddingBackend.TORCH, description="ingest embedder: torch, onnx (fp32) or onnx-int8; questions: ONNX"
+    embedding_backend: EmbeddingBackend | None = Field(
+        None,
+        description="ingest embedder: torch, onnx (fp32) or onnx-int8; unset: what the index records, onnx-int8"
+        " for a new index; questions: ONNX",
     )
     onnx_dir: Path | None = Field(
         None, description="a folder made by `eventrag export-onnx`; unset = the cache, exported on first use"

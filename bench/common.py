@@ -126,6 +126,7 @@ def open_store(
     """A fresh production container on a temporary data dir, its ingest embedder recorded."""
     from app.container import build_container, build_embedder, build_query_embedder
     from app.settings import Settings
+    from stores.onnx_embedding import EmbeddingBackend
 
     tmp = None
     if data_dir is None:
@@ -138,8 +139,9 @@ def open_store(
         worker={"batch_size": 64, "mass_delete_share": 1.0},
         **settings,
     )
-    recorder = Recorder(build_embedder(s))
-    container = build_container(s, embedder=recorder, query_embedder=build_query_embedder(s))
+    chosen = EmbeddingBackend(backend)
+    recorder = Recorder(build_embedder(s, chosen))
+    container = build_container(s, embedder=recorder, query_embedder=build_query_embedder(s, chosen))
     return Store(container, recorder, data_dir, tmp)
 
 

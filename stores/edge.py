@@ -136,6 +136,12 @@ class EdgeIndex:
                 f"the index at {self.path} holds {size}-dimensional vectors; the model gives {dimension}"
             )
 
+    def recorded_model(self) -> str | None:
+        if self._shard is None or not self.meta_path.exists():
+            return None
+        recorded = json.loads(self.meta_path.read_text()).get("embedding_model")
+        return str(recorded) if recorded is not None else None
+
     def _create(self, model_id: str, dimension: int) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         config = qe.EdgeConfig(

@@ -64,6 +64,15 @@ def backend_model_id(model_id: str, backend: EmbeddingBackend) -> str:
     return f"{model_id}+int8" if backend.quantized else model_id
 
 
+def recorded_backend(recorded_model_id: str | None) -> EmbeddingBackend:
+    """The backend to embed with when none is configured: the one whose vectors the index holds (an int8 id
+    says int8, any other id the fp32 vectors torch and ONNX share), and int8 for an index not created yet
+    (as good as fp32 on SciFact, about twice as fast: docs/performance.md)."""
+    if recorded_model_id is None or recorded_model_id.endswith("+int8"):
+        return EmbeddingBackend.ONNX_INT8
+    return EmbeddingBackend.TORCH
+
+
 class OnnxModelMissingError(StoreError):
     """No exported model where the settings point, and it cannot be exported here (no torch)."""
 

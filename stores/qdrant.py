@@ -80,6 +80,14 @@ class QdrantIndex:
             yield
 
     # lifecycle ----------------------------------------------------------------------------------------
+    def recorded_model(self) -> str | None:
+        with self._guard():
+            if not self.client.collection_exists(self.collection):
+                return None
+            meta = self.client.get_collection(self.collection).config.metadata or {}
+        recorded = meta.get("embedding_model")
+        return str(recorded) if recorded is not None else None
+
     def ensure_ready(self, model_id: str, dimension: int) -> None:
         with self._guard():
             if not self.client.collection_exists(self.collection):

@@ -78,6 +78,7 @@ def evaluate(
     from app.evaluation.answers import RationaleFormatError, load_rationales
     from app.evaluation.runner import CHUNKED, WHOLE_DOCUMENT, AnswerRequest, EvaluationError, load_beir
     from app.evaluation.runner import evaluate as run_evaluation
+    from stores.onnx_embedding import recorded_backend
     from stores.ports import SearchMode
     from stores.sparse import Bm25Encoder
 
@@ -103,12 +104,14 @@ def evaluate(
     except (EvaluationError, RationaleFormatError) as exc:
         typer.secho(str(exc), fg="red", err=True)
         raise typer.Exit(2) from exc
-    embedder = build_embedder(base)
-    query_embedder = build_query_embedder(base)
+    # A fresh index each run: the configured backend, else what a new index gets (`Container.backend`).
+    backend = base.embedding_backend or recorded_backend(None)
+    embedder = build_embedder(base, backend)
+    query_embedder = build_query_embedder(base, backend)
     bm25 = Bm25Encoder()
     used = {
         "embedding_model": embedder.model_id,
-        "embedding_backend": base.embedding_backend.value,
+        "embedding_backend": backend.value,
         "query_encoder": type(query_embedder).__name__,
         "index_backend": base.index_backend.value,
         "chunk_tokens": base.chunking.chunk_tokens,
