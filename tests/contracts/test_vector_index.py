@@ -301,11 +301,14 @@ class TestVectorIndexContract:
 
     def test_the_index_records_its_model(self, kind: str, tmp_path: Path) -> None:
         idx = open_index(kind, tmp_path)
+        assert idx.recorded_model() is None  # nothing created yet, and asking creates nothing
+        assert idx.recorded_model() is None
         idx.ensure_ready(MODEL, DIM)
         idx.upsert([point("f")])
         idx.close()
         again = open_index(kind, tmp_path)
         try:
+            assert again.recorded_model() == MODEL  # read before any check (the container picks the backend)
             again.ensure_ready(MODEL, DIM)
             assert files(dense_search(again, unit(1.0))) == ["f"]
             with pytest.raises(EmbeddingModelMismatchError, match="test/other"):
