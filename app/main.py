@@ -51,18 +51,15 @@ def create_app(container: Container | Callable[[], Container] | None = None, *, 
         c = container if isinstance(container, Container) else (container or _from_env)()
         app.state.container = c
         c.recover()
-        if start_worker and c.loop is not None:
-            c.loop.start()
-        if start_worker and c.relay_loop is not None:
-            c.relay_loop.start()
+        if start_worker:
+            c.start_worker()
+            c.start_relay()
         try:
             async with mcp.running(c.settings):  # without a lifespan (Lambda), /mcp runs one per request
                 yield
         finally:
-            if c.loop is not None:
-                c.loop.stop()
-            if c.relay_loop is not None:
-                c.relay_loop.stop()
+            c.stop_worker()
+            c.stop_relay()
             if owned:
                 c.close()
             app.state.container = None

@@ -15,7 +15,15 @@ from typing import Annotated, Any
 from pydantic import BaseModel, Field, SecretStr, TypeAdapter, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from stores.onnx_embedding import EmbeddingBackend
 from stores.ports import SearchMode
+
+
+class IndexBackend(StrEnum):
+    """The embedded engine used when no EVENTRAG_QDRANT_URL is set."""
+
+    EDGE = "edge"  # Qdrant Edge: Qdrant's Rust engine in the process (docs/performance.md)
+    QDRANT_LOCAL = "qdrant-local"  # qdrant-client's local mode: plain Python over numpy, small indexes only
 
 
 class StateBackend(StrEnum):
@@ -281,13 +289,27 @@ class Settings(BaseSettings):
     )
 
     # Index
-    qdrant_url: str | None = Field(None, description="Qdrant server URL; unset = local mode under data_dir")
+    qdrant_url: str | None = Field(None, description="Qdrant server URL; unset = the embedded engine")
+    index_backend: IndexBackend = Field(
+        IndexBackend.EDGE, description="embedded engine without a Qdrant URL: edge or qdrant-local"
+    )
     qdrant_api_key: SecretStr | None = None
     qdrant_collection: str = "eventrag"
 
     # Models
     embedding_model: str | None = Field(
         None, description="sentence-transformers name or path; default: the bundled all-MiniLM-L6-v2"
+    )
+    embedding_backend: EmbeddingBackend | None = Field(
+        None,
+        description="ingest embedder: torch, onnx (fp32) or onnx-int8; unset: what the index records, onnx-int8"
+        " for a new index; questions: ONNX",
+    )
+    onnx_dir: Path | None = Field(
+        None, description="a folder made by `eventrag export-onnx`; unset = the cache, exported on first use"
+    )
+    onnx_cache_dir: Path | None = Field(
+        None, description="where ONNX exports are cached; unset = $XDG_CACHE_HOME/eventrag/onnx (~/.cache)"
     )
     embedding_batch_size: int = Field(32, ge=1, le=1024)
     llm_model: str | None = Field(None, description="chat model name; unset = extractive answers")
@@ -470,6 +492,10 @@ class Settings(BaseSettings):
     @property
     def qdrant_path(self) -> Path:
         return self.data_dir / "qdrant"
+
+    @property
+    def edge_path(self) -> Path:
+        return self.data_dir / "edge" / self.qdrant_collection
 
     @property
     def embedding_cache_path(self) -> Path:

@@ -6,9 +6,11 @@
   them again (same point ids). The registry is never written here, so a newer version applied meanwhile
   simply supersedes the repair. When the last event is no longer remembered, the document is marked
   failed ("send the file again").
-- *orphan*: points of a revision older than what is applied for the file (a worker died between the switch
-  and the clean-up, or lost a race). Repair: delete them. Positions only grow (the switch is a
-  compare-and-set), so an older revision can never become searchable again: deleting it is always safe.
+- *orphan*: points of a revision other than the active one, older than what is applied for the file (a
+  worker died between the switch and the clean-up, or lost a race). Repair: delete them. Positions only
+  grow (the switch is a compare-and-set), and a revision is kept only while it is still the active one
+  (`ingest.revisions`), so a revision that is not active and older than the applied position can never
+  become searchable again: deleting it is always safe.
 - *version_mismatch*: the file has points only at revisions other than the active one (reported apart
   because it means the search shows nothing of that file).
 - *unapplied*: points of a revision newer than what is applied, or of a file the registry does not know:
@@ -24,7 +26,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from stores.events import IN_FLIGHT_STATUSES, EventStatus, position_is_newer
+from ingest.revisions import is_older
+from stores.events import IN_FLIGHT_STATUSES, EventStatus
 from stores.ports import DocumentRecord, JobQueue, StateStore, VectorIndex
 
 
@@ -90,7 +93,7 @@ def reconcile(
         for revision, n in revisions.items():
             if revision == active:
                 continue
-            if applied is not None and position_is_newer(applied, revision):
+            if applied is not None and is_older(revision, applied):
                 problem = Discrepancy(
                     file_id,
                     "orphan",

@@ -6,13 +6,18 @@ For each event:
 1. *decide*: older than what is applied for the file (the order rule of `stores.events`) -> `superseded`,
    index untouched; already switched by an earlier attempt that died before finishing -> only clean up
    (or, when the switched revision lost points, write them again: what a reconcile repair asks for).
-2. *prepare*: fetch, parse, chunk (a type we cannot parse -> the file is `skipped`, its old chunks go).
-3. *embed*: the chunks of the whole batch together, cache first (per workspace), the rest sorted by length.
+2. *prepare*: fetch, then fingerprint what the points would be made of (`ingest.revisions`). The file's
+   active revision has that fingerprint -> *keep* it: no parsing, chunking, embedding or writing. Else
+   parse and chunk (a type we cannot parse -> the file is `skipped`, its old chunks go).
+3. *embed*: the chunks of the whole batch together, cache first (per workspace), the rest sorted by length
+   (`ingest.worker_loop` carries the texts of a partial batch into the next round).
 4. *write*: upsert the new revision's points (deterministic ids; invisible until step 5).
 5. *switch*: a compare-and-set of the document record makes the new revision the searchable one, only if
-   nothing newer was applied meanwhile; if something was, this event is superseded and its points go.
-6. *clean up*: delete the file's points of older revisions (never of a newer one being written); mark the
-   event done.
+   nothing newer was applied meanwhile; if something was, this event is superseded and its points go. A
+   kept revision is switched by the same compare-and-set, which also requires the revision to be still
+   the active one; then its points' `version` follows the record.
+6. *clean up*: delete the file's points of revisions older than this event (never the active one, never
+   a newer one being written); mark the event done.
 
 A crash anywhere before 5 leaves the old revision searchable and the event queued; a crash after 5 is
 finished by the retry (step 1 sees the switch). Searches trust only the revision recorded in step 5.
@@ -21,7 +26,6 @@ finished by the retry (step 1 sees the switch). Searches trust only the revision
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -33,7 +37,7 @@ from ingest.chunking import Chunker
 from ingest.errors import PermanentError, SourceNotFoundError, SourceUnavailableError, UnsupportedContentError
 from ingest.notifications import Change, deliveries_for
 from ingest.parsing import ParsedDocument, parse
-from ingest.receiver import requeue_received
+from ingest.revisions import fingerprint, is_older, revision_fingerprint, revision_name, revision_position
 from stores.embedding import embed_with_cache
 from stores.events import (
     EventKey,
@@ -55,8 +59,6 @@ from stores.ports import (
     EmbeddingCache,
     EventRecord,
     IndexPoint,
-    Job,
-    JobQueue,
     StateStore,
     VectorIndex,
 )
@@ -86,6 +88,9 @@ _CHANGE_OF = {
 }
 # Bytes, content type, path -> parsed text: `ingest.parsing.parse`, or the sandboxed `ingest.sandbox.ParserPool`.
 Parser = Callable[[bytes, str | None, str], ParsedDocument]
+# A kept revision's points follow the record's version; a writer racing this many times in a row gives up
+# (the record is then another writer's, and that writer stamps its own).
+_FOLLOW_ROUNDS = 8
 
 
 class OutcomeKind(StrEnum):
@@ -110,15 +115,20 @@ class Outcome:
 
 class _Action(StrEnum):
     INDEX = "index"
+    KEEP = "keep"  # the active revision already holds exactly this content: record the new version only
     EMPTY = "empty"  # delete, or a version with nothing to index (skipped)
     FINISH = "finish"  # switched by an earlier attempt: clean up and mark done
 
 
 @dataclass(slots=True)
-class _Plan:
+class Plan:
+    """What one event will do to the index, prepared (steps 1-2) and carried through steps 3-6."""
+
     record: EventRecord
     action: _Action
     status: DocumentStatus = DocumentStatus.INDEXED
+    revision: str | None = None
+    kept: DocumentRecord | None = None  # KEEP: the record whose revision stays
     chunks: list[Chunk] = field(default_factory=list)
     embed_texts: list[str] = field(default_factory=list)
     token_counts: list[int] = field(default_factory=list)
@@ -127,12 +137,17 @@ class _Plan:
     indexed_type: str | None = None  # for the chunks: the parsed type alone (what filters match)
     reason: str | None = None
     vectors: list[list[float]] = field(default_factory=list)
+    partial: dict[int, list[float]] = field(default_factory=dict)  # vectors known so far, by text index
     embedded: int = 0
     reused: int = 0
 
     @property
     def event(self) -> FileEvent:
         return self.record.event
+
+    @property
+    def waiting_for_vectors(self) -> bool:
+        return self.action is _Action.INDEX and bool(self.chunks) and not self.vectors
 
 
 @dataclass(slots=True)
@@ -187,8 +202,16 @@ class IngestWorker:
     # the batch ----------------------------------------------------------------------------------------
     def process(self, keys: Sequence[EventKey]) -> dict[EventKey, Outcome]:
         """Apply a batch of events (at most one per file). Returns an outcome per event key."""
+        outcomes, plans = self.prepare(keys)
+        ready, failed = self.embed(plans)
+        outcomes.update(failed)
+        outcomes.update(self.apply(ready))
+        return outcomes
+
+    def prepare(self, keys: Sequence[EventKey]) -> tuple[dict[EventKey, Outcome], list[Plan]]:
+        """Steps 1 and 2 for each event: the outcomes already settled, and the plans still to carry out."""
         outcomes: dict[EventKey, Outcome] = {}
-        plans: list[_Plan] = []
+        plans: list[Plan] = []
         deletes_in_batch: dict[str, int] = {}
         for key in keys:
             record = self.state.get_event(key.workspace, key.event_id)
@@ -220,24 +243,38 @@ class IngestWorker:
                 outcomes[key] = plan
             else:
                 plans.append(plan)
+        for key in outcomes:  # settled (or sent back to the queue) already
+            self._started.pop(key, None)
+        return outcomes, plans
 
-        to_embed = [p for p in plans if p.action is _Action.INDEX and p.chunks]
+    def embed(
+        self, plans: Sequence[Plan], *, whole_batches_only: bool = False
+    ) -> tuple[list[Plan], dict[EventKey, Outcome]]:
+        """Step 3 for the plans (oldest first): returns the plans now ready to apply (every vector known) and
+        the failures. With `whole_batches_only`, texts that would make a partial batch are left for a later
+        call, and so are the plans they belong to (`WorkerLoop` carries them)."""
+        to_embed = [p for p in plans if p.waiting_for_vectors]
+        failed: dict[EventKey, Outcome] = {}
         if to_embed:
             try:
-                self._embed(to_embed)
+                self._embed(to_embed, whole_batches_only)
             except Exception as exc:
                 for p in to_embed:
-                    outcomes[p.event.key] = self._failure(p.record, exc)
-                plans = [p for p in plans if p not in to_embed]
+                    failed[p.event.key] = self._failure(p.record, exc)
+                    self._started.pop(p.event.key, None)
+        ready = [p for p in plans if p.event.key not in failed and not p.waiting_for_vectors]
+        return ready, failed
 
+    def apply(self, plans: Sequence[Plan]) -> dict[EventKey, Outcome]:
+        """Steps 4 to 6 for plans whose vectors are known."""
+        outcomes: dict[EventKey, Outcome] = {}
         for plan in plans:
             try:
                 with bind(**_fields(plan.event)):
                     outcomes[plan.event.key] = self._apply(plan)
             except Exception as exc:
                 outcomes[plan.event.key] = self._failure(plan.record, exc)
-        for key in keys:
-            self._started.pop(key, None)
+            self._started.pop(plan.event.key, None)
         return outcomes
 
     # settling: the event's final status, its outbox rows, one log line and the metrics, together ---------
@@ -276,20 +313,15 @@ class IngestWorker:
             log.info("%s%s", summary or f"{result} {ev.path}", took, extra=_fields(ev))
 
     # 1 + 2: decide and prepare ------------------------------------------------------------------------
-    def _plan(self, record: EventRecord, deletes_in_batch: dict[str, int]) -> _Plan | Outcome:
+    def _plan(self, record: EventRecord, deletes_in_batch: dict[str, int]) -> Plan | Outcome:
         ev = record.event
         doc = self.state.get_document(ev.workspace, ev.file_id)
         if doc is not None and doc.position is not None and not position_is_newer(ev.position, doc.position):
             if ev.position != doc.position:
-                detail = (
-                    f"not newer than what is applied: {describe_position(doc.position)} wins, because"
-                    f" {explain_order(doc.position, ev.position)}"
-                )
-                self._settle(record, EventStatus.SUPERSEDED, detail=detail, summary=f"superseded {ev.path}: {detail}")
-                return Outcome(OutcomeKind.SUPERSEDED, detail)
+                return self._superseded_at_start(record, doc)
             # This event's own switch happened; the attempt died after it, or a repair asks to rewrite it.
             if not self._points_lost(doc):
-                return _Plan(record, _Action.FINISH)
+                return Plan(record, _Action.FINISH, revision=doc.revision)
         if ev.type is EventType.DELETED:
             return self._plan_delete(record, deletes_in_batch)
         try:
@@ -299,25 +331,37 @@ class IngestWorker:
                 return self._plan_delete(record, deletes_in_batch)
             raise
         self._step("fetched", ev)
+        # The event's content type wins; the source's (an HTTP or S3 Content-Type) fills in for none.
+        content_type = ev.content_type or fetched.content_type
+        cfg = self.config
+        print_ = fingerprint(
+            ev,
+            fetched.data,
+            content_type=content_type,
+            model_id=self.embedder.model_id,
+            chunking=(cfg.chunk_tokens, cfg.overlap_tokens, cfg.title_tokens, int(self.sparse is not None)),
+        )
+        if (
+            doc is not None
+            and doc.revision is not None
+            and doc.status in (DocumentStatus.INDEXED, DocumentStatus.FAILED)
+            and revision_fingerprint(doc.revision) == print_
+            and not self._points_lost(doc)
+        ):
+            return Plan(record, _Action.KEEP, revision=doc.revision, kept=doc, content_type=doc.content_type)
         try:
-            # The event's content type wins; the source's (an HTTP or S3 Content-Type) fills in for none.
-            parsed = self.parser(fetched.data, ev.content_type or fetched.content_type, ev.path)
+            parsed = self.parser(fetched.data, content_type, ev.path)
         except UnsupportedContentError as exc:
-            return _Plan(
-                record,
-                _Action.EMPTY,
-                status=DocumentStatus.SKIPPED,
-                reason=str(exc),
-                content_type=ev.content_type or fetched.content_type,
-            )
+            skipped = DocumentStatus.SKIPPED
+            return Plan(record, _Action.EMPTY, status=skipped, reason=str(exc), content_type=content_type)
         title = parsed.title or PurePosixPath(ev.path).name
         prefix = self._title_prefix(title, ev.path)
         reserved = max(0, self.embedder.count_tokens([prefix])[0] - 2)  # the prefix shares [CLS]/[SEP]
         chunker = Chunker(
             count_tokens=self.embedder.count_tokens,
             max_tokens=self.embedder.max_tokens,
-            chunk_tokens=min(self.config.chunk_tokens, self.embedder.max_tokens - reserved),
-            overlap_tokens=self.config.overlap_tokens,
+            chunk_tokens=min(cfg.chunk_tokens, self.embedder.max_tokens - reserved),
+            overlap_tokens=cfg.overlap_tokens,
             reserved_tokens=reserved,
             token_offsets=self.embedder.token_offsets,
         )
@@ -326,7 +370,7 @@ class IngestWorker:
             chunks = [self._locate(parsed, c) for c in chunks]
         self._step("chunked", ev)
         if not chunks:
-            return _Plan(
+            return Plan(
                 record,
                 _Action.EMPTY,
                 status=DocumentStatus.INDEXED,
@@ -334,9 +378,10 @@ class IngestWorker:
                 content_type=_recorded_type(parsed),
                 reason="the file has no text",
             )
-        return _Plan(
+        return Plan(
             record,
             _Action.INDEX,
+            revision=revision_name(ev.position, print_),
             chunks=chunks,
             embed_texts=[f"{prefix}\n{c.text}" for c in chunks],
             token_counts=[c.token_count + reserved for c in chunks],
@@ -345,14 +390,37 @@ class IngestWorker:
             indexed_type=parsed.content_type,
         )
 
-    def _plan_delete(self, record: EventRecord, deletes_in_batch: dict[str, int]) -> _Plan | Outcome:
+    def _superseded_at_start(self, record: EventRecord, doc: DocumentRecord) -> Outcome:
+        ev = record.event
+        assert doc.position is not None
+        if ev.type is not EventType.DELETED:
+            # An earlier attempt of this event may have written points and died before its switch (or, as a
+            # stale writer, lost the race after writing): they can never become active, so they go. The
+            # active revision stays whatever its name says (a kept revision may carry this position).
+            own = [
+                r
+                for r in self.index.file_revisions(ev.workspace, ev.file_id)
+                if revision_position(r) == ev.position and r != doc.revision
+            ]
+            self.index.delete_revisions(ev.workspace, ev.file_id, own)
+            if record.attempts > 1 and doc.revision is not None:
+                # The attempt may also have died restamping a kept revision: its points follow the record.
+                self._follow_version(ev.workspace, ev.file_id, doc.revision)
+        detail = (
+            f"not newer than what is applied: {describe_position(doc.position)} wins, because"
+            f" {explain_order(doc.position, ev.position)}"
+        )
+        self._settle(record, EventStatus.SUPERSEDED, detail=detail, summary=f"superseded {ev.path}: {detail}")
+        return Outcome(OutcomeKind.SUPERSEDED, detail)
+
+    def _plan_delete(self, record: EventRecord, deletes_in_batch: dict[str, int]) -> Plan | Outcome:
         ev = record.event
         if not record.confirmed and (why := self._brake(ev.workspace, deletes_in_batch)):
             change = Change(OutboundType.EVENT_HELD, EventStatus.HELD.value, error=why)
             self._settle(record, EventStatus.HELD, detail=why, change=change)
             return Outcome(OutcomeKind.HELD, why)
         deletes_in_batch[ev.workspace] = deletes_in_batch.get(ev.workspace, 0) + 1
-        return _Plan(record, _Action.EMPTY, status=DocumentStatus.DELETED)
+        return Plan(record, _Action.EMPTY, status=DocumentStatus.DELETED)
 
     def _points_lost(self, doc: DocumentRecord) -> bool:
         """The active revision has fewer points than the registry recorded (lost writes)."""
@@ -398,27 +466,39 @@ class IngestWorker:
         return text
 
     # 3: embed, across the whole batch -----------------------------------------------------------------
-    def _embed(self, plans: list[_Plan]) -> None:
-        texts = [t for p in plans for t in p.embed_texts]
-        counts = [n for p in plans for n in p.token_counts]
-        scopes = [p.event.workspace for p in plans for _ in p.embed_texts]
+    def _embed(self, plans: list[Plan], whole_batches_only: bool) -> None:
+        """Embed the texts of `plans` (cache first); a plan gets its vectors once all of its texts have one
+        (the vectors of a plan left half done wait on it for the next call)."""
+        wanted = [(p, i) for p in plans for i in range(len(p.embed_texts)) if i not in p.partial]
         vectors, stats = embed_with_cache(
-            self.embedder, self.cache, texts, counts, self.config.embed_batch_size, scopes=scopes
+            self.embedder,
+            self.cache,
+            [p.embed_texts[i] for p, i in wanted],
+            [p.token_counts[i] for p, i in wanted],
+            self.config.embed_batch_size,
+            scopes=[p.event.workspace for p, _ in wanted],
+            whole_batches_only=whole_batches_only,
         )
-        at = 0
+        for (p, i), vec, cached in zip(wanted, vectors, stats.cached, strict=True):
+            if vec is not None:
+                p.partial[i] = vec
+                p.reused += int(cached)
         for p in plans:
             n = len(p.embed_texts)
-            p.vectors = vectors[at : at + n]
-            p.reused = sum(stats.cached[at : at + n])
-            p.embedded = n - p.reused
-            at += n
-            self._step("embedded", p.event)
+            if len(p.partial) == n:
+                p.vectors = [p.partial[i] for i in range(n)]
+                p.embedded = n - p.reused
+                p.partial = {}
+                self._step("embedded", p.event)
 
     # 4 - 6: write, switch, clean up -------------------------------------------------------------------
-    def _apply(self, plan: _Plan) -> Outcome:
+    def _apply(self, plan: Plan) -> Outcome:
         ev = plan.event
         if plan.action is _Action.FINISH:
-            self._drop_older_revisions(ev)
+            if plan.revision is not None:
+                # The interrupted attempt may have kept a revision without restamping its version.
+                self._follow_version(ev.workspace, ev.file_id, plan.revision)
+            self._drop_older_revisions(ev, active=plan.revision)
             doc = self.state.get_document(ev.workspace, ev.file_id)
             change = None
             # Told only if the document is still as this event made it: not when a newer event has been
@@ -441,10 +521,13 @@ class IngestWorker:
                 summary=f"{finished} {ev.path}{_version(ev)} (finished after an interrupted attempt)",
             )
             return Outcome(OutcomeKind.DONE)
+        if plan.action is _Action.KEEP:
+            return self._keep(plan)
 
         previous = self.state.get_document(ev.workspace, ev.file_id)
-        revision = ev.position if plan.action is _Action.INDEX else None
+        revision = plan.revision if plan.action is _Action.INDEX else None
         if plan.action is _Action.INDEX:
+            assert revision is not None
             sparse = (
                 self.sparse.encode_documents(plan.embed_texts) if self.sparse is not None else [None] * len(plan.chunks)
             )
@@ -453,7 +536,7 @@ class IngestWorker:
                     workspace=ev.workspace,
                     file_id=ev.file_id,
                     path=ev.path,
-                    revision=ev.position,
+                    revision=revision,
                     version=ev.version,
                     content_type=plan.indexed_type,
                     chunk=chunk,
@@ -490,15 +573,9 @@ class IngestWorker:
             # the compare-and-set refused the stale write. Its points can never become active: they go.
             if revision is not None:
                 self.index.delete_revisions(ev.workspace, ev.file_id, [revision])
-            now = self.state.get_document(ev.workspace, ev.file_id)
-            winner = now.position if now is not None and now.position else None
-            detail = "not newer than what was applied while it was processed"
-            if winner is not None:
-                detail += f": {describe_position(winner)} wins, because {explain_order(winner, ev.position)}"
-            self._settle(plan.record, EventStatus.SUPERSEDED, detail=detail, summary=f"superseded {ev.path}: {detail}")
-            return Outcome(OutcomeKind.SUPERSEDED, detail)
+            return self._superseded_at_switch(plan.record)
         self._step("switched", ev)
-        self._drop_older_revisions(ev)
+        self._drop_older_revisions(ev, active=revision)
         self._step("cleaned", ev)
         if plan.status is DocumentStatus.DELETED:
             detail = "deleted"
@@ -514,9 +591,7 @@ class IngestWorker:
             )
             CHUNKS.labels("embedded").inc(plan.embedded)
             CHUNKS.labels("reused").inc(plan.reused)
-        replaced = previous.position if previous is not None else None
-        if replaced and replaced != ev.position and parse_position(replaced) is not None:
-            detail += f"; replaces {describe_position(replaced)}, because {explain_order(ev.position, replaced)}"
+        detail += _replaces(previous, ev)
         change = Change(
             _CHANGE_OF[plan.status],
             plan.status.value,
@@ -528,11 +603,96 @@ class IngestWorker:
         self._settle(plan.record, EventStatus.DONE, detail=detail, change=change, summary=summary)
         return Outcome(OutcomeKind.DONE, detail)
 
-    def _drop_older_revisions(self, ev: FileEvent) -> None:
-        """Delete the file's points of revisions older than this event's position. A revision newer than it
-        belongs to an event still being applied (or waiting for a retry) and is left alone."""
-        keep = ev.position
-        stale = [r for r in self.index.file_revisions(ev.workspace, ev.file_id) if position_is_newer(keep, r)]
+    def _keep(self, plan: Plan) -> Outcome:
+        """The content is what the active revision already holds: move the record to this event by the same
+        compare-and-set, required also to find the revision still active (a revision that stopped being
+        active may already be cleaned up, so it is never made active again); then the points' version
+        follows the record (citations show it)."""
+        ev, doc = plan.event, plan.kept
+        assert doc is not None and doc.revision is not None
+        switched = self.state.switch_document(
+            DocumentRecord(
+                workspace=ev.workspace,
+                file_id=ev.file_id,
+                path=ev.path,
+                status=DocumentStatus.INDEXED,
+                position=ev.position,
+                revision=doc.revision,
+                version=ev.version,
+                content_type=doc.content_type,
+                chunk_count=doc.chunk_count,
+                embedded=0,
+                reused=doc.chunk_count,
+                last_event_id=ev.event_id,
+                last_error=None,
+                metadata=dict(ev.metadata),
+            ),
+            if_revision=doc.revision,
+        )
+        if not switched:
+            now = self.state.get_document(ev.workspace, ev.file_id)
+            if now is None or now.position is None or position_is_newer(ev.position, now.position):
+                # Not superseded: another event (older than this one) switched the file to other content
+                # meanwhile. Prepared again from the new state on the next attempt (the points it would
+                # keep may be gone).
+                why = "the file's active revision changed while this event was prepared; prepared again"
+                self._set_status(ev, EventStatus.QUEUED, detail=why)
+                return Outcome(OutcomeKind.RETRY, why, 0.0)
+            if now.position == ev.position:  # applied meanwhile by another attempt of this very event (it tells)
+                self._settle(plan.record, EventStatus.DONE, detail="applied by another attempt of this event")
+                return Outcome(OutcomeKind.DONE)
+            return self._superseded_at_switch(plan.record)
+        self._step("switched", ev)
+        if doc.version != ev.version:  # (a re-send of the same version, or of none, writes nothing)
+            self._follow_version(ev.workspace, ev.file_id, doc.revision)
+        self._drop_older_revisions(ev, active=doc.revision)
+        self._step("cleaned", ev)
+        detail = f"unchanged content: kept {doc.chunk_count} chunk(s), 0 embedded"
+        CHUNKS.labels("reused").inc(doc.chunk_count)
+        # Subscribers hear of it as of any indexing: the document now stands at this event's version.
+        change = Change(
+            OutboundType.DOCUMENT_INDEXED,
+            DocumentStatus.INDEXED.value,
+            chunk_count=doc.chunk_count,
+            embedded=0,
+            reused=doc.chunk_count,
+        )
+        summary = f"indexed {ev.path}{_version(ev)}: unchanged content, {doc.chunk_count} chunks kept, 0 embedded"
+        self._settle(plan.record, EventStatus.DONE, detail=detail + _replaces(doc, ev), change=change, summary=summary)
+        return Outcome(OutcomeKind.DONE, detail)
+
+    def _follow_version(self, workspace: str, file_id: str, revision: str) -> None:
+        """Stamp `revision`'s points with the version the registry records for it. The version written is
+        read from the registry, not this event's, and read again after the write: a writer whose record was
+        replaced meanwhile (a stale worker, a newer keep) writes the newer version in its next round, so a
+        slow writer can never leave an old version on the active revision's points."""
+        for _ in range(_FOLLOW_ROUNDS):
+            doc = self.state.get_document(workspace, file_id)
+            if doc is None or doc.revision != revision:
+                return  # no longer active: it is garbage, and the active revision's writer stamps its own
+            self.index.set_version(workspace, file_id, revision, doc.version)
+            after = self.state.get_document(workspace, file_id)
+            if after is None or (after.position, after.revision) == (doc.position, doc.revision):
+                return
+        log.warning("%s/%s: the record kept changing while its version was stamped", workspace, file_id)
+
+    def _superseded_at_switch(self, record: EventRecord) -> Outcome:
+        ev = record.event
+        now = self.state.get_document(ev.workspace, ev.file_id)
+        winner = now.position if now is not None and now.position else None
+        detail = "not newer than what was applied while it was processed"
+        if winner is not None:
+            detail += f": {describe_position(winner)} wins, because {explain_order(winner, ev.position)}"
+        self._settle(record, EventStatus.SUPERSEDED, detail=detail, summary=f"superseded {ev.path}: {detail}")
+        return Outcome(OutcomeKind.SUPERSEDED, detail)
+
+    def _drop_older_revisions(self, ev: FileEvent, *, active: str | None) -> None:
+        """Delete the file's points of revisions older than this event's position, except the active one (a
+        kept revision's name is older than the event that keeps it). A revision newer than it belongs to an
+        event still being applied (or waiting for a retry) and is left alone."""
+        stale = [
+            r for r in self.index.file_revisions(ev.workspace, ev.file_id) if r != active and is_older(r, ev.position)
+        ]
         self.index.delete_revisions(ev.workspace, ev.file_id, stale)
 
     # failures -----------------------------------------------------------------------------------------
@@ -570,6 +730,13 @@ class IngestWorker:
         return Outcome(OutcomeKind.RETRY, message, delay)
 
 
+def _replaces(previous: DocumentRecord | None, ev: FileEvent) -> str:
+    replaced = previous.position if previous is not None else None
+    if replaced and replaced != ev.position and parse_position(replaced) is not None:
+        return f"; replaces {describe_position(replaced)}, because {explain_order(ev.position, replaced)}"
+    return ""
+
+
 def _fields(ev: FileEvent) -> dict[str, str]:
     """The fields every log line about an event carries."""
     return {"event_id": ev.event_id, "workspace": ev.workspace, "file_id": ev.file_id}
@@ -582,108 +749,3 @@ def _version(ev: FileEvent) -> str:
 def _recorded_type(parsed: ParsedDocument) -> str:
     """The document's content type as recorded: with the charset the text was decoded in, as HTTP says it."""
     return f"{parsed.content_type}; charset={parsed.charset}" if parsed.charset else parsed.content_type
-
-
-class WorkerLoop:
-    """Drains the local queue in background threads (`eventrag serve`), or on demand (`drain`)."""
-
-    def __init__(
-        self,
-        worker: IngestWorker,
-        queue: JobQueue,
-        *,
-        batch_size: int = 8,
-        lease_seconds: float = 600.0,
-        poll_seconds: float = 0.5,
-        threads: int = 1,
-        retention: timedelta = timedelta(days=7),
-    ) -> None:
-        self.worker = worker
-        self.queue = queue
-        self.batch_size = batch_size
-        self.lease_seconds = lease_seconds
-        self.poll_seconds = poll_seconds
-        self.n_threads = threads
-        self.retention = retention
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._last_purge = datetime.min.replace(tzinfo=UTC)
-        self._last_sweep = datetime.min.replace(tzinfo=UTC)
-        self._maintenance = threading.Lock()
-
-    def run_once(self) -> int:
-        """Claim one batch and settle it; returns how many jobs were claimed."""
-        jobs = self.queue.claim(self.batch_size, self.lease_seconds)
-        if not jobs:
-            return 0
-        outcomes = self.worker.process([j.key for j in jobs])
-        for job in jobs:
-            self._settle(job, outcomes[job.key])
-        return len(jobs)
-
-    def _settle(self, job: Job, outcome: Outcome) -> None:
-        if outcome.settled:
-            self.queue.ack(job)
-        else:
-            self.queue.release(job, outcome.delay)
-
-    def drain(self, max_batches: int | None = None) -> int:
-        """Process until nothing is claimable now (delayed retries are left for later)."""
-        total = batches = 0
-        while max_batches is None or batches < max_batches:
-            n = self.run_once()
-            if n == 0:
-                break
-            total += n
-            batches += 1
-        return total
-
-    def notify(self) -> None:
-        """A new job was queued: wake an idle thread now instead of at the next poll."""
-        self._wake.set()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._maybe_purge()
-                n = self.run_once()
-            except Exception:
-                log.exception("worker loop error; continuing")
-                n = 0
-            if n == 0:
-                self._wake.wait(self.poll_seconds)
-                self._wake.clear()
-
-    def _maybe_purge(self) -> None:
-        """Hourly: forget event ids past the retention. Every minute: queue events stored but never queued
-        (another process sharing the state file may have died between the two writes)."""
-        if not self._maintenance.acquire(blocking=False):
-            return  # another worker thread is at it
-        try:
-            now = datetime.now(UTC)
-            if now - self._last_sweep > timedelta(minutes=1):
-                self._last_sweep = now
-                if requeue_received(self.worker.state, self.queue):
-                    self._wake.set()
-            if now - self._last_purge > timedelta(hours=1):
-                self._last_purge = now
-                purged = self.worker.state.purge_events(now - self.retention)
-                if purged:
-                    log.info("forgot %d event id(s) older than %s", purged, self.retention)
-        finally:
-            self._maintenance.release()
-
-    def start(self) -> None:
-        self._stop.clear()
-        for i in range(self.n_threads):
-            t = threading.Thread(target=self._loop, name=f"eventrag-worker-{i}", daemon=True)
-            t.start()
-            self._threads.append(t)
-
-    def stop(self, timeout: float = 30.0) -> None:
-        self._stop.set()
-        self._wake.set()
-        for t in self._threads:
-            t.join(timeout)
-        self._threads.clear()

@@ -136,10 +136,17 @@ def embed_with_cache(
     texts: Sequence[str],
     token_counts: Sequence[int] | None = None,
     batch_size: int = 32,
+    *,
     scopes: Sequence[str] | None = None,
-) -> tuple[list[list[float]], EmbeddingStats]:
-    """Vectors for `texts` in input order, reusing cached ones of the same scope (workspace, one per text);
-    the rest embedded sorted by length."""
+    whole_batches_only: bool = False,
+) -> tuple[list[list[float] | None], EmbeddingStats]:
+    """Vectors for `texts` in input order, reusing cached ones of the same scope (the workspace, one per
+    text); the rest embedded sorted by length.
+
+    `whole_batches_only`: embed only as many of the missing texts (the first ones, in input order) as fill
+    whole batches of `batch_size`; the others get None and wait for a later call (the worker loop carries
+    them into the next round, so the model never sees a partial batch while more work is queued).
+    """
     keys = [text_key(t, scopes[i] if scopes is not None else "") for i, t in enumerate(texts)]
     found = cache.get_many(embedder.model_id, list(dict.fromkeys(keys))) if cache is not None else {}
     stats = EmbeddingStats(cached=[k in found for k in keys])
@@ -149,8 +156,10 @@ def embed_with_cache(
             stats.reused += 1
         elif k not in missing:
             missing[k] = i
-    if missing:
+    if missing:  # (also when whole batches leave none: `order` is then empty)
         order = list(missing.values())
+        if whole_batches_only:
+            order = order[: len(order) - len(order) % batch_size]
         if token_counts is not None:
             length_of = {i: token_counts[i] for i in order}
         else:
@@ -170,7 +179,7 @@ def embed_with_cache(
         if cache is not None:
             cache.put_many(embedder.model_id, fresh)
         found = {**found, **fresh}
-    return [found[k] for k in keys], stats
+    return [found.get(k) for k in keys], stats
 
 
 class SqliteEmbeddingCache:

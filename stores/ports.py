@@ -107,7 +107,8 @@ class StateStore(Protocol):
     - `switch_document` is the compare-and-set that makes a revision searchable (or removes a file): one
       atomic write, applied only if the stored position is older than or equal to the record's (or absent,
       or written before the current order rule); returns whether it was applied. A stale writer can never
-      replace newer work, whatever the timing.
+      replace newer work, whatever the timing. With `if_revision` (keeping a revision for unchanged
+      content), it is applied only if the stored record's revision is still `if_revision` as well.
     - `note_document_error` marks the document failed only if the failing event's position (when given) is
       newer than the applied one.
     - `active_revisions` is what searches trust: a point is visible only if its revision is the one
@@ -163,7 +164,7 @@ class StateStore(Protocol):
 
     def count_documents(self, workspace: str, status: DocumentStatus) -> int: ...
 
-    def switch_document(self, record: DocumentRecord) -> bool: ...
+    def switch_document(self, record: DocumentRecord, *, if_revision: str | None = None) -> bool: ...
 
     def note_document_error(
         self,
@@ -400,6 +401,8 @@ class VectorIndex(Protocol):
       exactly the points of the given revisions (what the worker and reconcile use: a revision being
       written by a newer event is never touched).
     - `file_revisions` counts a file's points per revision.
+    - `set_version` sets the `version` payload of one revision's points (a kept revision moving to a newer
+      version of unchanged content); nothing else of them changes.
     - `search` never returns points of another workspace; it does not know which revision is active (the
       state store does), so callers filter hits by `StateStore.active_revisions`. `mode` decides what
       ranks (`Hit.score`); whatever the mode, when `dense` is given every hit carries `similarity` (its
@@ -411,6 +414,11 @@ class VectorIndex(Protocol):
 
     def ensure_ready(self, model_id: str, dimension: int) -> None: ...
 
+    def recorded_model(self) -> str | None:
+        """The embedding model id the index was created for (`ensure_ready`'s), or None if it does not
+        exist yet. Reads only: creates nothing."""
+        ...
+
     def upsert(self, points: Sequence[IndexPoint]) -> None: ...
 
     def delete_file(self, workspace: str, file_id: str, keep_revision: str | None = None) -> None: ...
@@ -418,6 +426,8 @@ class VectorIndex(Protocol):
     def delete_revisions(self, workspace: str, file_id: str, revisions: Sequence[str]) -> None: ...
 
     def file_revisions(self, workspace: str, file_id: str) -> dict[str, int]: ...
+
+    def set_version(self, workspace: str, file_id: str, revision: str, version: int | None) -> None: ...
 
     def search(
         self,

@@ -8,32 +8,28 @@ Qdrant's IDF modifier), and records in its metadata which embedding model filled
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from qdrant_client import QdrantClient, models
 
-from stores.errors import EmbeddingModelMismatchError
+from stores.errors import EmbeddingModelMismatchError, StoreLockedError
+from stores.points import (
+    DENSE,
+    INTEGER_FIELDS,
+    KEYWORD_FIELDS,
+    MIN_PREFETCH,
+    SCHEMA_VERSION,
+    SPARSE,
+    hit_of,
+    model_mismatch_message,
+    payload_of,
+    point_id,
+)
 from stores.ports import Hit, IndexPoint, SearchFilter, SearchMode
-
-DENSE = "dense"
-SPARSE = "bm25"
-SCHEMA_VERSION = 1
-_POINT_NAMESPACE = uuid.UUID("6f1c7f53-3f43-4a8e-9a39-6f8d0a4b1e27")
-
-
-def point_id(workspace: str, file_id: str, revision: str, chunk_index: int) -> str:
-    """Deterministic: re-running an event rewrites the same points instead of adding copies."""
-    return str(uuid.uuid5(_POINT_NAMESPACE, f"{workspace}\x1f{file_id}\x1f{revision}\x1f{chunk_index}"))
-
-
-def path_dirs(path: str) -> list[str]:
-    """Every folder prefix of a path ("a/b/c.md" -> ["a/", "a/b/"]): lets a keyword index answer prefixes."""
-    parts = path.strip("/").split("/")[:-1]
-    return ["/".join(parts[: i + 1]) + "/" for i in range(len(parts))]
 
 
 def _match(key: str, value: Any) -> models.FieldCondition:
@@ -84,6 +80,14 @@ class QdrantIndex:
             yield
 
     # lifecycle ----------------------------------------------------------------------------------------
+    def recorded_model(self) -> str | None:
+        with self._guard():
+            if not self.client.collection_exists(self.collection):
+                return None
+            meta = self.client.get_collection(self.collection).config.metadata or {}
+        recorded = meta.get("embedding_model")
+        return str(recorded) if recorded is not None else None
+
     def ensure_ready(self, model_id: str, dimension: int) -> None:
         with self._guard():
             if not self.client.collection_exists(self.collection):
@@ -101,9 +105,7 @@ class QdrantIndex:
         recorded = meta.get("embedding_model")
         if recorded is not None and recorded != model_id:
             raise EmbeddingModelMismatchError(
-                f"collection {self.collection!r} was filled by embedding model {recorded!r}, but this process "
-                f"uses {model_id!r}: vectors of two models are not comparable. Set EVENTRAG_EMBEDDING_MODEL "
-                f"back to {recorded!r}, or use a new EVENTRAG_QDRANT_COLLECTION (and re-send your files)."
+                model_mismatch_message(f"collection {self.collection!r}", recorded, model_id)
             )
         vectors = info.config.params.vectors
         size = vectors[DENSE].size if isinstance(vectors, dict) and DENSE in vectors else None
@@ -120,9 +122,9 @@ class QdrantIndex:
             "workspace",
             field_schema=models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True),
         )
-        for field in ("file_id", "revision", "path_dirs", "content_type", "path", "sheet"):
+        for field in KEYWORD_FIELDS:
             self.client.create_payload_index(self.collection, field, field_schema=keyword)
-        for field in ("version", "page_start", "page_end"):
+        for field in INTEGER_FIELDS:
             self.client.create_payload_index(self.collection, field, field_schema=models.PayloadSchemaType.INTEGER)
 
     def close(self) -> None:
@@ -141,25 +143,7 @@ class QdrantIndex:
                 models.PointStruct(
                     id=point_id(p.workspace, p.file_id, p.revision, p.chunk.index),
                     vector=vector,
-                    payload={
-                        "workspace": p.workspace,
-                        "file_id": p.file_id,
-                        "path": p.path,
-                        "path_dirs": path_dirs(p.path),
-                        "revision": p.revision,
-                        "version": p.version,
-                        "content_type": p.content_type,
-                        "chunk_index": p.chunk.index,
-                        "start": p.chunk.start,
-                        "end": p.chunk.end,
-                        "text": p.chunk.text,
-                        "heading": p.chunk.heading,
-                        "page_start": p.chunk.page_start,
-                        "page_end": p.chunk.page_end,
-                        "sheet": p.chunk.sheet,
-                        "title": p.title,
-                        "metadata": p.metadata,
-                    },
+                    payload=payload_of(p),
                 )
             )
         with self._guard():
@@ -186,6 +170,13 @@ class QdrantIndex:
         )
         with self._guard():
             self.client.delete(self.collection, points_selector=models.FilterSelector(filter=flt), wait=True)
+
+    def set_version(self, workspace: str, file_id: str, revision: str, version: int | None) -> None:
+        flt = models.Filter(
+            must=[_match("workspace", workspace), _match("file_id", file_id), _match("revision", revision)]
+        )
+        with self._guard():
+            self.client.set_payload(self.collection, payload={"version": version}, points=flt, wait=True)
 
     # reads --------------------------------------------------------------------------------------------
     def _filter(self, workspace: str, flt: SearchFilter | None) -> models.Filter:
@@ -266,8 +257,8 @@ class QdrantIndex:
                 res = self.client.query_points(
                     self.collection,
                     prefetch=[
-                        models.Prefetch(query=dense, using=DENSE, filter=qfilter, limit=max(limit, 50)),
-                        models.Prefetch(query=sparse_vec, using=SPARSE, filter=qfilter, limit=max(limit, 50)),
+                        models.Prefetch(query=dense, using=DENSE, filter=qfilter, limit=max(limit, MIN_PREFETCH)),
+                        models.Prefetch(query=sparse_vec, using=SPARSE, filter=qfilter, limit=max(limit, MIN_PREFETCH)),
                     ],
                     query=models.FusionQuery(fusion=models.Fusion.RRF),
                     query_filter=qfilter,
@@ -277,7 +268,7 @@ class QdrantIndex:
                 )
         hits = []
         for p in res.points:
-            hit = self._hit(str(p.id), p.score, p.payload or {})
+            hit = hit_of(str(p.id), p.score, p.payload or {})
             if mode is SearchMode.DENSE:
                 hit.similarity = hit.score
             elif dense is not None and isinstance(p.vector, dict) and DENSE in p.vector:
@@ -309,29 +300,6 @@ class QdrantIndex:
         # A point the sparse search does not return holds none of the query's terms.
         return {pid: found.get(pid, 0.0) for pid in point_ids}
 
-    @staticmethod
-    def _hit(pid: str, score: float, pl: dict[str, Any]) -> Hit:
-        return Hit(
-            point_id=pid,
-            score=float(score),
-            workspace=pl["workspace"],
-            file_id=pl["file_id"],
-            path=pl["path"],
-            revision=pl["revision"],
-            version=pl.get("version"),
-            chunk_index=int(pl["chunk_index"]),
-            start=int(pl["start"]),
-            end=int(pl["end"]),
-            text=pl["text"],
-            heading=pl.get("heading"),
-            content_type=pl.get("content_type"),
-            metadata=pl.get("metadata") or {},
-            title=pl.get("title"),
-            page_start=pl.get("page_start"),
-            page_end=pl.get("page_end"),
-            sheet=pl.get("sheet"),
-        )
-
     def _scroll(self, flt: models.Filter, payload: bool | list[str]) -> Iterator[models.Record]:
         offset: Any = None
         while True:
@@ -352,7 +320,7 @@ class QdrantIndex:
         flt = models.Filter(
             must=[_match("workspace", workspace), _match("file_id", file_id), _match("revision", revision)]
         )
-        hits = [self._hit(str(r.id), 0.0, r.payload or {}) for r in self._scroll(flt, True)]
+        hits = [hit_of(str(r.id), 0.0, r.payload or {}) for r in self._scroll(flt, True)]
         return sorted(hits, key=lambda h: h.chunk_index)
 
     def file_revisions(self, workspace: str, file_id: str) -> dict[str, int]:
@@ -372,9 +340,33 @@ class QdrantIndex:
         return counts
 
 
+def _held_by_another_process(path: str) -> bool:
+    """Whether another process holds local mode's lock file (checked before opening: qdrant-client leaks
+    the file handle of a lock it could not take, which surfaces later as a ResourceWarning)."""
+    import portalocker
+
+    lock = Path(path) / ".lock"
+    if not lock.exists():
+        return False
+    with open(lock, "r+") as fh:
+        try:
+            portalocker.lock(fh, portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING)
+        except portalocker.exceptions.LockException:
+            return True
+        portalocker.unlock(fh)
+    return False
+
+
 def open_qdrant(*, url: str | None, api_key: str | None, path: str | None) -> QdrantClient:
     """Server mode when a URL is given, else local mode on disk (the directory is locked to one process)."""
     if url:
         return QdrantClient(url=url, api_key=api_key, timeout=30)
     assert path is not None
-    return QdrantClient(path=path)
+    if _held_by_another_process(path):
+        raise StoreLockedError(f"the local index at {path} is open in another process")
+    try:
+        return QdrantClient(path=path)
+    except RuntimeError as exc:
+        if "already accessed" in str(exc):  # taken between the check and the open
+            raise StoreLockedError(f"the local index at {path} is open in another process") from exc
+        raise

@@ -18,7 +18,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from app.container import Container, build_container  # noqa: E402
 from app.main import create_app  # noqa: E402
 from app.settings import Settings  # noqa: E402
-from stores.embedding import SentenceTransformerEmbedder  # noqa: E402
+from stores.embedding import DEFAULT_MODEL_ID, SentenceTransformerEmbedder, default_model_path  # noqa: E402
+from stores.onnx_embedding import default_cache_dir, resolve_onnx_dir  # noqa: E402
 from tests.fakes.webhooks import sign  # noqa: E402
 
 SECRET_ACME = "whsec_" + base64.b64encode(b"acme-secret-0123456789abcdef0123").decode()
@@ -34,6 +35,15 @@ def embedder() -> SentenceTransformerEmbedder:
     e = SentenceTransformerEmbedder()
     _ = e.dimension  # load now, not inside the first timed-out request
     return e
+
+
+@pytest.fixture(scope="session")
+def onnx_dir() -> Path:
+    """The bundled model exported to ONNX, in the product's own cache (exported once per machine, as
+    `eventrag export-onnx` or a first use would)."""
+    return resolve_onnx_dir(
+        onnx_dir=None, cache_dir=default_cache_dir(), model_id=DEFAULT_MODEL_ID, model_location=default_model_path()
+    )
 
 
 def base_settings(data_dir: Path, **overrides: Any) -> Settings:

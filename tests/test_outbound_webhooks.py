@@ -126,6 +126,25 @@ def test_deliveries_carry_the_position_of_the_order_rule(make_harness: Callable[
         assert deliveries(h)["total"] == 2
 
 
+def test_an_unchanged_resend_is_told_as_indexed_at_its_version(make_harness: Callable[..., Harness]) -> None:
+    """A re-send of the same content keeps the active revision (nothing embedded or re-written), but the
+    document now stands at the new version: subscribers hear so, like of any indexing."""
+    with receiver() as r:
+        h = make_harness(**subscribed(r.url))
+        h.post_event(file_event("created", "leave", path="hr/leave.md", content=DOC, version=1))
+        h.drain()
+        h.post_event(file_event("updated", "leave", path="hr/leave.md", content=DOC, version=2), event_id="same-v2")
+        h.drain()
+        assert h.get("/events/same-v2").json()["detail"].startswith("unchanged content")
+        deliver_until(h, lambda: len(r.received) >= 2)
+        told = [verified(x) for x in r.received]
+        assert [p["type"] for p in told] == ["document.indexed", "document.indexed"]
+        first, kept = told[0]["data"], told[1]["data"]
+        assert (kept["version"], kept["event_id"], kept["status"]) == (2, "same-v2", "indexed")
+        assert kept["chunk_count"] == first["chunk_count"] == kept["reused"] and kept["embedded"] == 0
+        assert kept["position"] > first["position"]
+
+
 def test_a_receiver_that_fails_twice_gets_the_same_message_a_third_time(make_harness: Callable[..., Harness]) -> None:
     with receiver(fail_first=2) as r:
         h = make_harness(**subscribed(r.url))

@@ -3,12 +3,15 @@ duplicate and reordered deliveries, crashes at every worker step, repairs and st
 a write; and the order-independence property (the same events in two orders give the same index).
 
 The histories mix every kind of key a sender uses: versioned and version-less creates, updates and deletes,
-counters that restart after a delete, equal timestamps, clocks that disagree with versions, and now and
-then an S3 sequencer. The reference model is written here, apart from `stores.events`: per file, the
-greatest event by (timestamp, kind: create < update < delete, counter: none < sequencer < version, event id).
+counters that restart after a delete, equal timestamps, clocks that disagree with versions, now and then
+an S3 sequencer, and re-sends of unchanged content (the worker then keeps the active revision and moves
+the record to the new event by the same compare-and-set). The reference model is written here, apart
+from `stores.events`: per file, the greatest event by (timestamp, kind: create < update < delete, counter:
+none < sequencer < version, event id).
 
-The real webhook endpoint (signed deliveries over the ASGI HTTP stack), the real worker, real SQLite and real
-Qdrant (local mode, in memory) run; only the embedder is a fast deterministic stand-in.
+The real webhook endpoint (signed deliveries over the ASGI HTTP stack), the real worker, real SQLite and the
+real embedded index (Qdrant Edge, the default, on a temporary data dir) run; only the embedder is a fast
+deterministic stand-in.
 
 CI runs a few dozen examples; `HYPOTHESIS_PROFILE=long pytest tests/test_state_machine.py -s` runs many more
 and prints the figures of the run (histories, steps, divergences).
@@ -31,11 +34,11 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
-from qdrant_client import QdrantClient
 
 from app.container import Container, build_container
 from app.main import create_app
 from ingest.reconcile import reconcile
+from ingest.revisions import revision_fingerprint
 from retrieval.search import SearchRequest
 from stores.events import IN_FLIGHT_STATUSES, EventKey, FileEvent
 from stores.ports import SearchFilter, SearchMode
@@ -72,10 +75,13 @@ class Sent:
     timestamp: datetime
     version: int | None = None
     sequencer: str | None = None
+    # An unchanged re-send: the content of that earlier change of the file (its marker), not a new one.
+    same_as: str | None = None
 
     @property
     def marker(self) -> str:
-        return self.event_id.replace("-", "x")
+        """What the content of this change says (searches find it in every passage)."""
+        return self.same_as or self.event_id.replace("-", "x")
 
     def body(self) -> dict[str, Any]:
         extra = {"sequencer": self.sequencer} if self.sequencer else {}
@@ -117,9 +123,10 @@ class History:
         self.clock = dict.fromkeys(FILES, 0)  # seconds after T0, per file
         self.counter = dict.fromkeys(FILES, 0)
         self.last_kind: dict[str, str] = {}
+        self.last_content: dict[str, str] = {}
         self.n = 0
 
-    def change(self, file_id: str, kind: str, keyed: str, step: int) -> Sent:
+    def change(self, file_id: str, kind: str, keyed: str, step: int, unchanged: bool = False) -> Sent:
         self.n += 1
         self.clock[file_id] = max(0, self.clock[file_id] + step)
         version = sequencer = None
@@ -136,12 +143,18 @@ class History:
             sequencer = f"{c:04X}" + "F" * (c % 3)
         self.last_kind[file_id] = kind
         stamp = T0 + timedelta(seconds=self.clock[file_id])
-        return Sent(f"evt-{self.n}", file_id, kind, stamp, version, sequencer)
+        same_as = self.last_content.get(file_id) if unchanged and kind != "deleted" else None
+        sent = Sent(f"evt-{self.n}", file_id, kind, stamp, version, sequencer, same_as)
+        if kind != "deleted":
+            self.last_content[file_id] = sent.marker
+        return sent
 
 
 KEYED = st.sampled_from(["version", "version", "restart", "none", "none", "sequencer"])
 # 0: the same timestamp as the previous change; negative: a clock that disagrees with the counter.
 STEP = st.sampled_from([0, 0, 1, 1, 2, 5, -1])
+# A third of the changes re-send the file's previous content (periodic syncs, touches, S3 re-uploads).
+UNCHANGED = st.sampled_from([False, False, True])
 
 
 class LaggingListings:
@@ -181,9 +194,7 @@ class IndexMachine(RuleBasedStateMachine):
             worker={"backoff_seconds": 0.0, "max_attempts": 1000, "mass_delete_share": 1.0, "batch_size": 3},
             chunking={"chunk_tokens": 40, "overlap_tokens": 8},
         )
-        return build_container(
-            s, embedder=HashEmbedder(), qdrant_client=QdrantClient(location=":memory:"), fault=self._fault
-        )
+        return build_container(s, embedder=HashEmbedder(), fault=self._fault)
 
     def _fault(self, step: str, event: FileEvent) -> None:
         if self.interrupt is None or self.interrupt[:2] != (step, event.event_id):
@@ -207,6 +218,10 @@ class IndexMachine(RuleBasedStateMachine):
             FIGURES["stale writers"] += 1
 
     def teardown(self) -> None:
+        for eid in self.delivered:
+            rec = self.container.state.get_event("acme", eid)
+            if rec is not None and rec.detail and rec.detail.startswith("unchanged content"):
+                FIGURES["unchanged re-sends kept"] += 1
         self.client.close()
         self.container.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -216,10 +231,10 @@ class IndexMachine(RuleBasedStateMachine):
     def start(self) -> None:
         self.lagging = False
 
-    @rule(file_id=st.sampled_from(FILES), kind=st.sampled_from(KINDS), keyed=KEYED, step=STEP)
-    def new_change(self, file_id: str, kind: str, keyed: str, step: int) -> None:
+    @rule(file_id=st.sampled_from(FILES), kind=st.sampled_from(KINDS), keyed=KEYED, step=STEP, unchanged=UNCHANGED)
+    def new_change(self, file_id: str, kind: str, keyed: str, step: int, unchanged: bool) -> None:
         """The source changes a file; the webhook is not delivered yet (it may be delayed or reordered)."""
-        self.sent.append(self.history.change(file_id, kind, keyed, step))
+        self.sent.append(self.history.change(file_id, kind, keyed, step, unchanged))
         FIGURES["steps"] += 1
 
     @precondition(lambda self: self.sent)
@@ -261,7 +276,9 @@ class IndexMachine(RuleBasedStateMachine):
             queued = [eid for eid in self._queued() if self._by_id()[eid].file_id == file_id]
             if len(queued) >= n:
                 return queued
-            e = self.history.change(file_id, data.draw(st.sampled_from(KINDS)), data.draw(KEYED), data.draw(STEP))
+            e = self.history.change(
+                file_id, data.draw(st.sampled_from(KINDS)), data.draw(KEYED), data.draw(STEP), data.draw(UNCHANGED)
+            )
             self.sent.append(e)
             self._post(e)
 
@@ -363,7 +380,10 @@ class IndexMachine(RuleBasedStateMachine):
 
 
 def index_state(c: Container, files: Sequence[str]) -> dict[str, Any]:
-    """What a user can observe of each file: its document record, its points, what a search returns."""
+    """What a user can observe of each file: its document record, its points, what a search returns.
+
+    Revisions appear by their fingerprint (what the points are made of): a kept revision's full name says
+    which event first wrote that content, which may depend on the order; what it holds may not."""
     counts = c.index.revision_counts("acme")
     out: dict[str, Any] = {}
     for f in files:
@@ -375,9 +395,18 @@ def index_state(c: Container, files: Sequence[str]) -> dict[str, Any]:
             # embedded/reused and updated_at are how the work went, not what the index holds
             "document": None
             if doc is None
-            else (doc.status.value, doc.version, doc.position, doc.revision, doc.chunk_count, doc.last_event_id),
-            "points": sorted((rev, n) for (fid, rev), n in counts.items() if fid == f),
+            else (
+                doc.status.value,
+                doc.version,
+                doc.position,
+                revision_fingerprint(doc.revision),
+                doc.chunk_count,
+                doc.last_event_id,
+            ),
+            "points": sorted((revision_fingerprint(rev), n) for (fid, rev), n in counts.items() if fid == f),
             "search": sorted(h.text for h in hits),
+            # What citations show: a kept revision's points follow the record's version.
+            "versions": sorted({repr(h.version) for h in hits}),
         }
     return out
 
@@ -394,6 +423,7 @@ def check_index(c: Container, applied: dict[str, Sent | None]) -> None:
         else:
             assert doc is not None and doc[0] == "indexed" and doc[5] == e.event_id and doc[1] == e.version, doc
             assert texts and all(e.marker in t for t in texts)
+            assert observed[f]["versions"] == [repr(e.version)], (observed[f]["versions"], e)
             # exactly the active revision's points: nothing stale, nothing missing
             assert points == [(doc[3], doc[4])]
 
@@ -409,7 +439,9 @@ def histories(draw: st.DrawFn) -> list[Sent]:
     n = draw(st.integers(1, 10))
     files = FILES[:2]
     return [
-        source.change(draw(st.sampled_from(files)), draw(st.sampled_from(KINDS)), draw(KEYED), draw(STEP))
+        source.change(
+            draw(st.sampled_from(files)), draw(st.sampled_from(KINDS)), draw(KEYED), draw(STEP), draw(UNCHANGED)
+        )
         for _ in range(n)
     ]
 
@@ -422,7 +454,7 @@ def fresh_container() -> Iterator[tuple[Container, TestClient]]:
         worker={"backoff_seconds": 0.0, "mass_delete_share": 1.0, "batch_size": 4},
         chunking={"chunk_tokens": 40, "overlap_tokens": 8},
     )
-    c = build_container(s, embedder=HashEmbedder(), qdrant_client=QdrantClient(location=":memory:"))
+    c = build_container(s, embedder=HashEmbedder())
     client = TestClient(create_app(c, start_worker=False))
     try:
         yield c, client

@@ -57,6 +57,7 @@ def open_container(settings: Any) -> Any:
 
     try:
         c = build_container(settings)
+        _ = c.index  # open it now: a store held by a server is said here, clearly, not at first use
     except EventragError as exc:
         typer.secho(str(exc), fg="red", err=True)
         raise typer.Exit(1) from exc

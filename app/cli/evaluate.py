@@ -12,8 +12,9 @@ import typer
 from app.cli.common import app, load_settings
 
 
-def eval_store_factory(base: Any, embedder: Any, batch_size: int) -> Any:
-    """Opens fresh local stores for `app.evaluation.runner`: the production container on a temp data dir."""
+def eval_store_factory(base: Any, embedder: Any, batch_size: int, query_embedder: Any = None) -> Any:
+    """Opens fresh local stores for `app.evaluation.runner`: the production container on a temp data dir,
+    documents embedded by the configured backend, questions by the production query encoder (ONNX)."""
     from app.container import build_container
     from app.evaluation.runner import IndexVariant
     from app.settings import ChunkingSettings, QueueBackend, StateBackend
@@ -37,7 +38,7 @@ def eval_store_factory(base: Any, embedder: Any, batch_size: int) -> Any:
                 "worker": base.worker.model_copy(update={"batch_size": batch_size}),
             }
         )
-        return build_container(settings, embedder=embedder)
+        return build_container(settings, embedder=embedder, query_embedder=query_embedder)
 
     return open_store
 
@@ -73,10 +74,11 @@ def evaluate(
     from rich.progress import Progress
     from rich.table import Table
 
+    from app.container import build_embedder, build_query_embedder
     from app.evaluation.answers import RationaleFormatError, load_rationales
     from app.evaluation.runner import CHUNKED, WHOLE_DOCUMENT, AnswerRequest, EvaluationError, load_beir
     from app.evaluation.runner import evaluate as run_evaluation
-    from stores.embedding import SentenceTransformerEmbedder
+    from stores.onnx_embedding import recorded_backend
     from stores.ports import SearchMode
     from stores.sparse import Bm25Encoder
 
@@ -102,10 +104,16 @@ def evaluate(
     except (EvaluationError, RationaleFormatError) as exc:
         typer.secho(str(exc), fg="red", err=True)
         raise typer.Exit(2) from exc
-    embedder = SentenceTransformerEmbedder(base.embedding_model, batch_size=base.embedding_batch_size)
+    # A fresh index each run: the configured backend, else what a new index gets (`Container.backend`).
+    backend = base.embedding_backend or recorded_backend(None)
+    embedder = build_embedder(base, backend)
+    query_embedder = build_query_embedder(base, backend)
     bm25 = Bm25Encoder()
     used = {
         "embedding_model": embedder.model_id,
+        "embedding_backend": backend.value,
+        "query_encoder": type(query_embedder).__name__,
+        "index_backend": base.index_backend.value,
         "chunk_tokens": base.chunking.chunk_tokens,
         "overlap_tokens": base.chunking.overlap_tokens,
         "worker_batch_size": batch_size,
@@ -122,7 +130,7 @@ def evaluate(
         with Progress(transient=True) as progress:
             report = run_evaluation(
                 dataset,
-                eval_store_factory(base, embedder, batch_size),
+                eval_store_factory(base, embedder, batch_size, query_embedder),
                 modes=wanted,
                 variants=(CHUNKED, WHOLE_DOCUMENT) if whole_documents else (CHUNKED,),
                 progress=progress,

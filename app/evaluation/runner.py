@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from app.evaluation.answers import AnswerScores, Rationale, evaluate_answers
 from app.evaluation.metrics import RetrievalScores, score_run
-from ingest.worker import WorkerLoop
+from ingest.worker_loop import WorkerLoop
 from retrieval.agent import Agent, Ask
 from retrieval.search import Searcher, SearchRequest
 from stores.events import EventStatus, EventType, FileEvent

@@ -125,6 +125,5 @@ def retry_failed(container: Container, rec: EventRecord, *, confirmed: bool = Fa
     """Queue an event again with a fresh attempt budget (a failed event, or a held delete once confirmed)."""
     out = container.state.reset_for_retry(rec.event.workspace, rec.event_id, confirmed=confirmed)
     container.queue.requeue(rec.key, rec.event.group_key)
-    if container.loop is not None:
-        container.loop.notify()
+    container.notify_worker()
     return out

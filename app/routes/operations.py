@@ -86,8 +86,8 @@ def post_reconcile(
     from ingest.reconcile import reconcile  # the write path, loaded only when an operator asks
 
     report = reconcile(workspace, state=container.state, index=container.index, queue=container.queue, repair=repair)
-    if repair and container.loop is not None:
-        container.loop.notify()
+    if repair:
+        container.notify_worker()
     return ReconcileOut(
         workspace=report.workspace,
         clean=report.clean,

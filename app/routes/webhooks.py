@@ -87,8 +87,7 @@ async def post_webhook(request: Request, response: Response, container: Containe
         sources=container.sources,
         limits=container.limits,
     )
-    if container.loop is not None:
-        container.loop.notify()
+    container.notify_worker()
     event_id = delivery.record.event_id
     # The id as one percent-encoded path segment: a webhook-id may hold "/", "?", "#" or spaces.
     status_url = f"{request.url_for('list_events').path}/{quote(event_id, safe='')}"

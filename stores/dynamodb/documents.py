@@ -92,27 +92,35 @@ class DynamoDocuments(DynamoTable):
             for page in self._pages("query", **self._workspace_documents(workspace, status, Select="COUNT"))
         )
 
-    def switch_document(self, record: DocumentRecord) -> bool:
+    def switch_document(self, record: DocumentRecord, *, if_revision: str | None = None) -> bool:
         """One conditional PutItem replaces the whole record: DynamoDB applies a single-item write atomically,
         and only over an older (or equal, absent, or legacy) position. DynamoDB compares strings by their
         UTF-8 bytes, the order positions are written in; positions written before the current rule start
-        with a letter (>= "a") and are replaced by anything."""
+        with a letter (>= "a") and are replaced by anything. With `if_revision`, the condition also requires
+        the stored revision to be that one (which implies the item exists)."""
         if record.position is None:
             raise ValueError("a switch needs the position of the event it applies")
         try:
-            self._put_document(record)
+            self._put_document(record, if_revision)
         except ClientError as exc:
             if error_code(exc) == "ConditionalCheckFailedException":
                 return False
             raise
         return True
 
-    def _put_document(self, record: DocumentRecord) -> None:
+    def _put_document(self, record: DocumentRecord, if_revision: str | None = None) -> None:
+        condition = "attribute_not_exists(#p) OR #p <= :p OR #p >= :legacy"
+        names = {"#p": "position"}
+        values: dict[str, Any] = {":p": record.position, ":legacy": "a"}
+        if if_revision is not None:
+            condition = f"#r = :r AND ({condition})"
+            names["#r"] = "revision"
+            values[":r"] = if_revision
         self.client.put_item(
             TableName=self.documents_table,
-            ConditionExpression="attribute_not_exists(#p) OR #p <= :p OR #p >= :legacy",
-            ExpressionAttributeNames={"#p": "position"},
-            ExpressionAttributeValues=to_dynamo({":p": record.position, ":legacy": "a"}),
+            ConditionExpression=condition,
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=to_dynamo(values),
             Item=to_dynamo(
                 {
                     "workspace": record.workspace,

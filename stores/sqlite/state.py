@@ -192,10 +192,13 @@ class SqliteStateStore(SqliteListings):
         )
         return int(rows[0]["n"])
 
-    def switch_document(self, record: DocumentRecord) -> bool:
-        """Compare-and-set: applied only over an older (or equal, or absent, or legacy) stored position."""
+    def switch_document(self, record: DocumentRecord, *, if_revision: str | None = None) -> bool:
+        """Compare-and-set: applied only over an older (or equal, or absent, or legacy) stored position; with
+        `if_revision`, only over a stored record whose revision is still that one."""
         if record.position is None:
             raise ValueError("a switch needs the position of the event it applies")
+        if if_revision is not None:
+            return self._keep_document(record, if_revision)
         with self.db.transaction() as conn:
             cur = conn.execute(
                 "INSERT INTO documents (workspace, file_id, path, status, position, revision, version,"
@@ -226,6 +229,37 @@ class SqliteStateStore(SqliteListings):
                     record.last_error,
                     json.dumps(record.metadata),
                     time.time(),
+                ),
+            )
+            return cur.rowcount == 1
+
+    def _keep_document(self, record: DocumentRecord, revision: str) -> bool:
+        # An UPDATE, not an upsert: a revision can only be kept where a record holds it.
+        with self.db.transaction() as conn:
+            cur = conn.execute(
+                "UPDATE documents SET path = ?, status = ?, position = ?, revision = ?, version = ?,"
+                " content_type = ?, chunk_count = ?, embedded = ?, reused = ?, last_event_id = ?, last_error = ?,"
+                " metadata = ?, updated_at = ?"
+                " WHERE workspace = ? AND file_id = ? AND revision = ?"
+                " AND (position IS NULL OR position <= ? OR position >= 'a')",
+                (
+                    record.path,
+                    record.status.value,
+                    record.position,
+                    record.revision,
+                    record.version,
+                    record.content_type,
+                    record.chunk_count,
+                    record.embedded,
+                    record.reused,
+                    record.last_event_id,
+                    record.last_error,
+                    json.dumps(record.metadata),
+                    time.time(),
+                    record.workspace,
+                    record.file_id,
+                    revision,
+                    record.position,
                 ),
             )
             return cur.rowcount == 1

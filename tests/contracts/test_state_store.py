@@ -322,6 +322,30 @@ class TestStateStoreContract:
         # Another workspace's document of the same id is another record.
         assert store.switch_document(document("f1", workspace="beta", revision="b1", position=pos(1, "b")))
 
+    def test_keeping_a_revision_also_requires_it_to_be_still_active(self, store: StateStore) -> None:
+        """`if_revision`: the switch of a kept revision (unchanged content) applies only over a record that
+        still holds that revision, and, like every switch, only over an older or equal position."""
+        assert store.switch_document(document("f1", revision="r1", position=pos(1, "e1"), version=1))
+        assert store.switch_document(document("f1", revision="r1", position=pos(3, "e3"), version=3), if_revision="r1")
+        got = store.get_document("acme", "f1")
+        assert got is not None and (got.revision, got.position, got.version) == ("r1", pos(3, "e3"), 3)
+        # An older position is refused even with the right revision.
+        assert not store.switch_document(
+            document("f1", revision="r1", position=pos(2, "e2"), version=2), if_revision="r1"
+        )
+        # Another event switched the file to other content: keeping r1 is refused, whatever the position.
+        assert store.switch_document(document("f1", revision="r4", position=pos(4, "e4"), version=4))
+        assert not store.switch_document(
+            document("f1", revision="r1", position=pos(5, "e5"), version=5), if_revision="r1"
+        )
+        got = store.get_document("acme", "f1")
+        assert got is not None and (got.revision, got.position, got.version) == ("r4", pos(4, "e4"), 4)
+        # Nothing to keep where there is no record (of this workspace).
+        assert not store.switch_document(
+            document("f1", workspace="beta", revision="r4", position=pos(5, "e5")), if_revision="r4"
+        )
+        assert store.get_document("beta", "f1") is None
+
     def test_a_position_from_before_the_rule_is_replaced_by_anything(self, store: StateStore) -> None:
         assert store.switch_document(
             document("f1", revision="v:00000000000000000009", position="v:00000000000000000009")

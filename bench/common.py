@@ -1,0 +1,187 @@
+"""What the bench sections share: SciFact documents, a fresh production store, a recording embedder."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parent.parent
+SCIFACT = REPO.parent / "shared" / "data" / "scifact"
+
+
+@dataclass(frozen=True, slots=True)
+class Doc:
+    doc_id: str
+    text: str  # the Markdown file the evaluation sends: "# title", a blank line, the abstract
+
+
+def scifact_docs(n: int, folder: Path = SCIFACT) -> list[Doc]:
+    out = []
+    with (folder / "corpus.jsonl").open(encoding="utf-8") as fh:
+        for line in fh:
+            row = json.loads(line)
+            title = " ".join(str(row.get("title") or "").split())
+            out.append(Doc(str(row["_id"]), f"# {title}\n\n{row.get('text') or ''}" if title else str(row["text"])))
+            if len(out) >= n:
+                break
+    return out
+
+
+def scifact_queries(n: int, folder: Path = SCIFACT) -> list[str]:
+    out = []
+    with (folder / "queries.jsonl").open(encoding="utf-8") as fh:
+        for line in fh:
+            out.append(str(json.loads(line)["text"]))
+            if len(out) >= n:
+                break
+    return out
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    k = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+class Recorder:
+    """Wraps an `Embedder`: keeps every text the model embedded and the time spent in the model."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.texts: list[str] = []
+        self.batches: list[int] = []
+        self.model_seconds = 0.0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    @property
+    def model_id(self) -> str:
+        return str(self.inner.model_id)
+
+    @property
+    def dimension(self) -> int:
+        return int(self.inner.dimension)
+
+    @property
+    def max_tokens(self) -> int:
+        return int(self.inner.max_tokens)
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return list(self.inner.count_tokens(texts))
+
+    def token_offsets(self, text: str) -> list[tuple[int, int]]:
+        return list(self.inner.token_offsets(text))
+
+    def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
+        t0 = time.perf_counter()
+        out = self.inner.embed_documents(texts)
+        self.model_seconds += time.perf_counter() - t0
+        self.texts.extend(texts)
+        self.batches.append(len(texts))
+        return list(out)
+
+    def embed_query(self, text: str) -> list[float]:
+        return list(self.inner.embed_query(text))
+
+
+@dataclass
+class Store:
+    container: Any
+    recorder: Recorder
+    data_dir: Path
+    _tmp: Any = field(default=None, repr=False)
+
+    def close(self, *, keep_files: bool = False) -> None:
+        self.container.close()
+        if self._tmp is not None and not keep_files:
+            self._tmp.cleanup()
+
+    def cleanup(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+def open_store(
+    backend: str = "torch", *, index_backend: str = "edge", data_dir: Path | None = None, **settings: Any
+) -> Store:
+    """A fresh production container on a temporary data dir, its ingest embedder recorded."""
+    from app.container import build_container, build_embedder, build_query_embedder
+    from app.settings import Settings
+    from stores.onnx_embedding import EmbeddingBackend
+
+    tmp = None
+    if data_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="eventrag-bench-")
+        data_dir = Path(tmp.name)
+    s = Settings(
+        data_dir=data_dir,
+        embedding_backend=backend,
+        index_backend=index_backend,
+        worker={"batch_size": 64, "mass_delete_share": 1.0},
+        **settings,
+    )
+    chosen = EmbeddingBackend(backend)
+    recorder = Recorder(build_embedder(s, chosen))
+    container = build_container(s, embedder=recorder, query_embedder=build_query_embedder(s, chosen))
+    return Store(container, recorder, data_dir, tmp)
+
+
+def send(store: Store, docs: Sequence[Doc], version: int, *, edit: set[str] | None = None) -> float:
+    """Record and queue one event per document as the receiver does; returns the seconds it took."""
+    from ingest.receiver import record_and_enqueue
+    from stores.events import EventType, FileEvent
+
+    c = store.container
+    t0 = time.perf_counter()
+    stamp = datetime.now(UTC)
+    for d in docs:
+        text = d.text + ("\n\nEdited: a sentence added in this version." if edit and d.doc_id in edit else "")
+        event = FileEvent(
+            event_id=f"bench-{d.doc_id}-v{version}",
+            workspace="bench",
+            type=EventType.UPDATED if version > 1 else EventType.CREATED,
+            file_id=d.doc_id,
+            path=f"{d.doc_id}.md",
+            timestamp=stamp,
+            version=version,
+            content_type="text/markdown",
+            content=text,
+        )
+        record_and_enqueue(event, state=c.state, queue=c.queue)
+    return time.perf_counter() - t0
+
+
+def drain(store: Store) -> float:
+    loop = store.container.loop
+    assert loop is not None
+    t0 = time.perf_counter()
+    while loop.run_once() > 0:
+        pass
+    return time.perf_counter() - t0
+
+
+@contextmanager
+def timer() -> Iterator[list[float]]:
+    box: list[float] = []
+    t0 = time.perf_counter()
+    yield box
+    box.append(time.perf_counter() - t0)

@@ -1,0 +1,96 @@
+"""Ingest: 1,000 SciFact abstracts through the production worker, against one raw encode of exactly the
+texts it embedded, per embedding backend; then re-syncs of the same documents."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.common import Doc, Store, drain, open_store, send, timer
+
+
+def raw_encode_seconds(store: Store) -> float:
+    """One call of the model on every text the worker embedded, longest first (as the worker sorts)."""
+    texts = list(store.recorder.texts)
+    counts = store.recorder.inner.count_tokens(texts)
+    ordered = [t for _, t in sorted(zip(counts, texts, strict=True), key=lambda p: -p[0])]
+    inner = store.recorder.inner
+    with timer() as t:
+        for i in range(0, len(ordered), inner.batch_size):
+            inner.embed_documents(ordered[i : i + inner.batch_size])
+    return t[0]
+
+
+def ingest(docs: list[Doc], backend: str, *, keep: bool = False) -> tuple[dict[str, Any], Store | None]:
+    store = open_store(backend)
+    _ = store.recorder.dimension  # the model loads before the clock starts, as in a running server
+    store.recorder.inner.embed_documents(["warm up"])
+    received = send(store, docs, 1)
+    total = drain(store)
+    chunks = len(store.recorder.texts)
+    raw = raw_encode_seconds(store)  # right after the ingest, on the same texts
+    full = sum(1 for b in store.recorder.batches if b == store.recorder.inner.batch_size)
+    row = {
+        "backend": backend,
+        "documents": len(docs),
+        "chunks": chunks,
+        "seconds": round(total, 2),
+        "receive_seconds": round(received, 2),
+        "raw_encode_seconds": round(raw, 2),
+        "ratio_to_raw": round(total / raw, 3),
+        "model_seconds": round(store.recorder.model_seconds, 2),
+        "outside_model_seconds": round(total - store.recorder.model_seconds, 2),
+        "docs_per_second": round(len(docs) / total, 1),
+        "chunks_per_second": round(chunks / total, 1),
+        "batches": len(store.recorder.batches),
+        "full_batches": full,
+    }
+    if keep:
+        return row, store
+    store.close()
+    return row, None
+
+
+def resync(store: Store, docs: list[Doc], first_ingest_seconds: float, rounds: int = 3) -> dict[str, Any]:
+    """Re-send every document, unchanged, as a new version `rounds` times; then 10 edited ones."""
+    out: dict[str, Any] = {"unchanged": []}
+    version = 1
+    for _ in range(rounds):
+        version += 1
+        before = len(store.recorder.texts)
+        received = send(store, docs, version)
+        seconds = drain(store)
+        out["unchanged"].append(
+            {
+                "version": version,
+                "seconds": round(seconds, 3),
+                "receive_seconds": round(received, 3),
+                "embedded": len(store.recorder.texts) - before,
+                "ratio_to_first_ingest": round(seconds / first_ingest_seconds, 4),
+                "ratio_incl_receive": round((seconds + received) / first_ingest_seconds, 4),
+            }
+        )
+    version += 1
+    edited = docs[:10]
+    before_texts = len(store.recorder.texts)
+    old = {d.doc_id: {h.text for h in _chunks(store, d.doc_id)} for d in edited}
+    received = send(store, edited, version, edit={d.doc_id for d in edited})
+    seconds = drain(store)
+    embedded = len(store.recorder.texts) - before_texts
+    # Chunks of the new versions whose text no old chunk had: what an ideal re-index embeds.
+    changed = sum(1 for d in edited for h in _chunks(store, d.doc_id) if h.text not in old[d.doc_id])
+    per_doc_first = first_ingest_seconds / len(docs)
+    out["edited"] = {
+        "documents": len(edited),
+        "seconds": round(seconds, 3),
+        "receive_seconds": round(received, 3),
+        "embedded": embedded,
+        "changed_chunks": changed,
+        "ratio_to_10_docs_of_first_ingest": round(seconds / (per_doc_first * len(edited)), 3),
+    }
+    return out
+
+
+def _chunks(store: Store, file_id: str) -> list[Any]:
+    c = store.container
+    doc = c.state.get_document("bench", file_id)
+    return c.index.file_chunks("bench", file_id, doc.revision) if doc and doc.revision else []

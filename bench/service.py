@@ -1,0 +1,136 @@
+"""The read path as users meet it: `/query` against its own parts, and the cold start of the API function
+against a bare FastAPI + Mangum app, each in a fresh process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import REPO, Store, median, percentile
+
+API_KEY = "bench-key-0123456789abcdef"
+
+
+def query_overhead(store: Store, questions: list[str]) -> dict[str, Any]:
+    """p50 of POST /query (extractive, top 5, through FastAPI) against the question embedding plus the
+    engine's hybrid search that it contains, on the same store and questions."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from stores.ports import SearchMode
+
+    c = store.container
+    c.settings.api_keys = {API_KEY: "bench"}
+    encoder, sparse, index = c.query_embedder, c.sparse, c.index
+    encoder.embed_query("warm up")
+    parts: list[float] = []
+    full: list[float] = []
+    with TestClient(create_app(c, start_worker=False)) as client:
+        client.post("/query", json={"question": "warm up"}, headers={"X-API-Key": API_KEY})
+        # Interleaved, question by question, so a change in the machine's load hits both sides alike.
+        for q in questions:
+            t0 = time.perf_counter()
+            dense = encoder.embed_query(q)
+            index.search("bench", dense=dense, sparse=sparse.encode_query(q), mode=SearchMode.HYBRID, limit=25)
+            parts.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            r = client.post("/query", json={"question": q, "top_k": 5}, headers={"X-API-Key": API_KEY})
+            full.append(time.perf_counter() - t0)
+            assert r.status_code == 200, r.text
+    return {
+        "questions": len(questions),
+        "query_p50_ms": round(median(full) * 1000, 2),
+        "query_p99_ms": round(percentile(full, 99) * 1000, 2),
+        "embed_plus_search_p50_ms": round(median(parts) * 1000, 2),
+        "ratio": round(median(full) / median(parts), 3),
+    }
+
+
+COLD = r"""
+import json, sys, time
+t0 = time.perf_counter()
+from pathlib import Path
+event = json.loads(Path(sys.argv[1]).read_text())
+def call(handler, method, path, body=None):
+    e = dict(event)
+    e["rawPath"] = path
+    http = {**e["requestContext"]["http"], "method": method, "path": path}
+    e["requestContext"] = {**e["requestContext"], "http": http}
+    e["body"] = json.dumps(body) if body is not None else None
+    e["isBase64Encoded"] = False
+    e["headers"] = {**e["headers"], "content-type": "application/json", "x-api-key": sys.argv[2]}
+    return handler(e, None)
+if sys.argv[3] == "bare":
+    from fastapi import FastAPI
+    from mangum import Mangum
+    app = FastAPI()
+    @app.get("/healthz")
+    def healthz():
+        return {"status": "ok"}
+    handler = Mangum(app, lifespan="off")
+    imported = time.perf_counter() - t0
+    assert call(handler, "GET", "/healthz")["statusCode"] == 200
+    health = time.perf_counter() - t0
+    print(json.dumps({"import": imported, "healthz": health, "query": None, "torch": "torch" in sys.modules}))
+else:
+    import app.handlers as h
+    imported = time.perf_counter() - t0
+    assert call(h.api_handler, "GET", "/healthz")["statusCode"] == 200
+    health = time.perf_counter() - t0
+    r = call(h.api_handler, "POST", "/query", {"question": "What causes tuberculosis?", "top_k": 5})
+    assert r["statusCode"] == 200, r
+    query = time.perf_counter() - t0
+    print(json.dumps({"import": imported, "healthz": health, "query": query,
+                      "torch": any(m in sys.modules for m in ("torch", "transformers", "sentence_transformers"))}))
+"""
+
+
+def cold_start(data_dir: Path, onnx_dir: Path, backend: str, runs: int = 3) -> dict[str, Any]:
+    """Median over `runs` fresh processes each: python start -> handler imported -> /healthz answered ->
+    first /query answered; the bare app in the same run, alternating."""
+    env = {
+        **os.environ,
+        "EVENTRAG_DATA_DIR": str(data_dir),
+        "EVENTRAG_API_KEYS": json.dumps({API_KEY: "bench"}),
+        "EVENTRAG_WEBHOOK_SECRETS": json.dumps({"bench": ["whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="]}),
+        "EVENTRAG_ONNX_DIR": str(onnx_dir),
+        "EVENTRAG_EMBEDDING_BACKEND": backend,  # an int8 index is queried with the int8 encoder
+        "HF_HUB_OFFLINE": "1",
+    }
+    event = str(REPO / "tests" / "events" / "apigw_http_v2.json")
+    rows: dict[str, list[dict[str, Any]]] = {"bare": [], "eventrag": []}
+    for _ in range(runs):
+        for kind in ("bare", "eventrag"):
+            t0 = time.perf_counter()
+            out = subprocess.run(
+                [sys.executable, "-c", COLD, event, API_KEY, kind],
+                cwd=REPO,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=True,
+            )
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+            row["process"] = time.perf_counter() - t0
+            rows[kind].append(row)
+
+    def med(kind: str, key: str) -> float:
+        return median([r[key] for r in rows[kind] if r[key] is not None])
+
+    bare = med("bare", "healthz")
+    return {
+        "runs": runs,
+        "bare_import_healthz_s": round(bare, 3),
+        "eventrag_import_s": round(med("eventrag", "import"), 3),
+        "eventrag_healthz_s": round(med("eventrag", "healthz"), 3),
+        "eventrag_first_query_s": round(med("eventrag", "query"), 3),
+        "healthz_ratio": round(med("eventrag", "healthz") / bare, 2),
+        "first_query_ratio": round(med("eventrag", "query") / bare, 2),
+        "torch_imported": any(r["torch"] for r in rows["eventrag"]),
+    }

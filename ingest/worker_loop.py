@@ -1,0 +1,205 @@
+"""The worker loop of the embedded queue: claims batches, hands them to `IngestWorker`, settles the jobs.
+
+Full batches: the embedding model is fastest on full, length-sorted batches, but events arrive in claims of
+`batch_size` events whose chunks rarely fill whole batches. So while claims come back full (more work is
+queued), only whole embedding batches are embedded; the plans whose texts would make the last, partial
+batch are *carried* (with their jobs, still leased) into the next round, where they are embedded first. A
+short claim, a plan carried `MAX_CARRY_ROUNDS` times, or a lease half gone embeds everything.
+
+A carried job stays leased by this queue instance (leases belong to their consumer): no other event of its
+file is claimed meanwhile, and the switch's compare-and-set guards the rest. If the worker dies with plans
+carried, what it carried dies with it: `forget_carried` (called by the start-up recovery) drops them, and
+the recovery gives their leases back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from ingest.receiver import requeue_received
+from ingest.worker import IngestWorker, Outcome, Plan
+from stores.events import EventKey
+from stores.ports import Job, JobQueue
+
+log = logging.getLogger(__name__)
+
+MAX_CARRY_ROUNDS = 4  # a plan waits at most this many rounds for a full embedding batch
+
+
+@dataclass(slots=True)
+class _Carried:
+    job: Job
+    plan: Plan
+    claimed_at: float
+
+
+@dataclass(slots=True)
+class _Carry:
+    """Plans waiting for a full embedding batch, with their (still leased) jobs, oldest first."""
+
+    waiting: list[_Carried] = field(default_factory=list)
+    rounds: int = 0
+
+    @property
+    def plans(self) -> list[Plan]:
+        return [c.plan for c in self.waiting]
+
+    def pop(self, key: EventKey) -> Job:
+        for n, c in enumerate(self.waiting):
+            if c.plan.event.key == key:
+                del self.waiting[n]
+                return c.job
+        raise KeyError(key)
+
+
+class WorkerLoop:
+    """Drains the local queue in background threads (`eventrag serve`), or on demand (`drain`)."""
+
+    def __init__(
+        self,
+        worker: IngestWorker,
+        queue: JobQueue,
+        *,
+        batch_size: int = 8,
+        lease_seconds: float = 600.0,
+        poll_seconds: float = 0.5,
+        threads: int = 1,
+        retention: timedelta = timedelta(days=7),
+    ) -> None:
+        self.worker = worker
+        self.queue = queue
+        self.batch_size = batch_size
+        self.lease_seconds = lease_seconds
+        self.poll_seconds = poll_seconds
+        self.n_threads = threads
+        self.retention = retention
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._local = threading.local()  # each thread carries its own plans
+        self._carries: list[_Carry] = []
+        self._carries_lock = threading.Lock()
+        self._last_purge = datetime.min.replace(tzinfo=UTC)
+        self._last_sweep = datetime.min.replace(tzinfo=UTC)
+        self._maintenance = threading.Lock()
+
+    def run_once(self) -> int:
+        """Claim one batch, apply what is ready and settle it; returns how many jobs were claimed."""
+        carry = self._carry()
+        jobs = self.queue.claim(self.batch_size, self.lease_seconds)
+        if not jobs and not carry.waiting:
+            return 0
+        now = time.monotonic()
+        by_key = {j.key: j for j in jobs}
+        outcomes, plans = self.worker.prepare(list(by_key))
+        for key, outcome in outcomes.items():
+            self._settle(by_key[key], outcome)
+        carry.waiting.extend(_Carried(by_key[p.event.key], p, now) for p in plans)
+        oldest = min((c.claimed_at for c in carry.waiting), default=now)
+        final = (
+            len(jobs) < self.batch_size
+            or carry.rounds >= MAX_CARRY_ROUNDS
+            # A carried job must be settled well within its lease, or another claim could run it too.
+            or now - oldest > self.lease_seconds / 2
+        )
+        ready, failed = self.worker.embed(carry.plans, whole_batches_only=not final)
+        applied = self.worker.apply(ready)
+        for key, outcome in {**failed, **applied}.items():
+            self._settle(carry.pop(key), outcome)
+        carry.rounds = carry.rounds + 1 if carry.waiting else 0
+        return len(jobs)
+
+    def _carry(self) -> _Carry:
+        carry: _Carry | None = getattr(self._local, "carry", None)
+        if carry is None:
+            carry = self._local.carry = _Carry()
+            with self._carries_lock:
+                self._carries.append(carry)
+        return carry
+
+    def forget_carried(self) -> int:
+        """Drop the plans carried for a next round without settling their jobs (the worker died: the
+        recovery gives their leases back). Returns how many."""
+        with self._carries_lock:
+            n = sum(len(c.waiting) for c in self._carries)
+            for carry in self._carries:
+                carry.waiting.clear()
+                carry.rounds = 0
+        return n
+
+    def _settle(self, job: Job, outcome: Outcome) -> None:
+        if outcome.settled:
+            self.queue.ack(job)
+        else:
+            self.queue.release(job, outcome.delay)
+
+    def drain(self, max_batches: int | None = None) -> int:
+        """Process until nothing is claimable now (delayed retries are left for later)."""
+        total = batches = 0
+        while max_batches is None or batches < max_batches:
+            n = self.run_once()
+            if n == 0:
+                break
+            total += n
+            batches += 1
+        return total
+
+    def notify(self) -> None:
+        """A new job was queued: wake an idle thread now instead of at the next poll."""
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._maybe_purge()
+                n = self.run_once()
+            except Exception:
+                log.exception("worker loop error; continuing")
+                n = 0
+            if n == 0:
+                self._wake.wait(self.poll_seconds)
+                self._wake.clear()
+
+    def _maybe_purge(self) -> None:
+        """Hourly: forget event ids past the retention. Every minute: queue events stored but never queued
+        (another process sharing the state file may have died between the two writes)."""
+        if not self._maintenance.acquire(blocking=False):
+            return  # another worker thread is at it
+        try:
+            now = datetime.now(UTC)
+            if now - self._last_sweep > timedelta(minutes=1):
+                self._last_sweep = now
+                if requeue_received(self.worker.state, self.queue):
+                    self._wake.set()
+            if now - self._last_purge > timedelta(hours=1):
+                self._last_purge = now
+                purged = self.worker.state.purge_events(now - self.retention)
+                if purged:
+                    log.info("forgot %d event id(s) older than %s", purged, self.retention)
+        finally:
+            self._maintenance.release()
+
+    def start(self) -> None:
+        self._stop.clear()
+        for i in range(self.n_threads):
+            t = threading.Thread(target=self._loop, name=f"eventrag-worker-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        for t in self._threads:
+            t.join(timeout)
+        self._threads.clear()
+        # Jobs carried for a next round that will not come: hand them back now, not after their lease.
+        with self._carries_lock:
+            for carry in self._carries:
+                for c in carry.waiting:
+                    self.queue.release(c.job, 0)
+                carry.waiting.clear()
+                carry.rounds = 0

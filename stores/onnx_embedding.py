@@ -1,0 +1,287 @@
+"""The embedding model exported to ONNX, run by onnxruntime with the `tokenizers` package: no torch.
+
+This is what the query path uses (the Lambda API function carries no torch), and what ingest uses with
+`EVENTRAG_EMBEDDING_BACKEND=onnx` or `onnx-int8`. Importing this module imports neither torch, transformers
+nor sentence-transformers; `tests/test_torch_free.py` checks it in a fresh process.
+
+An exported model is a folder (`stores.onnx_export` writes it):
+
+    model.onnx          the transformer with mean pooling and L2 normalisation inside the graph (fp32)
+    model-int8.onnx     the same, MatMul weights quantized to int8 per channel (dynamic quantization)
+    tokenizer.json      the model's own tokenizer
+    eventrag-onnx.json  model id, dimension, window (max_seq_length), the source it was exported from
+
+Where it comes from (`resolve_onnx_dir`): `EVENTRAG_ONNX_DIR` when set (an image or zip ships the folder),
+else the cache `EVENTRAG_ONNX_CACHE_DIR` (default `~/.cache/eventrag/onnx`, `$XDG_CACHE_HOME` honoured),
+exported there on first use when torch is installed (`eventrag export-onnx` does it ahead of time).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from stores.errors import StoreError
+
+if TYPE_CHECKING:
+    import onnxruntime
+    from tokenizers import Tokenizer
+
+log = logging.getLogger(__name__)
+
+META_FILE = "eventrag-onnx.json"
+FP32_FILE = "model.onnx"
+INT8_FILE = "model-int8.onnx"
+TOKENIZER_FILE = "tokenizer.json"
+EXPORT_FORMAT = 1  # bump when the exported graph changes: a new cache folder is made
+
+
+class EmbeddingBackend(StrEnum):
+    TORCH = "torch"  # sentence-transformers on torch (fp32)
+    ONNX = "onnx"  # the same model exported to ONNX, fp32: the same vectors (cosine >= 0.999)
+    ONNX_INT8 = "onnx-int8"  # MatMul weights quantized to int8: different vectors, recorded as such
+
+    @property
+    def quantized(self) -> bool:
+        return self is EmbeddingBackend.ONNX_INT8
+
+
+def backend_model_id(model_id: str, backend: EmbeddingBackend) -> str:
+    """The id recorded in the index and the embedding cache. fp32 torch and fp32 ONNX give the same vectors
+    and share an id; int8 vectors are another space, so they get their own and are never mixed silently."""
+    return f"{model_id}+int8" if backend.quantized else model_id
+
+
+def recorded_backend(recorded_model_id: str | None) -> EmbeddingBackend:
+    """The backend to embed with when none is configured: the one whose vectors the index holds (an int8 id
+    says int8, any other id the fp32 vectors torch and ONNX share), and int8 for an index not created yet
+    (as good as fp32 on SciFact, about twice as fast: docs/performance.md)."""
+    if recorded_model_id is None or recorded_model_id.endswith("+int8"):
+        return EmbeddingBackend.ONNX_INT8
+    return EmbeddingBackend.TORCH
+
+
+class OnnxModelMissingError(StoreError):
+    """No exported model where the settings point, and it cannot be exported here (no torch)."""
+
+
+@dataclass(frozen=True, slots=True)
+class OnnxModelInfo:
+    model_id: str
+    dimension: int
+    max_tokens: int
+
+    @classmethod
+    def read(cls, folder: Path) -> OnnxModelInfo:
+        meta = json.loads((folder / META_FILE).read_text())
+        return cls(model_id=str(meta["model_id"]), dimension=int(meta["dimension"]), max_tokens=int(meta["max_tokens"]))
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "eventrag" / "onnx"
+
+
+def source_fingerprint(model_location: str) -> str:
+    """Cheap identity of a model folder (file names and sizes) plus the export format: a new model, or a new
+    export format, gets a new cache folder instead of a stale one."""
+    root = Path(model_location)
+    h = hashlib.sha256(f"format={EXPORT_FORMAT}".encode())
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and not p.name.startswith("."):
+            h.update(f"{p.relative_to(root)}:{p.stat().st_size}\n".encode())
+    return h.hexdigest()[:12]
+
+
+def cache_folder(cache_dir: Path, model_id: str, model_location: str) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_id).strip("_")[-60:]
+    return cache_dir / f"{slug}-{source_fingerprint(model_location)}"
+
+
+def is_exported(folder: Path) -> bool:
+    return all((folder / name).is_file() for name in (META_FILE, FP32_FILE, INT8_FILE, TOKENIZER_FILE))
+
+
+def resolve_onnx_dir(
+    *, onnx_dir: Path | None, cache_dir: Path | None, model_id: str, model_location: str | None
+) -> Path:
+    """The folder of an exported model: the configured one, or the cache's (exported now if missing)."""
+    if onnx_dir is not None:
+        if not is_exported(onnx_dir):
+            raise OnnxModelMissingError(
+                f"EVENTRAG_ONNX_DIR={onnx_dir} holds no exported model (expected {META_FILE}, {FP32_FILE}, "
+                f"{INT8_FILE}, {TOKENIZER_FILE}); make one with `eventrag export-onnx --out {onnx_dir}`"
+            )
+        return onnx_dir
+    if model_location is None or not Path(model_location).is_dir():
+        raise OnnxModelMissingError(
+            f"the ONNX backend needs a local model folder to export, got {model_location!r}; or set "
+            "EVENTRAG_ONNX_DIR to a folder made by `eventrag export-onnx`"
+        )
+    folder = cache_folder(cache_dir or default_cache_dir(), model_id, model_location)
+    if is_exported(folder):
+        return folder
+    try:
+        from stores.onnx_export import export_onnx
+    except ImportError as exc:  # pragma: no cover - the torch-free image ships EVENTRAG_ONNX_DIR instead
+        raise OnnxModelMissingError(
+            f"no ONNX export of {model_id} in {folder}, and this install cannot export one ({exc}); run "
+            "`eventrag export-onnx` where torch is installed and set EVENTRAG_ONNX_DIR"
+        ) from exc
+    log.info("exporting %s to ONNX in %s (once; later runs reuse it)", model_id, folder)
+    export_onnx(model_location, folder, model_id=model_id)
+    return folder
+
+
+_RECENT_QUERIES = 64  # question vectors an OnnxEmbedder remembers
+
+
+class OnnxEmbedder:
+    """`Embedder` over an exported model folder. Loads the session on first embed, never at construction;
+    `dimension`, `max_tokens` and `model_id` come from the folder's metadata without loading the model."""
+
+    def __init__(
+        self,
+        folder: Path | str,
+        *,
+        quantized: bool = False,
+        batch_size: int = 32,
+        threads: int | None = None,
+    ) -> None:
+        self.folder = Path(folder)
+        self.info = OnnxModelInfo.read(self.folder)
+        self.quantized = quantized
+        self.batch_size = batch_size
+        self._threads = threads
+        self._session: onnxruntime.InferenceSession | None = None
+        self._counter: Tokenizer | None = None
+        self._encoder: Tokenizer | None = None
+        self._input_names: set[str] = set()
+        self._lock = threading.Lock()
+        self._recent: OrderedDict[str, tuple[float, ...]] = OrderedDict()
+
+    @property
+    def backend(self) -> EmbeddingBackend:
+        return EmbeddingBackend.ONNX_INT8 if self.quantized else EmbeddingBackend.ONNX
+
+    @property
+    def model_id(self) -> str:
+        return backend_model_id(self.info.model_id, self.backend)
+
+    @property
+    def dimension(self) -> int:
+        return self.info.dimension
+
+    @property
+    def max_tokens(self) -> int:
+        return self.info.max_tokens
+
+    # tokenizers: one counts (no truncation, no padding), one feeds the model (truncated to the window,
+    # padded to the longest text of the batch); two objects because their settings are per object.
+    def _tokenizers(self) -> tuple[Tokenizer, Tokenizer]:
+        if self._counter is None or self._encoder is None:
+            with self._lock:
+                if self._counter is None or self._encoder is None:
+                    from tokenizers import Tokenizer
+
+                    path = str(self.folder / TOKENIZER_FILE)
+                    counter = Tokenizer.from_file(path)
+                    counter.no_padding()
+                    counter.no_truncation()
+                    encoder = Tokenizer.from_file(path)
+                    encoder.enable_truncation(self.info.max_tokens)
+                    pad_id = encoder.token_to_id("[PAD]")
+                    encoder.enable_padding(pad_id=pad_id if pad_id is not None else 0, pad_token="[PAD]")
+                    self._encoder = encoder
+                    self._counter = counter
+        return self._counter, self._encoder
+
+    def _load(self) -> onnxruntime.InferenceSession:
+        if self._session is None:
+            with self._lock:
+                if self._session is None:
+                    import onnxruntime as ort
+
+                    options = ort.SessionOptions()
+                    if self._threads:
+                        options.intra_op_num_threads = self._threads
+                    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+                    # No busy-waiting between calls: the session shares the cores with the worker (`eventrag
+                    # serve`) and other requests; spinning threads took 1.8x longer for a query's sentences
+                    # on this 2-core machine under load (docs/performance.md).
+                    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+                    path = self.folder / (INT8_FILE if self.quantized else FP32_FILE)
+                    log.info("loading ONNX embedding model %s", path)
+                    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+                    self._input_names = {i.name for i in session.get_inputs()}
+                    self._session = session
+        return self._session
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        if not texts:
+            return []
+        counter, _ = self._tokenizers()
+        return [len(e.ids) for e in counter.encode_batch(list(texts), add_special_tokens=True)]
+
+    def token_offsets(self, text: str) -> list[tuple[int, int]]:
+        counter, _ = self._tokenizers()
+        return [(int(a), int(b)) for a, b in counter.encode(text, add_special_tokens=False).offsets]
+
+    def _encode(self, texts: Sequence[str]) -> np.ndarray[Any, Any]:
+        session = self._load()
+        _, encoder = self._tokenizers()
+        if len(texts) > self.batch_size:
+            # Longest first, so each batch pads to a length close to its own texts' (a query's sentences
+            # range from a heading to a paragraph); the result comes back in the order asked.
+            lengths = self.count_tokens(texts)
+            order = sorted(range(len(texts)), key=lambda i: -lengths[i])
+        else:
+            order = list(range(len(texts)))
+        out = []
+        for i in range(0, len(order), self.batch_size):
+            batch = encoder.encode_batch([texts[j] for j in order[i : i + self.batch_size]])
+            feed = {
+                "input_ids": np.asarray([e.ids for e in batch], dtype=np.int64),
+                "attention_mask": np.asarray([e.attention_mask for e in batch], dtype=np.int64),
+            }
+            if "token_type_ids" in self._input_names:
+                feed["token_type_ids"] = np.asarray([e.type_ids for e in batch], dtype=np.int64)
+            out.append(np.asarray(session.run(None, feed)[0], dtype=np.float32))
+        if not out:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        vectors = np.concatenate(out)
+        result = np.empty_like(vectors)
+        result[order] = vectors
+        return result
+
+    def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
+        if not texts:
+            return []
+        return self._encode(texts).tolist()  # type: ignore[no-any-return]
+
+    def embed_query(self, text: str) -> list[float]:
+        """One question's vector. The last few are remembered: one `/query` embeds its question for the
+        search and again for choosing the extracts."""
+        with self._lock:
+            cached = self._recent.get(text)
+            if cached is not None:
+                self._recent.move_to_end(text)
+                return list(cached)
+        vector: list[float] = self._encode([text])[0].tolist()
+        with self._lock:
+            self._recent[text] = tuple(vector)
+            while len(self._recent) > _RECENT_QUERIES:
+                self._recent.popitem(last=False)
+        return vector
