@@ -446,7 +446,7 @@ class IngestWorker:
             return None
         since = datetime.now(UTC) - timedelta(seconds=cfg.mass_delete_window_seconds)
         applied = self.state.count_recent_deletes(workspace, since)
-        held = len(self.state.list_events(workspace, status=EventStatus.HELD, limit=100_000))
+        held = self.state.page_events(workspace, status=EventStatus.HELD, limit=1).total  # a count, no payloads
         burst = applied + held + deletes_in_batch.get(workspace, 0) + 1
         size = self.state.count_documents(workspace, DocumentStatus.INDEXED) + applied
         if burst >= cfg.mass_delete_min and burst > cfg.mass_delete_share * size:
