@@ -8,7 +8,7 @@ Qdrant's IDF modifier), and records in its metadata which embedding model filled
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -101,6 +101,10 @@ class QdrantIndex:
                     self._create_payload_indexes()
                 return
             info = self.client.get_collection(self.collection)
+            if not self._local:
+                # A collection made by an older eventrag lacks the indexes of fields added since (pages, sheets):
+                # filters on them would run unindexed, and a server in strict mode refuses them.
+                self._create_payload_indexes(have=set(info.payload_schema or {}))
         meta = info.config.metadata or {}
         recorded = meta.get("embedding_model")
         if recorded is not None and recorded != model_id:
@@ -114,18 +118,16 @@ class QdrantIndex:
                 f"collection {self.collection!r} holds {size}-dimensional vectors; the model gives {dimension}"
             )
 
-    def _create_payload_indexes(self) -> None:
-        """Only a server uses payload indexes (local mode ignores them and warns)."""
-        keyword = models.PayloadSchemaType.KEYWORD
-        self.client.create_payload_index(
-            self.collection,
-            "workspace",
-            field_schema=models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True),
-        )
-        for field in KEYWORD_FIELDS:
-            self.client.create_payload_index(self.collection, field, field_schema=keyword)
-        for field in INTEGER_FIELDS:
-            self.client.create_payload_index(self.collection, field, field_schema=models.PayloadSchemaType.INTEGER)
+    def _create_payload_indexes(self, have: Collection[str] = ()) -> None:
+        """The payload indexes not in `have`. Only a server uses them (local mode ignores them and warns)."""
+        wanted: dict[str, Any] = {
+            "workspace": models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True),
+            **{field: models.PayloadSchemaType.KEYWORD for field in KEYWORD_FIELDS},
+            **{field: models.PayloadSchemaType.INTEGER for field in INTEGER_FIELDS},
+        }
+        for field, schema in wanted.items():
+            if field not in have:
+                self.client.create_payload_index(self.collection, field, field_schema=schema)
 
     def close(self) -> None:
         self.client.close()
