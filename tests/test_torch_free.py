@@ -49,7 +49,7 @@ def loaded(names):
     return sorted(n for n in names if n in sys.modules)
 
 watch = ("torch", "transformers", "sentence_transformers", "onnxruntime", "tokenizers", "qdrant_edge",
-         "qdrant_client", "ingest", "openai")
+         "qdrant_client", "ingest", "openai", "mcp")
 after_import = loaded(watch)
 health = call("GET", "/healthz")
 after_health = loaded(watch)
@@ -121,7 +121,7 @@ def test_the_api_function_answers_without_torch(
     assert r["after_health"] == [] and r["built_after_health"] == [], r
     # /query: the ONNX encoder and the Edge index; never torch, transformers, the write path or the LLM client.
     assert {"onnxruntime", "tokenizers", "qdrant_edge"} <= set(r["after_query"]), r
-    assert not set(r["after_query"]) & {*HEAVY, "ingest", "qdrant_client", "openai"}, r
+    assert not set(r["after_query"]) & {*HEAVY, "ingest", "qdrant_client", "openai", "mcp"}, r
     assert "embedder" not in r["built_after_query"] and "query_embedder" in r["built_after_query"]
     # And it found what the torch model indexed.
     citations = r["answer"]["citations"]
