@@ -90,7 +90,7 @@ class Container:
     ) -> None:
         self.settings = settings
         self.fault = fault
-        self.aws = aws
+        self.aws = AwsClients(aws)
         self._qdrant_client = qdrant_client
         self._chat_given = chat is not None
         self._built: dict[str, Any] = {}
@@ -156,7 +156,7 @@ class Container:
             return SqliteSessionStore(state.db, max_turns=a.session_max_turns, max_bytes=a.session_max_bytes)
         from stores.dynamodb.sessions import DynamoSessionStore
 
-        return DynamoSessionStore.from_settings(self.settings, client=(self.aws or {}).get("dynamodb"))
+        return DynamoSessionStore.from_settings(self.settings, client=self.aws.get("dynamodb"))
 
     @property
     def backend(self) -> EmbeddingBackend:
@@ -521,10 +521,32 @@ def with_remote_secrets(settings: Settings) -> Settings:
     return settings.model_copy(update=update) if update else settings
 
 
-def build_state_and_queue(settings: Settings, *, aws: dict[str, Any] | None = None) -> tuple[StateStore, JobQueue]:
+class AwsClients:
+    """The boto3 clients of one process, one per service, each made on first use from one session (a session
+    per client would load the service models again for each, on every cold start). boto3 clients are
+    thread-safe; making them is not, hence the lock. Tests inject moto clients by service name."""
+
+    def __init__(self, given: dict[str, Any] | None = None) -> None:
+        self._clients = dict(given or {})
+        self._session: Any = None
+        self._lock = threading.Lock()
+
+    def get(self, service: str) -> Any:
+        with self._lock:
+            if service not in self._clients:
+                if self._session is None:
+                    import boto3
+
+                    self._session = boto3.session.Session()
+                self._clients[service] = self._session.client(service)
+            return self._clients[service]
+
+
+def build_state_and_queue(settings: Settings, *, aws: AwsClients | None = None) -> tuple[StateStore, JobQueue]:
     """Only the state store and the job queue, chosen as in `build_container`: for what needs neither the
     index nor the model, i.e. the S3 notification mapper (a 512 MB function that must not load torch) and
     `eventrag redrive`. The caller closes the state store."""
+    aws = aws if aws is not None else AwsClients()
     match settings.state_backend:
         case StateBackend.SQLITE:
             settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -532,7 +554,7 @@ def build_state_and_queue(settings: Settings, *, aws: dict[str, Any] | None = No
         case StateBackend.DYNAMODB:
             from stores.dynamodb.state import DynamoStateStore
 
-            state = DynamoStateStore.from_settings(settings, client=(aws or {}).get("dynamodb"))
+            state = DynamoStateStore.from_settings(settings, client=aws.get("dynamodb"))
     match settings.queue_backend:
         case QueueBackend.LOCAL:
             assert isinstance(state, SqliteStateStore)
@@ -540,27 +562,27 @@ def build_state_and_queue(settings: Settings, *, aws: dict[str, Any] | None = No
         case QueueBackend.SQS:
             from stores.sqs import SqsJobQueue
 
-            queue = SqsJobQueue.from_settings(settings, client=(aws or {}).get("sqs"))
+            queue = SqsJobQueue.from_settings(settings, client=aws.get("sqs"))
     return state, queue
 
 
 def build_outbox(
-    settings: Settings, *, aws: dict[str, Any] | None = None
+    settings: Settings, *, aws: AwsClients | None = None
 ) -> tuple[OutboxStore, SqsDeliveryQueue | None, SubscriptionStore]:
     """The AWS outbox (DynamoDB), the queue that hands its deliveries to the outbound function and the
     API-created subscribers: all that function needs, so it never loads the index or the model."""
-    from stores.dynamodb.common import default_client
     from stores.dynamodb.outbox import DynamoOutboxStore
     from stores.dynamodb.subscriptions import DynamoSubscriptionStore
     from stores.sqs import SqsDeliveryQueue
 
-    ddb = (aws or {}).get("dynamodb") or default_client("dynamodb")
+    aws = aws if aws is not None else AwsClients()
+    ddb = aws.get("dynamodb")
     outbox = DynamoOutboxStore(
         ddb, table=settings.dynamodb_outbox_table, retention=timedelta(days=settings.outbound.retention_days)
     )
     queue = None
     if settings.outbound_queue_url:
-        queue = SqsDeliveryQueue((aws or {}).get("sqs") or default_client("sqs"), settings.outbound_queue_url)
+        queue = SqsDeliveryQueue(aws.get("sqs"), settings.outbound_queue_url)
     return outbox, queue, DynamoSubscriptionStore(ddb, table=settings.dynamodb_subscriptions_table)
 
 
@@ -707,7 +729,7 @@ def build_sources(c: Container) -> ContentRouter:
     if settings.source_bucket:
         from ingest.sources_s3 import S3Source
 
-        extra["s3"] = S3Source(client=(c.aws or {}).get("s3"), bucket=settings.source_bucket)
+        extra["s3"] = S3Source(client=c.aws.get("s3"), bucket=settings.source_bucket)
     # s3:// content is the S3 event source's: only its workspace may point at it, so one tenant's webhook
     # cannot read another tenant's objects from the shared bucket.
     f = settings.fetch

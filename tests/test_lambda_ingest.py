@@ -384,3 +384,20 @@ def test_secrets_come_from_ssm_at_cold_start(tmp_path: Path, monkeypatch: pytest
         finally:
             handlers.set_container(None)
             c.close()
+
+
+def test_the_container_makes_one_boto3_client_per_service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The state store, the sessions, the job queue and the outbox share the container's clients (one per
+    service, from one session), instead of a session and a client each on every cold start."""
+    with mocked_aws(monkeypatch) as session:
+        stack = create_stack(session)
+        settings = base_settings(tmp_path / "data", **stack.settings())
+        c = build_container(settings, embedder=HashEmbedder(), qdrant_client=QdrantClient(location=":memory:"))
+        try:
+            state, sessions, outbox = c.state, c.sessions, c.outbox
+            ddb = c.aws.get("dynamodb")
+            assert state.client is ddb and sessions.client is ddb
+            assert outbox.client is ddb
+            assert c.queue.client is c.aws.get("sqs") is c.aws.get("sqs")
+        finally:
+            c.close()
