@@ -38,6 +38,8 @@ from stores.points import (
     RRF_K,
     SCHEMA_VERSION,
     SPARSE,
+    Conditions,
+    ScrolledReads,
     hit_of,
     model_mismatch_message,
     payload_of,
@@ -49,42 +51,31 @@ META_FILE = "eventrag-index.json"
 _UPSERT_BATCH = 512
 
 
-def _match(key: str, value: Any) -> qe.FieldCondition:
-    return qe.FieldCondition(key=key, match=qe.MatchValue(value))
+class _EdgeConditions(Conditions):
+    def match(self, key: str, value: Any) -> qe.FieldCondition:
+        return qe.FieldCondition(key=key, match=qe.MatchValue(value))
+
+    def match_any(self, key: str, values: Sequence[Any]) -> qe.FieldCondition:
+        return qe.FieldCondition(key=key, match=qe.MatchAny(list(values)))
+
+    def range(self, key: str, *, gte: float | None = None, lte: float | None = None) -> qe.FieldCondition:
+        return qe.FieldCondition(key=key, range=qe.RangeFloat(gte=gte, lte=lte))
+
+    def all(self, must: Sequence[Any], must_not: Sequence[Any] | None = None) -> qe.Filter:
+        return qe.Filter(must=list(must), must_not=list(must_not) if must_not else None)
+
+    def any(self, should: Sequence[Any]) -> qe.Filter:
+        return qe.Filter(should=list(should))
+
+    def equals(self, key: str, value: Any) -> Any:
+        if isinstance(value, bool):
+            # qdrant-edge-py 0.9 reads a Python bool as the integer it subclasses (`MatchValue(True)` matches 1,
+            # never true); numpy's bool is no int, so it arrives as a boolean.
+            return qe.FieldCondition(key=key, match=qe.MatchValue(np.bool_(value)))  # type: ignore[arg-type]
+        return super().equals(key, value)
 
 
-def _match_any(key: str, values: Sequence[Any]) -> qe.FieldCondition:
-    return qe.FieldCondition(key=key, match=qe.MatchAny(list(values)))
-
-
-def _equals(key: str, value: Any) -> qe.FieldCondition:
-    """Equality for any JSON scalar: keywords, integers and booleans match exactly; a float has no exact
-    match in Qdrant, so it is the range [v, v] (which also matches an integer payload equal to it)."""
-    if isinstance(value, float):
-        return qe.FieldCondition(key=key, range=qe.RangeFloat(gte=value, lte=value))
-    if isinstance(value, bool):
-        # qdrant-edge-py 0.9 reads a Python bool as the integer it subclasses (`MatchValue(True)` matches 1,
-        # never true); numpy's bool is no int, so it arrives as a boolean.
-        return qe.FieldCondition(key=key, match=qe.MatchValue(np.bool_(value)))  # type: ignore[arg-type]
-    return _match(key, value)
-
-
-def _any_of(key: str, values: Sequence[Any]) -> qe.Filter | qe.FieldCondition:
-    """Any of a list of scalars. `MatchAny` takes only all-string or all-integer lists, so the values are
-    grouped by type (booleans apart: in Python `True` is also an integer) and the groups OR-ed."""
-    strings = [v for v in values if isinstance(v, str)]
-    integers = [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
-    others = [v for v in values if isinstance(v, bool | float)]
-    should: list[Any] = []
-    if strings:
-        should.append(_match_any(key, strings))
-    if integers:
-        should.append(_match_any(key, integers))
-    should.extend(_equals(key, v) for v in dict.fromkeys(others))
-    if len(should) == 1:
-        return should[0]  # type: ignore[no-any-return]
-    # An empty list matches nothing: a `should` with no conditions would match everything.
-    return qe.Filter(should=should) if should else qe.Filter(must=[_match("file_id", "\x00none")])
+_WHERE = _EdgeConditions()
 
 
 def _is_lock_error(exc: BaseException) -> bool:
@@ -92,8 +83,10 @@ def _is_lock_error(exc: BaseException) -> bool:
     return "WouldBlock" in text or "Resource temporarily unavailable" in text or "lock" in text.lower()
 
 
-class EdgeIndex:
+class EdgeIndex(ScrolledReads):
     """One Edge shard in `path` (a directory; created on `ensure_ready`)."""
+
+    conditions = _WHERE
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
@@ -194,55 +187,21 @@ class EdgeIndex:
             self.shard.update(qe.UpdateOperation.upsert_points(structs[i : i + _UPSERT_BATCH]))
 
     def delete_file(self, workspace: str, file_id: str, keep_revision: str | None = None) -> None:
-        flt = qe.Filter(
-            must=[_match("workspace", workspace), _match("file_id", file_id)],
-            must_not=[_match("revision", keep_revision)] if keep_revision is not None else None,
-        )
+        keep = [_WHERE.match("revision", keep_revision)] if keep_revision is not None else None
+        flt = _WHERE.all(_WHERE.file(workspace, file_id), keep)
         self.shard.update(qe.UpdateOperation.delete_points_by_filter(flt))
 
     def delete_revisions(self, workspace: str, file_id: str, revisions: Sequence[str]) -> None:
         if not revisions:
             return
-        flt = qe.Filter(
-            must=[_match("workspace", workspace), _match("file_id", file_id), _match_any("revision", revisions)]
-        )
+        flt = _WHERE.all([*_WHERE.file(workspace, file_id), _WHERE.match_any("revision", revisions)])
         self.shard.update(qe.UpdateOperation.delete_points_by_filter(flt))
 
     def set_version(self, workspace: str, file_id: str, revision: str, version: int | None) -> None:
-        flt = qe.Filter(must=[_match("workspace", workspace), _match("file_id", file_id), _match("revision", revision)])
+        flt = _WHERE.all(_WHERE.file(workspace, file_id, revision))
         self.shard.update(qe.UpdateOperation.set_payload_by_filter(flt, {"version": version}))
 
     # reads --------------------------------------------------------------------------------------------
-    def _filter(self, workspace: str, flt: SearchFilter | None) -> qe.Filter:
-        must: list[Any] = [_match("workspace", workspace)]
-        if flt is not None:
-            if flt.file_ids:
-                must.append(_match_any("file_id", flt.file_ids))
-            prefix = (flt.path_prefix or "").strip("/")
-            if prefix:  # "" and "/" mean the whole workspace
-                must.append(qe.Filter(should=[_match("path_dirs", prefix + "/"), _match("path", prefix)]))
-            if flt.content_types:
-                must.append(_match_any("content_type", flt.content_types))
-            for key, value in flt.metadata_equals:
-                must.append(_equals(f"metadata.{key}", value))
-            for key, values in flt.metadata_any:
-                must.append(_any_of(f"metadata.{key}", values))
-            # A passage on pages [page_start, page_end] touches [page_from, page_to] when it starts on or
-            # before page_to and ends on or after page_from.
-            if flt.page_to is not None:
-                must.append(qe.FieldCondition(key="page_start", range=qe.RangeFloat(lte=flt.page_to)))
-            if flt.page_from is not None:
-                must.append(qe.FieldCondition(key="page_end", range=qe.RangeFloat(gte=flt.page_from)))
-            if flt.sheets:
-                must.append(_match_any("sheet", flt.sheets))
-            if flt.revisions:
-                must.append(
-                    qe.Filter(
-                        should=[qe.Filter(must=[_match("file_id", f), _match("revision", r)]) for f, r in flt.revisions]
-                    )
-                )
-        return qe.Filter(must=must)
-
     def search(
         self,
         workspace: str,
@@ -255,7 +214,7 @@ class EdgeIndex:
     ) -> list[Hit]:
         if self._shard is None:
             return []
-        qfilter = self._filter(workspace, flt)
+        qfilter = _WHERE.where(workspace, flt)
         sparse_vec = qe.SparseVector(list(sparse[0]), list(sparse[1])) if sparse and sparse[0] else None
         if mode is SearchMode.DENSE or (mode is SearchMode.HYBRID and sparse_vec is None):
             assert dense is not None
@@ -312,7 +271,7 @@ class EdgeIndex:
         if self._shard is None or not sparse[0]:
             return dict.fromkeys(point_ids, 0.0)
         # The sparse query restricted to the points asked for: the score a sparse search gives each.
-        qfilter = qe.Filter(must=[_match("workspace", workspace), qe.HasIdCondition(set(point_ids))])
+        qfilter = _WHERE.all([_WHERE.match("workspace", workspace), qe.HasIdCondition(set(point_ids))])
         request = qe.QueryRequest(
             limit=len(point_ids),
             query=qe.Query.Nearest(qe.SparseVector(list(sparse[0]), list(sparse[1])), using=SPARSE),
@@ -334,24 +293,3 @@ class EdgeIndex:
             yield from records
             if offset is None:
                 return
-
-    def file_chunks(self, workspace: str, file_id: str, revision: str) -> list[Hit]:
-        flt = qe.Filter(must=[_match("workspace", workspace), _match("file_id", file_id), _match("revision", revision)])
-        hits = [hit_of(str(r.id), 0.0, r.payload or {}) for r in self._scroll(flt, True)]
-        return sorted(hits, key=lambda h: h.chunk_index)
-
-    def file_revisions(self, workspace: str, file_id: str) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        flt = qe.Filter(must=[_match("workspace", workspace), _match("file_id", file_id)])
-        for r in self._scroll(flt, ["revision"]):
-            revision = (r.payload or {})["revision"]
-            counts[revision] = counts.get(revision, 0) + 1
-        return counts
-
-    def revision_counts(self, workspace: str) -> dict[tuple[str, str], int]:
-        counts: dict[tuple[str, str], int] = {}
-        for r in self._scroll(qe.Filter(must=[_match("workspace", workspace)]), ["file_id", "revision"]):
-            pl = r.payload or {}
-            key = (pl["file_id"], pl["revision"])
-            counts[key] = counts.get(key, 0) + 1
-        return counts

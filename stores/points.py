@@ -8,9 +8,10 @@ moved between them (re-sent files) answers identically. Nothing here imports an 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from stores.ports import Hit, IndexPoint
+from stores.ports import Hit, IndexPoint, SearchFilter
 
 DENSE = "dense"
 SPARSE = "bm25"
@@ -89,3 +90,111 @@ def model_mismatch_message(where: str, recorded: str, model_id: str) -> str:
         f"EVENTRAG_EMBEDDING_MODEL / EVENTRAG_EMBEDDING_BACKEND back to what filled it, or use a new "
         f"EVENTRAG_QDRANT_COLLECTION (and re-send your files)."
     )
+
+
+class Conditions:
+    """How one engine's client spells a filter. The translation of a `SearchFilter` (`where`) and of the
+    adapters' own reads is written once, here, against these few constructors; each adapter subclasses it
+    with its library's classes."""
+
+    def match(self, key: str, value: Any) -> Any:
+        raise NotImplementedError
+
+    def match_any(self, key: str, values: Sequence[Any]) -> Any:
+        raise NotImplementedError
+
+    def range(self, key: str, *, gte: float | None = None, lte: float | None = None) -> Any:
+        raise NotImplementedError
+
+    def all(self, must: Sequence[Any], must_not: Sequence[Any] | None = None) -> Any:
+        raise NotImplementedError
+
+    def any(self, should: Sequence[Any]) -> Any:
+        raise NotImplementedError
+
+    def equals(self, key: str, value: Any) -> Any:
+        """Equality for any JSON scalar: keywords, integers and booleans match exactly; a float has no exact
+        match in Qdrant, so it is the range [v, v] (which also matches an integer payload equal to it)."""
+        if isinstance(value, float):
+            return self.range(key, gte=value, lte=value)
+        return self.match(key, value)
+
+    def any_of(self, key: str, values: Sequence[Any]) -> Any:
+        """Any of a list of scalars. `MatchAny` takes only all-string or all-integer lists, so the values are
+        grouped by type (booleans apart: in Python `True` is also an integer) and the groups OR-ed."""
+        strings = [v for v in values if isinstance(v, str)]
+        integers = [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
+        others = [v for v in values if isinstance(v, bool | float)]
+        should: list[Any] = []
+        if strings:
+            should.append(self.match_any(key, strings))
+        if integers:
+            should.append(self.match_any(key, integers))
+        should.extend(self.equals(key, v) for v in dict.fromkeys(others))
+        if len(should) == 1:
+            return should[0]
+        # An empty list matches nothing: a `should` with no conditions would match everything.
+        return self.any(should) if should else self.all([self.match("file_id", "\x00none")])
+
+    def file(self, workspace: str, file_id: str, revision: str | None = None) -> list[Any]:
+        """The conditions of one file's points (of one revision)."""
+        found = [self.match("workspace", workspace), self.match("file_id", file_id)]
+        return found if revision is None else [*found, self.match("revision", revision)]
+
+    def where(self, workspace: str, flt: SearchFilter | None) -> Any:
+        """The workspace's points that pass `flt`: the tenant condition is always there."""
+        must: list[Any] = [self.match("workspace", workspace)]
+        if flt is not None:
+            if flt.file_ids:
+                must.append(self.match_any("file_id", list(flt.file_ids)))
+            prefix = (flt.path_prefix or "").strip("/")
+            if prefix:  # "" and "/" mean the whole workspace
+                must.append(self.any([self.match("path_dirs", prefix + "/"), self.match("path", prefix)]))
+            if flt.content_types:
+                must.append(self.match_any("content_type", list(flt.content_types)))
+            for key, value in flt.metadata_equals:
+                must.append(self.equals(f"metadata.{key}", value))
+            for key, values in flt.metadata_any:
+                must.append(self.any_of(f"metadata.{key}", list(values)))
+            # A passage on pages [page_start, page_end] touches [page_from, page_to] when it starts on or
+            # before page_to and ends on or after page_from.
+            if flt.page_to is not None:
+                must.append(self.range("page_start", lte=flt.page_to))
+            if flt.page_from is not None:
+                must.append(self.range("page_end", gte=flt.page_from))
+            if flt.sheets:
+                must.append(self.match_any("sheet", list(flt.sheets)))
+            if flt.revisions:
+                pairs = [self.all([self.match("file_id", f), self.match("revision", r)]) for f, r in flt.revisions]
+                must.append(self.any(pairs))
+        return self.all(must)
+
+
+class ScrolledReads:
+    """The reads both adapters answer by scrolling the points of a filter (`_scroll`, per engine)."""
+
+    conditions: Conditions
+
+    def _scroll(self, flt: Any, payload: bool | list[str]) -> Iterator[Any]:
+        raise NotImplementedError
+
+    def file_chunks(self, workspace: str, file_id: str, revision: str) -> list[Hit]:
+        flt = self.conditions.all(self.conditions.file(workspace, file_id, revision))
+        hits = [hit_of(str(r.id), 0.0, r.payload or {}) for r in self._scroll(flt, True)]
+        return sorted(hits, key=lambda h: h.chunk_index)
+
+    def file_revisions(self, workspace: str, file_id: str) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for r in self._scroll(self.conditions.all(self.conditions.file(workspace, file_id)), ["revision"]):
+            revision = (r.payload or {})["revision"]
+            counts[revision] = counts.get(revision, 0) + 1
+        return counts
+
+    def revision_counts(self, workspace: str) -> dict[tuple[str, str], int]:
+        counts: dict[tuple[str, str], int] = {}
+        flt = self.conditions.all([self.conditions.match("workspace", workspace)])
+        for r in self._scroll(flt, ["file_id", "revision"]):
+            pl = r.payload or {}
+            key = (pl["file_id"], pl["revision"])
+            counts[key] = counts.get(key, 0) + 1
+        return counts

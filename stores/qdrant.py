@@ -24,6 +24,8 @@ from stores.points import (
     MIN_PREFETCH,
     SCHEMA_VERSION,
     SPARSE,
+    Conditions,
+    ScrolledReads,
     hit_of,
     model_mismatch_message,
     payload_of,
@@ -32,37 +34,29 @@ from stores.points import (
 from stores.ports import Hit, IndexPoint, SearchFilter, SearchMode
 
 
-def _match(key: str, value: Any) -> models.FieldCondition:
-    return models.FieldCondition(key=key, match=models.MatchValue(value=value))
+class _ClientConditions(Conditions):
+    def match(self, key: str, value: Any) -> models.FieldCondition:
+        return models.FieldCondition(key=key, match=models.MatchValue(value=value))
+
+    def match_any(self, key: str, values: Sequence[Any]) -> models.FieldCondition:
+        return models.FieldCondition(key=key, match=models.MatchAny(any=list(values)))
+
+    def range(self, key: str, *, gte: float | None = None, lte: float | None = None) -> models.FieldCondition:
+        return models.FieldCondition(key=key, range=models.Range(gte=gte, lte=lte))
+
+    def all(self, must: Sequence[Any], must_not: Sequence[Any] | None = None) -> models.Filter:
+        return models.Filter(must=list(must), must_not=list(must_not) if must_not else None)
+
+    def any(self, should: Sequence[Any]) -> models.Filter:
+        return models.Filter(should=list(should))
 
 
-def _equals(key: str, value: Any) -> models.FieldCondition:
-    """Equality for any JSON scalar. Qdrant matches keywords, integers and booleans exactly but has no exact
-    match for floats: a float is the range [v, v] (which also matches an integer payload equal to it)."""
-    if isinstance(value, float):
-        return models.FieldCondition(key=key, range=models.Range(gte=value, lte=value))
-    return _match(key, value)
+_WHERE = _ClientConditions()
 
 
-def _any_of(key: str, values: Sequence[Any]) -> models.Filter | models.FieldCondition:
-    """Any of a list of scalars. `MatchAny` takes only all-string or all-integer lists, so the values are
-    grouped by type (booleans apart: in Python `True` is also an integer) and the groups OR-ed."""
-    strings = [v for v in values if isinstance(v, str)]
-    integers = [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
-    others = [v for v in values if isinstance(v, bool | float)]
-    should: list[Any] = []
-    if strings:
-        should.append(models.FieldCondition(key=key, match=models.MatchAny(any=strings)))
-    if integers:
-        should.append(models.FieldCondition(key=key, match=models.MatchAny(any=integers)))
-    should.extend(_equals(key, v) for v in dict.fromkeys(others))
-    if len(should) == 1:
-        return should[0]
-    # An empty list matches nothing: a `should` with no conditions would match everything.
-    return models.Filter(should=should) if should else models.Filter(must=[_match("file_id", "\x00none")])
+class QdrantIndex(ScrolledReads):
+    conditions = _WHERE
 
-
-class QdrantIndex:
     def __init__(self, client: QdrantClient, collection: str = "eventrag", *, local: bool | None = None) -> None:
         self.client = client
         self.collection = collection
@@ -153,68 +147,24 @@ class QdrantIndex:
                 self.client.upsert(self.collection, points=structs[i : i + 256], wait=True)
 
     def delete_file(self, workspace: str, file_id: str, keep_revision: str | None = None) -> None:
-        flt = models.Filter(
-            must=[_match("workspace", workspace), _match("file_id", file_id)],
-            must_not=[_match("revision", keep_revision)] if keep_revision is not None else None,
-        )
+        keep = [_WHERE.match("revision", keep_revision)] if keep_revision is not None else None
+        flt = _WHERE.all(_WHERE.file(workspace, file_id), keep)
         with self._guard():
             self.client.delete(self.collection, points_selector=models.FilterSelector(filter=flt), wait=True)
 
     def delete_revisions(self, workspace: str, file_id: str, revisions: Sequence[str]) -> None:
         if not revisions:
             return
-        flt = models.Filter(
-            must=[
-                _match("workspace", workspace),
-                _match("file_id", file_id),
-                models.FieldCondition(key="revision", match=models.MatchAny(any=list(revisions))),
-            ]
-        )
+        flt = _WHERE.all([*_WHERE.file(workspace, file_id), _WHERE.match_any("revision", revisions)])
         with self._guard():
             self.client.delete(self.collection, points_selector=models.FilterSelector(filter=flt), wait=True)
 
     def set_version(self, workspace: str, file_id: str, revision: str, version: int | None) -> None:
-        flt = models.Filter(
-            must=[_match("workspace", workspace), _match("file_id", file_id), _match("revision", revision)]
-        )
+        flt = _WHERE.all(_WHERE.file(workspace, file_id, revision))
         with self._guard():
             self.client.set_payload(self.collection, payload={"version": version}, points=flt, wait=True)
 
     # reads --------------------------------------------------------------------------------------------
-    def _filter(self, workspace: str, flt: SearchFilter | None) -> models.Filter:
-        must: list[Any] = [_match("workspace", workspace)]
-        if flt is not None:
-            if flt.file_ids:
-                must.append(models.FieldCondition(key="file_id", match=models.MatchAny(any=list(flt.file_ids))))
-            prefix = (flt.path_prefix or "").strip("/")
-            if prefix:  # "" and "/" mean the whole workspace
-                must.append(models.Filter(should=[_match("path_dirs", prefix + "/"), _match("path", prefix)]))
-            if flt.content_types:
-                must.append(
-                    models.FieldCondition(key="content_type", match=models.MatchAny(any=list(flt.content_types)))
-                )
-            for key, value in flt.metadata_equals:
-                must.append(_equals(f"metadata.{key}", value))
-            for key, values in flt.metadata_any:
-                must.append(_any_of(f"metadata.{key}", list(values)))
-            # A passage on pages [page_start, page_end] touches [page_from, page_to] when it starts on or
-            # before page_to and ends on or after page_from.
-            if flt.page_to is not None:
-                must.append(models.FieldCondition(key="page_start", range=models.Range(lte=flt.page_to)))
-            if flt.page_from is not None:
-                must.append(models.FieldCondition(key="page_end", range=models.Range(gte=flt.page_from)))
-            if flt.sheets:
-                must.append(models.FieldCondition(key="sheet", match=models.MatchAny(any=list(flt.sheets))))
-            if flt.revisions:
-                must.append(
-                    models.Filter(
-                        should=[
-                            models.Filter(must=[_match("file_id", f), _match("revision", r)]) for f, r in flt.revisions
-                        ]
-                    )
-                )
-        return models.Filter(must=must)
-
     def search(
         self,
         workspace: str,
@@ -225,7 +175,7 @@ class QdrantIndex:
         limit: int,
         flt: SearchFilter | None = None,
     ) -> list[Hit]:
-        qfilter = self._filter(workspace, flt)
+        qfilter = _WHERE.where(workspace, flt)
         sparse_vec = models.SparseVector(indices=sparse[0], values=sparse[1]) if sparse and sparse[0] else None
         # The cosine of every hit: the dense search gives it; otherwise it is computed from the stored vector.
         with_vectors: Any = [DENSE] if dense is not None and mode is not SearchMode.DENSE else False
@@ -288,7 +238,7 @@ class QdrantIndex:
             return {}
         if not sparse[0]:
             return dict.fromkeys(point_ids, 0.0)
-        qfilter = models.Filter(must=[_match("workspace", workspace), models.HasIdCondition(has_id=list(point_ids))])
+        qfilter = _WHERE.all([_WHERE.match("workspace", workspace), models.HasIdCondition(has_id=list(point_ids))])
         with self._guard():
             res = self.client.query_points(
                 self.collection,
@@ -317,29 +267,6 @@ class QdrantIndex:
             yield from records
             if offset is None:
                 return
-
-    def file_chunks(self, workspace: str, file_id: str, revision: str) -> list[Hit]:
-        flt = models.Filter(
-            must=[_match("workspace", workspace), _match("file_id", file_id), _match("revision", revision)]
-        )
-        hits = [hit_of(str(r.id), 0.0, r.payload or {}) for r in self._scroll(flt, True)]
-        return sorted(hits, key=lambda h: h.chunk_index)
-
-    def file_revisions(self, workspace: str, file_id: str) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        flt = models.Filter(must=[_match("workspace", workspace), _match("file_id", file_id)])
-        for r in self._scroll(flt, ["revision"]):
-            revision = (r.payload or {})["revision"]
-            counts[revision] = counts.get(revision, 0) + 1
-        return counts
-
-    def revision_counts(self, workspace: str) -> dict[tuple[str, str], int]:
-        counts: dict[tuple[str, str], int] = {}
-        for r in self._scroll(models.Filter(must=[_match("workspace", workspace)]), ["file_id", "revision"]):
-            pl = r.payload or {}
-            key = (pl["file_id"], pl["revision"])
-            counts[key] = counts.get(key, 0) + 1
-        return counts
 
 
 def _held_by_another_process(path: str) -> bool:
