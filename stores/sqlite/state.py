@@ -7,6 +7,7 @@ import sqlite3
 import time
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 from stores.events import EventStatus, FileEvent
 from stores.outbox import Delivery
@@ -213,23 +214,7 @@ class SqliteStateStore(SqliteListings):
                 # (>= 'a'): a legacy position is replaced by anything.
                 " WHERE documents.position IS NULL OR documents.position <= excluded.position"
                 " OR documents.position >= 'a'",
-                (
-                    record.workspace,
-                    record.file_id,
-                    record.path,
-                    record.status.value,
-                    record.position,
-                    record.revision,
-                    record.version,
-                    record.content_type,
-                    record.chunk_count,
-                    record.embedded,
-                    record.reused,
-                    record.last_event_id,
-                    record.last_error,
-                    json.dumps(record.metadata),
-                    time.time(),
-                ),
+                (record.workspace, record.file_id, *_document_columns(record)),
             )
             return cur.rowcount == 1
 
@@ -242,25 +227,7 @@ class SqliteStateStore(SqliteListings):
                 " metadata = ?, updated_at = ?"
                 " WHERE workspace = ? AND file_id = ? AND revision = ?"
                 " AND (position IS NULL OR position <= ? OR position >= 'a')",
-                (
-                    record.path,
-                    record.status.value,
-                    record.position,
-                    record.revision,
-                    record.version,
-                    record.content_type,
-                    record.chunk_count,
-                    record.embedded,
-                    record.reused,
-                    record.last_event_id,
-                    record.last_error,
-                    json.dumps(record.metadata),
-                    time.time(),
-                    record.workspace,
-                    record.file_id,
-                    revision,
-                    record.position,
-                ),
+                (*_document_columns(record), record.workspace, record.file_id, revision, record.position),
             )
             return cur.rowcount == 1
 
@@ -314,3 +281,22 @@ class SqliteStateStore(SqliteListings):
 
     def close(self) -> None:
         self.db.close()
+
+
+def _document_columns(record: DocumentRecord) -> tuple[Any, ...]:
+    """A document record's columns from `path` to `updated_at`, in the order the documents table lists them."""
+    return (
+        record.path,
+        record.status.value,
+        record.position,
+        record.revision,
+        record.version,
+        record.content_type,
+        record.chunk_count,
+        record.embedded,
+        record.reused,
+        record.last_event_id,
+        record.last_error,
+        json.dumps(record.metadata),
+        time.time(),
+    )
