@@ -4,12 +4,14 @@
 
 *Choice.* Every unit is scored against the question: the share of the question's terms it holds (stemmed
 BM25 tokens, each weighted by how rare it is among the candidate units), its cosine similarity to the
-question (when an embedding function is given), and a bonus for a number when the question asks for an
+question (when an embedding function is given: the unit's vector stored with the passage at ingest,
+pooled from the chunk's own token embeddings, or for passages indexed without them the unit embedded
+here), and a bonus for a number when the question asks for an
 amount or a date. A quote is the best unit plus the neighbours of its block that read with it: the
 sentence before when the unit opens with a word that points back ("This", "However", "It"), and
-neighbours that score almost as well, up to `max_units` units and `max_chars` characters. Quotes never
-overlap (also across passages that share text: chunks of one file overlap), and a passage gives at most
-`per_passage` quotes.
+neighbours that score almost as well (80% of its score), up to `max_units` units and `max_chars`
+characters. Quotes never overlap (also across passages that share text: chunks of one file overlap), and a
+passage gives at most `per_passage` quotes.
 
 An extract is an offset range into its passage's text; `extract.text(passage)` shows it with runs of
 whitespace as single spaces, which is the only liberty an extractive answer takes with a quote.
@@ -83,7 +85,7 @@ class Extractor:
         per_passage: int = 1,
         dense_weight: float = 0.5,
         number_bonus: float = 0.1,
-        context_share: float = 0.7,
+        context_share: float = 0.8,
     ) -> None:
         self.terms = terms
         self.embedder = embedder
