@@ -203,7 +203,6 @@ def pool_spans(
     starts = np.asarray([offsets[i][0] for i in real])
     ends = np.asarray([offsets[i][1] for i in real])
     rows = np.asarray(token_vectors, dtype=np.float32)[real]
-    cumulative = np.vstack([np.zeros((1, rows.shape[1]), dtype=np.float64), np.cumsum(rows, axis=0, dtype=np.float64)])
     kept: list[tuple[int, int]] = []
     pooled = []
     for a, b in spans:
@@ -211,7 +210,7 @@ def pool_spans(
         last = int(np.searchsorted(starts, b, side="left"))  # one past the last token starting before its end
         if last <= first:
             continue
-        v = (cumulative[last] - cumulative[first]) / (last - first)
+        v = rows[first:last].mean(axis=0)
         norm = float(np.linalg.norm(v))
         if norm > 0:
             kept.append((a, b))
