@@ -311,7 +311,9 @@ class Settings(BaseSettings):
     onnx_cache_dir: Path | None = Field(
         None, description="where ONNX exports are cached; unset = $XDG_CACHE_HOME/eventrag/onnx (~/.cache)"
     )
-    embedding_batch_size: int = Field(32, ge=1, le=1024)
+    embedding_batch_size: int | None = Field(
+        None, ge=1, le=1024, description="texts per model call; unset = 32 for torch, 8 for the ONNX backends"
+    )
     llm_model: str | None = Field(None, description="chat model name; unset = extractive answers")
     llm_timeout_seconds: float = Field(60.0, gt=0)
 

@@ -74,7 +74,7 @@ def evaluate(
     from rich.progress import Progress
     from rich.table import Table
 
-    from app.container import build_embedder, build_query_embedder
+    from app.container import build_embedder, build_query_embedder, embedding_batch_size
     from app.evaluation.answers import RationaleFormatError, load_rationales
     from app.evaluation.runner import CHUNKED, WHOLE_DOCUMENT, AnswerRequest, EvaluationError, load_beir
     from app.evaluation.runner import evaluate as run_evaluation
@@ -117,7 +117,7 @@ def evaluate(
         "chunk_tokens": base.chunking.chunk_tokens,
         "overlap_tokens": base.chunking.overlap_tokens,
         "worker_batch_size": batch_size,
-        "embedding_batch_size": base.embedding_batch_size,
+        "embedding_batch_size": embedding_batch_size(base, backend),
         "bm25": {"k1": bm25.k1, "b": bm25.b, "avg_doc_tokens": bm25.avg_doc_tokens},
         "group_by_document": True,
         "rank_depth": 100,
