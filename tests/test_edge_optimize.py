@@ -334,3 +334,29 @@ def test_a_crash_at_any_step_of_an_online_optimize_keeps_every_acknowledged_writ
         assert index.revision_counts("acme") == expected
     finally:
         index.close()
+
+
+def test_the_server_optimizes_its_index_online_and_keeps_answering(make_harness: Any) -> None:
+    """`eventrag serve`'s path: the container starts the maintenance with the worker; once enough points
+    were written it swaps in an optimized generation, and the same question gets the same answer."""
+    from tests.fakes.webhooks import file_event
+    from tests.test_end_to_end import EXPENSES, LEAVE_V1
+
+    h = make_harness(edge={"optimize_after_points": 2, "optimize_check_seconds": 0.05})
+    h.post_event(file_event("created", "doc-leave", path="handbook/leave.md", content=LEAVE_V1, version=1))
+    h.post_event(file_event("created", "doc-travel", path="handbook/travel.md", content=EXPENSES, version=1))
+    assert h.drain() == 2
+    question = "How many days of annual leave do employees get?"
+    before = h.query(question).json()
+    index = h.container.index
+    assert isinstance(index, EdgeIndex) and "shard" not in index.read_meta()
+
+    h.container.start_index_maintenance()
+    deadline = time.monotonic() + WAIT
+    while "shard" not in index.read_meta() and time.monotonic() < deadline:
+        assert h.query(question).json()["citations"] == before["citations"]  # answering all along
+        time.sleep(0.05)
+    assert index.read_meta()["shard"] == f"{GENERATIONS}/gen-000001"
+    after = h.query(question).json()
+    assert after["citations"] == before["citations"] and after["answer"] == before["answer"]
+    h.container.stop_index_maintenance()
