@@ -11,12 +11,13 @@ never optimizes its own shard. Instead (`optimize_online`):
    which writes them into a new shard with the live one's configuration and payload indexes, optimizes it
    (HNSW graphs, no deleted points), flushes it and exits. The child runs at a lower priority; the serving
    process only waits for it.
-3. *Load and replay*: the serving process opens the copy (the one step whose stall grows with the index:
-   docs/performance.md has the figures) and applies the journal to it in batches, while new writes keep
-   landing in the live shard and the journal.
+3. *Load and replay*: the serving process opens the copy (one of the two calls every thread of the
+   process waits for, with the old shard's close in step 4: about half a second each at 50,000 chunks,
+   docs/performance.md) and applies the journal to it in batches, while new writes keep landing in the
+   live shard and the journal.
 4. *Swap* (`EdgeIndex.swap`): under the write lock, the last few journaled writes are applied, the metadata
-   file names the new generation (the commit) and reads move to it; the old shard closes once its reads end,
-   and its files are removed.
+   file names the new generation (the commit) and reads move to it; the old shard's files are removed and
+   it closes once its reads end.
 
 Replaying is exact because every write eventrag puts in the journal decides its effect from point ids alone
 (an upsert sets a point; a delete or a version change selects points by workspace, file and revision, which

@@ -360,3 +360,22 @@ def test_the_server_optimizes_its_index_online_and_keeps_answering(make_harness:
     after = h.query(question).json()
     assert after["citations"] == before["citations"] and after["answer"] == before["answer"]
     h.container.stop_index_maintenance()
+
+
+def test_optimize_index_still_optimizes_offline_after_an_online_optimize(make_harness: Any) -> None:
+    from tests.fakes.cli import run_cli
+    from tests.fakes.webhooks import file_event
+    from tests.test_end_to_end import LEAVE_V1
+
+    h = make_harness()
+    h.post_event(file_event("created", "doc-leave", path="handbook/leave.md", content=LEAVE_V1, version=1))
+    assert h.drain() == 1
+    index = h.container.index
+    assert isinstance(index, EdgeIndex) and optimize_online(index) is not None
+    points = index.points_count()
+    h.container.close()  # the CLI opens the index itself: one process per shard
+
+    out = run_cli("optimize-index", data_dir=h.settings.data_dir)
+    assert out.returncode == 0, out.stderr
+    assert f"({points} points)" in out.stdout and "gen-000001" in out.stdout
+    assert out.stdout.strip().endswith(("optimized", "already optimal"))

@@ -49,7 +49,7 @@ def optimize_index(data_dir: DataDirOpt = None) -> None:
         if not isinstance(index, EdgeIndex):
             typer.echo("the index is not the embedded Edge shard: a Qdrant server optimizes itself")
             return
-        typer.echo(f"optimizing {index.path} ({index.points_count()} points)...")
+        typer.echo(f"optimizing {index.shard_dir} ({index.points_count()} points)...")
         changed = index.optimize()
         typer.echo("optimized" if changed else "already optimal")
     finally:
