@@ -443,11 +443,43 @@ class Container:
         the GIL (imports hold it for seconds). No-op with SQS."""
         if self.settings.queue_backend is QueueBackend.LOCAL and self.loop is not None:
             self.loop.start()
+            self.start_index_maintenance()
 
     def stop_worker(self) -> None:
+        self.stop_index_maintenance()
         with self._write_lock:
             if self._write is not None and self._write.loop is not None:
                 self._write.loop.stop()
+
+    def start_index_maintenance(self) -> None:
+        """`eventrag serve` with the embedded Edge index: optimize it online in the background once enough
+        points were written (`EVENTRAG_EDGE__*`, `stores.edge_rebuild`). No-op for a Qdrant server (it
+        optimizes itself) or with online optimizing turned off."""
+        e = self.settings.edge
+        if e.optimize_after_points <= 0:
+            return
+        from stores.edge import EdgeIndex
+
+        index = self.index
+        if not isinstance(index, EdgeIndex):
+            return
+
+        def build() -> Any:
+            from stores.edge_rebuild import EdgeMaintenance
+
+            return EdgeMaintenance(
+                index,
+                after_points=e.optimize_after_points,
+                growth=e.optimize_growth,
+                check_seconds=e.optimize_check_seconds,
+            )
+
+        self._once("edge_maintenance", build).start()
+
+    def stop_index_maintenance(self) -> None:
+        maintenance = self._built.get("edge_maintenance")
+        if maintenance is not None:
+            maintenance.stop()
 
     def recover(self) -> None:
         """Start-up recovery: give back the leases of consumers that are gone (never a live process's),
@@ -464,6 +496,7 @@ class Container:
         requeue_received(self.state, self.queue)
 
     def close(self) -> None:
+        self.stop_index_maintenance()
         if self._write is not None and self._write.loop is not None:
             self._write.loop.stop()
         self.stop_relay()

@@ -47,6 +47,22 @@ class ChunkingSettings(BaseModel):
         return self
 
 
+class EdgeSettings(BaseModel):
+    """When `eventrag serve` optimizes its embedded Edge index, online (`stores.edge_rebuild`): an optimized
+    copy built in a child process and swapped in, so no request waits for the optimize itself."""
+
+    optimize_after_points: int = Field(
+        10_000,
+        ge=0,
+        description="optimize online once this many points were written since the last optimize (0: never"
+        " online; `eventrag optimize-index` still optimizes offline)",
+    )
+    optimize_growth: float = Field(
+        0.2, ge=0, description="and once they are at least this share of the points optimized last time"
+    )
+    optimize_check_seconds: float = Field(60.0, gt=0, description="how often the server checks")
+
+
 class WorkerSettings(BaseModel):
     batch_size: int = Field(8, ge=1, le=256, description="events claimed (and embedded together) per batch")
     threads: int = Field(1, ge=1, le=32, description="worker threads in `eventrag serve`")
@@ -346,6 +362,7 @@ class Settings(BaseSettings):
 
     chunking: ChunkingSettings = Field(default_factory=ChunkingSettings)  # type: ignore[arg-type]
     worker: WorkerSettings = Field(default_factory=WorkerSettings)  # type: ignore[arg-type]
+    edge: EdgeSettings = Field(default_factory=EdgeSettings)  # type: ignore[arg-type]
     parsing: ParsingSettings = Field(default_factory=ParsingSettings)  # type: ignore[arg-type]
     fetch: FetchSettings = Field(default_factory=FetchSettings)  # type: ignore[arg-type]
     agent: AgentSettings = Field(default_factory=AgentSettings)  # type: ignore[arg-type]

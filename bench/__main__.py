@@ -1,6 +1,7 @@
 """`python -m bench`: every figure of docs/performance.md, measured in one run, printed as ratios.
 
-    python -m bench                       # ingest per backend, re-sync, /query, cold start, search at scale
+    python -m bench                       # ingest per backend, re-sync, /query, cold start, search at scale,
+                                          # the Edge shard optimized online
     python -m bench --quick               # smaller sizes, for a smoke run
     python -m bench --peers               # also LlamaIndex and LangChain (pip install -e ".[bench]")
     python -m bench --json out.json       # also write every figure
@@ -90,14 +91,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backends", default="torch,onnx,onnx-int8")
     parser.add_argument("--sizes", default="10000,50000,200000", help="chunks for the engine search bench")
     parser.add_argument("--local-max", type=int, default=50000, help="largest size measured on local mode")
-    parser.add_argument("--sections", default="ingest,resync,query,cold,search,peers")
+    parser.add_argument("--sections", default="ingest,resync,query,cold,search,optimize,peers")
+    parser.add_argument("--optimize-size", type=int, default=50000, help="chunks for the online optimize bench")
     parser.add_argument("--peers", action="store_true", help="also LlamaIndex and LangChain")
     parser.add_argument("--quick", action="store_true", help="200 docs, 2,000 / 10,000 chunks")
     parser.add_argument("--scifact", type=Path, default=SCIFACT)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.quick:
-        args.docs, args.sizes, args.local_max = 200, "2000,10000", 10000
+        args.docs, args.sizes, args.local_max, args.optimize_size = 200, "2000,10000", 10000, 10000
     sections = set(args.sections.split(","))
     if not args.peers:
         sections.discard("peers")
@@ -186,6 +188,14 @@ def main(argv: list[str] | None = None) -> int:
                 ],
             )
         )
+    if "optimize" in sections:
+        from bench.online_optimize import measure_online
+
+        online = measure_online(args.optimize_size)
+        report["optimize"] = online
+        stalls = online.pop("longest_stall_ms")
+        emit(_table("Edge optimized online while serving (synthetic, clustered vectors)", [online], list(online)))
+        emit(_table("Longest wait of the serving process's other threads, per step", [stalls], list(stalls)))
     report["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     emit(
         f"\nload average (1, 5, 15 min) at start {report['machine']['load_average_at_start']}, at end "

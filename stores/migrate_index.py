@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from stores.edge import EdgeIndex
+from stores.edge import EdgeIndex, index_exists
 from stores.points import DENSE, SPARSE
 
 log = logging.getLogger(__name__)
@@ -22,7 +22,7 @@ MIGRATED_SUFFIX = ".migrated-to-edge"
 
 
 def needs_migration(local_path: Path, edge_path: Path) -> bool:
-    return (local_path / "collection").is_dir() and not (edge_path / "edge_config.json").exists()
+    return (local_path / "collection").is_dir() and not index_exists(edge_path)
 
 
 def migrate_local_to_edge(local_path: Path, collection: str, edge_path: Path) -> int:
@@ -64,7 +64,7 @@ def migrate_local_to_edge(local_path: Path, collection: str, edge_path: Path) ->
                         vector[SPARSE] = qe.SparseVector(list(sparse.indices), list(sparse.values))  # type: ignore[union-attr]
                     points.append(qe.Point(str(r.id), vector, r.payload or {}))
                 if points:
-                    index.shard.update(qe.UpdateOperation.upsert_points(points))
+                    index.apply(qe.UpdateOperation.upsert_points(points), len(points))
                     moved += len(points)
                 if offset is None:
                     break

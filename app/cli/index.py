@@ -38,8 +38,9 @@ def export_onnx(
 
 @app.command("optimize-index")
 def optimize_index(data_dir: DataDirOpt = None) -> None:
-    """Build the embedded Edge index's HNSW graphs and vacuum deleted points. It blocks the process that
-    runs it, so it runs here, offline, never inside `eventrag serve` (stop the server first)."""
+    """Build the embedded Edge index's HNSW graphs and vacuum deleted points, in place. It blocks the
+    process that runs it, so it runs here, offline, with the server stopped; `eventrag serve` optimizes
+    online by itself (EVENTRAG_EDGE__OPTIMIZE_AFTER_POINTS)."""
     from stores.edge import EdgeIndex
 
     c = open_container(load_settings(data_dir))
@@ -48,7 +49,7 @@ def optimize_index(data_dir: DataDirOpt = None) -> None:
         if not isinstance(index, EdgeIndex):
             typer.echo("the index is not the embedded Edge shard: a Qdrant server optimizes itself")
             return
-        typer.echo(f"optimizing {index.path} ({index.points_count()} points)...")
+        typer.echo(f"optimizing {index.shard_dir} ({index.points_count()} points)...")
         changed = index.optimize()
         typer.echo("optimized" if changed else "already optimal")
     finally:
