@@ -110,6 +110,16 @@ class Recorder:
     def embed_query(self, text: str) -> list[float]:
         return list(self.inner.embed_query(text))
 
+    def embed_with_units(
+        self, texts: Sequence[str], spans: Sequence[Sequence[tuple[int, int]]]
+    ) -> tuple[list[list[float]], list[Any]]:
+        t0 = time.perf_counter()
+        vectors, pooled = self.inner.embed_with_units(texts, spans)
+        self.model_seconds += time.perf_counter() - t0
+        self.texts.extend(texts)
+        self.batches.append(len(texts))
+        return list(vectors), list(pooled)
+
 
 @dataclass
 class Store:

@@ -22,9 +22,12 @@ def raw_encode_seconds(store: Store) -> float:
 
 def ingest(docs: list[Doc], backend: str, *, keep: bool = False) -> tuple[dict[str, Any], Store | None]:
     store = open_store(backend)
-    _ = store.recorder.dimension  # the model loads before the clock starts, as in a running server
-    # One full batch of real texts, not recorded: the first calls of a model at a new shape are slow.
+    # The model loads and the worker's parts (index, parse sandbox) start before the clock, as in a
+    # running server. One full batch of real texts, not recorded: the first calls of a model at a new
+    # shape are slow.
+    _ = store.recorder.dimension
     store.recorder.inner.embed_documents([d.text for d in docs[: store.recorder.inner.batch_size]])
+    _ = store.container.loop
     received = send(store, docs, 1)
     total = drain(store)
     chunks = len(store.recorder.texts)

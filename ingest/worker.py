@@ -38,7 +38,7 @@ from ingest.errors import PermanentError, SourceNotFoundError, SourceUnavailable
 from ingest.notifications import Change, deliveries_for
 from ingest.parsing import ParsedDocument, parse
 from ingest.revisions import fingerprint, is_older, revision_fingerprint, revision_name, revision_position
-from stores.embedding import embed_with_cache
+from stores.embedding import Embedded, embed_with_cache
 from stores.events import (
     EventKey,
     EventStatus,
@@ -72,6 +72,7 @@ from stores.telemetry import (
     INGEST_LAG,
     bind,
 )
+from stores.units import unit_spans
 
 log = logging.getLogger(__name__)
 
@@ -131,13 +132,14 @@ class Plan:
     kept: DocumentRecord | None = None  # KEEP: the record whose revision stays
     chunks: list[Chunk] = field(default_factory=list)
     embed_texts: list[str] = field(default_factory=list)
+    unit_spans: list[list[tuple[int, int]]] = field(default_factory=list)  # per chunk, in its embed text
     token_counts: list[int] = field(default_factory=list)
     title: str | None = None
     content_type: str | None = None  # for the document record: the parsed type and its charset
     indexed_type: str | None = None  # for the chunks: the parsed type alone (what filters match)
     reason: str | None = None
-    vectors: list[list[float]] = field(default_factory=list)
-    partial: dict[int, list[float]] = field(default_factory=dict)  # vectors known so far, by text index
+    vectors: list[Embedded] = field(default_factory=list)
+    partial: dict[int, Embedded] = field(default_factory=dict)  # vectors known so far, by text index
     embedded: int = 0
     reused: int = 0
 
@@ -384,6 +386,8 @@ class IngestWorker:
             revision=revision_name(ev.position, print_),
             chunks=chunks,
             embed_texts=[f"{prefix}\n{c.text}" for c in chunks],
+            # Each chunk's units, as spans of its embedded text: their vectors come from the same pass.
+            unit_spans=[[(a + len(prefix) + 1, b + len(prefix) + 1) for a, b in unit_spans(c.text)] for c in chunks],
             token_counts=[c.token_count + reserved for c in chunks],
             title=title,
             content_type=_recorded_type(parsed),
@@ -477,6 +481,7 @@ class IngestWorker:
             [p.token_counts[i] for p, i in wanted],
             self.config.embed_batch_size,
             scopes=[p.event.workspace for p, _ in wanted],
+            spans=[p.unit_spans[i] for p, i in wanted],
             whole_batches_only=whole_batches_only,
         )
         for (p, i), vec, cached in zip(wanted, vectors, stats.cached, strict=True):
@@ -540,12 +545,13 @@ class IngestWorker:
                     version=ev.version,
                     content_type=plan.indexed_type,
                     chunk=chunk,
-                    dense=vec,
+                    dense=vec.vector,
                     sparse=sp,
                     metadata=dict(ev.metadata),
                     title=plan.title,
+                    units=vec.units.shifted(-(len(text) - len(chunk.text))) if vec.units is not None else None,
                 )
-                for chunk, vec, sp in zip(plan.chunks, plan.vectors, sparse, strict=True)
+                for chunk, text, vec, sp in zip(plan.chunks, plan.embed_texts, plan.vectors, sparse, strict=True)
             ]
             self.index.upsert(points)
             self._step("upserted", ev)

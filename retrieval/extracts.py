@@ -1,24 +1,17 @@
 """Extracts: the quotes an extractive answer is made of, each one contiguous span of one passage.
 
-*Units.* A passage is cut into blocks, then units:
-
-- a blank line ends a block; a Markdown heading, a table row (a line starting with `|`, or holding a tab)
-  and a line of fenced code are blocks of one unit each;
-- a list item (`-`, `*`, `+`, `•`, `1.`, `2)`, `(a)`, `(iv)`, `3.1.`) starts a block; the lines after it
-  that start no new item continue it, as hard-wrapped text does (a numbered line starts an item only
-  after a line that ends a clause: wrapped prose can put "2.1 of this License" at a line start);
-- any other line continues the block before it: a hard-wrapped paragraph is one block, its line breaks
-  are spaces, so a sentence that runs over three lines is one unit;
-- inside a block, units are sentences (`stores.sentences`: the chunker's own rule for where one ends).
+*Units* are `stores.units.units`: sentences, list-item sentences, headings, table rows, code lines.
 
 *Choice.* Every unit is scored against the question: the share of the question's terms it holds (stemmed
 BM25 tokens, each weighted by how rare it is among the candidate units), its cosine similarity to the
-question (when an embedding function is given), and a bonus for a number when the question asks for an
+question (when an embedding function is given: the unit's vector stored with the passage at ingest,
+pooled from the chunk's own token embeddings, or for passages indexed without them the unit embedded
+here), and a bonus for a number when the question asks for an
 amount or a date. A quote is the best unit plus the neighbours of its block that read with it: the
 sentence before when the unit opens with a word that points back ("This", "However", "It"), and
-neighbours that score almost as well, up to `max_units` units and `max_chars` characters. Quotes never
-overlap (also across passages that share text: chunks of one file overlap), and a passage gives at most
-`per_passage` quotes.
+neighbours that score almost as well (80% of its score), up to `max_units` units and `max_chars`
+characters. Quotes never overlap (also across passages that share text: chunks of one file overlap), and a
+passage gives at most `per_passage` quotes.
 
 An extract is an offset range into its passage's text; `extract.text(passage)` shows it with runs of
 whitespace as single spaces, which is the only liberty an extractive answer takes with a quote.
@@ -30,25 +23,14 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from stores.ports import Embedder
-from stores.sentences import sentence_ends, trim
 from stores.sparse import Bm25Encoder
+from stores.units import Unit, UnitVectors, units
 
-_HEADING = re.compile(r"#{1,6}[ \t]+\S")
-_HEADING_MARKS = re.compile(r"#{1,6}[ \t]+")
-_BULLET = re.compile(r"[-*+•][ \t]+")
-_ITEM = re.compile(
-    r"""(?:[-*+•]                    # bullets
-        |\d{1,3}(?:\.\d{1,3})*[.)]   # 1.  2)  3.1.
-        |\d{1,3}(?:\.\d{1,3})+       # 3.1 (a section number without a final period)
-        |\(?[a-zA-Z]\)               # (a)  a)
-        |\((?:[ivxlc]{1,6}|\d{1,3})\)  # (iv)  (2)
-       )[ \t]+\S""",
-    re.VERBOSE,
-)
-_RULE = re.compile(r"([-=*_])(?:[ \t]*\1){2,}")  # "---", "===", "* * *": a thematic break or an underline
-_FENCE = re.compile(r"[ \t]{0,3}(```|~~~)")
 _DIGIT = re.compile(r"\d")
 # Openers that point back at the sentence before: a quote starting with one reads wrong alone.
 _POINTS_BACK = frozenset(
@@ -67,16 +49,6 @@ _WANTS_NUMBER = re.compile(
 
 
 @dataclass(frozen=True, slots=True)
-class Unit:
-    """A sentence, list-item sentence, heading or table row: `text[start:end]` of the passage, trimmed."""
-
-    start: int
-    end: int
-    block: int
-    kind: str  # "sentence" | "heading" | "row" | "code"
-
-
-@dataclass(frozen=True, slots=True)
 class Extract:
     """Quote `text[start:end]` of passage number `passage` (0-based, in the order given)."""
 
@@ -87,75 +59,6 @@ class Extract:
 
     def text(self, passage_text: str) -> str:
         return " ".join(passage_text[self.start : self.end].split())
-
-
-def units(text: str) -> list[Unit]:
-    """The units of a passage in order (see the module docstring), as trimmed offset ranges."""
-    out: list[Unit] = []
-    block = -1
-    # The open block of prose: (start, end, end of its item marker; a period there ends no sentence).
-    paragraph: tuple[int, int, int] | None = None
-    in_code = False
-
-    def close(kind: str = "sentence") -> None:
-        nonlocal paragraph
-        if paragraph is not None:
-            a, b, marker_end = paragraph
-            ends = [] if kind == "heading" else [e for e in sentence_ends(text, a, b) if e > marker_end]
-            cuts = [a, *ends, b]
-            for x, y in zip(cuts, cuts[1:], strict=False):
-                x, y = trim(text, x, y)
-                if x < y:
-                    out.append(Unit(x, y, block, kind))
-            paragraph = None
-
-    def single(a: int, b: int, kind: str) -> None:
-        nonlocal block
-        close()
-        a, b = trim(text, a, b)
-        if a < b:
-            block += 1
-            out.append(Unit(a, b, block, kind))
-
-    line_start = 0
-    for line in text.split("\n"):
-        line_end = line_start + len(line)
-        stripped = line.strip()
-        content_start = line_start + len(line) - len(line.lstrip())
-        if _FENCE.match(line):
-            in_code = not in_code
-            single(line_start, line_end, "code")
-        elif in_code:
-            single(line_start, line_end, "code")
-        elif not stripped:
-            close()
-        elif _RULE.fullmatch(stripped):
-            # "Title" over "-----" or "=====" is a (setext) heading; any other rule only separates blocks.
-            one_line = paragraph is not None and "\n" not in text[paragraph[0] : paragraph[1]]
-            close("heading" if one_line and stripped[0] in "-=" else "sentence")
-        elif _HEADING.match(stripped):
-            heading = _HEADING_MARKS.match(stripped)
-            assert heading is not None
-            single(content_start + heading.end(), line_end, "heading")
-        elif stripped.startswith("|") or "\t" in stripped:
-            single(line_start, line_end, "row")
-        elif (
-            paragraph is None
-            or _BULLET.match(stripped)
-            or (_ITEM.match(stripped) and _ends_clause(text, paragraph[:2]))
-        ):
-            close()
-            block += 1
-            bullet = _BULLET.match(stripped)
-            item = _ITEM.match(stripped)
-            # A bullet is layout, not text: the quote starts at the item's first word.
-            start = content_start + (bullet.end() if bullet else 0)
-            paragraph = (start, line_end, content_start + item.end() - 1 if item else start)
-        else:
-            paragraph = (paragraph[0], line_end, paragraph[2])  # a hard-wrapped line: the block goes on
-        line_start = line_end + 1
-    close()
-    return out
 
 
 @dataclass(slots=True)
@@ -182,7 +85,7 @@ class Extractor:
         per_passage: int = 1,
         dense_weight: float = 0.5,
         number_bonus: float = 0.1,
-        context_share: float = 0.7,
+        context_share: float = 0.8,
     ) -> None:
         self.terms = terms
         self.embedder = embedder
@@ -199,11 +102,16 @@ class Extractor:
         return {w for w in re.findall(r"[^\W_]+", text.lower())}
 
     def score_units(
-        self, question: str, texts: Sequence[str], question_vector: Sequence[float] | None = None
+        self,
+        question: str,
+        texts: Sequence[str],
+        question_vector: Sequence[float] | None = None,
+        known: Sequence[np.ndarray[Any, Any] | None] | None = None,
     ) -> list[float]:
         """One score per unit text: term coverage, similarity and the number bonus, combined.
         `question_vector` is the question's embedding by `self.embedder` when the caller has it already
-        (the search made it); without it the question is embedded here."""
+        (the search made it); without it the question is embedded here. `known[i]`: the vector of
+        `texts[i]` stored at ingest, when there is one; only the others are embedded here."""
         if not texts:
             return []
         q_terms = self.tokens(question)
@@ -218,9 +126,17 @@ class Extractor:
         lexical = [sum(weight[t] for t in ts & q_terms) / total for ts in unit_terms]
         dense = [0.0] * n
         if self.embedder is not None and self.dense_weight > 0:
-            q = question_vector if question_vector is not None else self.embedder.embed_query(question)
+            q = np.asarray(
+                question_vector if question_vector is not None else self.embedder.embed_query(question),
+                dtype=np.float32,
+            )
+            vectors: list[np.ndarray[Any, Any] | None] = list(known) if known is not None else [None] * n
+            todo = [i for i, v in enumerate(vectors) if v is None]
+            if todo:
+                for i, v in zip(todo, self.embedder.embed_documents([texts[i] for i in todo]), strict=True):
+                    vectors[i] = np.asarray(v, dtype=np.float32)
             # Unit-length vectors (the index is cosine): the dot product is the cosine similarity.
-            dense = [sum(a * b for a, b in zip(q, v, strict=True)) for v in self.embedder.embed_documents(texts)]
+            dense = [float(np.dot(q, v)) if v is not None else 0.0 for v in vectors]
         wants_number = bool(_WANTS_NUMBER.search(question))
         scores = []
         for i, text in enumerate(texts):
@@ -237,19 +153,29 @@ class Extractor:
         max_quotes: int = 3,
         *,
         question_vector: Sequence[float] | None = None,
+        unit_vectors: Sequence[UnitVectors | None] | None = None,
     ) -> list[Extract]:
         """At most `max_quotes` non-overlapping extracts, best first; each one span of one passage.
 
         `passages` are the passage texts in rank order. Overlap is judged on the text: a sentence that two
         overlapping chunks of one file both hold is quoted once. `question_vector`: see `score_units`.
+        `unit_vectors[p]`: the vectors the index stored for passage p's units (by span), if any.
         """
         per_passage = [units(p) for p in passages]
         # Score each distinct unit text once: overlapping chunks repeat sentences.
         distinct: dict[str, int] = {}
-        for p, us in zip(passages, per_passage, strict=True):
+        known: list[np.ndarray[Any, Any] | None] = []
+        for n, (p, us) in enumerate(zip(passages, per_passage, strict=True)):
+            given = unit_vectors[n] if unit_vectors is not None else None
+            stored = given.by_span() if given is not None else {}
             for u in us:
-                distinct.setdefault(" ".join(p[u.start : u.end].split()), len(distinct))
-        scores = self.score_units(question, list(distinct), question_vector)
+                key = " ".join(p[u.start : u.end].split())
+                at = distinct.setdefault(key, len(distinct))
+                if at == len(known):
+                    known.append(None)
+                if known[at] is None:
+                    known[at] = stored.get((u.start, u.end))
+        scores = self.score_units(question, list(distinct), question_vector, known)
 
         def unit_score(p: int, u: Unit) -> float:
             s = scores[distinct[" ".join(passages[p][u.start : u.end].split())]]
@@ -304,13 +230,6 @@ class Extractor:
                 grown = True
             if not grown:
                 return first, last
-
-
-def _ends_clause(text: str, paragraph: tuple[int, int]) -> bool:
-    """Does the open block end like a sentence or clause? Only then does a numbered line start an item: in
-    hard-wrapped prose a line may well begin with "2.1 of this License" or "(a) provisionally"."""
-    a, b = trim(text, *paragraph)
-    return a < b and text[b - 1] in ".:;!?)"
 
 
 def _overlaps(text: str, quoted: Sequence[str]) -> bool:

@@ -15,7 +15,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +24,7 @@ import numpy as np
 
 from stores.ports import Embedder, EmbeddingCache
 from stores.telemetry import EMBED_BATCH_SIZE, EMBED_SECONDS
+from stores.units import UnitVectors, pool_spans
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -117,10 +118,44 @@ class SentenceTransformerEmbedder:
     def embed_query(self, text: str) -> list[float]:
         return self._encode([text])[0].astype(np.float32).tolist()  # type: ignore[no-any-return]
 
+    def embed_with_units(
+        self, texts: Sequence[str], spans: Sequence[Sequence[tuple[int, int]]]
+    ) -> tuple[list[list[float]], list[UnitVectors | None]]:
+        """`embed_documents`, and each text's span vectors pooled from the same forward pass (the model's
+        own modules on features tokenized here with offsets: one pass gives both)."""
+        if not texts:
+            return [], []
+        import torch
 
-def text_key(text: str, scope: str = "") -> str:
-    """The cache key of `text` embedded for `scope` (the workspace)."""
-    return hashlib.sha256(f"{scope}\x1f{text}".encode()).hexdigest()
+        model = self.model
+        vectors: list[list[float]] = []
+        pooled: list[UnitVectors | None] = []
+        with self._encode_lock, torch.inference_mode():
+            for b in range(0, len(texts), self.batch_size):
+                part = list(texts[b : b + self.batch_size])
+                features = model.tokenizer(
+                    part,
+                    padding=True,
+                    truncation=True,
+                    max_length=model.max_seq_length,
+                    return_offsets_mapping=True,
+                    return_tensors="pt",
+                )
+                offsets = features.pop("offset_mapping").tolist()
+                out = model(dict(features))
+                sentence = torch.nn.functional.normalize(out["sentence_embedding"], p=2, dim=1)
+                vectors.extend(sentence.float().numpy().tolist())
+                tokens = out["token_embeddings"].float().numpy()
+                for i, text_spans in enumerate(spans[b : b + self.batch_size]):
+                    pooled.append(pool_spans(tokens[i], [(int(x), int(y)) for x, y in offsets[i]], text_spans))
+        return vectors, pooled
+
+
+def text_key(text: str, scope: str = "", spans: Sequence[tuple[int, int]] | None = None) -> str:
+    """The cache key of `text` embedded for `scope` (the workspace); with `spans`, of the text's vector and
+    those spans' vectors together (another set of spans is another entry)."""
+    marked = text if spans is None else f"{text}\x1e{','.join(f'{a}-{b}' for a, b in spans)}"
+    return hashlib.sha256(f"{scope}\x1f{marked}".encode()).hexdigest()
 
 
 @dataclass(slots=True)
@@ -128,6 +163,14 @@ class EmbeddingStats:
     embedded: int = 0  # texts that went through the model (each distinct text once)
     reused: int = 0  # texts whose vector came from the cache
     cached: list[bool] = field(default_factory=list)  # per input text: found in the cache
+
+
+@dataclass(frozen=True, slots=True)
+class Embedded:
+    """A text's vector, and its span vectors when they were asked for and the model gives them."""
+
+    vector: list[float]
+    units: UnitVectors | None = None
 
 
 def embed_with_cache(
@@ -138,17 +181,30 @@ def embed_with_cache(
     batch_size: int = 32,
     *,
     scopes: Sequence[str] | None = None,
+    spans: Sequence[Sequence[tuple[int, int]]] | None = None,
     whole_batches_only: bool = False,
-) -> tuple[list[list[float] | None], EmbeddingStats]:
+) -> tuple[list[Embedded | None], EmbeddingStats]:
     """Vectors for `texts` in input order, reusing cached ones of the same scope (the workspace, one per
     text); the rest embedded sorted by length.
+
+    `spans`: per text, the character spans (its units) to pool vectors for from the same forward pass
+    (`Embedder.embed_with_units`); they are cached with the text's vector, as one entry.
 
     `whole_batches_only`: embed only as many of the missing texts (the first ones, in input order) as fill
     whole batches of `batch_size`; the others get None and wait for a later call (the worker loop carries
     them into the next round, so the model never sees a partial batch while more work is queued).
     """
-    keys = [text_key(t, scopes[i] if scopes is not None else "") for i, t in enumerate(texts)]
-    found = cache.get_many(embedder.model_id, list(dict.fromkeys(keys))) if cache is not None else {}
+    keys = [
+        text_key(t, scopes[i] if scopes is not None else "", spans[i] if spans is not None else None)
+        for i, t in enumerate(texts)
+    ]
+    spans_of = {k: spans[i] for i, k in enumerate(keys)} if spans is not None else {}
+    found: dict[str, Embedded] = {}
+    if cache is not None:
+        for k, flat in cache.get_many(embedder.model_id, list(dict.fromkeys(keys))).items():
+            entry = _unpack(flat, embedder.dimension, spans_of.get(k))
+            if entry is not None:
+                found[k] = entry
     stats = EmbeddingStats(cached=[k in found for k in keys])
     missing: dict[str, int] = {}  # key -> index of first text with it
     for i, k in enumerate(keys):
@@ -166,20 +222,51 @@ def embed_with_cache(
             length_of = dict(zip(order, embedder.count_tokens([texts[i] for i in order]), strict=True))
         # Longest first, so the first batch fails fast on memory and similar lengths share a batch.
         order.sort(key=lambda i: -length_of[i])
-        fresh: dict[str, list[float]] = {}
+        fresh: dict[str, Embedded] = {}
         for b in range(0, len(order), batch_size):
             part = order[b : b + batch_size]
             started = time.perf_counter()
-            vectors = embedder.embed_documents([texts[i] for i in part])
+            batch = [texts[i] for i in part]
+            if spans is not None:
+                vectors, pooled = embedder.embed_with_units(batch, [spans[i] for i in part])
+            else:
+                vectors, pooled = embedder.embed_documents(batch), [None] * len(part)
             EMBED_SECONDS.observe(time.perf_counter() - started)
             EMBED_BATCH_SIZE.observe(len(part))
-            for i, vec in zip(part, vectors, strict=True):
-                fresh[keys[i]] = vec
+            for i, vec, units in zip(part, vectors, pooled, strict=True):
+                fresh[keys[i]] = Embedded(vec, units)
         stats.embedded = len(fresh)
         if cache is not None:
-            cache.put_many(embedder.model_id, fresh)
+            # Span vectors the model could not give are not cached: a later model that gives them is asked.
+            keep = {k: e for k, e in fresh.items() if spans is None or e.units is not None}
+            cache.put_many(embedder.model_id, {k: _pack(e, spans_of.get(k)) for k, e in keep.items()})
         found = {**found, **fresh}
     return [found.get(k) for k in keys], stats
+
+
+def _pack(e: Embedded, spans: Sequence[tuple[int, int]] | None) -> np.ndarray[Any, Any]:
+    """One cache entry: the text's vector, then (with spans) a row per requested span, zeros for a span the
+    model gave no vector (the key names the spans, so rows and spans line up on the way back)."""
+    rows = [np.asarray(e.vector, dtype=np.float32)]
+    if spans is not None and e.units is not None:
+        have = e.units.by_span()
+        zero = np.zeros(len(e.vector), dtype=np.float32)
+        rows.extend(have.get(span, zero) for span in spans)
+    return np.concatenate(rows)
+
+
+def _unpack(flat: np.ndarray[Any, Any], dimension: int, spans: Sequence[tuple[int, int]] | None) -> Embedded | None:
+    """A cache entry back (see `_pack`); None when its size does not fit what the key promises."""
+    if dimension <= 0 or flat.size % dimension:
+        return None
+    rows = flat.reshape(-1, dimension)
+    if spans is None:
+        return Embedded(rows[0].tolist()) if len(rows) == 1 else None
+    if len(rows) != 1 + len(spans):
+        return None
+    kept = [(span, rows[1 + i]) for i, span in enumerate(spans) if rows[1 + i].any()]
+    matrix = np.asarray([v for _, v in kept], dtype=np.float32).reshape(len(kept), dimension)
+    return Embedded(rows[0].tolist(), UnitVectors(tuple(span for span, _ in kept), matrix))
 
 
 class SqliteEmbeddingCache:
@@ -198,8 +285,8 @@ class SqliteEmbeddingCache:
                 " PRIMARY KEY (model, key))"
             )
 
-    def get_many(self, model_id: str, keys: Sequence[str]) -> dict[str, list[float]]:
-        out: dict[str, list[float]] = {}
+    def get_many(self, model_id: str, keys: Sequence[str]) -> dict[str, np.ndarray[Any, Any]]:
+        out: dict[str, np.ndarray[Any, Any]] = {}
         with self._lock:
             for i in range(0, len(keys), 500):
                 part = list(keys[i : i + 500])
@@ -207,10 +294,10 @@ class SqliteEmbeddingCache:
                 for key, blob in self._conn.execute(
                     f"SELECT key, vector FROM vectors WHERE model = ? AND key IN ({marks})", [model_id, *part]
                 ):
-                    out[key] = np.frombuffer(blob, dtype=np.float32).tolist()
+                    out[key] = np.frombuffer(blob, dtype=np.float32)
         return out
 
-    def put_many(self, model_id: str, vectors: dict[str, list[float]]) -> None:
+    def put_many(self, model_id: str, vectors: Mapping[str, np.ndarray[Any, Any]]) -> None:
         if not vectors:
             return
         rows = [(model_id, k, np.asarray(v, dtype=np.float32).tobytes()) for k, v in vectors.items()]

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from stores.errors import StoreError
+from stores.units import UnitVectors, pool_spans
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -45,7 +46,10 @@ META_FILE = "eventrag-onnx.json"
 FP32_FILE = "model.onnx"
 INT8_FILE = "model-int8.onnx"
 TOKENIZER_FILE = "tokenizer.json"
-EXPORT_FORMAT = 1  # bump when the exported graph changes: a new cache folder is made
+EMBEDDING_OUTPUT = "embedding"  # the graph's outputs: the pooled, normalised vector...
+TOKENS_OUTPUT = "token_embeddings"  # ...and the last hidden state (format 2 on)
+# Bump when the exported graph changes: a new cache folder is made. 2: the token embeddings are an output too.
+EXPORT_FORMAT = 2
 
 
 class EmbeddingBackend(StrEnum):
@@ -169,6 +173,7 @@ class OnnxEmbedder:
         self._counter: Tokenizer | None = None
         self._encoder: Tokenizer | None = None
         self._input_names: set[str] = set()
+        self._output_names: set[str] = set()
         self._lock = threading.Lock()
         self._recent: OrderedDict[str, tuple[float, ...]] = OrderedDict()
 
@@ -226,6 +231,7 @@ class OnnxEmbedder:
                     log.info("loading ONNX embedding model %s", path)
                     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
                     self._input_names = {i.name for i in session.get_inputs()}
+                    self._output_names = {o.name for o in session.get_outputs()}
                     self._session = session
         return self._session
 
@@ -252,13 +258,7 @@ class OnnxEmbedder:
         out = []
         for i in range(0, len(order), self.batch_size):
             batch = encoder.encode_batch([texts[j] for j in order[i : i + self.batch_size]])
-            feed = {
-                "input_ids": np.asarray([e.ids for e in batch], dtype=np.int64),
-                "attention_mask": np.asarray([e.attention_mask for e in batch], dtype=np.int64),
-            }
-            if "token_type_ids" in self._input_names:
-                feed["token_type_ids"] = np.asarray([e.type_ids for e in batch], dtype=np.int64)
-            out.append(np.asarray(session.run(None, feed)[0], dtype=np.float32))
+            out.append(np.asarray(session.run([EMBEDDING_OUTPUT], self._feed(batch))[0], dtype=np.float32))
         if not out:
             return np.zeros((0, self.dimension), dtype=np.float32)
         vectors = np.concatenate(out)
@@ -266,10 +266,40 @@ class OnnxEmbedder:
         result[order] = vectors
         return result
 
+    def _feed(self, batch: Sequence[Any]) -> dict[str, np.ndarray[Any, Any]]:
+        feed = {
+            "input_ids": np.asarray([e.ids for e in batch], dtype=np.int64),
+            "attention_mask": np.asarray([e.attention_mask for e in batch], dtype=np.int64),
+        }
+        if "token_type_ids" in self._input_names:
+            feed["token_type_ids"] = np.asarray([e.type_ids for e in batch], dtype=np.int64)
+        return feed
+
     def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
         if not texts:
             return []
         return self._encode(texts).tolist()  # type: ignore[no-any-return]
+
+    def embed_with_units(
+        self, texts: Sequence[str], spans: Sequence[Sequence[tuple[int, int]]]
+    ) -> tuple[list[list[float]], list[UnitVectors | None]]:
+        """See `Embedder.embed_with_units`: one run gives both outputs. An export of format 1 has no token
+        output: its span vectors are None (re-export, `eventrag export-onnx`, to get them)."""
+        if not texts:
+            return [], []
+        session = self._load()
+        if TOKENS_OUTPUT not in self._output_names:
+            return self._encode(texts).tolist(), [None] * len(texts)
+        _, encoder = self._tokenizers()
+        vectors: list[list[float]] = []
+        pooled: list[UnitVectors | None] = []
+        for b in range(0, len(texts), self.batch_size):
+            batch = encoder.encode_batch(list(texts[b : b + self.batch_size]))
+            embedded, tokens = session.run([EMBEDDING_OUTPUT, TOKENS_OUTPUT], self._feed(batch))
+            vectors.extend(np.asarray(embedded, dtype=np.float32).tolist())
+            for e, token_vectors, text_spans in zip(batch, tokens, spans[b : b + self.batch_size], strict=True):
+                pooled.append(pool_spans(token_vectors, e.offsets, text_spans))
+        return vectors, pooled
 
     def embed_query(self, text: str) -> list[float]:
         """One question's vector. The last few are remembered: one `/query` embeds its question for the

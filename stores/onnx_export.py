@@ -69,7 +69,8 @@ def export_onnx(model_location: str, out_dir: Path, *, model_id: str) -> Path:
             else:
                 mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            return torch.nn.functional.normalize(pooled, p=2, dim=1)
+            # The token embeddings too: the worker pools its units' vectors from them (`stores.units`).
+            return torch.nn.functional.normalize(pooled, p=2, dim=1), hidden
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir.parent))
@@ -79,6 +80,7 @@ def export_onnx(model_location: str, out_dir: Path, *, model_id: str) -> Path:
             name: {0: "batch", 1: "sequence"} for name in ("input_ids", "attention_mask", "token_type_ids")
         }
         dynamic["embedding"] = {0: "batch"}
+        dynamic["token_embeddings"] = {0: "batch", 1: "sequence"}
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # tracer notes about shapes the dynamic axes cover
             torch.onnx.export(
@@ -86,7 +88,7 @@ def export_onnx(model_location: str, out_dir: Path, *, model_id: str) -> Path:
                 (sample, sample, torch.zeros_like(sample)),
                 str(tmp / FP32_FILE),
                 input_names=["input_ids", "attention_mask", "token_type_ids"],
-                output_names=["embedding"],
+                output_names=["embedding", "token_embeddings"],
                 dynamic_axes=dynamic,
                 opset_version=17,
                 dynamo=False,

@@ -57,6 +57,7 @@ def payload_of(p: IndexPoint) -> dict[str, Any]:
         "sheet": p.chunk.sheet,
         "title": p.title,
         "metadata": p.metadata,
+        **({"units": p.units.to_payload()} if p.units is not None and p.units.spans else {}),
     }
 
 
@@ -80,6 +81,7 @@ def hit_of(pid: str, score: float, pl: dict[str, Any]) -> Hit:
         page_start=pl.get("page_start"),
         page_end=pl.get("page_end"),
         sheet=pl.get("sheet"),
+        units=pl.get("units"),
     )
 
 

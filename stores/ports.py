@@ -7,15 +7,20 @@ AWS deployment (DynamoDB, SQS, Qdrant server) differ by one adapter per port, ch
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from stores.events import EventKey, EventStatus, FileEvent
 from stores.outbox import Delivery
 from stores.paging import Page
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from stores.units import UnitVectors
 
 
 class DocumentStatus(StrEnum):
@@ -275,6 +280,14 @@ class Embedder(Protocol):
 
     def embed_query(self, text: str) -> list[float]: ...
 
+    def embed_with_units(
+        self, texts: Sequence[str], spans: Sequence[Sequence[tuple[int, int]]]
+    ) -> tuple[list[list[float]], list[UnitVectors | None]]:
+        """`embed_documents`, and for each text the vectors of its character `spans` mean-pooled from the
+        token embeddings of the same forward pass (`stores.units.pool_spans`): the vectors an answer scores
+        its quotes by, at no extra model cost. None for a text whose span vectors this model cannot give."""
+        ...
+
 
 class EmbeddingCache(Protocol):
     """Content-addressed vectors: key = (model id, sha256 of the workspace and the exact text embedded).
@@ -282,9 +295,11 @@ class EmbeddingCache(Protocol):
     The workspace is part of the key so that one tenant can never observe (by `reused` counts or timing)
     whether another has indexed a passage."""
 
-    def get_many(self, model_id: str, keys: Sequence[str]) -> dict[str, list[float]]: ...
+    def get_many(self, model_id: str, keys: Sequence[str]) -> dict[str, np.ndarray[Any, Any]]:
+        """The entries found, each a flat float32 array (a text's vector, then any span vectors)."""
+        ...
 
-    def put_many(self, model_id: str, vectors: dict[str, list[float]]) -> None: ...
+    def put_many(self, model_id: str, vectors: Mapping[str, np.ndarray[Any, Any]]) -> None: ...
 
 
 @dataclass(slots=True, frozen=True)
@@ -334,6 +349,8 @@ class IndexPoint:
     sparse: tuple[list[int], list[float]] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     title: str | None = None
+    # A vector per unit of the chunk's text (spans into `chunk.text`), stored in the payload for the answers.
+    units: UnitVectors | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -382,6 +399,9 @@ class Hit:
     page_start: int | None = None
     page_end: int | None = None
     sheet: str | None = None
+    # The stored unit vectors as the payload holds them (`stores.units.UnitVectors.from_payload` reads them
+    # when an answer quotes this passage); None for chunks indexed before they were stored.
+    units: dict[str, Any] | None = None
 
 
 class SearchMode(StrEnum):

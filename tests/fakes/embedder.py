@@ -12,7 +12,10 @@ import math
 import re
 from collections.abc import Sequence
 
+import numpy as np
+
 from stores.ports import Embedder
+from stores.units import UnitVectors
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 
@@ -59,6 +62,17 @@ class HashEmbedder:
     def embed_query(self, text: str) -> list[float]:
         return self._vector(text)
 
+    def embed_with_units(
+        self, texts: Sequence[str], spans: Sequence[Sequence[tuple[int, int]]]
+    ) -> tuple[list[list[float]], list[UnitVectors | None]]:
+        """Span vectors are the spans' own hash vectors (the real models pool token embeddings)."""
+        vectors = self.embed_documents(texts)
+        pooled: list[UnitVectors | None] = []
+        for text, text_spans in zip(texts, spans, strict=True):
+            rows = np.asarray([self._vector(text[a:b]) for a, b in text_spans], dtype=np.float32)
+            pooled.append(UnitVectors(tuple(text_spans), rows.reshape(len(text_spans), self._dimension)))
+        return vectors, pooled
+
 
 class CountingEmbedder:
     """A real embedder that records every text it is asked to embed as a query (how often a question is
@@ -67,6 +81,7 @@ class CountingEmbedder:
     def __init__(self, inner: Embedder) -> None:
         self.inner = inner
         self.queries: list[str] = []
+        self.documents: list[str] = []  # texts embedded as documents (outside a forward pass for units)
 
     @property
     def model_id(self) -> str:
@@ -87,8 +102,14 @@ class CountingEmbedder:
         return self.inner.token_offsets(text)
 
     def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
+        self.documents.extend(texts)
         return self.inner.embed_documents(texts)
 
     def embed_query(self, text: str) -> list[float]:
         self.queries.append(text)
         return self.inner.embed_query(text)
+
+    def embed_with_units(
+        self, texts: Sequence[str], spans: Sequence[Sequence[tuple[int, int]]]
+    ) -> tuple[list[list[float]], list[UnitVectors | None]]:
+        return self.inner.embed_with_units(texts, spans)

@@ -1,0 +1,219 @@
+"""Units: the pieces of a passage an answer can quote, found the same way at ingest and at query time.
+
+A passage is cut into blocks, then units:
+
+- a blank line ends a block; a Markdown heading, a table row (a line starting with `|`, or holding a tab)
+  and a line of fenced code are blocks of one unit each;
+- a list item (`-`, `*`, `+`, `•`, `1.`, `2)`, `(a)`, `(iv)`, `3.1.`) starts a block; the lines after it
+  that start no new item continue it, as hard-wrapped text does (a numbered line starts an item only
+  after a line that ends a clause: wrapped prose can put "2.1 of this License" at a line start);
+- any other line continues the block before it: a hard-wrapped paragraph is one block, its line breaks
+  are spaces, so a sentence that runs over three lines is one unit;
+- inside a block, units are sentences (`stores.sentences`: the chunker's own rule for where one ends).
+
+The ingest path stores a vector per unit with each chunk (`UnitVectors`, pooled from the chunk's own
+token embeddings), so that the query path scores units without running the model again.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from stores.sentences import sentence_ends, trim
+
+_HEADING = re.compile(r"#{1,6}[ \t]+\S")
+_HEADING_MARKS = re.compile(r"#{1,6}[ \t]+")
+_BULLET = re.compile(r"[-*+•][ \t]+")
+_ITEM = re.compile(
+    r"""(?:[-*+•]                    # bullets
+        |\d{1,3}(?:\.\d{1,3})*[.)]   # 1.  2)  3.1.
+        |\d{1,3}(?:\.\d{1,3})+       # 3.1 (a section number without a final period)
+        |\(?[a-zA-Z]\)               # (a)  a)
+        |\((?:[ivxlc]{1,6}|\d{1,3})\)  # (iv)  (2)
+       )[ \t]+\S""",
+    re.VERBOSE,
+)
+_RULE = re.compile(r"([-=*_])(?:[ \t]*\1){2,}")  # "---", "===", "* * *": a thematic break or an underline
+_FENCE = re.compile(r"[ \t]{0,3}(```|~~~)")
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """A sentence, list-item sentence, heading or table row: `text[start:end]` of the passage, trimmed."""
+
+    start: int
+    end: int
+    block: int
+    kind: str  # "sentence" | "heading" | "row" | "code"
+
+
+def units(text: str) -> list[Unit]:
+    """The units of a passage in order (see the module docstring), as trimmed offset ranges."""
+    out: list[Unit] = []
+    block = -1
+    # The open block of prose: (start, end, end of its item marker; a period there ends no sentence).
+    paragraph: tuple[int, int, int] | None = None
+    in_code = False
+
+    def close(kind: str = "sentence") -> None:
+        nonlocal paragraph
+        if paragraph is not None:
+            a, b, marker_end = paragraph
+            ends = [] if kind == "heading" else [e for e in sentence_ends(text, a, b) if e > marker_end]
+            cuts = [a, *ends, b]
+            for x, y in zip(cuts, cuts[1:], strict=False):
+                x, y = trim(text, x, y)
+                if x < y:
+                    out.append(Unit(x, y, block, kind))
+            paragraph = None
+
+    def single(a: int, b: int, kind: str) -> None:
+        nonlocal block
+        close()
+        a, b = trim(text, a, b)
+        if a < b:
+            block += 1
+            out.append(Unit(a, b, block, kind))
+
+    line_start = 0
+    for line in text.split("\n"):
+        line_end = line_start + len(line)
+        stripped = line.strip()
+        content_start = line_start + len(line) - len(line.lstrip())
+        if _FENCE.match(line):
+            in_code = not in_code
+            single(line_start, line_end, "code")
+        elif in_code:
+            single(line_start, line_end, "code")
+        elif not stripped:
+            close()
+        elif _RULE.fullmatch(stripped):
+            # "Title" over "-----" or "=====" is a (setext) heading; any other rule only separates blocks.
+            one_line = paragraph is not None and "\n" not in text[paragraph[0] : paragraph[1]]
+            close("heading" if one_line and stripped[0] in "-=" else "sentence")
+        elif _HEADING.match(stripped):
+            heading = _HEADING_MARKS.match(stripped)
+            assert heading is not None
+            single(content_start + heading.end(), line_end, "heading")
+        elif stripped.startswith("|") or "\t" in stripped:
+            single(line_start, line_end, "row")
+        elif (
+            paragraph is None
+            or _BULLET.match(stripped)
+            or (_ITEM.match(stripped) and _ends_clause(text, paragraph[:2]))
+        ):
+            close()
+            block += 1
+            bullet = _BULLET.match(stripped)
+            item = _ITEM.match(stripped)
+            # A bullet is layout, not text: the quote starts at the item's first word.
+            start = content_start + (bullet.end() if bullet else 0)
+            paragraph = (start, line_end, content_start + item.end() - 1 if item else start)
+        else:
+            paragraph = (paragraph[0], line_end, paragraph[2])  # a hard-wrapped line: the block goes on
+        line_start = line_end + 1
+    close()
+    return out
+
+
+def _ends_clause(text: str, paragraph: tuple[int, int]) -> bool:
+    """Does the open block end like a sentence or clause? Only then does a numbered line start an item: in
+    hard-wrapped prose a line may well begin with "2.1 of this License" or "(a) provisionally"."""
+    a, b = trim(text, *paragraph)
+    return a < b and text[b - 1] in ".:;!?)"
+
+
+def unit_spans(text: str) -> list[tuple[int, int]]:
+    """The (start, end) offsets of the units of `text`, in order."""
+    return [(u.start, u.end) for u in units(text)]
+
+
+# The payload format of `UnitVectors`; bump it when `units` or the pooling changes, and stored vectors of the
+# old format are ignored (the query path then embeds those units itself, as before they were stored).
+UNITS_FORMAT = 1
+
+
+@dataclass(frozen=True, slots=True)
+class UnitVectors:
+    """One vector per unit of a chunk's text: row i is the mean of the chunk's own token embeddings (the
+    forward pass that embedded the chunk) over `spans[i]`, offsets into the chunk text, L2-normalised.
+
+    Stored with the chunk as int8 with one scale per row (a unit costs dimension + 4 bytes, base64 in the
+    payload); the cosine to a question moves by about 0.001 against float32, far under the gaps the
+    extractor ranks by."""
+
+    spans: tuple[tuple[int, int], ...]
+    vectors: np.ndarray[Any, Any]  # float32, (len(spans), dimension)
+
+    def by_span(self) -> dict[tuple[int, int], np.ndarray[Any, Any]]:
+        return {span: self.vectors[i] for i, span in enumerate(self.spans)}
+
+    def shifted(self, offset: int) -> UnitVectors:
+        """The same vectors with every span moved by `offset` (embedded text -> chunk text)."""
+        return UnitVectors(tuple((a + offset, b + offset) for a, b in self.spans), self.vectors)
+
+    def to_payload(self) -> dict[str, Any]:
+        vectors = np.asarray(self.vectors, dtype=np.float32)
+        scale = np.abs(vectors).max(axis=1) / 127.0 if len(vectors) else np.zeros(0, dtype=np.float32)
+        safe = np.where(scale > 0, scale, 1.0)
+        q = np.clip(np.rint(vectors / safe[:, None]), -127, 127).astype(np.int8)
+        return {
+            "format": UNITS_FORMAT,
+            "spans": [x for span in self.spans for x in span],
+            "scales": [float(x) for x in scale.astype(np.float32)],
+            "int8": base64.b64encode(q.tobytes()).decode("ascii"),
+        }
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any] | None, dimension: int | None = None) -> UnitVectors | None:
+        """The stored vectors, or None when there are none, they are of another format or malformed (a
+        payload is data from the index: it is checked, never trusted)."""
+        if not isinstance(payload, Mapping) or payload.get("format") != UNITS_FORMAT:
+            return None
+        try:
+            flat = [int(x) for x in payload["spans"]]
+            scales = np.asarray(payload["scales"], dtype=np.float32)
+            q = np.frombuffer(base64.b64decode(payload["int8"], validate=True), dtype=np.int8)
+        except (KeyError, TypeError, ValueError):
+            return None
+        n = len(scales)
+        if len(flat) != 2 * n or n == 0 or len(q) % n or (dimension is not None and len(q) != n * dimension):
+            return None
+        vectors = q.reshape(n, -1).astype(np.float32) * scales[:, None]
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        vectors = vectors / np.where(norms > 0, norms, 1.0)
+        return cls(tuple(zip(flat[0::2], flat[1::2], strict=True)), vectors)
+
+
+def pool_spans(
+    token_vectors: np.ndarray[Any, Any], offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]]
+) -> UnitVectors:
+    """Mean-pool `token_vectors` (one row per token of one text, padding rows beyond `offsets` ignored) over
+    each character span; `offsets` are the tokens' (start, end) in the text, (0, 0) for special tokens.
+    A span no token falls in (cut off by the window) gets no vector."""
+    real = [i for i, (a, b) in enumerate(offsets) if b > a]
+    if not real or not spans:
+        return UnitVectors((), np.zeros((0, token_vectors.shape[-1]), dtype=np.float32))
+    starts = np.asarray([offsets[i][0] for i in real])
+    ends = np.asarray([offsets[i][1] for i in real])
+    rows = np.asarray(token_vectors, dtype=np.float32)[real]
+    kept: list[tuple[int, int]] = []
+    pooled = []
+    for a, b in spans:
+        first = int(np.searchsorted(ends, a, side="right"))  # the first token ending after the span starts
+        last = int(np.searchsorted(starts, b, side="left"))  # one past the last token starting before its end
+        if last <= first:
+            continue
+        v = rows[first:last].mean(axis=0)
+        norm = float(np.linalg.norm(v))
+        if norm > 0:
+            kept.append((a, b))
+            pooled.append(v / norm)
+    matrix = np.asarray(pooled, dtype=np.float32).reshape(len(pooled), rows.shape[1])
+    return UnitVectors(tuple(kept), matrix)
