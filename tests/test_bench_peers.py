@@ -87,20 +87,30 @@ def test_the_summary_divides_docs_per_second_by_llamaindexs(int8_seconds: float,
         {"pipeline": "eventrag worker", "backend": "torch", "chunks": 160, "seconds": 80.0},
         {"pipeline": "eventrag worker", "backend": "onnx-int8", "chunks": 160, "seconds": int8_seconds},
     ]
-    rounds = {name: {"seconds": 0.5, "embedded": 3} for name in ("unchanged", "edited", "full_sync_edited")}
+    for row, cpu in zip(ingest, (180.0, 150.0, 60.0), strict=True):
+        row["cpu_seconds"] = cpu
+    rounds = {
+        name: {"seconds": 0.5 + i, "cpu_seconds": 0.25, "embedded": i}
+        for i, name in enumerate(("unchanged", "edited", "full_sync_edited"))
+    }
     out = summarize(ingest, [{"pipeline": "p", **rounds}], documents=100)
     assert [r["x_llamaindex"] for r in out["ingest"]] == [1.0, 1.25, ratio]
+    assert [r["x_llamaindex_cpu"] for r in out["ingest"]] == [1.0, 1.2, 3.0]
     assert out["ingest"][2]["docs_per_second"] == round(100 / int8_seconds, 2)
     assert out["eventrag_int8_x_llamaindex"] == ratio
+    assert out["eventrag_int8_x_llamaindex_cpu"] == 3.0
     assert out["goal_met"] is met
     assert out["resync"] == [
         {
             "pipeline": "p",
             "unchanged_seconds": 0.5,
-            "unchanged_embedded": 3,
-            "edited_seconds": 0.5,
-            "edited_embedded": 3,
-            "full_sync_edited_seconds": 0.5,
-            "full_sync_edited_embedded": 3,
+            "unchanged_cpu_seconds": 0.25,
+            "unchanged_embedded": 0,
+            "edited_seconds": 1.5,
+            "edited_cpu_seconds": 0.25,
+            "edited_embedded": 1,
+            "full_sync_edited_seconds": 2.5,
+            "full_sync_edited_cpu_seconds": 0.25,
+            "full_sync_edited_embedded": 2,
         }
     ]
