@@ -4,6 +4,7 @@
                                           # the Edge shard optimized online
     python -m bench --quick               # smaller sizes, for a smoke run
     python -m bench --peers               # also LlamaIndex and LangChain (pip install -e ".[bench]")
+    python -m bench --sections peers      # only the peers: LlamaIndex, LangChain, eventrag, raw encode
     python -m bench --json out.json       # also write every figure
 
 Ratios are the point: absolute times depend on the machine and on what else runs on it, but both sides of
@@ -85,24 +86,51 @@ def _on_store(
     store.cleanup()
 
 
-def main(argv: list[str] | None = None) -> int:
+SECTIONS = ("ingest", "resync", "query", "cold", "search", "optimize", "peers")
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, set[str]]:
+    """The options and the sections to run: `--sections` (default: all but the peers), plus the peers with
+    `--peers`."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, default=1000, help="SciFact abstracts to ingest")
     parser.add_argument("--backends", default="torch,onnx,onnx-int8")
     parser.add_argument("--sizes", default="10000,50000,200000", help="chunks for the engine search bench")
     parser.add_argument("--local-max", type=int, default=50000, help="largest size measured on local mode")
-    parser.add_argument("--sections", default="ingest,resync,query,cold,search,optimize,peers")
+    parser.add_argument(
+        "--sections",
+        default="ingest,resync,query,cold,search,optimize",
+        help=f"comma-separated, of {', '.join(SECTIONS)}",
+    )
     parser.add_argument("--optimize-size", type=int, default=50000, help="chunks for the online optimize bench")
-    parser.add_argument("--peers", action="store_true", help="also LlamaIndex and LangChain")
+    parser.add_argument(
+        "--peers", action="store_true", help='also LlamaIndex and LangChain (the extra: pip install -e ".[bench]")'
+    )
     parser.add_argument("--quick", action="store_true", help="200 docs, 2,000 / 10,000 chunks")
     parser.add_argument("--scifact", type=Path, default=SCIFACT)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.quick:
         args.docs, args.sizes, args.local_max, args.optimize_size = 200, "2000,10000", 10000, 10000
-    sections = set(args.sections.split(","))
-    if not args.peers:
-        sections.discard("peers")
+    sections = {s for s in args.sections.split(",") if s}
+    unknown = sections - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(sorted(unknown))}: choose from {', '.join(SECTIONS)}")
+    if args.peers:
+        sections.add("peers")
+    return args, sections
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, sections = parse_args(argv)
+    if "peers" in sections:
+        from bench.peers import MissingExtras, require_extras
+
+        try:  # before anything else runs: the extra missing is not news to learn after the other sections
+            require_extras()
+        except MissingExtras as exc:
+            print(f"python -m bench: {exc}", file=sys.stderr)
+            return 2
     backends = [b for b in args.backends.split(",") if b]
 
     report: dict[str, Any] = {
@@ -154,9 +182,40 @@ def main(argv: list[str] | None = None) -> int:
     if "peers" in sections:
         from bench.peers import peers
 
-        rows = peers(docs)
-        report["peers"] = rows
-        emit(_table("Peers: same documents, same model", rows, ["pipeline", "chunks", "seconds", "docs_per_second"]))
+        res = peers(docs)
+        report["peers"] = res
+        emit(
+            _table(
+                f"Peers: {args.docs} SciFact abstracts, the same model, {res['torch_threads']} torch threads, "
+                f"chunks of {res['chunk_tokens_overlap'][0]} tokens with {res['chunk_tokens_overlap'][1]} of overlap",
+                res["ingest"],
+                [
+                    "pipeline",
+                    "backend",
+                    "chunks",
+                    "seconds",
+                    "docs_per_second",
+                    "chunks_per_second",
+                    "x_llamaindex",
+                    "cpu_seconds",
+                    "x_llamaindex_cpu",
+                ],
+            )
+        )
+        emit(
+            _table(
+                f"Peers re-sync: {args.docs} unchanged, 10 edited, all {args.docs} again with 20 edited "
+                "(seconds, texts embedded)",
+                res["resync"],
+                ["pipeline"]
+                + [f"{r}_{k}" for r in ("unchanged", "edited", "full_sync_edited") for k in ("seconds", "embedded")],
+            )
+        )
+        emit(
+            f"\neventrag onnx-int8 docs/s / LlamaIndex docs/s: {res['eventrag_int8_x_llamaindex']} (goal >= 2: "
+            f"{'met' if res['goal_met'] else 'not met'}; by CPU seconds: {res['eventrag_int8_x_llamaindex_cpu']}); "
+            f"raw encode at the end / at the start: {res['raw_drift']}"
+        )
     if "search" in sections:
         from bench.search import measure
 

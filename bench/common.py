@@ -27,6 +27,14 @@ class Doc:
     text: str  # the Markdown file the evaluation sends: "# title", a blank line, the abstract
 
 
+EDIT = "\n\nEdited: a sentence added in this version."
+
+
+def text_of(doc: Doc, edit: set[str] | None = None) -> str:
+    """The document's text, with one sentence added if it is among the edited ones."""
+    return doc.text + (EDIT if edit and doc.doc_id in edit else "")
+
+
 def scifact_docs(n: int, folder: Path = SCIFACT) -> list[Doc]:
     out = []
     with (folder / "corpus.jsonl").open(encoding="utf-8") as fh:
@@ -164,7 +172,7 @@ def send(store: Store, docs: Sequence[Doc], version: int, *, edit: set[str] | No
     t0 = time.perf_counter()
     stamp = datetime.now(UTC)
     for d in docs:
-        text = d.text + ("\n\nEdited: a sentence added in this version." if edit and d.doc_id in edit else "")
+        text = text_of(d, edit)
         event = FileEvent(
             event_id=f"bench-{d.doc_id}-v{version}",
             workspace="bench",
