@@ -40,7 +40,7 @@ def fingerprint(
     event: FileEvent, data: bytes, *, content_type: str | None, model_id: str, chunking: tuple[int, ...]
 ) -> str:
     """What the points of `event` would be made of. The version is left out on purpose: it is the one
-    payload field a kept revision changes (`VectorIndex.set_version`)."""
+    payload field a kept revision changes (`VectorIndex.set_versions`)."""
     h = hashlib.sha256()
     head = {
         "format": REVISION_FORMAT,

@@ -215,29 +215,37 @@ class IngestWorker:
         outcomes: dict[EventKey, Outcome] = {}
         plans: list[Plan] = []
         deletes_in_batch: dict[str, int] = {}
-        for key in keys:
-            record = self.state.get_event(key.workspace, key.event_id)
-            if record is None:
-                outcomes[key] = Outcome(OutcomeKind.DONE, "unknown event id (expired or never stored)")
-                continue
-            if record.status in (
-                EventStatus.DONE,
-                EventStatus.SUPERSEDED,
-                EventStatus.FAILED,
-                EventStatus.HELD,
-                EventStatus.REJECTED,
-            ):
-                # A redelivery of something already settled: nothing to do.
-                kind = OutcomeKind.DONE if record.status is EventStatus.REJECTED else OutcomeKind(record.status.value)
-                outcomes[key] = Outcome(kind, "already settled")
-                continue
-            record = self.state.set_event_status(
-                key.workspace, key.event_id, EventStatus.PROCESSING, count_attempt=True
-            )
-            self._started[key] = time.perf_counter()
+        started: list[EventRecord] = []
+        with self.state.batch():  # the attempts of the whole batch: one commit, before any work
+            for key in keys:
+                record = self.state.get_event(key.workspace, key.event_id)
+                if record is None:
+                    outcomes[key] = Outcome(OutcomeKind.DONE, "unknown event id (expired or never stored)")
+                    continue
+                if record.status in (
+                    EventStatus.DONE,
+                    EventStatus.SUPERSEDED,
+                    EventStatus.FAILED,
+                    EventStatus.HELD,
+                    EventStatus.REJECTED,
+                ):
+                    # A redelivery of something already settled: nothing to do.
+                    kind = (
+                        OutcomeKind.DONE if record.status is EventStatus.REJECTED else OutcomeKind(record.status.value)
+                    )
+                    outcomes[key] = Outcome(kind, "already settled")
+                    continue
+                started.append(
+                    self.state.set_event_status(key.workspace, key.event_id, EventStatus.PROCESSING, count_attempt=True)
+                )
+                self._started[key] = time.perf_counter()
+        # What each file's points are now, in one read per workspace (step 1 and the keep check need it).
+        points = self._revisions_of([r.event for r in started])
+        for record in started:
+            key = record.event.key
             try:
                 with bind(**_fields(record.event)):
-                    plan = self._plan(record, deletes_in_batch)
+                    plan = self._plan(record, deletes_in_batch, points.get(key, {}))
             except Exception as exc:
                 outcomes[key] = self._failure(record, exc)
                 continue
@@ -269,8 +277,11 @@ class IngestWorker:
 
     def apply(self, plans: Sequence[Plan]) -> dict[EventKey, Outcome]:
         """Steps 4 to 6 for plans whose vectors are known."""
-        outcomes: dict[EventKey, Outcome] = {}
+        keeps = [p for p in plans if p.action is _Action.KEEP]
+        outcomes = self._keep(keeps) if keeps else {}
         for plan in plans:
+            if plan.action is _Action.KEEP:
+                continue
             try:
                 with bind(**_fields(plan.event)):
                     outcomes[plan.event.key] = self._apply(plan)
@@ -289,15 +300,17 @@ class IngestWorker:
         error: str | None = None,
         change: Change | None = None,
         summary: str | None = None,
+        told: list[Delivery] | None = None,
     ) -> None:
+        """With `told` (settling inside a `StateStore.batch`), the deliveries are added to it for `_tell`
+        after the commit instead of being handed to the relay now."""
         ev = record.event
         outbox = deliveries_for(self.outbound, record, change) if change is not None else []
         self.state.set_event_status(ev.workspace, ev.event_id, status, detail=detail, error=error, outbox=outbox)
-        if outbox and self.on_outbox is not None:
-            try:
-                self.on_outbox(outbox)
-            except Exception:  # the rows are durable; the relay's sweep sends them anyway
-                log.warning("could not hand %d delivery(ies) to the relay now", len(outbox), exc_info=True)
+        if told is None:
+            self._tell(outbox)
+        else:
+            told.extend(outbox)
         lag = (datetime.now(UTC) - record.received_at).total_seconds()
         INGEST_LAG.observe(max(0.0, lag))
         started = self._started.get(ev.key)
@@ -314,15 +327,23 @@ class IngestWorker:
             EVENTS_APPLIED.labels(kind, result).inc()
             log.info("%s%s", summary or f"{result} {ev.path}", took, extra=_fields(ev))
 
+    def _tell(self, outbox: Sequence[Delivery]) -> None:
+        if outbox and self.on_outbox is not None:
+            try:
+                self.on_outbox(outbox)
+            except Exception:  # the rows are durable; the relay's sweep sends them anyway
+                log.warning("could not hand %d delivery(ies) to the relay now", len(outbox), exc_info=True)
+
     # 1 + 2: decide and prepare ------------------------------------------------------------------------
-    def _plan(self, record: EventRecord, deletes_in_batch: dict[str, int]) -> Plan | Outcome:
+    def _plan(self, record: EventRecord, deletes_in_batch: dict[str, int], points: dict[str, int]) -> Plan | Outcome:
+        """`points`: the file's points per revision, read for the batch before its plans."""
         ev = record.event
         doc = self.state.get_document(ev.workspace, ev.file_id)
         if doc is not None and doc.position is not None and not position_is_newer(ev.position, doc.position):
             if ev.position != doc.position:
                 return self._superseded_at_start(record, doc)
             # This event's own switch happened; the attempt died after it, or a repair asks to rewrite it.
-            if not self._points_lost(doc):
+            if not _points_lost(doc, points):
                 return Plan(record, _Action.FINISH, revision=doc.revision)
         if ev.type is EventType.DELETED:
             return self._plan_delete(record, deletes_in_batch)
@@ -348,7 +369,7 @@ class IngestWorker:
             and doc.revision is not None
             and doc.status in (DocumentStatus.INDEXED, DocumentStatus.FAILED)
             and revision_fingerprint(doc.revision) == print_
-            and not self._points_lost(doc)
+            and not _points_lost(doc, points)
         ):
             return Plan(record, _Action.KEEP, revision=doc.revision, kept=doc, content_type=doc.content_type)
         try:
@@ -409,7 +430,7 @@ class IngestWorker:
             self.index.delete_revisions(ev.workspace, ev.file_id, own)
             if record.attempts > 1 and doc.revision is not None:
                 # The attempt may also have died restamping a kept revision: its points follow the record.
-                self._follow_version(ev.workspace, ev.file_id, doc.revision)
+                self._follow_versions([(ev.workspace, ev.file_id, doc.revision)])
         detail = (
             f"not newer than what is applied: {describe_position(doc.position)} wins, because"
             f" {explain_order(doc.position, ev.position)}"
@@ -425,12 +446,6 @@ class IngestWorker:
             return Outcome(OutcomeKind.HELD, why)
         deletes_in_batch[ev.workspace] = deletes_in_batch.get(ev.workspace, 0) + 1
         return Plan(record, _Action.EMPTY, status=DocumentStatus.DELETED)
-
-    def _points_lost(self, doc: DocumentRecord) -> bool:
-        """The active revision has fewer points than the registry recorded (lost writes)."""
-        if doc.revision is None or doc.chunk_count == 0:
-            return False
-        return self.index.file_revisions(doc.workspace, doc.file_id).get(doc.revision, 0) < doc.chunk_count
 
     def _set_status(
         self, ev: FileEvent, status: EventStatus, *, error: str | None = None, detail: str | None = None
@@ -502,8 +517,8 @@ class IngestWorker:
         if plan.action is _Action.FINISH:
             if plan.revision is not None:
                 # The interrupted attempt may have kept a revision without restamping its version.
-                self._follow_version(ev.workspace, ev.file_id, plan.revision)
-            self._drop_older_revisions(ev, active=plan.revision)
+                self._follow_versions([(ev.workspace, ev.file_id, plan.revision)])
+            self._drop_older_revisions([(ev, plan.revision)])
             doc = self.state.get_document(ev.workspace, ev.file_id)
             change = None
             # Told only if the document is still as this event made it: not when a newer event has been
@@ -526,9 +541,6 @@ class IngestWorker:
                 summary=f"{finished} {ev.path}{_version(ev)} (finished after an interrupted attempt)",
             )
             return Outcome(OutcomeKind.DONE)
-        if plan.action is _Action.KEEP:
-            return self._keep(plan)
-
         previous = self.state.get_document(ev.workspace, ev.file_id)
         revision = plan.revision if plan.action is _Action.INDEX else None
         if plan.action is _Action.INDEX:
@@ -581,7 +593,7 @@ class IngestWorker:
                 self.index.delete_revisions(ev.workspace, ev.file_id, [revision])
             return self._superseded_at_switch(plan.record)
         self._step("switched", ev)
-        self._drop_older_revisions(ev, active=revision)
+        self._drop_older_revisions([(ev, revision)])
         self._step("cleaned", ev)
         if plan.status is DocumentStatus.DELETED:
             detail = "deleted"
@@ -609,14 +621,64 @@ class IngestWorker:
         self._settle(plan.record, EventStatus.DONE, detail=detail, change=change, summary=summary)
         return Outcome(OutcomeKind.DONE, detail)
 
-    def _keep(self, plan: Plan) -> Outcome:
-        """The content is what the active revision already holds: move the record to this event by the same
+    def _keep(self, plans: Sequence[Plan]) -> dict[EventKey, Outcome]:
+        """The content is what the active revision already holds: move each record to its event by the same
         compare-and-set, required also to find the revision still active (a revision that stopped being
         active may already be cleaned up, so it is never made active again); then the points' version
-        follows the record (citations show it)."""
+        follows the record (citations show it). Kept in bulk (a full re-sync re-sends every file unchanged):
+        the switches in one commit, the index's reads and writes for all of them together, the events
+        settled in one commit; each event still goes switch, index, settle, so a crash between two of them
+        leaves it to be finished by its retry (step 1), as for one event."""
+        outcomes: dict[EventKey, Outcome] = {}
+        switched: dict[EventKey, bool | Exception] = {}
+        with self.state.batch():
+            for plan in plans:
+                try:
+                    switched[plan.event.key] = self._switch_kept(plan)
+                except Exception as exc:  # its write was undone alone; the others stand
+                    switched[plan.event.key] = exc
+        kept: list[Plan] = []
+        for plan in plans:
+            ev, result = plan.event, switched[plan.event.key]
+            with bind(**_fields(ev)):
+                try:
+                    if isinstance(result, Exception):
+                        raise result
+                    if not result:
+                        outcomes[ev.key] = self._not_kept(plan)
+                        continue
+                    self._step("switched", ev)
+                    kept.append(plan)
+                except Exception as exc:
+                    outcomes[ev.key] = self._failure(plan.record, exc)
+        try:
+            # (a re-send of the same version, or of none, writes nothing)
+            restamp = [p for p in kept if p.kept is not None and p.kept.version != p.event.version]
+            self._follow_versions([(p.event.workspace, p.event.file_id, p.revision) for p in restamp])
+            self._drop_older_revisions([(p.event, p.revision) for p in kept])
+        except Exception as exc:  # the switches stand: each event's retry finishes it (step 1)
+            outcomes.update({p.event.key: self._failure(p.record, exc) for p in kept})
+            kept = []
+        told: list[Delivery] = []
+        failures: dict[EventKey, Exception] = {}
+        with self.state.batch():
+            for plan in kept:
+                with bind(**_fields(plan.event)):
+                    try:
+                        self._step("cleaned", plan.event)
+                        outcomes[plan.event.key] = self._settle_kept(plan, told)
+                    except Exception as exc:
+                        failures[plan.event.key] = exc
+        self._tell(told)
+        for plan in kept:
+            if plan.event.key in failures:
+                outcomes[plan.event.key] = self._failure(plan.record, failures[plan.event.key])
+        return outcomes
+
+    def _switch_kept(self, plan: Plan) -> bool:
         ev, doc = plan.event, plan.kept
         assert doc is not None and doc.revision is not None
-        switched = self.state.switch_document(
+        return self.state.switch_document(
             DocumentRecord(
                 workspace=ev.workspace,
                 file_id=ev.file_id,
@@ -635,24 +697,26 @@ class IngestWorker:
             ),
             if_revision=doc.revision,
         )
-        if not switched:
-            now = self.state.get_document(ev.workspace, ev.file_id)
-            if now is None or now.position is None or position_is_newer(ev.position, now.position):
-                # Not superseded: another event (older than this one) switched the file to other content
-                # meanwhile. Prepared again from the new state on the next attempt (the points it would
-                # keep may be gone).
-                why = "the file's active revision changed while this event was prepared; prepared again"
-                self._set_status(ev, EventStatus.QUEUED, detail=why)
-                return Outcome(OutcomeKind.RETRY, why, 0.0)
-            if now.position == ev.position:  # applied meanwhile by another attempt of this very event (it tells)
-                self._settle(plan.record, EventStatus.DONE, detail="applied by another attempt of this event")
-                return Outcome(OutcomeKind.DONE)
-            return self._superseded_at_switch(plan.record)
-        self._step("switched", ev)
-        if doc.version != ev.version:  # (a re-send of the same version, or of none, writes nothing)
-            self._follow_version(ev.workspace, ev.file_id, doc.revision)
-        self._drop_older_revisions(ev, active=doc.revision)
-        self._step("cleaned", ev)
+
+    def _not_kept(self, plan: Plan) -> Outcome:
+        """The keep's compare-and-set refused: why, and what becomes of the event."""
+        ev = plan.event
+        now = self.state.get_document(ev.workspace, ev.file_id)
+        if now is None or now.position is None or position_is_newer(ev.position, now.position):
+            # Not superseded: another event (older than this one) switched the file to other content
+            # meanwhile. Prepared again from the new state on the next attempt (the points it would keep
+            # may be gone).
+            why = "the file's active revision changed while this event was prepared; prepared again"
+            self._set_status(ev, EventStatus.QUEUED, detail=why)
+            return Outcome(OutcomeKind.RETRY, why, 0.0)
+        if now.position == ev.position:  # applied meanwhile by another attempt of this very event (it tells)
+            self._settle(plan.record, EventStatus.DONE, detail="applied by another attempt of this event")
+            return Outcome(OutcomeKind.DONE)
+        return self._superseded_at_switch(plan.record)
+
+    def _settle_kept(self, plan: Plan, told: list[Delivery]) -> Outcome:
+        ev, doc = plan.event, plan.kept
+        assert doc is not None
         detail = f"unchanged content: kept {doc.chunk_count} chunk(s), 0 embedded"
         CHUNKS.labels("reused").inc(doc.chunk_count)
         # Subscribers hear of it as of any indexing: the document now stands at this event's version.
@@ -664,23 +728,40 @@ class IngestWorker:
             reused=doc.chunk_count,
         )
         summary = f"indexed {ev.path}{_version(ev)}: unchanged content, {doc.chunk_count} chunks kept, 0 embedded"
-        self._settle(plan.record, EventStatus.DONE, detail=detail + _replaces(doc, ev), change=change, summary=summary)
+        self._settle(
+            plan.record,
+            EventStatus.DONE,
+            detail=detail + _replaces(doc, ev),
+            change=change,
+            summary=summary,
+            told=told,
+        )
         return Outcome(OutcomeKind.DONE, detail)
 
-    def _follow_version(self, workspace: str, file_id: str, revision: str) -> None:
-        """Stamp `revision`'s points with the version the registry records for it. The version written is
-        read from the registry, not this event's, and read again after the write: a writer whose record was
-        replaced meanwhile (a stale worker, a newer keep) writes the newer version in its next round, so a
-        slow writer can never leave an old version on the active revision's points."""
+    def _follow_versions(self, targets: Sequence[tuple[str, str, str | None]]) -> None:
+        """Stamp each (workspace, file id, revision)'s points with the version the registry records for it.
+        The version written is
+        read from the registry and read again after the write: a writer whose record was replaced meanwhile
+        (a stale worker, a newer keep) writes the newer version in its next round, so a slow writer can
+        never leave an old version on the active revision's points."""
+        pending = [t for t in targets if t[2] is not None]
         for _ in range(_FOLLOW_ROUNDS):
-            doc = self.state.get_document(workspace, file_id)
-            if doc is None or doc.revision != revision:
-                return  # no longer active: it is garbage, and the active revision's writer stamps its own
-            self.index.set_version(workspace, file_id, revision, doc.version)
-            after = self.state.get_document(workspace, file_id)
-            if after is None or (after.position, after.revision) == (doc.position, doc.revision):
+            if not pending:
                 return
-        log.warning("%s/%s: the record kept changing while its version was stamped", workspace, file_id)
+            stamped: dict[tuple[str, str, str | None], DocumentRecord] = {}
+            for target in pending:
+                doc = self.state.get_document(target[0], target[1])
+                if doc is not None and doc.revision == target[2]:
+                    stamped[target] = doc  # else no longer active: garbage, the active revision's writer stamps
+            for ws in dict.fromkeys(t[0] for t in stamped):
+                self.index.set_versions(ws, [(f, r, d.version) for (w, f, r), d in stamped.items() if w == ws and r])
+            pending = []
+            for target, doc in stamped.items():
+                after = self.state.get_document(target[0], target[1])
+                if after is not None and (after.position, after.revision) != (doc.position, doc.revision):
+                    pending.append(target)
+        for ws, file_id, _ in pending:
+            log.warning("%s/%s: the record kept changing while its version was stamped", ws, file_id)
 
     def _superseded_at_switch(self, record: EventRecord) -> Outcome:
         ev = record.event
@@ -692,14 +773,25 @@ class IngestWorker:
         self._settle(record, EventStatus.SUPERSEDED, detail=detail, summary=f"superseded {ev.path}: {detail}")
         return Outcome(OutcomeKind.SUPERSEDED, detail)
 
-    def _drop_older_revisions(self, ev: FileEvent, *, active: str | None) -> None:
-        """Delete the file's points of revisions older than this event's position, except the active one (a
-        kept revision's name is older than the event that keeps it). A revision newer than it belongs to an
-        event still being applied (or waiting for a retry) and is left alone."""
-        stale = [
-            r for r in self.index.file_revisions(ev.workspace, ev.file_id) if r != active and is_older(r, ev.position)
-        ]
-        self.index.delete_revisions(ev.workspace, ev.file_id, stale)
+    def _drop_older_revisions(self, files: Sequence[tuple[FileEvent, str | None]]) -> None:
+        """For each (event, its active revision): delete the file's points of revisions older than the
+        event's position, except the active one (a kept revision's name is older than the event that keeps
+        it). A revision newer than it belongs to an event still being applied (or waiting for a retry) and
+        is left alone. One read per workspace finds them all."""
+        found = self._revisions_of([ev for ev, _ in files])
+        for ev, active in files:
+            stale = [r for r in found.get(ev.key, {}) if r != active and is_older(r, ev.position)]
+            if stale:
+                self.index.delete_revisions(ev.workspace, ev.file_id, stale)
+
+    def _revisions_of(self, events: Sequence[FileEvent]) -> dict[EventKey, dict[str, int]]:
+        """The points per revision of each event's file, in one index read per workspace."""
+        found: dict[EventKey, dict[str, int]] = {}
+        for ws in dict.fromkeys(ev.workspace for ev in events):
+            mine = [ev for ev in events if ev.workspace == ws]
+            counts = self.index.revisions_of(ws, [ev.file_id for ev in mine])
+            found.update({ev.key: counts.get(ev.file_id, {}) for ev in mine})
+        return found
 
     # failures -----------------------------------------------------------------------------------------
     def _failure(self, record: EventRecord, exc: Exception) -> Outcome:
@@ -734,6 +826,13 @@ class IngestWorker:
         )
         self._set_status(ev, EventStatus.QUEUED, error=message)
         return Outcome(OutcomeKind.RETRY, message, delay)
+
+
+def _points_lost(doc: DocumentRecord, points: dict[str, int]) -> bool:
+    """The active revision has fewer points than the registry recorded (lost writes)."""
+    if doc.revision is None or doc.chunk_count == 0:
+        return False
+    return points.get(doc.revision, 0) < doc.chunk_count
 
 
 def _replaces(previous: DocumentRecord | None, ev: FileEvent) -> str:

@@ -96,8 +96,7 @@ class WorkerLoop:
         now = time.monotonic()
         by_key = {j.key: j for j in jobs}
         outcomes, plans = self.worker.prepare(list(by_key))
-        for key, outcome in outcomes.items():
-            self._settle(by_key[key], outcome)
+        self._settle([(by_key[key], outcome) for key, outcome in outcomes.items()])
         carry.waiting.extend(_Carried(by_key[p.event.key], p, now) for p in plans)
         oldest = min((c.claimed_at for c in carry.waiting), default=now)
         final = (
@@ -108,8 +107,7 @@ class WorkerLoop:
         )
         ready, failed = self.worker.embed(carry.plans, whole_batches_only=not final)
         applied = self.worker.apply(ready)
-        for key, outcome in {**failed, **applied}.items():
-            self._settle(carry.pop(key), outcome)
+        self._settle([(carry.pop(key), outcome) for key, outcome in {**failed, **applied}.items()])
         carry.rounds = carry.rounds + 1 if carry.waiting else 0
         return len(jobs)
 
@@ -131,11 +129,11 @@ class WorkerLoop:
                 carry.rounds = 0
         return n
 
-    def _settle(self, job: Job, outcome: Outcome) -> None:
-        if outcome.settled:
-            self.queue.ack(job)
-        else:
-            self.queue.release(job, outcome.delay)
+    def _settle(self, settled: list[tuple[Job, Outcome]]) -> None:
+        self.queue.ack_many([job for job, outcome in settled if outcome.settled])
+        for job, outcome in settled:
+            if not outcome.settled:
+                self.queue.release(job, outcome.delay)
 
     def drain(self, max_batches: int | None = None) -> int:
         """Process until nothing is claimable now (delayed retries are left for later)."""

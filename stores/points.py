@@ -20,6 +20,7 @@ SCHEMA_VERSION = 1
 RRF_K = 2
 # Every prefetch of a hybrid query reads at least this deep, so fusion has enough candidates.
 MIN_PREFETCH = 50
+STAMPS_PER_WRITE = 256  # files (or revisions) named in one filter of a batched read or write
 _POINT_NAMESPACE = uuid.UUID("6f1c7f53-3f43-4a8e-9a39-6f8d0a4b1e27")
 
 # Payload fields with a keyword index (the workspace one is the tenant index) and the integer one.
@@ -167,9 +168,26 @@ class Conditions:
             if flt.sheets:
                 must.append(self.match_any("sheet", list(flt.sheets)))
             if flt.revisions:
-                pairs = [self.all([self.match("file_id", f), self.match("revision", r)]) for f, r in flt.revisions]
-                must.append(self.any(pairs))
+                must.append(self.revisions(flt.revisions))
         return self.all(must)
+
+    def revisions(self, pairs: Sequence[tuple[str, str]]) -> Any:
+        """The points of any of these (file id, revision) pairs (within a workspace condition beside it)."""
+        return self.any([self.all([self.match("file_id", f), self.match("revision", r)]) for f, r in pairs])
+
+    def version_stamps(
+        self, workspace: str, stamps: Sequence[tuple[str, str, int | None]]
+    ) -> list[tuple[Any, int | None]]:
+        """`set_versions` as (filter, version) writes: one per distinct version (a full re-sync stamps one
+        version on every file), at most `STAMPS_PER_WRITE` revisions each."""
+        by_version: dict[int | None, list[tuple[str, str]]] = {}
+        for file_id, revision, version in stamps:
+            by_version.setdefault(version, []).append((file_id, revision))
+        return [
+            (self.all([self.match("workspace", workspace), self.revisions(pairs[i : i + STAMPS_PER_WRITE])]), version)
+            for version, pairs in by_version.items()
+            for i in range(0, len(pairs), STAMPS_PER_WRITE)
+        ]
 
 
 class ScrolledReads:
@@ -186,10 +204,18 @@ class ScrolledReads:
         return sorted(hits, key=lambda h: h.chunk_index)
 
     def file_revisions(self, workspace: str, file_id: str) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for r in self._scroll(self.conditions.all(self.conditions.file(workspace, file_id)), ["revision"]):
-            revision = (r.payload or {})["revision"]
-            counts[revision] = counts.get(revision, 0) + 1
+        return self.revisions_of(workspace, [file_id]).get(file_id, {})
+
+    def revisions_of(self, workspace: str, file_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+        c = self.conditions
+        counts: dict[str, dict[str, int]] = {}
+        ids = list(dict.fromkeys(file_ids))
+        for i in range(0, len(ids), STAMPS_PER_WRITE):
+            flt = c.all([c.match("workspace", workspace), c.match_any("file_id", ids[i : i + STAMPS_PER_WRITE])])
+            for r in self._scroll(flt, ["file_id", "revision"]):
+                pl = r.payload or {}
+                per_file = counts.setdefault(pl["file_id"], {})
+                per_file[pl["revision"]] = per_file.get(pl["revision"], 0) + 1
         return counts
 
     def revision_counts(self, workspace: str) -> dict[tuple[str, str], int]:

@@ -8,6 +8,7 @@ AWS deployment (DynamoDB, SQS, Qdrant server) differ by one adapter per port, ch
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -218,6 +219,14 @@ class StateStore(Protocol):
         """When the oldest event still received, queued or processing arrived, across workspaces."""
         ...
 
+    def batch(self) -> AbstractContextManager[None]:
+        """A block whose writes are committed together when it ends, each still atomic on its own (a write
+        that fails inside it is undone alone): one commit for a batch of events instead of one per write.
+        A crash inside the block loses all of them, so nothing outside the store may act on them before
+        it ends. A store without multi-write transactions applies each write as it comes. Keep it short:
+        other writers wait for it."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -245,6 +254,10 @@ class JobQueue(Protocol):
     def claim(self, limit: int, lease_seconds: float) -> list[Job]: ...
 
     def ack(self, job: Job) -> None: ...
+
+    def ack_many(self, jobs: Sequence[Job]) -> None:
+        """`ack` for each job, in as few round trips (commits, requests) as the queue allows."""
+        ...
 
     def release(self, job: Job, delay_seconds: float) -> None: ...
 
@@ -420,9 +433,11 @@ class VectorIndex(Protocol):
     - `delete_file` removes a file's points except those of `keep_revision`; `delete_revisions` removes
       exactly the points of the given revisions (what the worker and reconcile use: a revision being
       written by a newer event is never touched).
-    - `file_revisions` counts a file's points per revision.
-    - `set_version` sets the `version` payload of one revision's points (a kept revision moving to a newer
-      version of unchanged content); nothing else of them changes.
+    - `revisions_of` counts the points of each of `file_ids` per revision, in one read where the engine
+      allows (a file without points is absent); `file_revisions` is the same for one file.
+    - `set_versions` sets the `version` payload of each (file id, revision)'s points to its version (kept
+      revisions moving to a newer version of unchanged content), in as few writes as the engine allows;
+      nothing else of them changes.
     - `search` never returns points of another workspace; it does not know which revision is active (the
       state store does), so callers filter hits by `StateStore.active_revisions`. `mode` decides what
       ranks (`Hit.score`); whatever the mode, when `dense` is given every hit carries `similarity` (its
@@ -447,7 +462,9 @@ class VectorIndex(Protocol):
 
     def file_revisions(self, workspace: str, file_id: str) -> dict[str, int]: ...
 
-    def set_version(self, workspace: str, file_id: str, revision: str, version: int | None) -> None: ...
+    def revisions_of(self, workspace: str, file_ids: Sequence[str]) -> dict[str, dict[str, int]]: ...
+
+    def set_versions(self, workspace: str, stamps: Sequence[tuple[str, str, int | None]]) -> None: ...
 
     def search(
         self,

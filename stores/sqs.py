@@ -24,7 +24,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from botocore.exceptions import ClientError
@@ -218,6 +218,20 @@ class SqsJobQueue:
         self.client.delete_message(QueueUrl=self.queue_url, ReceiptHandle=job.receipt)
         with self._lock:
             self._in_flight.pop(job.group_key, None)
+
+    def ack_many(self, jobs: Sequence[Job]) -> None:
+        """DeleteMessageBatch, ten at a time; an entry the batch failed is deleted alone (which raises)."""
+        for i in range(0, len(jobs), MAX_RECEIVE):
+            part = jobs[i : i + MAX_RECEIVE]
+            entries = [{"Id": str(n), "ReceiptHandle": job.receipt} for n, job in enumerate(part)]
+            reply = self.client.delete_message_batch(QueueUrl=self.queue_url, Entries=entries)
+            failed = {int(f["Id"]) for f in reply.get("Failed", [])}
+            for n, job in enumerate(part):
+                if n in failed:
+                    self.ack(job)
+                else:
+                    with self._lock:
+                        self._in_flight.pop(job.group_key, None)
 
     def release(self, job: Job, delay_seconds: float) -> None:
         """Visible again after `delay_seconds`. The job also works with a receipt from a Lambda event."""

@@ -168,7 +168,7 @@ def test_reads_and_writes_go_on_during_an_online_optimize_and_all_land(index: Ed
     pause.at("exported")  # the child builds the copy; the live shard serves and journals
     index.upsert([point("new1", dense=unit(0.0, 0.0, 1.0), sparse=([900], [2.0]))])
     index.delete_file("acme", "f5")
-    index.set_version("acme", "f6", "r1", 7)
+    index.set_versions("acme", [("f6", "r1", 7)])
     index.delete_revisions("acme", "f1", ["r2"])
     hit = index.search("acme", dense=unit(0.0, 0.0, 1.0), sparse=None, mode=SearchMode.DENSE, limit=1)[0]
     assert hit.file_id == "new1"

@@ -20,6 +20,7 @@ listings go through indexes, which DynamoDB keeps eventually consistent.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from datetime import timedelta
 from typing import Any
 
@@ -66,6 +67,11 @@ class DynamoStateStore(DynamoEvents, DynamoDocuments, DynamoListings):
             ):
                 found.add(item["workspace"])
         return sorted(found)
+
+    def batch(self) -> AbstractContextManager[None]:
+        """Each write is its own (conditional) request: DynamoDB has no transaction spanning a batch of
+        events' writes (TransactWriteItems would cap it at 100 items and fail it whole on one condition)."""
+        return nullcontext()
 
     def close(self) -> None:
         """Nothing to release: the boto3 client holds no connection that outlives a request."""

@@ -199,6 +199,7 @@ class SqliteDatabase:
         self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30.0)
         self._conn.row_factory = sqlite3.Row
         self._lock = threading.RLock()
+        self._depth = 0  # transactions open on this connection (the owner of `_lock` alone touches it)
         with self._lock:
             self._conn.execute("PRAGMA journal_mode=WAL")
             # FULL: a 202 promises the event survives a power cut, not only a process crash.
@@ -232,14 +233,26 @@ class SqliteDatabase:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One atomic write. Nested in another (a `batch`), it is a savepoint: its writes are undone alone if
+        it fails, and committed with the outer transaction (one fsync for a whole batch of events)."""
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+            depth = self._depth
+            begin, undo, end = (
+                ("BEGIN IMMEDIATE", "ROLLBACK", "COMMIT")
+                if depth == 0
+                else (f"SAVEPOINT sp{depth}", f"ROLLBACK TO sp{depth}; RELEASE sp{depth}", f"RELEASE sp{depth}")
+            )
+            self._conn.execute(begin)
+            self._depth = depth + 1
             try:
                 yield self._conn
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                self._depth = depth
+                for statement in undo.split("; "):
+                    self._conn.execute(statement)
                 raise
-            self._conn.execute("COMMIT")
+            self._depth = depth
+            self._conn.execute(end)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:

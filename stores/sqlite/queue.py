@@ -14,6 +14,7 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
@@ -74,10 +75,15 @@ class SqliteJobQueue:
         return jobs
 
     def ack(self, job: Job) -> None:
+        self.ack_many([job])
+
+    def ack_many(self, jobs: Sequence[Job]) -> None:
+        if not jobs:
+            return
         with self.db.transaction() as conn:
-            conn.execute(
+            conn.executemany(
                 "DELETE FROM jobs WHERE workspace = ? AND event_id = ? AND receipt = ?",
-                (job.workspace, job.event_id, job.receipt),
+                [(job.workspace, job.event_id, job.receipt) for job in jobs],
             )
 
     def release(self, job: Job, delay_seconds: float) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -278,6 +279,11 @@ class SqliteStateStore(SqliteListings):
     def workspaces(self) -> list[str]:
         rows = self.db.query("SELECT DISTINCT workspace FROM documents UNION SELECT DISTINCT workspace FROM events")
         return sorted(r[0] for r in rows)
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        with self.db.transaction():
+            yield
 
     def close(self) -> None:
         self.db.close()

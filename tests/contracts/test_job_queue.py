@@ -170,6 +170,24 @@ class TestJobQueueContract:
         assert queue.pending() == 0
         assert claimed(queue, lease=0) == []
 
+    def test_ack_many_removes_those_acked_and_frees_their_groups(self, queue: JobQueue) -> None:
+        # 12 groups (more than one SQS batch of 10), each with a job behind the claimed one.
+        for i in range(12):
+            queue.enqueue(K(f"e{i}"), f"acme/f{i}")
+            queue.enqueue(K(f"e{i}-next"), f"acme/f{i}")
+        jobs = claim_soon(queue, limit=12)
+        while len(jobs) < 12:
+            jobs += claim_soon(queue, limit=12 - len(jobs))
+        assert sorted(j.event_id for j in jobs) == sorted(f"e{i}" for i in range(12))
+        kept = jobs.pop()  # one stays in flight: its group stays locked
+        queue.ack_many(jobs)
+        queue.ack_many([])
+        assert queue.pending() == 13
+        after: set[str] = set()
+        while got := claim_soon(queue, limit=20, within=1.0):  # SQS hands them out ten at a time
+            after |= {j.event_id for j in got}
+        assert after == {f"e{i}-next" for i in range(12)} - {f"{kept.event_id}-next"}
+
 
 # SQLite only: a consumer that is gone ----------------------------------------------------------------------
 def test_sqlite_gives_back_the_leases_of_a_consumer_that_is_gone(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -405,11 +406,59 @@ class TestStateStoreContract:
         store.add_event(file_event("e2", workspace="acme"), EventStatus.RECEIVED)
         assert store.workspaces() == ["acme", "gamma"]
 
+    def test_a_batch_keeps_its_writes_and_each_failed_one_out(self, store: StateStore) -> None:
+        store.add_event(file_event("e1"), EventStatus.QUEUED)
+        store.add_event(file_event("e2", file_id="f2"), EventStatus.QUEUED)
+        with store.batch():
+            store.set_event_status("acme", "e1", EventStatus.PROCESSING, count_attempt=True)
+            with pytest.raises(KeyError):
+                store.set_event_status("acme", "nope", EventStatus.DONE)
+            assert store.switch_document(document("f2", position=pos(5, "e2"), revision="r1"))
+            store.set_event_status("acme", "e2", EventStatus.DONE, detail="indexed")
+            got = store.get_event("acme", "e1")  # the batch reads its own writes
+            assert got is not None and (got.status, got.attempts) == (EventStatus.PROCESSING, 1)
+        e1, e2 = store.get_event("acme", "e1"), store.get_event("acme", "e2")
+        assert e1 is not None and (e1.status, e1.attempts) == (EventStatus.PROCESSING, 1)
+        assert e2 is not None and (e2.status, e2.detail) == (EventStatus.DONE, "indexed")
+        doc = store.get_document("acme", "f2")
+        assert doc is not None and doc.revision == "r1"
+        assert store.get_event("acme", "nope") is None
+
     def test_purge_forgets_no_event_that_is_still_pending(self, store: StateStore) -> None:
         store.add_event(file_event("e1"), EventStatus.QUEUED)
         store.add_event(file_event("e2", file_id="f2"), EventStatus.HELD)
         assert store.purge_events(datetime.now(UTC) + timedelta(days=1)) == 0
         assert store.get_event("acme", "e1") is not None and store.get_event("acme", "e2") is not None
+
+
+def test_sqlite_a_batch_is_one_commit_that_undoes_a_failed_write_alone(tmp_path: Path) -> None:
+    db = SqliteDatabase(tmp_path / "state.sqlite3")
+    commits: list[str] = []
+    db._conn.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
+    store = SqliteStateStore(db)
+    with db.transaction() as conn:
+        conn.execute("CREATE TABLE t (x INTEGER PRIMARY KEY)")
+    commits.clear()
+    with store.batch():
+        with db.transaction() as conn:
+            conn.execute("INSERT INTO t VALUES (1)")
+        with pytest.raises(sqlite3.IntegrityError), db.transaction() as conn:
+            conn.execute("INSERT INTO t VALUES (2)")  # written, then the write fails: both undone
+            conn.execute("INSERT INTO t VALUES (1)")
+        with db.transaction() as conn:
+            conn.execute("INSERT INTO t VALUES (3)")
+    assert [r[0] for r in db.query("SELECT x FROM t ORDER BY x")] == [1, 3]
+    assert commits == ["COMMIT"]
+
+    class Killed(BaseException):
+        pass
+
+    with pytest.raises(Killed), store.batch():  # a crash inside the batch: none of it was written
+        with db.transaction() as conn:
+            conn.execute("INSERT INTO t VALUES (4)")
+        raise Killed
+    assert [r[0] for r in db.query("SELECT x FROM t ORDER BY x")] == [1, 3]
+    store.close()
 
 
 def test_dynamodb_events_expire_only_once_settled(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -279,10 +279,26 @@ class TestVectorIndexContract:
         assert index.file_revisions("acme", "f") == {"r2": 2}
         assert index.file_revisions("acme", "never-indexed") == {}
 
-    def test_set_version_restamps_one_revision_only(self, index: VectorIndex) -> None:
+    def test_revisions_of_counts_many_files_in_one_read(self, index: VectorIndex) -> None:
+        # More files than one read names (STAMPS_PER_WRITE), two revisions on some, another tenant beside.
+        files = [f"f{i}" for i in range(300)]
+        index.upsert([point(f, revision="r1", index=i) for f in files for i in range(2)])
+        index.upsert([point(f, revision="r2") for f in files[::7]])
+        index.upsert([point("f1", workspace="beta", revision="r9")])
+        got = index.revisions_of("acme", [*files, "f3", "never-indexed"])
+        assert got == {f: {"r1": 2, "r2": 1} if n % 7 == 0 else {"r1": 2} for n, f in enumerate(files)}
+        assert index.revisions_of("beta", ["f1", "f2"]) == {"f1": {"r9": 1}}
+        assert index.revisions_of("acme", []) == {}
+
+    def test_set_versions_restamps_those_revisions_only(self, index: VectorIndex) -> None:
         index.upsert([point("f", revision="r1", index=i) for i in range(2)] + [point("f", revision="r0")])
         index.upsert([point("f", workspace="beta", revision="r1")])
-        index.set_version("acme", "f", "r1", 7)
+        index.upsert([point(f"g{i}", revision="r1") for i in range(300)])  # more than one write's worth
+        stamps = [(f"g{i}", "r1", 8 if i % 2 else None) for i in range(300)]
+        index.set_versions("acme", [("f", "r1", 7), *stamps])
+        assert {h.version for h in index.file_chunks("acme", "f", "r1")} == {7}
+        assert [index.file_chunks("acme", f"g{i}", "r1")[0].version for i in range(300)] == [v for _, _, v in stamps]
+        index.set_versions("acme", [])
         assert {h.version for h in index.file_chunks("acme", "f", "r1")} == {7}
         assert {h.version for h in index.file_chunks("acme", "f", "r0")} == {1}
         assert {h.version for h in index.file_chunks("beta", "f", "r1")} == {1}
