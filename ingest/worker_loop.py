@@ -6,6 +6,10 @@ queued), only whole embedding batches are embedded; the plans whose texts would 
 batch are *carried* (with their jobs, still leased) into the next round, where they are embedded first. A
 short claim, a plan carried `MAX_CARRY_ROUNDS` times, or a lease half gone embeds everything.
 
+Pipelined: while one claim is embedded and written, a helper thread claims and prepares the next (fetch,
+parse, chunk: work that needs no model runs beside it, not before it). The queue never hands out two jobs
+of one file at once, so the claim prepared ahead never holds a file of the claim being written.
+
 A carried job stays leased by this queue instance (leases belong to their consumer): no other event of its
 file is claimed meanwhile, and the switch's compare-and-set guards the rest. If the worker dies with plans
 carried, what it carried dies with it: `forget_carried` (called by the start-up recovery) drops them, and
@@ -17,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -35,6 +40,16 @@ class _Carried:
     job: Job
     plan: Plan
     claimed_at: float
+
+
+@dataclass(slots=True)
+class _Claim:
+    """A claim's jobs, prepared: the outcomes its preparation settled, the plans still to embed and apply."""
+
+    jobs: list[Job]
+    outcomes: dict[EventKey, Outcome]
+    plans: list[Plan]
+    at: float  # when it was claimed (time.monotonic)
 
 
 @dataclass(slots=True)
@@ -89,18 +104,30 @@ class WorkerLoop:
 
     def run_once(self) -> int:
         """Claim one batch, apply what is ready and settle it; returns how many jobs were claimed."""
-        carry = self._carry()
+        return self._finish(self._claim())
+
+    def _claim(self) -> _Claim:
+        """Steps 1 and 2 of a new claim (the part of a batch that needs no model)."""
         jobs = self.queue.claim(self.batch_size, self.lease_seconds)
-        if not jobs and not carry.waiting:
-            return 0
-        now = time.monotonic()
+        at = time.monotonic()
+        if not jobs:
+            return _Claim([], {}, [], at)
         by_key = {j.key: j for j in jobs}
         outcomes, plans = self.worker.prepare(list(by_key))
-        self._settle([(by_key[key], outcome) for key, outcome in outcomes.items()])
-        carry.waiting.extend(_Carried(by_key[p.event.key], p, now) for p in plans)
+        return _Claim(jobs, outcomes, plans, at)
+
+    def _finish(self, claim: _Claim) -> int:
+        """Settle what `claim`'s preparation settled; embed and apply its plans with those carried."""
+        carry = self._carry()
+        if not claim.jobs and not carry.waiting:
+            return 0
+        by_key = {j.key: j for j in claim.jobs}
+        self._settle([(by_key[key], outcome) for key, outcome in claim.outcomes.items()])
+        carry.waiting.extend(_Carried(by_key[p.event.key], p, claim.at) for p in claim.plans)
+        now = time.monotonic()
         oldest = min((c.claimed_at for c in carry.waiting), default=now)
         final = (
-            len(jobs) < self.batch_size
+            len(claim.jobs) < self.batch_size
             or carry.rounds >= MAX_CARRY_ROUNDS
             # A carried job must be settled well within its lease, or another claim could run it too.
             or now - oldest > self.lease_seconds / 2
@@ -109,7 +136,15 @@ class WorkerLoop:
         applied = self.worker.apply(ready)
         self._settle([(carry.pop(key), outcome) for key, outcome in {**failed, **applied}.items()])
         carry.rounds = carry.rounds + 1 if carry.waiting else 0
-        return len(jobs)
+        return len(claim.jobs)
+
+    def _hand_back(self, claim: _Claim) -> None:
+        """A claim prepared for a round that will not come: what it settled is settled, the rest is given
+        back now (its events are prepared again when claimed again), not after its lease."""
+        by_key = {j.key: j for j in claim.jobs}
+        self._settle([(by_key[key], outcome) for key, outcome in claim.outcomes.items()])
+        for plan in claim.plans:
+            self.queue.release(by_key[plan.event.key], 0)
 
     def _carry(self) -> _Carry:
         carry: _Carry | None = getattr(self._local, "carry", None)
@@ -136,14 +171,29 @@ class WorkerLoop:
                 self.queue.release(job, outcome.delay)
 
     def drain(self, max_batches: int | None = None) -> int:
-        """Process until nothing is claimable now (delayed retries are left for later)."""
+        """Process until nothing is claimable now (delayed retries are left for later). Pipelined: the next
+        claim is prepared in a helper thread while this one embeds and writes the current one."""
         total = batches = 0
-        while max_batches is None or batches < max_batches:
-            n = self.run_once()
-            if n == 0:
-                break
-            total += n
-            batches += 1
+        with ThreadPoolExecutor(1, thread_name_prefix="eventrag-prepare") as helper:
+            ahead: Future[_Claim] | None = None
+            try:
+                while max_batches is None or batches < max_batches:
+                    claim = ahead.result() if ahead is not None else self._claim()
+                    ahead = None
+                    if not claim.jobs and batches and not self._carry().waiting:
+                        # Claimed while the last batch was still being written: what it released since
+                        # (a retry due now) was not claimable then.
+                        claim = self._claim()
+                    if claim.jobs and (max_batches is None or batches + 1 < max_batches):
+                        ahead = helper.submit(self._claim)
+                    n = self._finish(claim)
+                    if n == 0:
+                        break
+                    total += n
+                    batches += 1
+            finally:
+                if ahead is not None:
+                    self._hand_back(ahead.result())
         return total
 
     def notify(self) -> None:
@@ -151,16 +201,29 @@ class WorkerLoop:
         self._wake.set()
 
     def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._maybe_purge()
-                n = self.run_once()
-            except Exception:
-                log.exception("worker loop error; continuing")
-                n = 0
-            if n == 0:
-                self._wake.wait(self.poll_seconds)
-                self._wake.clear()
+        """One worker thread, pipelined as `drain` is: while a claim is embedded and written, a helper
+        thread prepares the next one (fetch, parse, chunk run beside the model, not before it)."""
+        with ThreadPoolExecutor(1, thread_name_prefix="eventrag-prepare") as helper:
+            ahead: Future[_Claim] | None = None
+            while not self._stop.is_set():
+                try:
+                    self._maybe_purge()
+                    claim = ahead.result() if ahead is not None else self._claim()
+                    ahead = None
+                    if claim.jobs:  # more may be queued
+                        ahead = helper.submit(self._claim)
+                    n = self._finish(claim)
+                except Exception:
+                    log.exception("worker loop error; continuing")
+                    n = 0
+                if n == 0 and ahead is None:
+                    self._wake.wait(self.poll_seconds)
+                    self._wake.clear()
+            if ahead is not None:
+                try:
+                    self._hand_back(ahead.result())
+                except Exception:
+                    log.exception("could not hand back a prepared claim; its leases run out instead")
 
     def _maybe_purge(self) -> None:
         """Hourly: forget event ids past the retention. Every minute: queue events stored but never queued

@@ -54,6 +54,9 @@ class SentenceTransformerEmbedder:
         self._model: SentenceTransformer | None = None
         self._load_lock = threading.Lock()
         self._encode_lock = threading.Lock()
+        # A fast tokenizer sets its truncation and padding on every call: two threads at once (the worker's
+        # chunker beside its encode) fail with "Already borrowed". Held only while tokenizing.
+        self._tokenizer_lock = threading.Lock()
 
     @property
     def model(self) -> SentenceTransformer:
@@ -89,19 +92,21 @@ class SentenceTransformerEmbedder:
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         if not texts:
             return []
-        enc = self.model.tokenizer(list(texts), add_special_tokens=True, truncation=False, verbose=False)
+        with self._tokenizer_lock:
+            enc = self.model.tokenizer(list(texts), add_special_tokens=True, truncation=False, verbose=False)
         return [len(ids) for ids in enc["input_ids"]]
 
     def token_offsets(self, text: str) -> list[tuple[int, int]]:
-        enc = self.model.tokenizer(
-            text, add_special_tokens=False, truncation=False, return_offsets_mapping=True, verbose=False
-        )
+        with self._tokenizer_lock:
+            enc = self.model.tokenizer(
+                text, add_special_tokens=False, truncation=False, return_offsets_mapping=True, verbose=False
+            )
         return [(int(a), int(b)) for a, b in enc["offset_mapping"]]
 
     def _encode(self, texts: Sequence[str]) -> np.ndarray[Any, Any]:
         # One encode at a time: torch already uses every core, and interleaving two batches only adds
         # memory pressure.
-        with self._encode_lock:
+        with self._encode_lock, self._tokenizer_lock:  # (it tokenizes inside)
             return self.model.encode(
                 list(texts),
                 batch_size=self.batch_size,
@@ -133,14 +138,15 @@ class SentenceTransformerEmbedder:
         with self._encode_lock, torch.inference_mode():
             for b in range(0, len(texts), self.batch_size):
                 part = list(texts[b : b + self.batch_size])
-                features = model.tokenizer(
-                    part,
-                    padding=True,
-                    truncation=True,
-                    max_length=model.max_seq_length,
-                    return_offsets_mapping=True,
-                    return_tensors="pt",
-                )
+                with self._tokenizer_lock:
+                    features = model.tokenizer(
+                        part,
+                        padding=True,
+                        truncation=True,
+                        max_length=model.max_seq_length,
+                        return_offsets_mapping=True,
+                        return_tensors="pt",
+                    )
                 offsets = features.pop("offset_mapping").tolist()
                 out = model(dict(features))
                 sentence = torch.nn.functional.normalize(out["sentence_embedding"], p=2, dim=1)
