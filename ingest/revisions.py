@@ -39,8 +39,8 @@ _FINGERPRINT = re.compile(r"[0-9a-f]{32}")
 def fingerprint(
     event: FileEvent, data: bytes, *, content_type: str | None, model_id: str, chunking: tuple[int, ...]
 ) -> str:
-    """What the points of `event` would be made of. The version is left out on purpose: it is the one
-    payload field a kept revision changes (`VectorIndex.set_versions`)."""
+    """What the points of `event` would be made of. The version is left out on purpose: a new version of
+    the same content keeps the revision (its citations take the version from the document record)."""
     h = hashlib.sha256()
     head = {
         "format": REVISION_FORMAT,

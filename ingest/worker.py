@@ -15,7 +15,7 @@ For each event:
 5. *switch*: a compare-and-set of the document record makes the new revision the searchable one, only if
    nothing newer was applied meanwhile; if something was, this event is superseded and its points go. A
    kept revision is switched by the same compare-and-set, which also requires the revision to be still
-   the active one; then its points' `version` follows the record.
+   the active one; its points are not written (citations take the version from the record).
 6. *clean up*: delete the file's points of revisions older than this event (never the active one, never
    a newer one being written); mark the event done.
 
@@ -89,9 +89,6 @@ _CHANGE_OF = {
 }
 # Bytes, content type, path -> parsed text: `ingest.parsing.parse`, or the sandboxed `ingest.sandbox.ParserPool`.
 Parser = Callable[[bytes, str | None, str], ParsedDocument]
-# A kept revision's points follow the record's version; a writer racing this many times in a row gives up
-# (the record is then another writer's, and that writer stamps its own).
-_FOLLOW_ROUNDS = 8
 
 
 class OutcomeKind(StrEnum):
@@ -130,6 +127,7 @@ class Plan:
     status: DocumentStatus = DocumentStatus.INDEXED
     revision: str | None = None
     kept: DocumentRecord | None = None  # KEEP: the record whose revision stays
+    points: dict[str, int] = field(default_factory=dict)  # KEEP: the file's points per revision, when planned
     chunks: list[Chunk] = field(default_factory=list)
     embed_texts: list[str] = field(default_factory=list)
     unit_spans: list[list[tuple[int, int]]] = field(default_factory=list)  # per chunk, in its embed text
@@ -371,7 +369,9 @@ class IngestWorker:
             and revision_fingerprint(doc.revision) == print_
             and not _points_lost(doc, points)
         ):
-            return Plan(record, _Action.KEEP, revision=doc.revision, kept=doc, content_type=doc.content_type)
+            return Plan(
+                record, _Action.KEEP, revision=doc.revision, kept=doc, points=points, content_type=doc.content_type
+            )
         try:
             parsed = self.parser(fetched.data, content_type, ev.path)
         except UnsupportedContentError as exc:
@@ -428,9 +428,6 @@ class IngestWorker:
                 if revision_position(r) == ev.position and r != doc.revision
             ]
             self.index.delete_revisions(ev.workspace, ev.file_id, own)
-            if record.attempts > 1 and doc.revision is not None:
-                # The attempt may also have died restamping a kept revision: its points follow the record.
-                self._follow_versions([(ev.workspace, ev.file_id, doc.revision)])
         detail = (
             f"not newer than what is applied: {describe_position(doc.position)} wins, because"
             f" {explain_order(doc.position, ev.position)}"
@@ -515,9 +512,6 @@ class IngestWorker:
     def _apply(self, plan: Plan) -> Outcome:
         ev = plan.event
         if plan.action is _Action.FINISH:
-            if plan.revision is not None:
-                # The interrupted attempt may have kept a revision without restamping its version.
-                self._follow_versions([(ev.workspace, ev.file_id, plan.revision)])
             self._drop_older_revisions([(ev, plan.revision)])
             doc = self.state.get_document(ev.workspace, ev.file_id)
             change = None
@@ -624,11 +618,11 @@ class IngestWorker:
     def _keep(self, plans: Sequence[Plan]) -> dict[EventKey, Outcome]:
         """The content is what the active revision already holds: move each record to its event by the same
         compare-and-set, required also to find the revision still active (a revision that stopped being
-        active may already be cleaned up, so it is never made active again); then the points' version
-        follows the record (citations show it). Kept in bulk (a full re-sync re-sends every file unchanged):
-        the switches in one commit, the index's reads and writes for all of them together, the events
-        settled in one commit; each event still goes switch, index, settle, so a crash between two of them
-        leaves it to be finished by its retry (step 1), as for one event."""
+        active may already be cleaned up, so it is never made active again). Nothing is written to the
+        points: their version is the one they were written at, and what citations show is the record's.
+        Kept in bulk (a full re-sync re-sends every file unchanged): the switches in one commit, the events
+        settled in one commit; each event still goes switch, clean up, settle, so a crash between two of
+        them leaves it to be finished by its retry (step 1), as for one event."""
         outcomes: dict[EventKey, Outcome] = {}
         switched: dict[EventKey, bool | Exception] = {}
         with self.state.batch():
@@ -652,10 +646,9 @@ class IngestWorker:
                 except Exception as exc:
                     outcomes[ev.key] = self._failure(plan.record, exc)
         try:
-            # (a re-send of the same version, or of none, writes nothing)
-            restamp = [p for p in kept if p.kept is not None and p.kept.version != p.event.version]
-            self._follow_versions([(p.event.workspace, p.event.file_id, p.revision) for p in restamp])
-            self._drop_older_revisions([(p.event, p.revision) for p in kept])
+            # The points read when the batch was planned: a revision written since belongs to an event
+            # whose switch fails (this keep moved the record past it) and which then deletes its own.
+            self._drop_older_revisions([(p.event, p.revision) for p in kept], {p.event.key: p.points for p in kept})
         except Exception as exc:  # the switches stand: each event's retry finishes it (step 1)
             outcomes.update({p.event.key: self._failure(p.record, exc) for p in kept})
             kept = []
@@ -738,31 +731,6 @@ class IngestWorker:
         )
         return Outcome(OutcomeKind.DONE, detail)
 
-    def _follow_versions(self, targets: Sequence[tuple[str, str, str | None]]) -> None:
-        """Stamp each (workspace, file id, revision)'s points with the version the registry records for it.
-        The version written is
-        read from the registry and read again after the write: a writer whose record was replaced meanwhile
-        (a stale worker, a newer keep) writes the newer version in its next round, so a slow writer can
-        never leave an old version on the active revision's points."""
-        pending = [t for t in targets if t[2] is not None]
-        for _ in range(_FOLLOW_ROUNDS):
-            if not pending:
-                return
-            stamped: dict[tuple[str, str, str | None], DocumentRecord] = {}
-            for target in pending:
-                doc = self.state.get_document(target[0], target[1])
-                if doc is not None and doc.revision == target[2]:
-                    stamped[target] = doc  # else no longer active: garbage, the active revision's writer stamps
-            for ws in dict.fromkeys(t[0] for t in stamped):
-                self.index.set_versions(ws, [(f, r, d.version) for (w, f, r), d in stamped.items() if w == ws and r])
-            pending = []
-            for target, doc in stamped.items():
-                after = self.state.get_document(target[0], target[1])
-                if after is not None and (after.position, after.revision) != (doc.position, doc.revision):
-                    pending.append(target)
-        for ws, file_id, _ in pending:
-            log.warning("%s/%s: the record kept changing while its version was stamped", ws, file_id)
-
     def _superseded_at_switch(self, record: EventRecord) -> Outcome:
         ev = record.event
         now = self.state.get_document(ev.workspace, ev.file_id)
@@ -773,12 +741,15 @@ class IngestWorker:
         self._settle(record, EventStatus.SUPERSEDED, detail=detail, summary=f"superseded {ev.path}: {detail}")
         return Outcome(OutcomeKind.SUPERSEDED, detail)
 
-    def _drop_older_revisions(self, files: Sequence[tuple[FileEvent, str | None]]) -> None:
+    def _drop_older_revisions(
+        self, files: Sequence[tuple[FileEvent, str | None]], found: dict[EventKey, dict[str, int]] | None = None
+    ) -> None:
         """For each (event, its active revision): delete the file's points of revisions older than the
         event's position, except the active one (a kept revision's name is older than the event that keeps
         it). A revision newer than it belongs to an event still being applied (or waiting for a retry) and
-        is left alone. One read per workspace finds them all."""
-        found = self._revisions_of([ev for ev, _ in files])
+        is left alone. One read per workspace finds them all, unless `found` has them."""
+        if found is None:
+            found = self._revisions_of([ev for ev, _ in files])
         for ev, active in files:
             stale = [r for r in found.get(ev.key, {}) if r != active and is_older(r, ev.position)]
             if stale:

@@ -171,29 +171,23 @@ class WorkerLoop:
                 self.queue.release(job, outcome.delay)
 
     def drain(self, max_batches: int | None = None) -> int:
-        """Process until nothing is claimable now (delayed retries are left for later). Pipelined: the next
-        claim is prepared in a helper thread while this one embeds and writes the current one."""
+        """Process until nothing is claimable now (delayed retries are left for later), pipelined as the
+        background threads are (`_Ahead`)."""
         total = batches = 0
-        with ThreadPoolExecutor(1, thread_name_prefix="eventrag-prepare") as helper:
-            ahead: Future[_Claim] | None = None
-            try:
-                while max_batches is None or batches < max_batches:
-                    claim = ahead.result() if ahead is not None else self._claim()
-                    ahead = None
-                    if not claim.jobs and batches and not self._carry().waiting:
-                        # Claimed while the last batch was still being written: what it released since
-                        # (a retry due now) was not claimable then.
-                        claim = self._claim()
-                    if claim.jobs and (max_batches is None or batches + 1 < max_batches):
-                        ahead = helper.submit(self._claim)
-                    n = self._finish(claim)
-                    if n == 0:
-                        break
-                    total += n
-                    batches += 1
-            finally:
-                if ahead is not None:
-                    self._hand_back(ahead.result())
+        with _Ahead(self) as ahead:
+            while max_batches is None or batches < max_batches:
+                claim = ahead.take()
+                if not claim.jobs and batches and not self._carry().waiting:
+                    # Perhaps claimed while the last batch was still being written: what that released since
+                    # (a retry due now) was not claimable then.
+                    claim = self._claim()
+                if max_batches is None or batches + 1 < max_batches:
+                    ahead.prepare_next(claim)
+                n = self._finish(claim)
+                if n == 0:
+                    break
+                total += n
+                batches += 1
         return total
 
     def notify(self) -> None:
@@ -201,29 +195,19 @@ class WorkerLoop:
         self._wake.set()
 
     def _loop(self) -> None:
-        """One worker thread, pipelined as `drain` is: while a claim is embedded and written, a helper
-        thread prepares the next one (fetch, parse, chunk run beside the model, not before it)."""
-        with ThreadPoolExecutor(1, thread_name_prefix="eventrag-prepare") as helper:
-            ahead: Future[_Claim] | None = None
+        with _Ahead(self) as ahead:
             while not self._stop.is_set():
                 try:
                     self._maybe_purge()
-                    claim = ahead.result() if ahead is not None else self._claim()
-                    ahead = None
-                    if claim.jobs:  # more may be queued
-                        ahead = helper.submit(self._claim)
+                    claim = ahead.take()
+                    ahead.prepare_next(claim)
                     n = self._finish(claim)
                 except Exception:
                     log.exception("worker loop error; continuing")
                     n = 0
-                if n == 0 and ahead is None:
+                if n == 0:
                     self._wake.wait(self.poll_seconds)
                     self._wake.clear()
-            if ahead is not None:
-                try:
-                    self._hand_back(ahead.result())
-                except Exception:
-                    log.exception("could not hand back a prepared claim; its leases run out instead")
 
     def _maybe_purge(self) -> None:
         """Hourly: forget event ids past the retention. Every minute: queue events stored but never queued
@@ -264,3 +248,37 @@ class WorkerLoop:
                     self.queue.release(c.job, 0)
                 carry.waiting.clear()
                 carry.rounds = 0
+
+
+class _Ahead:
+    """The next claim, claimed and prepared (fetch, parse, chunk) in a helper thread while this thread
+    embeds and writes the current one: the work that needs no model runs beside the model's calls, not
+    between them. Only when the current claim gives the model work: a claim of unchanged files (a re-sync)
+    is all Python, which two threads only slow down (they take turns on the GIL). On exit, a claim
+    prepared for a round that will not come is handed back (`WorkerLoop._hand_back`)."""
+
+    def __init__(self, loop: WorkerLoop) -> None:
+        self.loop = loop
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="eventrag-prepare")
+        self._next: Future[_Claim] | None = None
+
+    def __enter__(self) -> _Ahead:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self._next is not None:
+                self.loop._hand_back(self.take())
+        finally:
+            self._pool.shutdown()
+
+    def take(self) -> _Claim:
+        """The claim prepared ahead, or a claim now."""
+        if self._next is None:
+            return self.loop._claim()
+        ahead, self._next = self._next, None
+        return ahead.result()
+
+    def prepare_next(self, current: _Claim) -> None:
+        if current.jobs and (any(p.waiting_for_vectors for p in current.plans) or self.loop._carry().waiting):
+            self._next = self._pool.submit(self.loop._claim)

@@ -389,6 +389,7 @@ class Agent:
         sheets = {c.sheet for c in touched}
         passage = replace(
             chunks[0],
+            version=doc.version if doc is not None else chunks[0].version,
             page_start=min(pages) if pages else None,
             page_end=max(pages) if pages else None,
             sheet=sheets.pop() if len(sheets) == 1 else None,

@@ -110,18 +110,21 @@ class Searcher:
 
     def _active_only(self, req: SearchRequest, raw: list[Hit], run: object, want: int) -> list[Hit]:
         active = self.state.active_revisions(req.workspace, [h.file_id for h in raw])
-        kept = [h for h in raw if active.get(h.file_id) == h.revision]
+        revision = {f: a.revision for f, a in active.items()}
+        kept = [h for h in raw if revision.get(h.file_id) == h.revision]
         kept_files = {h.file_id for h in kept}
         # Files seen only at a revision that is no longer active: switched while we were reading.
         missed = sorted(
-            {(h.file_id, active[h.file_id]) for h in raw if h.file_id in active and h.file_id not in kept_files}
+            {(h.file_id, revision[h.file_id]) for h in raw if h.file_id in revision and h.file_id not in kept_files}
         )
         if missed:
             base = req.flt or SearchFilter()
             reread = replace(base, revisions=tuple(missed))
             assert callable(run)
-            kept.extend(h for h in run(want, reread) if active.get(h.file_id) == h.revision)
+            kept.extend(h for h in run(want, reread) if revision.get(h.file_id) == h.revision)
             kept.sort(key=lambda h: -h.score)
+        for h in kept:  # the registry's version: a kept revision's points hold the one they were written at
+            h.version = active[h.file_id].version
         return kept
 
 

@@ -330,10 +330,6 @@ class EdgeIndex(ScrolledReads):
         flt = _WHERE.all([*_WHERE.file(workspace, file_id), _WHERE.match_any("revision", revisions)])
         self.apply(qe.UpdateOperation.delete_points_by_filter(flt))
 
-    def set_versions(self, workspace: str, stamps: Sequence[tuple[str, str, int | None]]) -> None:
-        for flt, version in _WHERE.version_stamps(workspace, stamps):
-            self.apply(qe.UpdateOperation.set_payload_by_filter(flt, {"version": version}))
-
     # reads --------------------------------------------------------------------------------------------
     def search(
         self,

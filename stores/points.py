@@ -20,7 +20,7 @@ SCHEMA_VERSION = 1
 RRF_K = 2
 # Every prefetch of a hybrid query reads at least this deep, so fusion has enough candidates.
 MIN_PREFETCH = 50
-STAMPS_PER_WRITE = 256  # files (or revisions) named in one filter of a batched read or write
+FILES_PER_READ = 256  # files named in one filter of a batched read
 _POINT_NAMESPACE = uuid.UUID("6f1c7f53-3f43-4a8e-9a39-6f8d0a4b1e27")
 
 # Payload fields with a keyword index (the workspace one is the tenant index) and the integer one.
@@ -175,20 +175,6 @@ class Conditions:
         """The points of any of these (file id, revision) pairs (within a workspace condition beside it)."""
         return self.any([self.all([self.match("file_id", f), self.match("revision", r)]) for f, r in pairs])
 
-    def version_stamps(
-        self, workspace: str, stamps: Sequence[tuple[str, str, int | None]]
-    ) -> list[tuple[Any, int | None]]:
-        """`set_versions` as (filter, version) writes: one per distinct version (a full re-sync stamps one
-        version on every file), at most `STAMPS_PER_WRITE` revisions each."""
-        by_version: dict[int | None, list[tuple[str, str]]] = {}
-        for file_id, revision, version in stamps:
-            by_version.setdefault(version, []).append((file_id, revision))
-        return [
-            (self.all([self.match("workspace", workspace), self.revisions(pairs[i : i + STAMPS_PER_WRITE])]), version)
-            for version, pairs in by_version.items()
-            for i in range(0, len(pairs), STAMPS_PER_WRITE)
-        ]
-
 
 class ScrolledReads:
     """The reads both adapters answer by scrolling the points of a filter (`_scroll`, per engine)."""
@@ -210,8 +196,8 @@ class ScrolledReads:
         c = self.conditions
         counts: dict[str, dict[str, int]] = {}
         ids = list(dict.fromkeys(file_ids))
-        for i in range(0, len(ids), STAMPS_PER_WRITE):
-            flt = c.all([c.match("workspace", workspace), c.match_any("file_id", ids[i : i + STAMPS_PER_WRITE])])
+        for i in range(0, len(ids), FILES_PER_READ):
+            flt = c.all([c.match("workspace", workspace), c.match_any("file_id", ids[i : i + FILES_PER_READ])])
             for r in self._scroll(flt, ["file_id", "revision"]):
                 pl = r.payload or {}
                 per_file = counts.setdefault(pl["file_id"], {})

@@ -12,7 +12,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 from stores.events import EventKey, EventStatus, FileEvent
 from stores.outbox import Delivery
@@ -102,6 +102,13 @@ class Job:
         return EventKey(self.workspace, self.event_id)
 
 
+class ActiveRevision(NamedTuple):
+    """A file's searchable revision and the version the registry records for it (the current one)."""
+
+    revision: str
+    version: int | None
+
+
 @runtime_checkable
 class StateStore(Protocol):
     """Durable state: events (deduplicated by workspace and event id), the document registry.
@@ -118,7 +125,8 @@ class StateStore(Protocol):
     - `note_document_error` marks the document failed only if the failing event's position (when given) is
       newer than the applied one.
     - `active_revisions` is what searches trust: a point is visible only if its revision is the one
-      recorded here for its file.
+      recorded here for its file; and the version recorded with it is the one its citations show (a kept
+      revision moves to a newer version here only: the points keep the version they were written at).
     """
 
     def add_event(self, event: FileEvent, status: EventStatus) -> tuple[EventRecord, bool]: ...
@@ -186,7 +194,7 @@ class StateStore(Protocol):
         With `position`, only if that event is newer than the applied one (see the class docstring)."""
         ...
 
-    def active_revisions(self, workspace: str, file_ids: Sequence[str]) -> dict[str, str]: ...
+    def active_revisions(self, workspace: str, file_ids: Sequence[str]) -> dict[str, ActiveRevision]: ...
 
     def workspaces(self) -> list[str]: ...
 
@@ -435,9 +443,6 @@ class VectorIndex(Protocol):
       written by a newer event is never touched).
     - `revisions_of` counts the points of each of `file_ids` per revision, in one read where the engine
       allows (a file without points is absent); `file_revisions` is the same for one file.
-    - `set_versions` sets the `version` payload of each (file id, revision)'s points to its version (kept
-      revisions moving to a newer version of unchanged content), in as few writes as the engine allows;
-      nothing else of them changes.
     - `search` never returns points of another workspace; it does not know which revision is active (the
       state store does), so callers filter hits by `StateStore.active_revisions`. `mode` decides what
       ranks (`Hit.score`); whatever the mode, when `dense` is given every hit carries `similarity` (its
@@ -463,8 +468,6 @@ class VectorIndex(Protocol):
     def file_revisions(self, workspace: str, file_id: str) -> dict[str, int]: ...
 
     def revisions_of(self, workspace: str, file_ids: Sequence[str]) -> dict[str, dict[str, int]]: ...
-
-    def set_versions(self, workspace: str, stamps: Sequence[tuple[str, str, int | None]]) -> None: ...
 
     def search(
         self,

@@ -159,11 +159,6 @@ class QdrantIndex(ScrolledReads):
         with self._guard():
             self.client.delete(self.collection, points_selector=models.FilterSelector(filter=flt), wait=True)
 
-    def set_versions(self, workspace: str, stamps: Sequence[tuple[str, str, int | None]]) -> None:
-        for flt, version in _WHERE.version_stamps(workspace, stamps):
-            with self._guard():
-                self.client.set_payload(self.collection, payload={"version": version}, points=flt, wait=True)
-
     # reads --------------------------------------------------------------------------------------------
     def search(
         self,

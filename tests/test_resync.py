@@ -32,9 +32,9 @@ class Calls:
     """Counts calls of the index methods that write (a delete of no revision at all writes nothing)."""
 
     def __init__(self, h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.counts: dict[str, int] = {"upsert": 0, "delete": 0, "set_versions": 0}
+        self.counts: dict[str, int] = {"upsert": 0, "delete": 0}
         index = h.container.index
-        for name in ("upsert", "delete_file", "delete_revisions", "set_versions"):
+        for name in ("upsert", "delete_file", "delete_revisions"):
             original = getattr(index, name)
             key = "delete" if name.startswith("delete") else name
 
@@ -70,7 +70,7 @@ def send(h: Harness, version: int, *, content: str = POLICY, **kw: Any) -> dict[
 def test_an_unchanged_resend_only_records_the_new_version(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = Calls(h, monkeypatch)
     send(h, 1, metadata={"team": "facilities"})
-    assert calls.reset() == {"upsert": 1, "delete": 0, "set_versions": 0}  # new file: nothing to delete
+    assert calls.reset() == {"upsert": 1, "delete": 0}  # new file: nothing to delete
     model = h.container.embedder
     assert isinstance(model, RecordingEmbedder)
     embedded_before = model.embedded_texts
@@ -78,7 +78,7 @@ def test_an_unchanged_resend_only_records_the_new_version(h: Harness, monkeypatc
 
     event = send(h, 2, metadata={"team": "facilities"})
     assert event["status"] == "done" and "unchanged content" in event["detail"]
-    assert calls.reset() == {"upsert": 0, "delete": 0, "set_versions": 1}
+    assert calls.reset() == {"upsert": 0, "delete": 0}  # the new version is the record's alone
     assert model.embedded_texts == embedded_before
     doc = h.get("/documents/parking").json()
     assert (doc["version"], doc["status"], doc["embedded"]) == (2, "indexed", 0)
@@ -98,7 +98,7 @@ def test_a_changed_path_or_metadata_reaches_payloads_and_filters(h: Harness, mon
     calls = Calls(h, monkeypatch)
 
     send(h, 2, metadata={"team": "security"})
-    assert calls.reset() == {"upsert": 1, "delete": 1, "set_versions": 0}  # a new revision, the old one deleted
+    assert calls.reset() == {"upsert": 1, "delete": 1}  # a new revision, the old one deleted
     doc = h.get("/documents/parking").json()
     assert doc["embedded"] == 0 and doc["reused"] == doc["chunk_count"]
     hits = h.query("Where do visitors park?", filters={"metadata": {"team": "security"}}).json()["citations"]
@@ -137,14 +137,17 @@ def test_a_bulk_resync_commits_and_writes_per_batch_not_per_file(
     claims = 3 + 1  # 16 + 16 + 8 events, then the claim that finds none
     # Per claim: the claim, the attempts, the switches, the settles, the acks.
     assert len(commits) <= 5 * claims, len(commits)
-    assert calls.reset() == {"upsert": 0, "delete": 0, "set_versions": 3}  # one write per claim: one version
+    assert calls.reset() == {"upsert": 0, "delete": 0}  # nothing written to the index
     for f, event_id in zip(files, ids, strict=True):
         event = h.get(f"/events/{event_id}").json()
         assert event["status"] == "done" and "unchanged content" in event["detail"]
         doc = h.container.state.get_document("acme", f)
         assert doc is not None and first[f] is not None
         assert (doc.version, doc.revision, doc.last_event_id) == (2, first[f].revision, event_id)  # type: ignore[union-attr]
-        assert {c.version for c in h.container.index.file_chunks("acme", f, doc.revision or "")} == {2}
+    cited = h.query("What is file 7 about?", top_k=20).json()["citations"]
+    assert len(cited) >= 10 and {c["version"] for c in cited} == {2}  # the record's version, not the points'
+    chunks = h.get("/documents/f07/chunks").json()
+    assert chunks["version"] == 2
 
 
 def test_an_edit_after_an_unchanged_resend_is_indexed(h: Harness) -> None:

@@ -23,7 +23,7 @@ from stores.dynamodb.common import (
     to_dynamo,
     ts,
 )
-from stores.ports import DocumentRecord, DocumentStatus
+from stores.ports import ActiveRevision, DocumentRecord, DocumentStatus
 
 
 class DynamoDocuments(DynamoTable):
@@ -215,7 +215,12 @@ class DynamoDocuments(DynamoTable):
             **extra,
         )
 
-    def active_revisions(self, workspace: str, file_ids: Sequence[str]) -> dict[str, str]:
+    def active_revisions(self, workspace: str, file_ids: Sequence[str]) -> dict[str, ActiveRevision]:
         keys = [{"workspace": workspace, "file_id": f} for f in dict.fromkeys(file_ids)]
-        found = self._batch_get(self.documents_table, keys, names={"#f": "file_id", "#r": "revision"})
-        return {v["file_id"]: v["revision"] for v in found if v.get("revision") is not None}
+        names = {"#f": "file_id", "#r": "revision", "#v": "version"}
+        found = self._batch_get(self.documents_table, keys, names=names)
+        return {
+            v["file_id"]: ActiveRevision(v["revision"], int(v["version"]) if v.get("version") is not None else None)
+            for v in found
+            if v.get("revision") is not None
+        }

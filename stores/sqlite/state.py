@@ -12,7 +12,7 @@ from typing import Any
 
 from stores.events import EventStatus, FileEvent
 from stores.outbox import Delivery
-from stores.ports import DocumentRecord, DocumentStatus, EventRecord
+from stores.ports import ActiveRevision, DocumentRecord, DocumentStatus, EventRecord
 from stores.sqlite.database import SqliteDatabase
 from stores.sqlite.database import ts as _ts
 from stores.sqlite.listings import SqliteListings
@@ -262,18 +262,18 @@ class SqliteStateStore(SqliteListings):
                     (workspace, file_id, path, DocumentStatus.FAILED.value, error, event_id, time.time()),
                 )
 
-    def active_revisions(self, workspace: str, file_ids: Sequence[str]) -> dict[str, str]:
-        out: dict[str, str] = {}
+    def active_revisions(self, workspace: str, file_ids: Sequence[str]) -> dict[str, ActiveRevision]:
+        out: dict[str, ActiveRevision] = {}
         ids = list(dict.fromkeys(file_ids))
         for i in range(0, len(ids), 500):  # SQLite's default limit on host parameters is 999
             part = ids[i : i + 500]
             marks = ",".join("?" * len(part))
             for row in self.db.query(
-                f"SELECT file_id, revision FROM documents WHERE workspace = ? AND file_id IN ({marks})"
+                f"SELECT file_id, revision, version FROM documents WHERE workspace = ? AND file_id IN ({marks})"
                 " AND revision IS NOT NULL",
                 [workspace, *part],
             ):
-                out[row["file_id"]] = row["revision"]
+                out[row["file_id"]] = ActiveRevision(row["revision"], row["version"])
         return out
 
     def workspaces(self) -> list[str]:

@@ -12,7 +12,7 @@ import pytest
 
 from stores.dynamodb.state import DynamoStateStore
 from stores.events import EventStatus, EventType, FileEvent, position_key
-from stores.ports import DocumentRecord, DocumentStatus, StateStore
+from stores.ports import ActiveRevision, DocumentRecord, DocumentStatus, StateStore
 from stores.sqlite.database import SqliteDatabase
 from stores.sqlite.state import SqliteStateStore
 from tests.fakes.aws import create_stack, mocked_aws
@@ -295,14 +295,15 @@ class TestStateStoreContract:
         expected = {}
         for i in range(230):  # more than one DynamoDB BatchGetItem (100 keys)
             revision = None if i % 10 == 0 else f"rev-{i}"  # a deleted file has nothing searchable
-            store.switch_document(document(f"f{i}", revision=revision))
+            version = None if i % 3 == 0 else i  # a source without versions too
+            store.switch_document(document(f"f{i}", revision=revision, version=version))
             if revision:
-                expected[f"f{i}"] = revision
+                expected[f"f{i}"] = ActiveRevision(revision, version)
         store.switch_document(document("f1", workspace="beta", revision="other-workspace", position=pos(9)))
         asked = [f"f{i}" for i in range(240)] + ["f1", "f2"]  # unknown files and repeats too
         assert store.active_revisions("acme", asked) == expected
         assert store.active_revisions("acme", []) == {}
-        assert store.active_revisions("beta", ["f1", "f2"]) == {"f1": "other-workspace"}
+        assert store.active_revisions("beta", ["f1", "f2"]) == {"f1": ActiveRevision("other-workspace", None)}
 
     def test_switch_is_a_compare_and_set_on_the_position(self, store: StateStore) -> None:
         """A stale writer never replaces newer work: the switch applies only over an older position."""
@@ -383,7 +384,7 @@ class TestStateStoreContract:
             "SourceUnavailableError: timeout",
             {"team": "hr"},
         )
-        assert store.active_revisions("acme", ["f1"]) == {"f1": "rev-7"}
+        assert store.active_revisions("acme", ["f1"]) == {"f1": ActiveRevision("rev-7", None)}
 
         store.note_document_error("acme", "new", "docs/new.md", "SourceNotFoundError: gone")
         new = store.get_document("acme", "new")
@@ -520,6 +521,6 @@ def test_dynamodb_active_revisions_retries_unprocessed_keys(monkeypatch: pytest.
         for i in range(150):
             store.switch_document(document(f"f{i}", revision=f"rev-{i}"))
         assert store.active_revisions("acme", [f"f{i}" for i in range(150)]) == {
-            f"f{i}": f"rev-{i}" for i in range(150)
+            f"f{i}": ActiveRevision(f"rev-{i}", None) for i in range(150)
         }
         assert client.calls == 3  # keys 0-69, then 70-99 again; keys 100-149 in one call

@@ -290,23 +290,6 @@ class TestVectorIndexContract:
         assert index.revisions_of("beta", ["f1", "f2"]) == {"f1": {"r9": 1}}
         assert index.revisions_of("acme", []) == {}
 
-    def test_set_versions_restamps_those_revisions_only(self, index: VectorIndex) -> None:
-        index.upsert([point("f", revision="r1", index=i) for i in range(2)] + [point("f", revision="r0")])
-        index.upsert([point("f", workspace="beta", revision="r1")])
-        index.upsert([point(f"g{i}", revision="r1") for i in range(300)])  # more than one write's worth
-        stamps = [(f"g{i}", "r1", 8 if i % 2 else None) for i in range(300)]
-        index.set_versions("acme", [("f", "r1", 7), *stamps])
-        assert {h.version for h in index.file_chunks("acme", "f", "r1")} == {7}
-        assert [index.file_chunks("acme", f"g{i}", "r1")[0].version for i in range(300)] == [v for _, _, v in stamps]
-        index.set_versions("acme", [])
-        assert {h.version for h in index.file_chunks("acme", "f", "r1")} == {7}
-        assert {h.version for h in index.file_chunks("acme", "f", "r0")} == {1}
-        assert {h.version for h in index.file_chunks("beta", "f", "r1")} == {1}
-        hits = dense_search(index, unit(1.0), SearchFilter(revisions=(("f", "r1"),)))
-        assert {(h.version, h.text, h.path) for h in hits} == {  # nothing else moved
-            (7, f"f chunk {i} of r1", "docs/f.md") for i in range(2)
-        }
-
     def test_writing_a_revision_twice_changes_nothing(self, index: VectorIndex) -> None:
         points = [point("f", index=i, text=f"chunk {i}") for i in range(4)]
         index.upsert(points)
