@@ -160,7 +160,11 @@ def measure_online(
     centers = rng.standard_normal((300, DIM)).astype(np.float32)
     with tempfile.TemporaryDirectory(prefix="bench-online-") as tmp:
         marks: dict[str, float] = {}
-        index = EdgeIndex(Path(tmp) / "edge", fault=lambda step: marks.setdefault(step, time.perf_counter()))
+
+        def mark(step: str) -> None:
+            marks.setdefault(step, time.perf_counter())
+
+        index = EdgeIndex(Path(tmp) / "edge", fault=mark)
         index.ensure_ready("bench/synthetic", DIM)
         for start in range(0, size, 2000):
             index.upsert(_clustered_points(rng, centers, start, min(2000, size - start)))

@@ -187,7 +187,7 @@ def ingest_share(sizes: list[int]) -> list[dict[str, Any]]:
     from app.settings import Settings
     from ingest.sandbox import ParserPool
     from ingest.webhook_body import build_event, parse_webhook_body
-    from stores.events import EventStatus
+    from stores.events import EventKey, EventStatus
 
     rows = []
     for pages in sizes:
@@ -216,7 +216,8 @@ def ingest_share(sizes: list[int]) -> list[dict[str, Any]]:
                     timed.inner.parse(b"warm", "text/plain", "warm.txt")  # the child is started, too
                     timed.seconds = 0.0
                 start = time.perf_counter()
-                outcome = worker.process(["bench-1"])["bench-1"]
+                key = EventKey("default", "bench-1")
+                outcome = worker.process([key])[key]
                 total = time.perf_counter() - start
                 doc = c.state.get_document("default", name)
             finally:
