@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -170,9 +171,9 @@ class WorkerLoop:
             if not outcome.settled:
                 self.queue.release(job, outcome.delay)
 
-    def drain(self, max_batches: int | None = None) -> int:
+    def drain(self, max_batches: int | None = None, *, on_batch: Callable[[int], None] | None = None) -> int:
         """Process until nothing is claimable now (delayed retries are left for later), pipelined as the
-        background threads are (`_Ahead`)."""
+        background threads are (`_Ahead`). `on_batch` hears how many jobs each batch claimed (progress)."""
         total = batches = 0
         with _Ahead(self) as ahead:
             while max_batches is None or batches < max_batches:
@@ -188,6 +189,8 @@ class WorkerLoop:
                     break
                 total += n
                 batches += 1
+                if on_batch is not None:
+                    on_batch(n)
         return total
 
     def notify(self) -> None:

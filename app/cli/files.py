@@ -93,8 +93,7 @@ def _ingest_locally(files: list[Path], base: Path, workspace: str, settings: Any
                 progress.advance(task)
             progress.update(task, description="indexing", completed=0, total=c.queue.pending())
             assert c.loop is not None
-            while (n := c.loop.run_once()) > 0:
-                progress.advance(task, n)
+            c.loop.drain(on_batch=lambda n: progress.advance(task, n))
         outcomes = []
         for path, event_id in sent:
             rec = c.state.get_event(workspace, event_id)

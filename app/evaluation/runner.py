@@ -247,8 +247,7 @@ def index_corpus(
     for doc in docs:
         record_and_enqueue(document_event(doc, received=received), state=store.state, queue=store.queue)
     with _task(progress, f"indexing {label}".strip(), len(docs)) as advance:
-        while (claimed := store.loop.run_once()) > 0:
-            advance(claimed)
+        store.loop.drain(on_batch=advance)
     failed = []
     for doc in docs:
         record = store.state.get_event(EVAL_WORKSPACE, f"eval-{doc.doc_id}")
