@@ -278,13 +278,12 @@ class IngestWorker:
         keeps = [p for p in plans if p.action is _Action.KEEP]
         outcomes = self._keep(keeps) if keeps else {}
         for plan in plans:
-            if plan.action is _Action.KEEP:
-                continue
-            try:
-                with bind(**_fields(plan.event)):
-                    outcomes[plan.event.key] = self._apply(plan)
-            except Exception as exc:
-                outcomes[plan.event.key] = self._failure(plan.record, exc)
+            if plan.action is not _Action.KEEP:
+                try:
+                    with bind(**_fields(plan.event)):
+                        outcomes[plan.event.key] = self._apply(plan)
+                except Exception as exc:
+                    outcomes[plan.event.key] = self._failure(plan.record, exc)
             self._started.pop(plan.event.key, None)
         return outcomes
 
