@@ -237,18 +237,19 @@ class SqliteDatabase:
         it fails, and committed with the outer transaction (one fsync for a whole batch of events)."""
         with self._lock:
             depth = self._depth
-            begin, undo, end = (
-                ("BEGIN IMMEDIATE", "ROLLBACK", "COMMIT")
-                if depth == 0
-                else (f"SAVEPOINT sp{depth}", f"ROLLBACK TO sp{depth}; RELEASE sp{depth}", f"RELEASE sp{depth}")
-            )
+            undo: tuple[str, ...]
+            if depth == 0:
+                begin, undo, end = "BEGIN IMMEDIATE", ("ROLLBACK",), "COMMIT"
+            else:
+                sp = f"sp{depth}"
+                begin, undo, end = f"SAVEPOINT {sp}", (f"ROLLBACK TO {sp}", f"RELEASE {sp}"), f"RELEASE {sp}"
             self._conn.execute(begin)
             self._depth = depth + 1
             try:
                 yield self._conn
             except BaseException:
                 self._depth = depth
-                for statement in undo.split("; "):
+                for statement in undo:
                     self._conn.execute(statement)
                 raise
             self._depth = depth
