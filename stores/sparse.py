@@ -57,6 +57,10 @@ _TOKEN_RE = re.compile(r"[^\W_]+")
 # any client or store that round-trips them.
 _INDEX_MASK = 0x7FFFFFFF
 
+# Words whose index (or whose lack of one: a word that stems to "") an encoder remembers: stemming and
+# hashing each occurrence again was half of a document's encoding. Full, the memo starts over.
+_MEMO_WORDS = 65536
+
 
 class Bm25Encoder:
     """Turns text into BM25 term-frequency sparse vectors (see the module docstring for the contract).
@@ -93,6 +97,8 @@ class Bm25Encoder:
         # PyStemmer objects keep mutable C state (and a word cache) and are not thread-safe.
         self._stemmer_lock = threading.Lock()
         self._stop_words = ENGLISH_STOP_WORDS if language == "english" else frozenset()
+        # word -> its stem's index, None for a word that stems to nothing (see `_indices_of`).
+        self._memo: dict[str, int | None] = {}
         self.language = language
         self.k1 = k1
         self.b = b
@@ -100,15 +106,42 @@ class Bm25Encoder:
 
     def tokenize(self, text: str) -> list[str]:
         """Return the stemmed, stop-word-free tokens of `text` in order, duplicates kept."""
+        words = self._words(text)
+        if not words:
+            return []
+        return [s for s in self._stem(words) if s]
+
+    def _words(self, text: str) -> list[str]:
+        """The words of `text` to stem: normalised, lower-cased, stop words removed."""
         # NFKC first so that composed and decomposed accents ("café" typed two ways), ligatures and
         # full-width characters give the same tokens in documents and queries.
         normalized = unicodedata.normalize("NFKC", text).lower()
-        words = [w for w in _TOKEN_RE.findall(normalized) if w not in self._stop_words]
-        if not words:
-            return []
+        return [w for w in _TOKEN_RE.findall(normalized) if w not in self._stop_words]
+
+    def _stem(self, words: list[str]) -> list[str]:
         with self._stemmer_lock:
             stems: list[str] = self._stemmer.stemWords(words)
-        return [s for s in stems if s]
+        return stems
+
+    def _indices_of(self, words: list[str]) -> dict[str, int | None]:
+        """Each distinct word's token index (`token_index` of its stem), None for a word that stems to "".
+        A word's stem depends on the word alone, so it is looked up in the memo before it is stemmed."""
+        memo = self._memo  # replaced when full, never emptied: a thread holding the old one still reads it
+        found: dict[str, int | None] = {}
+        missing: list[str] = []
+        for w in dict.fromkeys(words):
+            if w in memo:
+                found[w] = memo[w]
+            else:
+                missing.append(w)
+        if missing:
+            learned = {w: self.token_index(s) if s else None for w, s in zip(missing, self._stem(missing), strict=True)}
+            found.update(learned)
+            if len(memo) + len(learned) > _MEMO_WORDS:
+                self._memo = learned
+            else:
+                memo.update(learned)
+        return found
 
     def token_index(self, token: str) -> int:
         """Return the sparse-vector index of `token`: blake2b-32 of its UTF-8 bytes, masked to 31 bits.
@@ -120,14 +153,20 @@ class Bm25Encoder:
 
     def encode_document(self, text: str) -> SparseVector:
         """Return the BM25 term-frequency vector of one document (or chunk)."""
-        tokens = self.tokenize(text)
-        if not tokens:
+        words = self._words(text)
+        index_of = self._indices_of(words)
+        term_freqs: dict[int, int] = {}
+        length = 0  # tokens after stop-word removal, as `avg_doc_tokens` counts them
+        for word, n in Counter(words).items():
+            index = index_of[word]
+            if index is not None:
+                term_freqs[index] = term_freqs.get(index, 0) + n
+                length += n
+        if not length:
             return [], []
-        term_freqs = Counter(self.token_index(t) for t in tokens)
-        # Document length is counted after stop-word removal, as `avg_doc_tokens` must be too.
-        length_norm = self.k1 * (1.0 - self.b + self.b * len(tokens) / self.avg_doc_tokens)
+        length_norm = self.k1 * (1.0 - self.b + self.b * length / self.avg_doc_tokens)
         indices = sorted(term_freqs)
-        values = [tf * (self.k1 + 1.0) / (tf + length_norm) for tf in (term_freqs[i] for i in indices)]
+        values = [tf * (self.k1 + 1.0) / (tf + length_norm) for tf in map(term_freqs.__getitem__, indices)]
         return indices, values
 
     def encode_documents(self, texts: Sequence[str]) -> list[SparseVector]:

@@ -140,3 +140,13 @@ def test_ranks_rare_term_first_in_qdrant(encoder: Bm25Encoder, qdrant: QdrantCli
         ).points
         assert hits[0].id == 2, query
         assert len(hits) == 3
+
+
+def test_memo_full_starts_over_with_the_same_vectors(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Words are stemmed and hashed once and remembered; a full memo is replaced. Neither may change a vector.
+    monkeypatch.setattr("stores.sparse._MEMO_WORDS", 8)
+    texts = [f"running studies {i} of cells, vaccinations and p53 binding in run {i % 3}" for i in range(30)]
+    encoder = Bm25Encoder()
+    got = [encoder.encode_document(t) for t in texts]
+    assert len(encoder._memo) <= 8 + 12  # replaced when full: at most one text's new words over the bound
+    assert got == [Bm25Encoder().encode_document(t) for t in texts]  # each from an empty memo
