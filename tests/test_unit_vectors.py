@@ -95,6 +95,51 @@ def test_a_span_no_token_reaches_gets_no_vector() -> None:
     assert np.allclose(units.vectors[0], np.array([0, 1, 1, 0]) / np.sqrt(2))
 
 
+def _pooled_one_by_one(
+    tokens: np.ndarray[Any, Any], offsets: list[tuple[int, int]], spans: list[tuple[int, int]]
+) -> tuple[list[tuple[int, int]], list[np.ndarray[Any, Any]]]:
+    """What `pool_spans` promises, a span at a time: the mean of the rows of the tokens that reach into the
+    span, divided by its norm; spans no token reaches, or whose mean is zero, left out."""
+    real = [i for i, (a, b) in enumerate(offsets) if b > a]
+    kept, vectors = [], []
+    for a, b in spans:
+        rows = [i for i in real if offsets[i][1] > a and offsets[i][0] < b]
+        if rows:
+            v = tokens[rows].mean(axis=0)
+            norm = float(np.linalg.norm(v))
+            if norm > 0:
+                kept.append((a, b))
+                vectors.append(v / norm)
+    return kept, vectors
+
+
+def test_spans_pooled_at_once_are_bit_for_bit_those_pooled_one_by_one() -> None:
+    # The index stores these vectors (int8, one scale per row): pooling all spans of a chunk at once must
+    # not move a bit, or a re-index would write other payloads for the same text.
+    rng = np.random.default_rng(7)
+    for case in range(200):
+        n = int(rng.integers(1, 40))
+        width = rng.integers(1, 6, size=n)
+        starts = np.concatenate([[0], np.cumsum(width + 1)[:-1]])
+        offsets = [(int(s), int(s + w)) for s, w in zip(starts, width, strict=True)]
+        if case % 3 == 0:  # [CLS] ... [SEP], and now and then a special token among the real ones
+            offsets = [(0, 0), *offsets, (0, 0)]
+            if n > 4:
+                offsets.insert(n // 2, (0, 0))
+        tokens = rng.standard_normal((len(offsets) + 3, 16)).astype(np.float32)  # padding rows after
+        if case % 10 == 0:
+            tokens[:] = 0.0  # every mean zero: no vector at all
+        end = offsets[-1][1] + 8
+        cuts = sorted(int(x) for x in rng.integers(0, end, size=2 * int(rng.integers(0, 8))))
+        spans = list(zip(cuts[0::2], cuts[1::2], strict=True))
+        spans += [(0, end), (1, max(2, end // 2)), (end + 1, end + 5)]  # overlapping, past the window
+        kept, vectors = _pooled_one_by_one(tokens, offsets, spans)
+        pooled = pool_spans(tokens, offsets, spans)
+        assert pooled.spans == tuple(kept)
+        assert pooled.vectors.dtype == np.float32 and pooled.vectors.shape == (len(kept), 16)
+        assert all(np.array_equal(row, v) for row, v in zip(pooled.vectors, vectors, strict=True))
+
+
 def index_licences(h: Harness) -> None:
     for file_id, text in {"mpl": MPL_TERMINATION, "apache": APACHE_REDISTRIBUTION}.items():
         h.post_event(file_event("created", file_id, path=f"{file_id}.txt", content=text, content_type="text/plain"))
