@@ -99,6 +99,9 @@ class Recorder:
     def token_offsets(self, text: str) -> list[tuple[int, int]]:
         return list(self.inner.token_offsets(text))
 
+    def count_spans(self, text: str, spans: Sequence[tuple[int, int]]) -> list[int]:
+        return list(self.inner.count_spans(text, spans))
+
     def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
         t0 = time.perf_counter()
         out = self.inner.embed_documents(texts)

@@ -30,6 +30,7 @@ from stores.sentences import trim as _trim
 
 CountTokens = Callable[[Sequence[str]], list[int]]
 TokenOffsets = Callable[[str], list[tuple[int, int]]]
+CountSpans = Callable[[str, Sequence[tuple[int, int]]], list[int]]
 
 _WORD = re.compile(r"\S+")
 # A piece of a giant word is searched within this many characters per token of budget. Tokens rarely
@@ -63,7 +64,9 @@ class Chunker:
 
     `count_tokens(texts)` returns each text's length in the embedding model's tokens, special tokens
     ([CLS]/[SEP]) included; `token_offsets(text)`, when given, returns the (start, end) character span of
-    each non-special token and lets long sentences be cut at exact token boundaries.
+    each non-special token and lets long sentences be cut at exact token boundaries; `count_spans(text,
+    spans)`, when given, must equal `count_tokens([text[a:b] for a, b in spans])` (an embedder counts many
+    spans of one text in one tokenization of it: `stores.token_spans`).
 
     Every chunk `chunk(text)` returns keeps:
 
@@ -91,6 +94,7 @@ class Chunker:
         overlap_tokens: int = 40,
         reserved_tokens: int = 0,
         token_offsets: TokenOffsets | None = None,
+        count_spans: CountSpans | None = None,
     ) -> None:
         if reserved_tokens < 0 or overlap_tokens < 0 or chunk_tokens < 1:
             raise ValueError("chunk_tokens must be positive; overlap_tokens and reserved_tokens not negative")
@@ -98,6 +102,7 @@ class Chunker:
             raise ValueError(f"reserved_tokens={reserved_tokens} leaves no room under max_tokens={max_tokens}")
         self._count_tokens = count_tokens
         self._token_offsets = token_offsets
+        self._count_spans = count_spans
         self._limit = max_tokens - reserved_tokens  # for count_tokens(chunk.text): the hard bound
         self._target = min(chunk_tokens, self._limit)
         # An overlap as large as the target is clamped by packing (the new sentence always fits), so it
@@ -118,7 +123,7 @@ class Chunker:
             return []
         _mark_boundaries(segments, boundaries)
         # One batch for every segment; the empty text in front measures the special tokens.
-        counts = self._count(["", *(text[s.start : s.end] for s in segments)])
+        counts = self._count_in(text, [(0, 0), *((s.start, s.end) for s in segments)])
         self._specials = counts[0]
         if self._limit - self._specials < _MIN_ROOM or self._target - self._specials < 1:
             raise ValueError(
@@ -129,7 +134,7 @@ class Chunker:
         groups = self._pack(text, segments)
 
         spans = [(g[0].start, g[-1].end, _heading_of(g)) for g in groups]
-        measured = self._count([text[start:end] for start, end, _ in spans])
+        measured = self._count_in(text, [(start, end) for start, end, _ in spans])
         chunks: list[Chunk] = []
         for (start, end, heading), n in zip(spans, measured, strict=True):
             # Segment counts add up exactly for WordPiece (it splits at whitespace first) but not for every
@@ -156,6 +161,15 @@ class Chunker:
         counts = self._count_tokens(list(texts))
         if len(counts) != len(texts):
             raise ValueError(f"count_tokens returned {len(counts)} counts for {len(texts)} texts")
+        return counts
+
+    def _count_in(self, text: str, spans: Sequence[tuple[int, int]]) -> list[int]:
+        """`_count` of each span of `text`."""
+        if self._count_spans is None:
+            return self._count([text[a:b] for a, b in spans])
+        counts = self._count_spans(text, spans)
+        if len(counts) != len(spans):
+            raise ValueError(f"count_spans returned {len(counts)} counts for {len(spans)} spans")
         return counts
 
     def _fit_segments(self, text: str, segments: list[_Segment], counts: list[int]) -> list[_Segment]:

@@ -377,8 +377,8 @@ class IngestWorker:
             skipped = DocumentStatus.SKIPPED
             return Plan(record, _Action.EMPTY, status=skipped, reason=str(exc), content_type=content_type)
         title = parsed.title or PurePosixPath(ev.path).name
-        prefix = self._title_prefix(title, ev.path)
-        reserved = max(0, self.embedder.count_tokens([prefix])[0] - 2)  # the prefix shares [CLS]/[SEP]
+        prefix, prefix_tokens = self._title_prefix(title, ev.path)
+        reserved = max(0, prefix_tokens - 2)  # the prefix shares [CLS]/[SEP]
         chunker = Chunker(
             count_tokens=self.embedder.count_tokens,
             max_tokens=self.embedder.max_tokens,
@@ -386,6 +386,7 @@ class IngestWorker:
             overlap_tokens=cfg.overlap_tokens,
             reserved_tokens=reserved,
             token_offsets=self.embedder.token_offsets,
+            count_spans=self.embedder.count_spans,
         )
         chunks = chunker.chunk(parsed.text, boundaries=[loc.start for loc in parsed.locations])
         if parsed.locations:
@@ -471,14 +472,14 @@ class IngestWorker:
             )
         return None
 
-    def _title_prefix(self, title: str, path: str) -> str:
-        """What identifies the document in every chunk's vector: its title, or its path."""
+    def _title_prefix(self, title: str, path: str) -> tuple[str, int]:
+        """What identifies the document in every chunk's vector: its title, or its path; and its tokens."""
         text = title if title == PurePosixPath(path).name else f"{title} ({path})"
         counts = self.embedder.count_tokens([text])[0]
         while counts - 2 > self.config.title_tokens and len(text) > 8:
             text = text[: int(len(text) * 0.8)]
             counts = self.embedder.count_tokens([text])[0]
-        return text
+        return text, counts
 
     # 3: embed, across the whole batch -----------------------------------------------------------------
     def _embed(self, plans: list[Plan], whole_batches_only: bool) -> None:

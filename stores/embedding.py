@@ -24,6 +24,7 @@ import numpy as np
 
 from stores.ports import Embedder, EmbeddingCache
 from stores.telemetry import EMBED_BATCH_SIZE, EMBED_SECONDS
+from stores.token_spans import SpanCounter
 from stores.units import UnitVectors, pool_spans
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ class SentenceTransformerEmbedder:
         # A fast tokenizer sets its truncation and padding on every call: two threads at once (the worker's
         # chunker beside its encode) fail with "Already borrowed". Held only while tokenizing.
         self._tokenizer_lock = threading.Lock()
+        self._spans: SpanCounter | None | bool = False  # False: not looked at yet; None: counted span by span
 
     @property
     def model(self) -> SentenceTransformer:
@@ -102,6 +104,28 @@ class SentenceTransformerEmbedder:
                 text, add_special_tokens=False, truncation=False, return_offsets_mapping=True, verbose=False
             )
         return [(int(a), int(b)) for a, b in enc["offset_mapping"]]
+
+    def count_spans(self, text: str, spans: Sequence[tuple[int, int]]) -> list[int]:
+        counter = self._span_counter()
+        if counter is None:
+            return self.count_tokens([text[a:b] for a, b in spans])
+        return counter.count(text, spans)
+
+    def _span_counter(self) -> SpanCounter | None:
+        if self._spans is False:
+            # A copy of the fast tokenizer's own (Rust) tokenizer, which counts without truncating or padding and
+            # needs no lock; a slow tokenizer has none, and its spans are counted one by one.
+            backend = getattr(self.model.tokenizer, "backend_tokenizer", None)
+            counter = None
+            if backend is not None:
+                from tokenizers import Tokenizer
+
+                copy = Tokenizer.from_str(backend.to_str())
+                copy.no_padding()
+                copy.no_truncation()
+                counter = SpanCounter.of(copy, self.count_tokens)
+            self._spans = counter
+        return self._spans if isinstance(self._spans, SpanCounter) else None
 
     def _encode(self, texts: Sequence[str]) -> np.ndarray[Any, Any]:
         # One encode at a time: torch already uses every core, and interleaving two batches only adds

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from stores.errors import StoreError
+from stores.token_spans import SpanCounter
 from stores.units import UnitVectors, pool_spans
 
 if TYPE_CHECKING:
@@ -172,6 +173,7 @@ class OnnxEmbedder:
         self._session: onnxruntime.InferenceSession | None = None
         self._counter: Tokenizer | None = None
         self._encoder: Tokenizer | None = None
+        self._spans: SpanCounter | None = None
         self._input_names: set[str] = set()
         self._output_names: set[str] = set()
         self._lock = threading.Lock()
@@ -210,6 +212,7 @@ class OnnxEmbedder:
                     pad_id = encoder.token_to_id("[PAD]")
                     encoder.enable_padding(pad_id=pad_id if pad_id is not None else 0, pad_token="[PAD]")
                     self._encoder = encoder
+                    self._spans = SpanCounter.of(counter, self.count_tokens)
                     self._counter = counter
         return self._counter, self._encoder
 
@@ -244,6 +247,12 @@ class OnnxEmbedder:
     def token_offsets(self, text: str) -> list[tuple[int, int]]:
         counter, _ = self._tokenizers()
         return [(int(a), int(b)) for a, b in counter.encode(text, add_special_tokens=False).offsets]
+
+    def count_spans(self, text: str, spans: Sequence[tuple[int, int]]) -> list[int]:
+        self._tokenizers()
+        if self._spans is None:
+            return self.count_tokens([text[a:b] for a, b in spans])
+        return self._spans.count(text, spans)
 
     def _encode(self, texts: Sequence[str]) -> np.ndarray[Any, Any]:
         session = self._load()

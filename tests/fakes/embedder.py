@@ -45,6 +45,9 @@ class HashEmbedder:
     def token_offsets(self, text: str) -> list[tuple[int, int]]:
         return [m.span() for m in _TOKEN.finditer(text)]
 
+    def count_spans(self, text: str, spans: Sequence[tuple[int, int]]) -> list[int]:
+        return self.count_tokens([text[a:b] for a, b in spans])
+
     def _vector(self, text: str) -> list[float]:
         v = [0.0] * self._dimension
         for word in re.findall(r"\w+", text.lower()):
@@ -100,6 +103,9 @@ class CountingEmbedder:
 
     def token_offsets(self, text: str) -> list[tuple[int, int]]:
         return self.inner.token_offsets(text)
+
+    def count_spans(self, text: str, spans: Sequence[tuple[int, int]]) -> list[int]:
+        return self.inner.count_spans(text, spans)
 
     def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
         self.documents.extend(texts)
