@@ -102,6 +102,12 @@ class ParserPool:
                 self._give_back(child, healthy)
         return _answer_to_document(answer, path, self.max_memory_mb)
 
+    def start(self) -> None:
+        """Start a child now (a running server has one from its first file on), so the next file does not
+        wait for a child to import the parsers."""
+        with self._slots:
+            self._give_back(self._take(), True)
+
     def close(self) -> None:
         with self._lock:
             self._closed = True

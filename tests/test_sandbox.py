@@ -45,6 +45,18 @@ def test_a_slow_parse_is_stopped_at_the_time_budget(bomb: bytes) -> None:
         pool.close()
 
 
+def test_a_pool_started_ahead_parses_the_first_file_in_that_child() -> None:
+    pool = ParserPool()
+    try:
+        pool.start()
+        (child,) = pool._children
+        assert child.alive()
+        assert pool.parse(b"# Title\n\nText.", "text/markdown", "a.md").text == "# Title\n\nText."
+        assert pool._children == {child}  # no second child started for it
+    finally:
+        pool.close()
+
+
 def test_refusals_cross_the_process_boundary_as_refusals() -> None:
     pool = ParserPool()
     try:
