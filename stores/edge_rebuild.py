@@ -51,7 +51,14 @@ import numpy as np
 import qdrant_edge as qe
 
 from stores.edge import EdgeIndex
-from stores.edge_shard import GENERATIONS, SHARD_CONFIG, Journal, create_payload_indexes, load_shard
+from stores.edge_shard import (
+    GENERATIONS,
+    SHARD_CONFIG,
+    Journal,
+    create_payload_indexes,
+    load_shard,
+    shard_config,
+)
 from stores.errors import StoreError
 from stores.points import DENSE, SPARSE
 
@@ -113,16 +120,19 @@ def _rebuild_logged(index: EdgeIndex, nice: int, child_log: IO[bytes]) -> Rebuil
     staging = index.path / GENERATIONS / f"gen-{generation:06d}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    # The copy gets the live shard's own configuration: Edge opens a directory holding only its config file
-    # as an empty shard of that configuration.
-    shutil.copyfile(index.shard_dir / SHARD_CONFIG, staging / SHARD_CONFIG)
+    # The copy gets eventrag's shard configuration (`shard_config`: cheap to open), which also moves a shard
+    # made with an older one onto it. An index without a recorded dimension keeps the live shard's own
+    # configuration: Edge opens a directory holding only its config file as an empty shard of it.
+    dimension = meta.get("dimension")
+    if not isinstance(dimension, int):
+        shutil.copyfile(index.shard_dir / SHARD_CONFIG, staging / SHARD_CONFIG)
     index.write_meta(generation=generation)  # a generation's name is never reused
     journal = index.start_journal()
     proc: subprocess.Popen[bytes] | None = None
     copy: qe.EdgeShard | None = None
     committed = False
     try:
-        proc = _start_child(staging, nice, child_log)
+        proc = _start_child(staging, nice, child_log, dimension if isinstance(dimension, int) else 0)
         t0 = time.perf_counter()
         exported = _export(index, journal, proc, child_log)
         export_seconds = time.perf_counter() - t0
@@ -193,10 +203,10 @@ def _check(index: EdgeIndex, journal: Journal) -> None:
         )
 
 
-def _start_child(staging: Path, nice: int, child_log: IO[bytes]) -> subprocess.Popen[bytes]:
+def _start_child(staging: Path, nice: int, child_log: IO[bytes], dimension: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(_ROOT), os.environ.get("PYTHONPATH")) if p)}
     return subprocess.Popen(
-        [sys.executable, "-m", "stores.edge_rebuild", str(staging), str(nice), str(os.getpid())],
+        [sys.executable, "-m", "stores.edge_rebuild", str(staging), str(nice), str(os.getpid()), str(dimension)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=child_log,
@@ -369,10 +379,11 @@ def _die_with_parent(parent: int) -> None:
 
 
 def main(argv: list[str]) -> int:
-    staging, nice, parent = Path(argv[0]), int(argv[1]), int(argv[2])
+    staging, nice, parent, dimension = Path(argv[0]), int(argv[1]), int(argv[2]), int(argv[3])
     _die_with_parent(parent)
     os.nice(nice)
-    shard = load_shard(staging)
+    # dimension 0: the parent copied the live shard's configuration into `staging`.
+    shard = qe.EdgeShard.create(str(staging), shard_config(dimension)) if dimension else load_shard(staging)
     create_payload_indexes(shard)
     source = sys.stdin.buffer
     points = 0
