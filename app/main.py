@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from app.body_limit import BodyLimit
 from app.container import Container, build_container
+from app.cors import Cors
 from app.mcp_server import McpEndpoint
 from app.routes import (
     deliveries,
@@ -75,6 +76,7 @@ def create_app(container: Container | Callable[[], Container] | None = None, *, 
         app.state.container = container  # usable without the lifespan (Lambda, tests)
     install_error_handlers(app)
     app.add_middleware(BodyLimit, limit_of=_request_limit)
+    app.add_middleware(Cors, origins_of=_cors_origins)  # outermost: a 413 carries the CORS headers too
     for module in (
         webhooks,
         query,
@@ -110,6 +112,12 @@ def _request_limit(app: Any) -> int:
     if container is None:
         return int(Settings.model_fields["max_request_bytes"].default)
     return container.settings.max_request_bytes
+
+
+def _cors_origins(app: Any) -> list[str]:
+    """EVENTRAG_CORS_ORIGINS of the running container (none while it starts)."""
+    container: Container | None = getattr(app.state, "container", None)
+    return container.settings.cors_origins if container is not None else []
 
 
 def install_error_handlers(app: FastAPI) -> None:

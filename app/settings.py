@@ -292,6 +292,11 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(
         2 * 1024 * 1024, ge=1024, description="largest request body of every other route (413 beyond it)"
     )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="origins whose browser pages may call the API and /mcp (CORS), comma-separated or a JSON"
+        ' list, e.g. "https://inspector.example.com"; "*" for any; empty: none (no CORS headers)',
+    )
     event_retention_days: float = Field(7.0, gt=0, description="how long event ids are remembered (dedupe)")
     anonymous_workspace: str | None = Field(
         None, description="workspace for requests without a key (set by `eventrag serve` on loopback only)"
@@ -416,6 +421,30 @@ class Settings(BaseSettings):
                 _check_workspace(ws, "EVENTRAG_SOURCE_ROOT")
             return {ws: str(folder) for ws, folder in value.items()}
         return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _cors_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                try:
+                    return json.loads(text)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"EVENTRAG_CORS_ORIGINS is not valid JSON: {exc}") from exc
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        origins = [o.strip().rstrip("/") for o in value]  # a browser sends no trailing slash: one is forgiven
+        for origin in origins:
+            if origin != "*" and not re.fullmatch(r"https?://[^/?#\s]+", origin):
+                raise ValueError(
+                    f"EVENTRAG_CORS_ORIGINS: {origin!r} is not an origin (scheme://host[:port], no path) or '*'"
+                )
+        return origins
 
     @field_validator("webhook_secrets", mode="before")
     @classmethod

@@ -463,6 +463,8 @@ class IngestWorker:
         applied = self.state.count_recent_deletes(workspace, since)
         held = self.state.page_events(workspace, status=EventStatus.HELD, limit=1).total  # a count, no payloads
         burst = applied + held + deletes_in_batch.get(workspace, 0) + 1
+        if burst < cfg.mass_delete_min:
+            return None  # no burst: the workspace's documents need not be counted (a read of all of them)
         size = self.state.count_documents(workspace, DocumentStatus.INDEXED) + applied
         if burst >= cfg.mass_delete_min and burst > cfg.mass_delete_share * size:
             return (

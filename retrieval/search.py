@@ -5,18 +5,27 @@ the switch, the old one deleted after). The state store says which revision is a
 other revision is dropped, and if a file's active revision was missed because the switch happened while the
 index was being read, that file is read again at its active revision. So a query sees the whole old version
 or the whole new one: never a mix, never nothing.
+
+A ranking reads only the file and revision of each point (`VectorIndex.rank`); the passages are read for the
+hits kept (`VectorIndex.hits`). A point deleted between the two (its file switched, and the old revision was
+removed) is missing from the read, and the ranking runs again: it finds the revision that replaced it.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from stores.embedding import Embedder
-from stores.ports import Hit, SearchFilter, SearchMode, StateStore, VectorIndex
+from stores.ports import ActiveRevision, Hit, Ranked, SearchFilter, SearchMode, StateStore, VectorIndex
 from stores.sparse import Bm25Encoder
 from stores.telemetry import SEARCH_SECONDS
+
+# Rankings tried when a ranked point is gone before its passage is read (its file switched revisions).
+_READS = 3
+# How many chunks per document a grouped search first reads (its read grows when that finds too few).
+_CHUNKS_PER_DOCUMENT = 2
 
 
 @dataclass(slots=True, frozen=True)
@@ -75,25 +84,47 @@ class Searcher:
         if mode is SearchMode.SPARSE and not (sparse and sparse[0]):
             return SearchResults([], None)
         dense = self.embedder.embed_query(req.query)
+        for _ in range(_READS):
+            ranked, active = self._rank(req, dense, sparse, mode)
+            hits = self.index.hits(req.workspace, ranked, dense)
+            if len(hits) == len(ranked):
+                break
+            # A point ranked, then deleted before its passage was read: its file switched revisions in
+            # between. Ranking again finds the revision that replaced it.
+        for h in hits:  # the registry's version: a kept revision's points hold the one they were written at
+            h.version = active[h.file_id].version
+        self._add_keyword_scores(req.workspace, sparse, hits)
+        return SearchResults(hits, dense)
 
-        def run(limit: int, flt: SearchFilter | None) -> list[Hit]:
-            return self.index.search(req.workspace, dense=dense, sparse=sparse, mode=mode, limit=limit, flt=flt)
+    def _rank(
+        self,
+        req: SearchRequest,
+        dense: list[float],
+        sparse: tuple[list[int], list[float]] | None,
+        mode: SearchMode,
+    ) -> tuple[list[Ranked], dict[str, ActiveRevision]]:
+        """The best `top_k` points of active revisions (one per file when grouping), and the registry's
+        record of their files."""
 
-        want = req.top_k * (4 if req.group_by_document else 1)
+        def run(limit: int, flt: SearchFilter | None) -> list[Ranked]:
+            return self.index.rank(req.workspace, dense=dense, sparse=sparse, mode=mode, limit=limit, flt=flt)
+
+        # Grouped, a document's best chunk is wanted: a first read of two chunks per document wanted is
+        # enough when the best chunks are spread over many documents, and the read grows when it is not.
+        want = req.top_k * (_CHUNKS_PER_DOCUMENT if req.group_by_document else 1)
         limit = want * self.overfetch + 10
         for _ in range(4):
             raw = run(limit, req.flt)
-            hits = self._active_only(req, raw, run, want)
-            if len(hits) >= want or len(raw) < limit:
+            kept, active = self._active_only(req, raw, run, want)
+            found = len({r.file_id for r in kept}) if req.group_by_document else len(kept)
+            if found >= req.top_k or len(raw) < limit:
                 break
-            limit *= 4  # many hits were from inactive revisions: look further down the list
+            limit *= 4  # many hits were from inactive revisions (or few documents): look further down the list
         if req.score_threshold is not None:
-            hits = [h for h in hits if h.score >= req.score_threshold]
+            kept = [r for r in kept if r.score >= req.score_threshold]
         if req.group_by_document:
-            hits = _best_per_document(hits)
-        hits = hits[: req.top_k]
-        self._add_keyword_scores(req.workspace, sparse, hits)
-        return SearchResults(hits, dense)
+            kept = _best_per_document(kept)
+        return kept[: req.top_k], active
 
     def _add_keyword_scores(
         self, workspace: str, sparse: tuple[list[int], list[float]] | None, hits: list[Hit]
@@ -108,31 +139,30 @@ class Searcher:
                 if h.keyword_score is None:
                     h.keyword_score = scores.get(h.point_id, 0.0)
 
-    def _active_only(self, req: SearchRequest, raw: list[Hit], run: object, want: int) -> list[Hit]:
-        active = self.state.active_revisions(req.workspace, [h.file_id for h in raw])
+    def _active_only(
+        self, req: SearchRequest, raw: list[Ranked], run: Callable[[int, SearchFilter | None], list[Ranked]], want: int
+    ) -> tuple[list[Ranked], dict[str, ActiveRevision]]:
+        active = self.state.active_revisions(req.workspace, [r.file_id for r in raw])
         revision = {f: a.revision for f, a in active.items()}
-        kept = [h for h in raw if revision.get(h.file_id) == h.revision]
-        kept_files = {h.file_id for h in kept}
+        kept = [r for r in raw if revision.get(r.file_id) == r.revision]
+        kept_files = {r.file_id for r in kept}
         # Files seen only at a revision that is no longer active: switched while we were reading.
         missed = sorted(
-            {(h.file_id, revision[h.file_id]) for h in raw if h.file_id in revision and h.file_id not in kept_files}
+            {(r.file_id, revision[r.file_id]) for r in raw if r.file_id in revision and r.file_id not in kept_files}
         )
         if missed:
             base = req.flt or SearchFilter()
             reread = replace(base, revisions=tuple(missed))
-            assert callable(run)
-            kept.extend(h for h in run(want, reread) if revision.get(h.file_id) == h.revision)
-            kept.sort(key=lambda h: -h.score)
-        for h in kept:  # the registry's version: a kept revision's points hold the one they were written at
-            h.version = active[h.file_id].version
-        return kept
+            kept.extend(r for r in run(want, reread) if revision.get(r.file_id) == r.revision)
+            kept.sort(key=lambda r: -r.score)
+        return kept, active
 
 
-def _best_per_document(hits: Sequence[Hit]) -> list[Hit]:
+def _best_per_document(ranked: Sequence[Ranked]) -> list[Ranked]:
     seen: set[str] = set()
     out = []
-    for h in hits:
-        if h.file_id not in seen:
-            seen.add(h.file_id)
-            out.append(h)
+    for r in ranked:
+        if r.file_id not in seen:
+            seen.add(r.file_id)
+            out.append(r)
     return out

@@ -52,17 +52,19 @@ from stores.errors import EmbeddingModelMismatchError, StoreLockedError
 from stores.points import (
     DENSE,
     MIN_PREFETCH,
+    RANKING_FIELDS,
     RRF_K,
     SCHEMA_VERSION,
     SPARSE,
     Conditions,
     ScrolledReads,
-    hit_of,
+    hits_from,
     model_mismatch_message,
     payload_of,
     point_id,
+    ranked_of,
 )
-from stores.ports import Hit, IndexPoint, SearchFilter, SearchMode
+from stores.ports import Hit, IndexPoint, Ranked, SearchFilter, SearchMode
 
 __all__ = ["GENERATIONS", "META_FILE", "SHARD_CONFIG", "EdgeIndex", "Journal", "index_exists", "load_shard"]
 
@@ -359,7 +361,7 @@ class EdgeIndex(ScrolledReads):
         self.apply(qe.UpdateOperation.delete_points_by_filter(flt))
 
     # reads --------------------------------------------------------------------------------------------
-    def search(
+    def rank(
         self,
         workspace: str,
         *,
@@ -368,7 +370,7 @@ class EdgeIndex(ScrolledReads):
         mode: SearchMode,
         limit: int,
         flt: SearchFilter | None = None,
-    ) -> list[Hit]:
+    ) -> list[Ranked]:
         if self._gen is None:
             return []
         qfilter = _WHERE.where(workspace, flt)
@@ -377,7 +379,7 @@ class EdgeIndex(ScrolledReads):
             assert dense is not None
             mode = SearchMode.DENSE
             request = qe.QueryRequest(
-                limit=limit, query=qe.Query.Nearest(dense, using=DENSE), filter=qfilter, with_payload=True
+                limit=limit, query=qe.Query.Nearest(dense, using=DENSE), filter=qfilter, with_payload=RANKING_FIELDS
             )
         elif mode is SearchMode.SPARSE:
             if sparse_vec is None:
@@ -386,9 +388,7 @@ class EdgeIndex(ScrolledReads):
                 limit=limit,
                 query=qe.Query.Nearest(sparse_vec, using=SPARSE),
                 filter=qfilter,
-                with_payload=True,
-                # The cosine of every hit (the relevance bar) is computed from its stored dense vector.
-                with_vector=[DENSE] if dense is not None else False,
+                with_payload=RANKING_FIELDS,
             )
         else:
             assert dense is not None and sparse_vec is not None
@@ -402,24 +402,20 @@ class EdgeIndex(ScrolledReads):
                 ],
                 query=qe.Fusion.Rrf(k=RRF_K),  # type: ignore[arg-type]  # the stub omits Fusion.Rrf
                 filter=qfilter,
-                with_payload=True,
-                with_vector=[DENSE],
+                with_payload=RANKING_FIELDS,
             )
         with self.reading() as shard:
             points = shard.query(request) if shard is not None else []
-        query_vec = np.asarray(dense, dtype=np.float32) if dense is not None else None
-        hits = []
-        for p in points:
-            hit = hit_of(str(p.id), p.score, p.payload or {})
-            if mode is SearchMode.DENSE:
-                hit.similarity = hit.score
-            elif query_vec is not None and isinstance(p.vector, dict) and DENSE in p.vector:
-                # Stored vectors are unit length (cosine), so the dot product is the cosine.
-                hit.similarity = float(np.dot(np.asarray(p.vector[DENSE], dtype=np.float32), query_vec))
-            if mode is SearchMode.SPARSE:
-                hit.keyword_score = hit.score
-            hits.append(hit)
-        return hits
+        return ranked_of(((str(p.id), p.score, p.payload or {}) for p in points), mode)
+
+    def hits(self, workspace: str, ranked: Sequence[Ranked], dense: list[float] | None) -> list[Hit]:
+        if not ranked or self._gen is None:
+            return []
+        ids: list[Any] = [r.point_id for r in ranked]
+        vectors = [DENSE] if dense is not None and any(r.similarity is None for r in ranked) else False
+        with self.reading() as shard:
+            records = shard.retrieve(ids, with_payload=True, with_vector=vectors) if shard is not None else []
+        return hits_from(workspace, ranked, records, dense)
 
     def keyword_scores(
         self, workspace: str, sparse: tuple[list[int], list[float]], point_ids: Sequence[str]

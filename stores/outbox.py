@@ -169,15 +169,24 @@ class OutboxStore(Protocol):
     ) -> Page[Delivery]: ...
 
 
+class Added(StrEnum):
+    """What `SubscriptionStore.add_subscription` did."""
+
+    ADDED = "added"
+    EXISTS = "exists"  # the workspace has a subscriber with that id: nothing changed
+    FULL = "full"  # the workspace has `limit` subscribers already: nothing changed
+
+
 @runtime_checkable
 class SubscriptionStore(Protocol):
-    """Subscribers created through the API, per workspace. `add_subscription` returns False (and changes
-    nothing) when the workspace already has a subscriber with that id."""
+    """Subscribers created through the API, per workspace. `add_subscription` adds one unless the workspace
+    has a subscriber with that id or `limit` subscribers already, as one atomic step: adds racing each other
+    never take a workspace past `limit`."""
 
     def list_subscriptions(self, workspace: str) -> list[StoredSubscription]: ...
 
     def get_subscription(self, workspace: str, subscription_id: str) -> StoredSubscription | None: ...
 
-    def add_subscription(self, subscription: StoredSubscription) -> bool: ...
+    def add_subscription(self, subscription: StoredSubscription, *, limit: int) -> Added: ...
 
     def delete_subscription(self, workspace: str, subscription_id: str) -> bool: ...

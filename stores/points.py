@@ -8,10 +8,12 @@ moved between them (re-sent files) answers identically. Nothing here imports an 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from stores.ports import Hit, IndexPoint, SearchFilter
+import numpy as np
+
+from stores.ports import Hit, IndexPoint, Ranked, SearchFilter, SearchMode
 
 DENSE = "dense"
 SPARSE = "bm25"
@@ -20,7 +22,9 @@ SCHEMA_VERSION = 1
 RRF_K = 2
 # Every prefetch of a hybrid query reads at least this deep, so fusion has enough candidates.
 MIN_PREFETCH = 50
-FILES_PER_READ = 256  # files named in one filter of a batched read
+FILES_PER_READ = 256
+# What a ranking reads of each point (`VectorIndex.rank`): the rest of the payload is read for the hits kept.
+RANKING_FIELDS = ["file_id", "revision"]  # files named in one filter of a batched read
 _POINT_NAMESPACE = uuid.UUID("6f1c7f53-3f43-4a8e-9a39-6f8d0a4b1e27")
 
 # Payload fields with a keyword index (the workspace one is the tenant index) and the integer one.
@@ -84,6 +88,47 @@ def hit_of(pid: str, score: float, pl: dict[str, Any]) -> Hit:
         sheet=pl.get("sheet"),
         units=pl.get("units"),
     )
+
+
+def ranked_of(points: Iterable[tuple[str, float, dict[str, Any]]], mode: SearchMode) -> list[Ranked]:
+    """A ranking from an engine's (id, score, `RANKING_FIELDS` payload) triples, in `mode` (the mode that
+    ran: a hybrid query without sparse terms ran dense)."""
+    out = []
+    for pid, score, pl in points:
+        score = float(score)
+        out.append(
+            Ranked(
+                pid,
+                score,
+                pl["file_id"],
+                pl["revision"],
+                similarity=score if mode is SearchMode.DENSE else None,
+                keyword_score=score if mode is SearchMode.SPARSE else None,
+            )
+        )
+    return out
+
+
+def hits_from(workspace: str, ranked: Sequence[Ranked], records: Iterable[Any], dense: list[float] | None) -> list[Hit]:
+    """The hits of `ranked`, in its order, from the engine's records of those points (each with `id`,
+    `payload` and `vector`, as both engines' clients return them). A point no longer there, or of another
+    workspace, is left out. The cosine a ranking did not give is the dot product of the stored dense vector
+    with `dense` (stored vectors are unit length)."""
+    found = {str(r.id): r for r in records}
+    query = np.asarray(dense, dtype=np.float32) if dense is not None else None
+    hits = []
+    for r in ranked:
+        record = found.get(r.point_id)
+        if record is None or (record.payload or {}).get("workspace") != workspace:
+            continue
+        payload = record.payload
+        vector = record.vector.get(DENSE) if isinstance(record.vector, dict) else None
+        hit = hit_of(r.point_id, r.score, payload)
+        hit.similarity, hit.keyword_score = r.similarity, r.keyword_score
+        if hit.similarity is None and query is not None and vector is not None:
+            hit.similarity = float(np.dot(np.asarray(vector, dtype=np.float32), query))
+        hits.append(hit)
+    return hits
 
 
 def model_mismatch_message(where: str, recorded: str, model_id: str) -> str:
@@ -177,9 +222,38 @@ class Conditions:
 
 
 class ScrolledReads:
-    """The reads both adapters answer by scrolling the points of a filter (`_scroll`, per engine)."""
+    """The reads both adapters answer the same way: `search` from their `rank` and `hits`, the rest by
+    scrolling the points of a filter (`_scroll`, per engine)."""
 
     conditions: Conditions
+
+    def rank(
+        self,
+        workspace: str,
+        *,
+        dense: list[float] | None,
+        sparse: tuple[list[int], list[float]] | None,
+        mode: SearchMode,
+        limit: int,
+        flt: SearchFilter | None = None,
+    ) -> list[Ranked]:
+        raise NotImplementedError
+
+    def hits(self, workspace: str, ranked: Sequence[Ranked], dense: list[float] | None) -> list[Hit]:
+        raise NotImplementedError
+
+    def search(
+        self,
+        workspace: str,
+        *,
+        dense: list[float] | None,
+        sparse: tuple[list[int], list[float]] | None,
+        mode: SearchMode,
+        limit: int,
+        flt: SearchFilter | None = None,
+    ) -> list[Hit]:
+        ranked = self.rank(workspace, dense=dense, sparse=sparse, mode=mode, limit=limit, flt=flt)
+        return self.hits(workspace, ranked, dense)
 
     def _scroll(self, flt: Any, payload: bool | list[str]) -> Iterator[Any]:
         raise NotImplementedError

@@ -425,6 +425,19 @@ class Hit:
     units: dict[str, Any] | None = None
 
 
+class Ranked(NamedTuple):
+    """One point of a ranking (`VectorIndex.rank`): what ranking needs, before the passage is read
+    (`VectorIndex.hits`). `similarity` and `keyword_score` are set when the ranking itself gave them (the
+    cosine in dense mode, the BM25 score in sparse mode)."""
+
+    point_id: str
+    score: float
+    file_id: str
+    revision: str
+    similarity: float | None = None
+    keyword_score: float | None = None
+
+
 class SearchMode(StrEnum):
     DENSE = "dense"
     SPARSE = "sparse"
@@ -447,6 +460,11 @@ class VectorIndex(Protocol):
       state store does), so callers filter hits by `StateStore.active_revisions`. `mode` decides what
       ranks (`Hit.score`); whatever the mode, when `dense` is given every hit carries `similarity` (its
       cosine to `dense`), and in sparse mode `keyword_score` too (equal to `score`).
+    - `search` is `rank` then `hits`, and callers that drop or group hits call the two themselves: `rank`
+      reads only the file and revision of each point (a deep ranking of a thousand points would otherwise
+      spend most of its time turning payloads it throws away into Python), `hits` reads the passages of
+      the points kept, in the order given, with `similarity` and `keyword_score` as `search` gives them. A
+      point deleted since it was ranked (its file switched revisions) is absent from `hits`.
     - `keyword_scores` is the BM25 score of each of `point_ids` (of `workspace`) for the sparse query: the
       score a sparse search would give it, 0.0 for a point that holds none of the query's terms. Callers
       ask it for the few hits they keep, since a fused (hybrid) or dense ranking does not carry it.
@@ -479,6 +497,19 @@ class VectorIndex(Protocol):
         limit: int,
         flt: SearchFilter | None = None,
     ) -> list[Hit]: ...
+
+    def rank(
+        self,
+        workspace: str,
+        *,
+        dense: list[float] | None,
+        sparse: tuple[list[int], list[float]] | None,
+        mode: SearchMode,
+        limit: int,
+        flt: SearchFilter | None = None,
+    ) -> list[Ranked]: ...
+
+    def hits(self, workspace: str, ranked: Sequence[Ranked], dense: list[float] | None) -> list[Hit]: ...
 
     def keyword_scores(
         self, workspace: str, sparse: tuple[list[int], list[float]], point_ids: Sequence[str]

@@ -13,7 +13,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from qdrant_client import QdrantClient, models
 
 from stores.errors import EmbeddingModelMismatchError, StoreLockedError
@@ -22,16 +21,18 @@ from stores.points import (
     INTEGER_FIELDS,
     KEYWORD_FIELDS,
     MIN_PREFETCH,
+    RANKING_FIELDS,
     SCHEMA_VERSION,
     SPARSE,
     Conditions,
     ScrolledReads,
-    hit_of,
+    hits_from,
     model_mismatch_message,
     payload_of,
     point_id,
+    ranked_of,
 )
-from stores.ports import Hit, IndexPoint, SearchFilter, SearchMode
+from stores.ports import Hit, IndexPoint, Ranked, SearchFilter, SearchMode
 
 
 class _ClientConditions(Conditions):
@@ -160,7 +161,7 @@ class QdrantIndex(ScrolledReads):
             self.client.delete(self.collection, points_selector=models.FilterSelector(filter=flt), wait=True)
 
     # reads --------------------------------------------------------------------------------------------
-    def search(
+    def rank(
         self,
         workspace: str,
         *,
@@ -169,11 +170,9 @@ class QdrantIndex(ScrolledReads):
         mode: SearchMode,
         limit: int,
         flt: SearchFilter | None = None,
-    ) -> list[Hit]:
+    ) -> list[Ranked]:
         qfilter = _WHERE.where(workspace, flt)
         sparse_vec = models.SparseVector(indices=sparse[0], values=sparse[1]) if sparse and sparse[0] else None
-        # The cosine of every hit: the dense search gives it; otherwise it is computed from the stored vector.
-        with_vectors: Any = [DENSE] if dense is not None and mode is not SearchMode.DENSE else False
         with self._guard():
             if mode is SearchMode.DENSE or (mode is SearchMode.HYBRID and sparse_vec is None):
                 assert dense is not None
@@ -184,7 +183,7 @@ class QdrantIndex(ScrolledReads):
                     using=DENSE,
                     query_filter=qfilter,
                     limit=limit,
-                    with_payload=True,
+                    with_payload=RANKING_FIELDS,
                 )
             elif mode is SearchMode.SPARSE:
                 if sparse_vec is None:
@@ -195,8 +194,7 @@ class QdrantIndex(ScrolledReads):
                     using=SPARSE,
                     query_filter=qfilter,
                     limit=limit,
-                    with_payload=True,
-                    with_vectors=with_vectors,
+                    with_payload=RANKING_FIELDS,
                 )
             else:
                 assert dense is not None
@@ -210,21 +208,22 @@ class QdrantIndex(ScrolledReads):
                     query=models.FusionQuery(fusion=models.Fusion.RRF),
                     query_filter=qfilter,
                     limit=limit,
-                    with_payload=True,
-                    with_vectors=with_vectors,
+                    with_payload=RANKING_FIELDS,
                 )
-        hits = []
-        for p in res.points:
-            hit = hit_of(str(p.id), p.score, p.payload or {})
-            if mode is SearchMode.DENSE:
-                hit.similarity = hit.score
-            elif dense is not None and isinstance(p.vector, dict) and DENSE in p.vector:
-                # Stored vectors are unit length (cosine collection), so the dot product is the cosine.
-                hit.similarity = float(np.dot(np.asarray(p.vector[DENSE]), np.asarray(dense)))
-            if mode is SearchMode.SPARSE:
-                hit.keyword_score = hit.score
-            hits.append(hit)
-        return hits
+        return ranked_of(((str(p.id), p.score, p.payload or {}) for p in res.points), mode)
+
+    def hits(self, workspace: str, ranked: Sequence[Ranked], dense: list[float] | None) -> list[Hit]:
+        if not ranked:
+            return []
+        vectors = dense is not None and any(r.similarity is None for r in ranked)
+        with self._guard():
+            records = self.client.retrieve(
+                self.collection,
+                ids=[r.point_id for r in ranked],
+                with_payload=True,
+                with_vectors=[DENSE] if vectors else False,
+            )
+        return hits_from(workspace, ranked, records, dense)
 
     def keyword_scores(
         self, workspace: str, sparse: tuple[list[int], list[float]], point_ids: Sequence[str]

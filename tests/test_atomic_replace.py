@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+
+import pytest
 
 from retrieval.search import SearchRequest
-from stores.ports import SearchFilter, SearchMode
+from stores.ports import Hit, Ranked, SearchFilter, SearchMode
 from tests.conftest import Harness
 from tests.fakes.embedder import HashEmbedder
 from tests.fakes.webhooks import file_event
@@ -85,3 +87,32 @@ def test_queries_during_replacement_never_mix_or_vanish(make_harness: Callable[.
     assert errors == []
     assert len(observed) > 1, "the readers never saw a replacement happen"
     assert max(observed) == VERSIONS
+
+
+def test_a_switch_between_ranking_and_reading_the_passages_ranks_again(
+    make_harness: Callable[..., Harness], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A search ranks on each point's file and revision, then reads the passages it kept. A replacement that
+    lands in between deletes what was ranked: the search ranks again and answers with the whole new version."""
+    h = make_harness(model=HashEmbedder(), chunking={"chunk_tokens": 32, "overlap_tokens": 0})
+    h.post_event(file_event("created", "handbook", content=content(1), version=1))
+    h.drain()
+    chunks_per_version = h.get("/documents/handbook").json()["chunk_count"]
+    index = h.container.index
+    read = index.hits
+    replaced: list[int] = []
+
+    def replace_first(workspace: str, ranked: Sequence[Ranked], dense: list[float] | None) -> list[Hit]:
+        if not replaced:
+            replaced.append(1)
+            h.post_event(file_event("updated", "handbook", content=content(2), version=2))
+            h.drain()
+        return read(workspace, ranked, dense)
+
+    monkeypatch.setattr(index, "hits", replace_first)
+    req = SearchRequest("acme", "handbook rules topic edition", top_k=50, mode=SearchMode.HYBRID)
+    hits = h.container.searcher.search(req)
+    assert replaced == [1]
+    assert len(hits) == chunks_per_version
+    assert {hit.version for hit in hits} == {2}
+    assert all("edition 2" in hit.text for hit in hits)

@@ -320,7 +320,11 @@ def test_tables_keys_ttl_and_recovery(template: dict[str, Any]) -> None:
         assert recovered["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
 
     indexes = {i["IndexName"]: [k["AttributeName"] for k in i["KeySchema"]] for i in events["GlobalSecondaryIndexes"]}
-    assert indexes == {"by_file": ["group_key", "received_at"], "by_status": ["status", "received_at"]}
+    assert indexes == {
+        "by_file": ["group_key", "received_at"],
+        "by_status": ["status", "received_at"],
+        "recent_deletes": ["delete_workspace", "updated_at"],
+    }
 
     outbox = tables[("delivery_id",)]
     indexes = {i["IndexName"]: [k["AttributeName"] for k in i["KeySchema"]] for i in outbox["GlobalSecondaryIndexes"]}

@@ -22,13 +22,16 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from typer.testing import CliRunner
 
 from app.cli import app
 from app.evaluation.answers import (
     Rationale,
+    RationaleFormatError,
     cites_a_rationale_document,
     is_faithful,
+    load_rationales,
     quote_lines,
     quotes_a_rationale,
 )
@@ -110,6 +113,22 @@ def test_eval_answers_needs_the_rationales(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["eval", str(dataset), "--split", "dev", "--answers"])
     assert result.exit_code == 2
     assert "rationales/dev.jsonl is missing" in result.output
+
+
+def test_a_malformed_rationale_line_is_named_with_its_file_and_line(tmp_path: Path) -> None:
+    folder = tmp_path / "tiny" / "rationales"
+    folder.mkdir(parents=True)
+    good = json.dumps({"query_id": "1", "doc_id": "d", "sentences": ["A."]})
+    for bad, says in (
+        ("{not json", "not JSON"),
+        (json.dumps({"query_id": "1", "doc_id": "d"}), "expected a JSON object with query_id, doc_id, sentences"),
+        (json.dumps({"query_id": "1", "doc_id": "d", "sentences": "A."}), "sentences must be a list"),
+    ):
+        (folder / "dev.jsonl").write_text(f"{good}\n\n{bad}\n")
+        with pytest.raises(RationaleFormatError, match=rf"dev\.jsonl:3: {says}"):
+            load_rationales(tmp_path / "tiny", "dev")
+    (folder / "dev.jsonl").write_text(good + "\n")
+    assert load_rationales(tmp_path / "tiny", "dev") == {"1": [Rationale("1", "d", ("A.",))]}
 
 
 # --- the checks --------------------------------------------------------------------------------------------

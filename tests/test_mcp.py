@@ -432,6 +432,18 @@ def test_without_keys_only_loopback_hosts_and_origins_are_served(make_harness: C
     assert h.client.post("/mcp", json=body, headers=evil).status_code == 403
 
 
+def test_without_keys_the_cors_origins_named_reach_mcp_but_a_star_does_not(
+    make_harness: Callable[..., Harness],
+) -> None:
+    h = make_harness(api_keys={}, anonymous_workspace="acme", cors_origins="https://inspector.example.com, *")
+    body, headers = mcp_request("tools/list", {})
+    named = {**headers, "host": "127.0.0.1:8000", "origin": "https://inspector.example.com"}
+    r = h.client.post("/mcp", json=body, headers=named)
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "*"
+    other = {**headers, "host": "127.0.0.1:8000", "origin": "http://rebound.example"}
+    assert h.client.post("/mcp", json=body, headers=other).status_code == 403
+
+
 def test_the_agents_tools_refuse_arguments_they_do_not_take(make_harness: Callable[..., Harness]) -> None:
     """The MCP tools reuse the LLM agent's tools; those refuse a stray argument too (the model's calls)."""
     h = make_harness()

@@ -20,7 +20,6 @@ document's text.
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -29,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from app.evaluation.jsonl import read_jsonl
 from app.evaluation.metrics import mean
 from retrieval.answering import NOT_ANSWERED, NOTES, Answer
 
@@ -50,21 +50,15 @@ class Rationale:
 def load_rationales(folder: Path, split: str = "train") -> dict[str, list[Rationale]]:
     """query id -> its rationales, from `rationales/<split>.jsonl`. Raises RationaleFormatError."""
     path = folder / "rationales" / f"{split}.jsonl"
-    if not path.is_file():
-        raise RationaleFormatError(f"{path} is missing: --answers needs the evidence sentences of each claim")
+    fields = ["query_id", "doc_id", "sentences"]
+    missing = ": --answers needs the evidence sentences of each claim"
     out: dict[str, list[Rationale]] = {}
-    with path.open(encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                rationale = Rationale(str(row["query_id"]), str(row["doc_id"]), tuple(str(s) for s in row["sentences"]))
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise RationaleFormatError(
-                    f"{path}:{line_no}: expected {{query_id, doc_id, sentences}}: {exc}"
-                ) from exc
-            out.setdefault(rationale.query_id, []).append(rationale)
+    for line_no, row in read_jsonl(path, fields=fields, error=RationaleFormatError, missing=missing):
+        sentences = row["sentences"]
+        if not isinstance(sentences, list):
+            raise RationaleFormatError(f"{path}:{line_no}: sentences must be a list of strings")
+        rationale = Rationale(str(row["query_id"]), str(row["doc_id"]), tuple(str(s) for s in sentences))
+        out.setdefault(rationale.query_id, []).append(rationale)
     return out
 
 

@@ -29,7 +29,6 @@ Errors::
 from __future__ import annotations
 
 import csv
-import json
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -40,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from app.evaluation.answers import AnswerScores, Rationale, evaluate_answers
+from app.evaluation.jsonl import read_jsonl
 from app.evaluation.metrics import RetrievalScores, score_run
 from ingest.worker_loop import WorkerLoop
 from retrieval.agent import Agent, Ask
@@ -112,19 +112,9 @@ class BeirDataset:
 
 
 def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    if not path.is_file():
-        raise DatasetFormatError(f"{path} is missing (a BEIR dataset has corpus.jsonl and queries.jsonl)")
-    with path.open(encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DatasetFormatError(f"{path}:{line_no}: not JSON: {exc}") from exc
-            if not isinstance(row, dict) or "_id" not in row:
-                raise DatasetFormatError(f"{path}:{line_no}: expected a JSON object with an _id")
-            yield row
+    missing = " (a BEIR dataset has corpus.jsonl and queries.jsonl)"
+    for _, row in read_jsonl(path, fields=["_id"], error=DatasetFormatError, missing=missing):
+        yield row
 
 
 def load_beir(folder: Path, split: str = "train") -> BeirDataset:

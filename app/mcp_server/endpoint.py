@@ -50,10 +50,14 @@ _LOOPBACK_ORIGINS = ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*
 def transport_security(settings: Settings) -> TransportSecuritySettings:
     """Without API keys (`eventrag serve` on loopback) a web page could reach /mcp through DNS rebinding, so
     Host and Origin must be loopback; the spec requires servers to validate Origin for exactly this. With keys
-    the key is the guard, and the Host is whatever name the deployment is reached by (API Gateway, a proxy)."""
+    the key is the guard, and the Host is whatever name the deployment is reached by (API Gateway, a proxy).
+    The origins named in EVENTRAG_CORS_ORIGINS are let through too, but never "*"."""
     if settings.anonymous_workspace:
+        named = [o for o in settings.cors_origins if o != "*"]
         return TransportSecuritySettings(
-            enable_dns_rebinding_protection=True, allowed_hosts=_LOOPBACK_HOSTS, allowed_origins=_LOOPBACK_ORIGINS
+            enable_dns_rebinding_protection=True,
+            allowed_hosts=_LOOPBACK_HOSTS,
+            allowed_origins=[*_LOOPBACK_ORIGINS, *named],
         )
     return TransportSecuritySettings(enable_dns_rebinding_protection=False)
 

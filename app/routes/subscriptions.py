@@ -19,7 +19,7 @@ from app.deps import ContainerDep, Workspace
 from app.outbound.relay import ALLOW_HINT
 from app.outbound.subscriptions import subscriber_id
 from app.schemas import ErrorBody
-from stores.outbox import OutboundType, StoredSubscription
+from stores.outbox import Added, OutboundType, StoredSubscription
 from stores.ssrf import check_url
 
 router = APIRouter(tags=["outbound webhooks"])
@@ -92,15 +92,17 @@ def create_subscription(body: SubscriptionIn, workspace: Workspace, container: C
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "no subscription store is configured")
     secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
     check_url(body.url, allow_private=container.settings.outbound.allow_private, hint=ALLOW_HINT)
-    existing = _listing(container, workspace)
-    if len(existing) >= MAX_PER_WORKSPACE:
-        raise HTTPException(422, f"a workspace has at most {MAX_PER_WORKSPACE} subscribers; delete one first")
+    configured = container.subscribers.outbound.by_workspace.get(workspace, ())
     sid = body.id or subscriber_id(body.url)
-    if any(s.id == sid for s in existing):
+    if any(s.id == sid for s in configured):
         raise HTTPException(status.HTTP_409_CONFLICT, f"subscriber {sid!r} exists; delete it or choose another id")
     record = StoredSubscription(workspace, sid, body.url, frozenset(body.events), secret, datetime.now(UTC))
-    if not store.add_subscription(record):
+    # The store counts and adds in one step: creates racing each other never pass the limit.
+    added = store.add_subscription(record, limit=MAX_PER_WORKSPACE - len(configured))
+    if added is Added.EXISTS:
         raise HTTPException(status.HTTP_409_CONFLICT, f"subscriber {sid!r} exists; delete it or choose another id")
+    if added is Added.FULL:
+        raise HTTPException(422, f"a workspace has at most {MAX_PER_WORKSPACE} subscribers; delete one first")
     if container.stored_subscriptions is not None:
         container.stored_subscriptions.forget(workspace)
     return SubscriptionCreated(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 
-from stores.outbox import OutboundType, StoredSubscription
+from stores.outbox import Added, OutboundType, StoredSubscription
 from stores.sqlite.database import SqliteDatabase
 from stores.sqlite.database import ts as _ts
 
@@ -33,11 +33,17 @@ class SqliteSubscriptionStore:
         rows = self.db.query("SELECT * FROM subscriptions WHERE workspace = ? AND id = ?", (workspace, subscription_id))
         return self._subscription(rows[0]) if rows else None
 
-    def add_subscription(self, s: StoredSubscription) -> bool:
+    def add_subscription(self, s: StoredSubscription, *, limit: int) -> Added:
+        # BEGIN IMMEDIATE takes the write lock first: the count and the insert are one step for every process.
         with self.db.transaction() as conn:
-            cur = conn.execute(
-                "INSERT OR IGNORE INTO subscriptions (workspace, id, url, events, secret, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+            taken = conn.execute("SELECT 1 FROM subscriptions WHERE workspace = ? AND id = ?", (s.workspace, s.id))
+            if taken.fetchone():
+                return Added.EXISTS
+            (count,) = conn.execute("SELECT COUNT(*) FROM subscriptions WHERE workspace = ?", (s.workspace,)).fetchone()
+            if count >= limit:
+                return Added.FULL
+            conn.execute(
+                "INSERT INTO subscriptions (workspace, id, url, events, secret, created_at) VALUES (?, ?, ?, ?, ?, ?)",
                 (
                     s.workspace,
                     s.id,
@@ -47,7 +53,7 @@ class SqliteSubscriptionStore:
                     s.created_at.timestamp(),
                 ),
             )
-            return cur.rowcount == 1
+            return Added.ADDED
 
     def delete_subscription(self, workspace: str, subscription_id: str) -> bool:
         with self.db.transaction() as conn:

@@ -5,7 +5,9 @@ listed newest first a page at a time; events and documents paged with totals and
 from __future__ import annotations
 
 import base64
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,6 +21,7 @@ from stores.dynamodb.state import DynamoStateStore
 from stores.dynamodb.subscriptions import DynamoSubscriptionStore
 from stores.events import EventStatus, EventType, FileEvent
 from stores.outbox import (
+    Added,
     DeliveryAttempt,
     DeliveryStatus,
     Outbound,
@@ -322,9 +325,11 @@ class TestSubscriptionsContract:
         now = datetime.now(UTC)
         a = StoredSubscription("acme", "a", "https://a.example/h", frozenset({OutboundType.EVENT_HELD}), "whsec_a", now)
         b = StoredSubscription("acme", "b", "https://b.example/h", frozenset(), "whsec_b", now + timedelta(seconds=1))
-        assert sub.add_subscription(a) and sub.add_subscription(b)
-        assert not sub.add_subscription(a)  # the id is taken
-        assert sub.add_subscription(StoredSubscription("beta", "a", "https://c.example/h", frozenset(), "whsec_c", now))
+        assert sub.add_subscription(a, limit=20) is Added.ADDED
+        assert sub.add_subscription(b, limit=20) is Added.ADDED
+        assert sub.add_subscription(a, limit=20) is Added.EXISTS  # the id is taken
+        beta = StoredSubscription("beta", "a", "https://c.example/h", frozenset(), "whsec_c", now)
+        assert sub.add_subscription(beta, limit=20) is Added.ADDED
         assert [s.id for s in sub.list_subscriptions("acme")] == ["a", "b"]
         got = sub.get_subscription("acme", "a")
         assert got is not None and got.events == frozenset({OutboundType.EVENT_HELD}) and got.secret == "whsec_a"
@@ -332,6 +337,37 @@ class TestSubscriptionsContract:
         assert sub.delete_subscription("acme", "a") and not sub.delete_subscription("acme", "a")
         assert [s.id for s in sub.list_subscriptions("acme")] == ["b"]
         assert [s.url for s in sub.list_subscriptions("beta")] == ["https://c.example/h"]
+
+    def test_the_limit_counts_the_workspace_and_a_delete_frees_a_place(self, stores: Stores) -> None:
+        sub, now = stores.subscriptions, datetime.now(UTC)
+
+        def one(ws: str, i: int) -> StoredSubscription:
+            return StoredSubscription(ws, f"s{i}", f"https://h{i}.example/h", frozenset(), f"whsec_{i}", now)
+
+        assert [sub.add_subscription(one("acme", i), limit=3) for i in range(4)] == [Added.ADDED] * 3 + [Added.FULL]
+        assert sub.add_subscription(one("acme", 0), limit=3) is Added.EXISTS  # a taken id says so, full or not
+        assert sub.add_subscription(one("beta", 9), limit=3) is Added.ADDED  # another workspace has its own places
+        assert sub.add_subscription(one("acme", 5), limit=0) is Added.FULL
+        assert sub.delete_subscription("acme", "s1")
+        assert not sub.delete_subscription("acme", "s1")  # a second delete frees nothing
+        assert sub.add_subscription(one("acme", 6), limit=3) is Added.ADDED
+        assert sub.add_subscription(one("acme", 7), limit=3) is Added.FULL
+        assert sorted(s.id for s in sub.list_subscriptions("acme")) == ["s0", "s2", "s6"]
+
+    def test_adds_racing_each_other_never_pass_the_limit(self, stores: Stores) -> None:
+        sub, now = stores.subscriptions, datetime.now(UTC)
+        barrier = threading.Barrier(8)
+
+        def add(i: int) -> Added:
+            if i < 8:  # the first eight start together
+                barrier.wait(timeout=30)
+            s = StoredSubscription("acme", f"r{i}", f"https://r{i}.example/h", frozenset(), f"whsec_{i}", now)
+            return sub.add_subscription(s, limit=5)
+
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(add, range(16)))
+        assert results.count(Added.ADDED) == 5 and results.count(Added.FULL) == 11
+        assert len(sub.list_subscriptions("acme")) == 5
 
 
 def test_a_dynamodb_listing_reads_keys_then_only_the_page(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -376,3 +412,29 @@ def _listing_requests(state: DynamoStateStore) -> None:
             assert sum(len(spec["Keys"]) for p in gets for spec in p["RequestItems"].values()) == 3
     finally:
         client.meta.events.unregister("provide-client-params.dynamodb.*", record)
+
+
+def test_a_dynamodb_table_from_before_the_count_is_counted_on_its_first_add(monkeypatch: pytest.MonkeyPatch) -> None:
+    with mocked_aws(monkeypatch) as session:
+        stack = create_stack(session)
+        client = session.client("dynamodb")
+        for i in range(3):  # subscribers written the old way: no count item beside them
+            client.put_item(
+                TableName=stack.subscriptions_table,
+                Item={
+                    "workspace": {"S": "acme"},
+                    "id": {"S": f"old{i}"},
+                    "url": {"S": f"https://o{i}.example/h"},
+                    "events": {"S": "[]"},
+                    "secret": {"S": f"whsec_{i}"},
+                    "created_at": {"N": "1700000000"},
+                },
+            )
+        sub = DynamoSubscriptionStore(client, table=stack.subscriptions_table)
+        now = datetime.now(UTC)
+        new = [StoredSubscription("acme", f"new{i}", "https://n.example/h", frozenset(), "whsec", now) for i in (0, 1)]
+        assert [sub.add_subscription(s, limit=4) for s in new] == [Added.ADDED, Added.FULL]
+        assert sub.delete_subscription("acme", "old0")
+        assert sub.add_subscription(new[1], limit=4) is Added.ADDED
+        assert len(sub.list_subscriptions("acme")) == 4  # the count item is not a subscriber
+        assert sub.get_subscription("acme", "#count") is None and not sub.delete_subscription("acme", "#count")

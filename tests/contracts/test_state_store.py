@@ -489,6 +489,45 @@ def test_dynamodb_events_expire_only_once_settled(monkeypatch: pytest.MonkeyPatc
         assert store.purge_events(datetime.now(UTC) + timedelta(days=30)) == 0  # TTL's job, not ours
 
 
+def test_dynamodb_counts_recent_deletes_reading_only_the_workspaces_deletes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mass-deletion brake runs for every delete event: it reads the workspace's delete events from the
+    sparse `recent_deletes` index, never every tenant's settled events."""
+    with mocked_aws(monkeypatch) as session:
+        stack = create_stack(session)
+        client = session.client("dynamodb")
+        store = DynamoStateStore(client, events_table=stack.events_table, documents_table=stack.documents_table)
+        before = datetime.now(UTC) - timedelta(seconds=1)
+        for i in range(30):  # other tenants' deletes and everyone's updates: none of them may be read
+            for workspace, kind in (("acme", EventType.UPDATED), ("beta", EventType.DELETED)):
+                event_id = f"{workspace}-{i}"
+                store.add_event(
+                    file_event(event_id, workspace=workspace, file_id=event_id, kind=kind), EventStatus.QUEUED
+                )
+                store.set_event_status(workspace, event_id, EventStatus.DONE)
+        for event_id, status in (("d1", EventStatus.DONE), ("d2", EventStatus.DONE), ("d3", EventStatus.HELD)):
+            store.add_event(file_event(event_id, file_id=event_id, kind=EventType.DELETED), EventStatus.QUEUED)
+            store.set_event_status("acme", event_id, status)
+        scanned: list[int] = []
+        pages = store._pages
+
+        def counted(operation: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
+            for page in pages(operation, **kwargs):
+                scanned.append(int(page.get("ScannedCount", 0)))
+                yield page
+
+        monkeypatch.setattr(store, "_pages", counted)
+        assert store.count_recent_deletes("acme", before) == 2
+        assert sum(scanned) == 3  # acme's three delete events, and nothing else
+        # A table whose index is not there yet (an upgrade: DynamoDB still builds it) is counted the old way.
+        client.update_table(
+            TableName=stack.events_table, GlobalSecondaryIndexUpdates=[{"Delete": {"IndexName": "recent_deletes"}}]
+        )
+        scanned.clear()
+        assert store.count_recent_deletes("acme", before) == 2
+        assert store.count_recent_deletes("beta", before) == 30
+        assert sum(scanned) > 3
+
+
 class PartialBatchGets:
     """The moto client, except that BatchGetItem serves at most `serve` keys per call and hands the rest
     back as UnprocessedKeys, as DynamoDB does when a call is throttled or its response passes 16 MB."""

@@ -127,6 +127,38 @@ class TestVectorIndexContract:
             assert {h.workspace for h in hits} == {"acme"}
         assert files(dense_search(index, unit(1.0), ws="nobody")) == []
 
+    def test_rank_reads_only_file_and_revision_and_hits_reads_the_passages_kept(self, index: VectorIndex) -> None:
+        index.upsert(
+            [
+                point("a", dense=unit(1.0, 0.1), sparse=([7], [2.0])),
+                point("b", dense=unit(1.0, 0.5), sparse=([7], [1.0])),
+                point("c", dense=unit(0.0, 1.0)),
+                point("theirs", workspace="beta", dense=unit(1.0)),
+            ]
+        )
+        for mode in SearchMode:
+            ranked = index.rank("acme", dense=unit(1.0), sparse=([7], [1.0]), mode=mode, limit=10)
+            assert {r.file_id for r in ranked} <= {"a", "b", "c"} and ranked, mode
+            assert all(r.revision == "r1" for r in ranked)
+            full = index.search("acme", dense=unit(1.0), sparse=([7], [1.0]), mode=mode, limit=10)
+            assert [(r.point_id, r.score) for r in ranked] == [(h.point_id, h.score) for h in full]
+            # `hits` keeps the order it is given (what a caller kept of a ranking), with both signals.
+            picked = list(reversed(ranked))
+            hits = index.hits("acme", picked, unit(1.0))
+            assert [h.point_id for h in hits] == [r.point_id for r in picked]
+            assert all(h.similarity is not None for h in hits)
+            assert all(h.text == f"{h.file_id} chunk 0 of r1" for h in hits)
+            if mode is SearchMode.SPARSE:
+                assert all(h.keyword_score == h.score for h in hits)
+        # A point deleted since it was ranked is absent; another workspace's points are never read back.
+        ranked = index.rank("acme", dense=unit(1.0), sparse=None, mode=SearchMode.DENSE, limit=10)
+        index.delete_file("acme", "b")
+        assert files(index.hits("acme", ranked, None)) == [f for f in files(ranked) if f != "b"]
+        theirs = index.rank("beta", dense=unit(1.0), sparse=None, mode=SearchMode.DENSE, limit=10)
+        assert files(theirs) == ["theirs"]
+        assert index.hits("acme", theirs, unit(1.0)) == []
+        assert index.hits("acme", [], unit(1.0)) == []
+
     def test_sparse_search_and_hybrid_fusion(self, index: VectorIndex) -> None:
         index.upsert(
             [
