@@ -12,12 +12,13 @@ never optimizes its own shard. Instead (`optimize_online`):
    (HNSW graphs, no deleted points), flushes it and exits. The child runs at a lower priority; the serving
    process only waits for it.
 3. *Load and replay*: the serving process opens the copy (one of the two calls every thread of the
-   process waits for, with the old shard's close in step 4: about half a second each at 50,000 chunks,
+   process waits for, with the old shard's close in step 4: about 0.1 s each at 50,000 chunks, since
+   the payload indexes are mapped rather than read into RAM and the live shard is flushed as it goes;
    docs/performance.md) and applies the journal to it in batches, while new writes keep landing in the
    live shard and the journal.
 4. *Swap* (`EdgeIndex.swap`): under the write lock, the last few journaled writes are applied, the metadata
-   file names the new generation (the commit) and reads move to it; the old shard's files are removed and
-   it closes once its reads end.
+   file names the new generation (the commit) and reads move to it; the old shard closes once its reads
+   end, then its files are removed.
 
 Replaying is exact because every write eventrag puts in the journal decides its effect from point ids alone
 (an upsert sets a point; a delete or a version change selects points by workspace, file and revision, which
@@ -86,7 +87,7 @@ class RebuildReport:
     optimize_seconds: float  # of which `optimize()` in the child
     load_seconds: float  # opening the copy in the serving process (holds the GIL)
     swap_seconds: float  # the tail under the write lock and the commit
-    retire_seconds: float  # closing the old shard (holds the GIL: a flush)
+    retire_seconds: float  # closing the old shard (holds the GIL: a flush, freeing it) and removing its files
     total_seconds: float
 
 
