@@ -55,7 +55,10 @@ class _Ticker:
         self._thread.join()
 
     def longest(self, start: float, end: float) -> float:
-        return max((g for t, g in self.gaps if start <= t <= end), default=0.0)
+        """The longest gap that began between `start` and `end`. (A gap is recorded when the ticker runs
+        again, which can be after the step that caused it ended: a call holding the GIL is followed by
+        the same thread's Python code until the interpreter switches threads.)"""
+        return max((g for t, g in self.gaps if start <= t - g - 0.001 <= end), default=0.0)
 
 
 def _query(rng: np.random.Generator) -> tuple[list[float], tuple[list[int], list[float]]]:

@@ -12,12 +12,13 @@ never optimizes its own shard. Instead (`optimize_online`):
    (HNSW graphs, no deleted points), flushes it and exits. The child runs at a lower priority; the serving
    process only waits for it.
 3. *Load and replay*: the serving process opens the copy (one of the two calls every thread of the
-   process waits for, with the old shard's close in step 4: about half a second each at 50,000 chunks,
+   process waits for, with the old shard's close in step 4: about 0.1 s each at 50,000 chunks, since
+   the payload indexes are mapped rather than read into RAM and the live shard is flushed as it goes;
    docs/performance.md) and applies the journal to it in batches, while new writes keep landing in the
    live shard and the journal.
 4. *Swap* (`EdgeIndex.swap`): under the write lock, the last few journaled writes are applied, the metadata
-   file names the new generation (the commit) and reads move to it; the old shard's files are removed and
-   it closes once its reads end.
+   file names the new generation (the commit) and reads move to it; the old shard closes once its reads
+   end, then its files are removed.
 
 Replaying is exact because every write eventrag puts in the journal decides its effect from point ids alone
 (an upsert sets a point; a delete or a version change selects points by workspace, file and revision, which
@@ -51,7 +52,14 @@ import numpy as np
 import qdrant_edge as qe
 
 from stores.edge import EdgeIndex
-from stores.edge_shard import GENERATIONS, SHARD_CONFIG, Journal, create_payload_indexes, load_shard
+from stores.edge_shard import (
+    GENERATIONS,
+    SHARD_CONFIG,
+    Journal,
+    create_payload_indexes,
+    load_shard,
+    shard_config,
+)
 from stores.errors import StoreError
 from stores.points import DENSE, SPARSE
 
@@ -79,7 +87,7 @@ class RebuildReport:
     optimize_seconds: float  # of which `optimize()` in the child
     load_seconds: float  # opening the copy in the serving process (holds the GIL)
     swap_seconds: float  # the tail under the write lock and the commit
-    retire_seconds: float  # closing the old shard (holds the GIL: a flush)
+    retire_seconds: float  # closing the old shard (holds the GIL: a flush, freeing it) and removing its files
     total_seconds: float
 
 
@@ -113,16 +121,19 @@ def _rebuild_logged(index: EdgeIndex, nice: int, child_log: IO[bytes]) -> Rebuil
     staging = index.path / GENERATIONS / f"gen-{generation:06d}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    # The copy gets the live shard's own configuration: Edge opens a directory holding only its config file
-    # as an empty shard of that configuration.
-    shutil.copyfile(index.shard_dir / SHARD_CONFIG, staging / SHARD_CONFIG)
+    # The copy gets eventrag's shard configuration (`shard_config`: cheap to open), which also moves a shard
+    # made with an older one onto it. An index without a recorded dimension keeps the live shard's own
+    # configuration: Edge opens a directory holding only its config file as an empty shard of it.
+    dimension = meta.get("dimension")
+    if not isinstance(dimension, int):
+        shutil.copyfile(index.shard_dir / SHARD_CONFIG, staging / SHARD_CONFIG)
     index.write_meta(generation=generation)  # a generation's name is never reused
     journal = index.start_journal()
     proc: subprocess.Popen[bytes] | None = None
     copy: qe.EdgeShard | None = None
     committed = False
     try:
-        proc = _start_child(staging, nice, child_log)
+        proc = _start_child(staging, nice, child_log, dimension if isinstance(dimension, int) else 0)
         t0 = time.perf_counter()
         exported = _export(index, journal, proc, child_log)
         export_seconds = time.perf_counter() - t0
@@ -193,10 +204,10 @@ def _check(index: EdgeIndex, journal: Journal) -> None:
         )
 
 
-def _start_child(staging: Path, nice: int, child_log: IO[bytes]) -> subprocess.Popen[bytes]:
+def _start_child(staging: Path, nice: int, child_log: IO[bytes], dimension: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(_ROOT), os.environ.get("PYTHONPATH")) if p)}
     return subprocess.Popen(
-        [sys.executable, "-m", "stores.edge_rebuild", str(staging), str(nice), str(os.getpid())],
+        [sys.executable, "-m", "stores.edge_rebuild", str(staging), str(nice), str(os.getpid()), str(dimension)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=child_log,
@@ -369,10 +380,11 @@ def _die_with_parent(parent: int) -> None:
 
 
 def main(argv: list[str]) -> int:
-    staging, nice, parent = Path(argv[0]), int(argv[1]), int(argv[2])
+    staging, nice, parent, dimension = Path(argv[0]), int(argv[1]), int(argv[2]), int(argv[3])
     _die_with_parent(parent)
     os.nice(nice)
-    shard = load_shard(staging)
+    # dimension 0: the parent copied the live shard's configuration into `staging`.
+    shard = qe.EdgeShard.create(str(staging), shard_config(dimension)) if dimension else load_shard(staging)
     create_payload_indexes(shard)
     source = sys.stdin.buffer
     points = 0

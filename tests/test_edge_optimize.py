@@ -5,6 +5,7 @@ acknowledged write. Real Edge shards and real child processes; no timing is asse
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import qdrant_edge as qe
 
-from stores.edge import GENERATIONS, META_FILE, SHARD_CONFIG, EdgeIndex
+from stores.edge import FLUSH_POINTS, GENERATIONS, META_FILE, SHARD_CONFIG, EdgeIndex
 from stores.edge_rebuild import EdgeMaintenance, OptimizeAbandonedError, optimize_online
 from stores.ports import Hit, SearchFilter, SearchMode
 from tests.contracts.test_vector_index import DIM, MODEL, point, unit
@@ -256,6 +258,93 @@ def test_offline_optimize_still_works_after_online_ones(index: EdgeIndex) -> Non
     assert answers(index) == before and index.unoptimized_points() == 0
 
 
+def test_flushing_the_live_shard_often_changes_no_answer(tmp_path: Path) -> None:
+    """`apply` flushes the live shard every `flush_points` writes (here after every write), before,
+    during and after an online optimize: the answers are those of an index that never flushes."""
+    often = EdgeIndex(tmp_path / "often", flush_points=1)
+    never = EdgeIndex(tmp_path / "never", flush_points=10**9)
+    try:
+        for idx in (often, never):
+            idx.ensure_ready(MODEL, DIM)
+            for p in corpus():
+                idx.upsert([p])
+            idx.delete_revisions("acme", "f1", ["r2"])
+        assert answers(often) == answers(never)
+        for idx in (often, never):
+            assert optimize_online(idx) is not None
+            idx.upsert([point("late", dense=unit(0.3, 0.3, 1.0))])
+            idx.delete_file("acme", "f2")
+        assert answers(often) == answers(never)
+    finally:
+        often.close()
+        never.close()
+    reopened = EdgeIndex(tmp_path / "often")
+    try:
+        reopened.ensure_ready(MODEL, DIM)
+        assert reopened.revision_counts("acme") == EdgeIndex(tmp_path / "never").revision_counts("acme")
+    finally:
+        reopened.close()
+
+
+def _earlier_shard(path: Path) -> None:
+    """An index as eventrag made it before its payload indexes moved to `Memory.Cold` and range-only
+    integer indexes: Qdrant's default placements and integer index (lookup and range)."""
+    from stores.points import DENSE, INTEGER_FIELDS, KEYWORD_FIELDS, SCHEMA_VERSION, SPARSE
+
+    shard = qe.EdgeShard.create(
+        str(path),
+        qe.EdgeConfig(
+            vectors={DENSE: qe.EdgeVectorParams(size=DIM, distance=qe.Distance.Cosine)},
+            sparse_vectors={SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
+        ),
+    )
+    shard.update(qe.UpdateOperation.create_field_index("workspace", qe.KeywordIndexParams(is_tenant=True)))
+    for name in KEYWORD_FIELDS:
+        shard.update(qe.UpdateOperation.create_field_index(name, qe.PayloadSchemaType.Keyword))
+    for name in INTEGER_FIELDS:
+        shard.update(qe.UpdateOperation.create_field_index(name, qe.PayloadSchemaType.Integer))
+    shard.close()
+    meta = {"embedding_model": MODEL, "dimension": DIM, "schema": SCHEMA_VERSION, "engine": "edge"}
+    (path / META_FILE).write_text(json.dumps({**meta, "optimized_points": 0}))
+
+
+def _integer_lookups(index: EdgeIndex) -> dict[str, Any]:
+    with index.reading() as shard:
+        assert shard is not None
+        schema = shard.info().payload_schema
+    return {name: getattr(schema[name].params, "lookup", None) for name in ("version", "page_start", "page_end")}
+
+
+def test_an_index_made_with_the_earlier_shard_configuration_opens_and_optimizes_onto_the_current_one(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "edge"
+    path.mkdir()
+    _earlier_shard(path)
+    index = EdgeIndex(path)
+    try:
+        index.ensure_ready(MODEL, DIM)
+        index.upsert(corpus())
+        before = answers(index)
+        assert set(_integer_lookups(index).values()) != {False}  # Qdrant's default: a lookup index too
+        report = optimize_online(index)
+        assert report is not None and index.shard_dir == path / GENERATIONS / "gen-000001"
+        assert answers(index) == before
+        assert _integer_lookups(index) == dict.fromkeys(("version", "page_start", "page_end"), False)
+        with index.reading() as shard:
+            assert shard is not None
+            schema = shard.info().payload_schema
+        assert getattr(schema["file_id"].params, "memory", None) == qe.Memory.Cold  # mapped, not read into RAM
+    finally:
+        index.close()
+    reopened = EdgeIndex(path)
+    try:
+        reopened.ensure_ready(MODEL, DIM)
+        assert answers(reopened) == before
+    finally:
+        reopened.close()
+
+
 CRASH = r"""
 import os, sys
 sys.path.insert(0, sys.argv[1])
@@ -263,7 +352,7 @@ from pathlib import Path
 from stores.edge import EdgeIndex
 from stores.edge_rebuild import optimize_online
 from tests.contracts.test_vector_index import point, unit, MODEL, DIM
-step = sys.argv[3]
+step, flush_points = sys.argv[3], int(sys.argv[4])
 
 def fault(at):
     if at != step:
@@ -274,7 +363,7 @@ def fault(at):
     print("acknowledged", flush=True)
     os._exit(9)  # dies mid-optimize: no close, no flush, the child killed with it
 
-index = EdgeIndex(Path(sys.argv[2]), fault=fault)
+index = EdgeIndex(Path(sys.argv[2]), fault=fault, flush_points=flush_points)
 index.ensure_ready(MODEL, DIM)
 for n in range(10):
     index.upsert([point(f"f{n}", index=i, dense=unit(1.0, float(n), float(i))) for i in range(3)])
@@ -296,12 +385,17 @@ def _rebuild_children(staging_root: Path) -> list[int]:
     return found
 
 
+@pytest.mark.parametrize("flush_points", [FLUSH_POINTS, 2], ids=["default-flushes", "flushing-every-2-points"])
 @pytest.mark.parametrize("step", ["exported", "loaded", "committed"])
-def test_a_crash_at_any_step_of_an_online_optimize_keeps_every_acknowledged_write(step: str, tmp_path: Path) -> None:
+def test_a_crash_at_any_step_of_an_online_optimize_keeps_every_acknowledged_write(
+    step: str, flush_points: int, tmp_path: Path
+) -> None:
+    """Killed at each step, also with the live shard flushed every two points (flushes in every step,
+    on both generations): the reopened index holds every acknowledged write."""
     path = tmp_path / "edge"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
-        [sys.executable, "-c", CRASH, str(ROOT), str(path), step],
+        [sys.executable, "-c", CRASH, str(ROOT), str(path), step, str(flush_points)],
         capture_output=True,
         text=True,
         timeout=300,
