@@ -515,6 +515,20 @@ class IngestWorker:
                 self._step("embedded", p.event)
 
     # 4 - 6: write, switch, clean up -------------------------------------------------------------------
+    def _switch_in_one_commit(
+        self, plans: Sequence[Plan], switch: Callable[[Plan], bool]
+    ) -> dict[EventKey, bool | Exception]:
+        """Each plan's switch, all in one commit (`StateStore.batch`): whether it switched, or the exception
+        of one that failed (its write is undone alone; the others stand)."""
+        switched: dict[EventKey, bool | Exception] = {}
+        with self.state.batch():
+            for plan in plans:
+                try:
+                    switched[plan.event.key] = switch(plan)
+                except Exception as exc:
+                    switched[plan.event.key] = exc
+        return switched
+
     def _finish(self, plan: Plan) -> Outcome:
         ev = plan.event
         self._drop_older_revisions([(ev, plan.revision)])
@@ -557,13 +571,11 @@ class IngestWorker:
                     )
                 except Exception as exc:
                     outcomes[plan.event.key] = self._failure(plan.record, exc)
-        switched: dict[EventKey, bool | Exception] = {}
-        with self.state.batch():
-            for plan, _, revision in written:
-                try:
-                    switched[plan.event.key] = self.state.switch_document(self._record_of(plan, revision))
-                except Exception as exc:  # its write was undone alone; the others stand
-                    switched[plan.event.key] = exc
+        revisions = {plan.event.key: revision for plan, _, revision in written}
+        switched = self._switch_in_one_commit(
+            [plan for plan, _, _ in written],
+            lambda plan: self.state.switch_document(self._record_of(plan, revisions[plan.event.key])),
+        )
         done: list[tuple[Plan, DocumentRecord | None, str | None]] = []
         for plan, previous, revision in written:
             ev, result = plan.event, switched[plan.event.key]
@@ -697,13 +709,7 @@ class IngestWorker:
         settled in one commit; each event still goes switch, clean up, settle, so a crash between two of
         them leaves it to be finished by its retry (step 1), as for one event."""
         outcomes: dict[EventKey, Outcome] = {}
-        switched: dict[EventKey, bool | Exception] = {}
-        with self.state.batch():
-            for plan in plans:
-                try:
-                    switched[plan.event.key] = self._switch_kept(plan)
-                except Exception as exc:  # its write was undone alone; the others stand
-                    switched[plan.event.key] = exc
+        switched = self._switch_in_one_commit(plans, self._switch_kept)
         kept: list[Plan] = []
         for plan in plans:
             ev, result = plan.event, switched[plan.event.key]
