@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import boto3
 import pytest
 import yaml
 from moto import mock_aws
+from moto.core.botocore_stubber import BotocoreStubber
 
 SERVERLESS_YML = Path(__file__).resolve().parents[2] / "serverless.yml"
 REGION = "us-east-1"
@@ -216,5 +218,20 @@ def mocked_aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[boto3.session.Sessio
         monkeypatch.setenv(name, value)
     for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL"):
         monkeypatch.delenv(name, raising=False)
+    _one_request_at_a_time(monkeypatch)
     with mock_aws():
         yield boto3.session.Session(region_name=REGION)
+
+
+def _one_request_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """AWS applies each request atomically (a conditional put, a transaction); moto's in-memory backend is not
+    thread-safe (a transaction deep-copies a table another thread is writing). Requests from racing threads
+    are served one at a time, so a race test races the store's own calls, as it would against AWS."""
+    lock = threading.RLock()
+    process = BotocoreStubber.process_request
+
+    def serially(self: BotocoreStubber, request: Any) -> Any:
+        with lock:
+            return process(self, request)
+
+    monkeypatch.setattr(BotocoreStubber, "process_request", serially)
