@@ -3,7 +3,9 @@ down.
 
 PDF, Office and HTML parsers are large C and Python libraries reading attacker-controlled bytes: a file
 can make one loop for ever, allocate gigabytes (a ZIP bomb inside a DOCX) or crash it. `ParserPool` runs
-`ingest.parsing.parse` in long-lived child processes (`python -m ingest.sandbox`), one file at a time each:
+`ingest.parsing.parse` in long-lived child processes (`python -m ingest.sandbox`), one file at a time each
+(small UTF-8 text and Markdown files, whose parse is a linear scan, are parsed in place:
+`ingest.parsing.parses_in_place`):
 
 - *memory*: the child caps its own address space (`RLIMIT_AS`) at what it uses after importing the
   parsers plus the budget, so an allocation past it fails inside the child (a `MemoryError`, or the parser
@@ -37,7 +39,7 @@ from typing import IO, Any
 
 from ingest.errors import ParseBudgetError, ParseError, UnsupportedContentError
 from ingest.formats.base import Location, ParsedDocument
-from ingest.parsing import ParseLimits, parse
+from ingest.parsing import ParseLimits, parse, parses_in_place
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +75,9 @@ class ParserPool:
         return self.parse(data, content_type, path)
 
     def parse(self, data: bytes, content_type: str | None, path: str) -> ParsedDocument:
-        if len(data) > self.limits.max_bytes:
-            return parse(data, content_type, path, self.limits)  # refused before any child is involved
+        if len(data) > self.limits.max_bytes or parses_in_place(data, content_type, path):
+            # refused before any child is involved, or a small UTF-8 text or Markdown file (linear to parse)
+            return parse(data, content_type, path, self.limits)
         with self._slots:
             child = self._take()
             healthy = False

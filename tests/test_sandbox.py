@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 from ingest.errors import ParseBudgetError, UnsupportedContentError
-from ingest.sandbox import ParserPool
+from ingest.parsing import IN_PLACE_MAX_BYTES, parse, parses_in_place
+from ingest.sandbox import ParserPool, _Child
 from tests.conftest import Harness
 from tests.fakes.documents import docx_bomb, docx_bytes, text_pdf
 from tests.fakes.webhooks import file_event
@@ -51,8 +53,44 @@ def test_a_pool_started_ahead_parses_the_first_file_in_that_child() -> None:
         pool.start()
         (child,) = pool._children
         assert child.alive()
-        assert pool.parse(b"# Title\n\nText.", "text/markdown", "a.md").text == "# Title\n\nText."
+        assert pool.parse(text_pdf([["Text."]]), None, "a.pdf").text == "Text."
         assert pool._children == {child}  # no second child started for it
+    finally:
+        pool.close()
+
+
+def test_small_utf8_text_and_markdown_are_parsed_in_place_and_the_rest_in_a_child(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    asked: list[str] = []
+    ask = _Child.ask
+
+    def counted(self: _Child, request: dict[str, Any], data: bytes, **kw: Any) -> dict[str, Any]:
+        asked.append(request["path"])
+        return ask(self, request, data, **kw)
+
+    monkeypatch.setattr(_Child, "ask", counted)
+    pool = ParserPool()
+    try:
+        in_place = [
+            (b"# Title\n\nText.", "text/markdown", "a.md"),
+            ("Caf\u00e9 au lait.\r\n".encode(), None, "notes.txt"),
+            (b"x" * IN_PLACE_MAX_BYTES, "text/plain", "full.txt"),
+        ]
+        for data, content_type, path in in_place:
+            assert pool.parse(data, content_type, path) == parse(data, content_type, path)
+        assert asked == [] and pool._children == set()  # no child was needed for them
+        in_a_child = [
+            ("Caf\u00e9 au lait.".encode("cp1252"), "text/plain", "latin.txt"),  # detected by a Python library
+            (b"x" * (IN_PLACE_MAX_BYTES + 1), "text/plain", "big.txt"),
+            (b"<h1>Title</h1><p>Text.</p>", "text/html", "a.html"),
+            (text_pdf([["Text."]]), None, "a.pdf"),
+        ]
+        for data, content_type, path in in_a_child:
+            assert not parses_in_place(data, content_type, path)
+            pool.parse(data, content_type, path)
+            assert asked[-1] == path
+        assert pool.parse(in_a_child[0][0], "text/plain", "latin.txt").text == "Caf\u00e9 au lait."
     finally:
         pool.close()
 
