@@ -64,7 +64,10 @@ class EdgeSettings(BaseModel):
 
 
 class WorkerSettings(BaseModel):
-    batch_size: int = Field(8, ge=1, le=256, description="events claimed (and embedded together) per batch")
+    # 32: the embedder sorts a claim's chunks by length before batching them, so a bigger claim pads less
+    # (1,000 SciFact abstracts: 14.4% more tokens than a corpus-wide sort with claims of 8, 4.3% with 32,
+    # 2.1% with 64), while a claim of large files still embeds well within its lease.
+    batch_size: int = Field(32, ge=1, le=256, description="events claimed (and embedded together) per batch")
     threads: int = Field(1, ge=1, le=32, description="worker threads in `eventrag serve`")
     max_attempts: int = Field(5, ge=1, description="attempts before an event is marked failed")
     backoff_seconds: float = Field(2.0, ge=0, description="first retry delay; doubles per attempt")

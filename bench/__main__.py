@@ -171,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
                     "seconds",
                     "raw_encode_seconds",
                     "ratio_to_raw",
+                    "cpu_ratio_to_raw",
+                    "padding_over_sorted",
                     "docs_per_second",
                     "chunks_per_second",
                     "outside_model_seconds",

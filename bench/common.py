@@ -157,7 +157,7 @@ def open_store(
         data_dir=data_dir,
         embedding_backend=backend,
         index_backend=index_backend,
-        worker={"batch_size": 64, "mass_delete_share": 1.0},
+        worker={"mass_delete_share": 1.0},  # the default claim size, as users run it
         **settings,
     )
     chosen = EmbeddingBackend(backend)

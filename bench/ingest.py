@@ -12,14 +12,37 @@ from ingest.sandbox import ParserPool
 
 def raw_encode_seconds(store: Store) -> float:
     """One call of the model on every text the worker embedded, longest first (as the worker sorts)."""
+    return raw_encode(store)[0]
+
+
+def raw_encode(store: Store) -> tuple[float, float]:
+    """(wall, CPU) seconds of one call of the model on every text the worker embedded, longest first (as
+    the worker sorts). CPU seconds are every thread's of this process: less moved by other load."""
     texts = list(store.recorder.texts)
     counts = store.recorder.inner.count_tokens(texts)
     ordered = [t for _, t in sorted(zip(counts, texts, strict=True), key=lambda p: -p[0])]
     inner = store.recorder.inner
+    cpu0 = time.process_time()
     with timer() as t:
         for i in range(0, len(ordered), inner.batch_size):
             inner.embed_documents(ordered[i : i + inner.batch_size])
-    return t[0]
+    return t[0], time.process_time() - cpu0
+
+
+def padding_over_sorted(store: Store) -> float:
+    """The tokens the worker's model calls ran on (each batch padded to its longest text) over those of the
+    raw encode's corpus-wide sort, minus 1: what the worker's rounds add by sorting only what they hold.
+    Counted with the tokenizer, so no load moves it."""
+    inner = store.recorder.inner
+    counts = inner.count_tokens(list(store.recorder.texts))
+    worker, start = 0, 0
+    for size in store.recorder.batches:
+        worker += size * max(counts[start : start + size], default=0)
+        start += size
+    ordered = sorted(counts, reverse=True)
+    step = inner.batch_size
+    raw = sum(len(b) * b[0] for b in (ordered[i : i + step] for i in range(0, len(ordered), step)))
+    return worker / raw - 1 if raw else 0.0
 
 
 def ingest(docs: list[Doc], backend: str, *, keep: bool = False) -> tuple[dict[str, Any], Store | None]:
@@ -38,7 +61,7 @@ def ingest(docs: list[Doc], backend: str, *, keep: bool = False) -> tuple[dict[s
     total = drain(store)
     cpu = time.process_time() - cpu0  # every thread of the process, receiving included
     chunks = len(store.recorder.texts)
-    raw = raw_encode_seconds(store)  # right after the ingest, on the same texts
+    raw, raw_cpu = raw_encode(store)  # right after the ingest, on the same texts
     full = sum(1 for b in store.recorder.batches if b == store.recorder.inner.batch_size)
     row = {
         "backend": backend,
@@ -49,6 +72,9 @@ def ingest(docs: list[Doc], backend: str, *, keep: bool = False) -> tuple[dict[s
         "cpu_seconds": round(cpu, 2),
         "raw_encode_seconds": round(raw, 2),
         "ratio_to_raw": round(total / raw, 3),
+        "raw_encode_cpu_seconds": round(raw_cpu, 2),
+        "cpu_ratio_to_raw": round(cpu / raw_cpu, 3),
+        "padding_over_sorted": round(padding_over_sorted(store), 4),
         "model_seconds": round(store.recorder.model_seconds, 2),
         "outside_model_seconds": round(total - store.recorder.model_seconds, 2),
         "docs_per_second": round(len(docs) / total, 1),

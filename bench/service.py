@@ -42,7 +42,7 @@ def query_overhead(store: Store, questions: list[str]) -> dict[str, Any]:
 
     app = create_app(c, start_worker=False)
     template = json.loads((REPO / "tests" / "events" / "apigw_http_v2.json").read_text())
-    lambda_app, lambda_bare = Mangum(app, lifespan="off"), Mangum(bare_app, lifespan="off")
+    lambdas: list[Any] = [Mangum(app, lifespan="off"), Mangum(bare_app, lifespan="off")]  # called (event, context)
     times: dict[str, list[float]] = {k: [] for k in ("parts", "lambda", "lambda_bare", "client", "client_bare")}
     with TestClient(app) as client, TestClient(bare_app) as bare_client:
         for i, q in enumerate(["warm up", *questions]):
@@ -55,7 +55,7 @@ def query_overhead(store: Store, questions: list[str]) -> dict[str, Any]:
             index.keyword_scores("bench", terms, [h.point_id for h in hits])
             # Interleaved, question by question, so a change in the machine's load hits every column alike.
             took = [time.perf_counter() - t0]
-            for handler in (lambda_app, lambda_bare):
+            for handler in lambdas:
                 event = _post_event(template, "/query", body)
                 t0 = time.perf_counter()
                 r = handler(event, None)
