@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from stores.ports import TokenReuse
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -112,6 +114,23 @@ class Recorder:
 
     def embed_query(self, text: str) -> list[float]:
         return list(self.inner.embed_query(text))
+
+    def span_tokens(self, text: str, spans: Sequence[tuple[int, int]], prefix: str) -> list[Any]:
+        if not isinstance(self.inner, TokenReuse):  # (torch): every chunk is tokenized by its model
+            return [None] * len(spans)
+        return list(self.inner.span_tokens(text, spans, prefix))
+
+    def embed_tokens_with_units(
+        self, texts: Sequence[str], spans: Sequence[Sequence[tuple[int, int]]], tokens: Sequence[Any]
+    ) -> tuple[list[list[float]], list[Any]]:
+        if not isinstance(self.inner, TokenReuse):
+            return self.embed_with_units(texts, spans)
+        t0 = time.perf_counter()
+        vectors, pooled = self.inner.embed_tokens_with_units(texts, spans, tokens)
+        self.model_seconds += time.perf_counter() - t0
+        self.texts.extend(texts)
+        self.batches.append(len(texts))
+        return list(vectors), list(pooled)
 
     def embed_with_units(
         self, texts: Sequence[str], spans: Sequence[Sequence[tuple[int, int]]]

@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from stores.ports import Embedder, EmbeddingCache
+from stores.ports import Embedder, EmbeddingCache, TokenReuse
 from stores.telemetry import EMBED_BATCH_SIZE, EMBED_SECONDS
-from stores.token_spans import SpanCounter
+from stores.token_spans import SpanCounter, SpanTokens
 from stores.units import UnitVectors, pool_spans
 
 if TYPE_CHECKING:
@@ -213,6 +213,7 @@ def embed_with_cache(
     scopes: Sequence[str] | None = None,
     spans: Sequence[Sequence[tuple[int, int]]] | None = None,
     whole_batches_only: bool = False,
+    tokens: Sequence[SpanTokens | None] | None = None,
 ) -> tuple[list[Embedded | None], EmbeddingStats]:
     """Vectors for `texts` in input order, reusing cached ones of the same scope (the workspace, one per
     text); the rest embedded sorted by length.
@@ -223,6 +224,9 @@ def embed_with_cache(
     `whole_batches_only`: embed only as many of the missing texts (the first ones, in input order) as fill
     whole batches of `batch_size`; the others get None and wait for a later call (the worker loop carries
     them into the next round, so the model never sees a partial batch while more work is queued).
+
+    `tokens` (with `spans`, for an embedder that `TokenReuse`s): per text, its model input when the caller
+    has it from the document's tokenization (`TokenReuse.span_tokens`), or None.
     """
     keys = [
         text_key(t, scopes[i] if scopes is not None else "", spans[i] if spans is not None else None)
@@ -257,7 +261,11 @@ def embed_with_cache(
             part = order[b : b + batch_size]
             started = time.perf_counter()
             batch = [texts[i] for i in part]
-            if spans is not None:
+            if spans is not None and tokens is not None and isinstance(embedder, TokenReuse):
+                vectors, pooled = embedder.embed_tokens_with_units(
+                    batch, [spans[i] for i in part], [tokens[i] for i in part]
+                )
+            elif spans is not None:
                 vectors, pooled = embedder.embed_with_units(batch, [spans[i] for i in part])
             else:
                 vectors, pooled = embedder.embed_documents(batch), [None] * len(part)

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from stores.errors import StoreError
-from stores.token_spans import SpanCounter
+from stores.token_spans import SpanCounter, SpanTokens
 from stores.units import UnitVectors, pool_spans
 
 if TYPE_CHECKING:
@@ -174,6 +174,7 @@ class OnnxEmbedder:
         self._counter: Tokenizer | None = None
         self._encoder: Tokenizer | None = None
         self._spans: SpanCounter | None = None
+        self._pad_id = 0  # the tokenizer's [PAD], read with it
         self._input_names: set[str] = set()
         self._output_names: set[str] = set()
         self._lock = threading.Lock()
@@ -210,7 +211,8 @@ class OnnxEmbedder:
                     encoder = Tokenizer.from_file(path)
                     encoder.enable_truncation(self.info.max_tokens)
                     pad_id = encoder.token_to_id("[PAD]")
-                    encoder.enable_padding(pad_id=pad_id if pad_id is not None else 0, pad_token="[PAD]")
+                    self._pad_id = pad_id if pad_id is not None else 0
+                    encoder.enable_padding(pad_id=self._pad_id, pad_token="[PAD]")
                     self._encoder = encoder
                     self._spans = SpanCounter.of(counter, self.count_tokens)
                     self._counter = counter
@@ -254,6 +256,13 @@ class OnnxEmbedder:
             return self.count_tokens([text[a:b] for a, b in spans])
         return self._spans.count(text, spans)
 
+    def span_tokens(self, text: str, spans: Sequence[tuple[int, int]], prefix: str) -> list[SpanTokens | None]:
+        """See `stores.ports.TokenReuse`."""
+        self._tokenizers()
+        if self._spans is None:
+            return [None] * len(spans)
+        return self._spans.tokens(text, spans, prefix, self.info.max_tokens)
+
     def _encode(self, texts: Sequence[str]) -> np.ndarray[Any, Any]:
         session = self._load()
         _, encoder = self._tokenizers()
@@ -294,6 +303,16 @@ class OnnxEmbedder:
     ) -> tuple[list[list[float]], list[UnitVectors | None]]:
         """See `Embedder.embed_with_units`: one run gives both outputs. An export of format 1 has no token
         output: its span vectors are None (re-export, `eventrag export-onnx`, to get them)."""
+        return self.embed_tokens_with_units(texts, spans, [None] * len(texts))
+
+    def embed_tokens_with_units(
+        self,
+        texts: Sequence[str],
+        spans: Sequence[Sequence[tuple[int, int]]],
+        tokens: Sequence[SpanTokens | None],
+    ) -> tuple[list[list[float]], list[UnitVectors | None]]:
+        """See `stores.ports.TokenReuse`: a batch whose texts all come with their tokens is not tokenized
+        again; its input is what the encoder would have made of them (padded alike)."""
         if not texts:
             return [], []
         session = self._load()
@@ -303,12 +322,32 @@ class OnnxEmbedder:
         vectors: list[list[float]] = []
         pooled: list[UnitVectors | None] = []
         for b in range(0, len(texts), self.batch_size):
-            batch = encoder.encode_batch(list(texts[b : b + self.batch_size]))
-            embedded, tokens = session.run([EMBEDDING_OUTPUT, TOKENS_OUTPUT], self._feed(batch))
+            given = tokens[b : b + self.batch_size]
+            if all(t is not None for t in given):
+                batch: Sequence[Any] = [t for t in given if t is not None]
+                feed = self._feed_tokens(batch)
+            else:
+                batch = encoder.encode_batch(list(texts[b : b + self.batch_size]))
+                feed = self._feed(batch)
+            embedded, token_rows = session.run([EMBEDDING_OUTPUT, TOKENS_OUTPUT], feed)
             vectors.extend(np.asarray(embedded, dtype=np.float32).tolist())
-            for e, token_vectors, text_spans in zip(batch, tokens, spans[b : b + self.batch_size], strict=True):
+            for e, token_vectors, text_spans in zip(batch, token_rows, spans[b : b + self.batch_size], strict=True):
                 pooled.append(pool_spans(token_vectors, e.offsets, text_spans))
         return vectors, pooled
+
+    def _feed_tokens(self, batch: Sequence[SpanTokens]) -> dict[str, np.ndarray[Any, Any]]:
+        """`_feed` of the encoder's encodings of these tokens: padded on the right to the longest with the
+        [PAD] id, attention 1 on the tokens and 0 on the padding, token types all 0."""
+        width = max(len(t.ids) for t in batch)
+        ids = np.full((len(batch), width), self._pad_id, dtype=np.int64)
+        mask = np.zeros((len(batch), width), dtype=np.int64)
+        for row, t in enumerate(batch):
+            ids[row, : len(t.ids)] = t.ids
+            mask[row, : len(t.ids)] = 1
+        feed = {"input_ids": ids, "attention_mask": mask}
+        if "token_type_ids" in self._input_names:
+            feed["token_type_ids"] = np.zeros((len(batch), width), dtype=np.int64)
+        return feed
 
     def embed_query(self, text: str) -> list[float]:
         """One question's vector. The last few are remembered: one `/query` embeds its question for the

@@ -21,6 +21,7 @@ from stores.paging import Page
 if TYPE_CHECKING:
     import numpy as np
 
+    from stores.token_spans import SpanTokens
     from stores.units import UnitVectors
 
 
@@ -312,6 +313,27 @@ class Embedder(Protocol):
         """`embed_documents`, and for each text the vectors of its character `spans` mean-pooled from the
         token embeddings of the same forward pass (`stores.units.pool_spans`): the vectors an answer scores
         its quotes by, at no extra model cost. None for a text whose span vectors this model cannot give."""
+        ...
+
+
+@runtime_checkable
+class TokenReuse(Protocol):
+    """An embedder that can take a chunk's model input from its document's tokenization (the one the chunker
+    counted on, `stores.token_spans`) instead of tokenizing the chunk again."""
+
+    def span_tokens(self, text: str, spans: Sequence[tuple[int, int]], prefix: str) -> list[SpanTokens | None]:
+        """For each span of `text`, the tokens the model would get for `prefix + "\n" + text[a:b]` (the
+        worker's embedded text), from one tokenization of `text`; None where they would not be exactly
+        those."""
+        ...
+
+    def embed_tokens_with_units(
+        self,
+        texts: Sequence[str],
+        spans: Sequence[Sequence[tuple[int, int]]],
+        tokens: Sequence[SpanTokens | None],
+    ) -> tuple[list[list[float]], list[UnitVectors | None]]:
+        """`embed_with_units`, using each text's tokens where given (from `span_tokens` of that text)."""
         ...
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 from ingest.chunking import Chunker
 from stores.embedding import SentenceTransformerEmbedder
 from stores.onnx_embedding import OnnxEmbedder
-from stores.token_spans import SpanCounter
+from stores.token_spans import SpanCounter, SpanTokens
 
 PIECES = [
     "cells",
@@ -112,3 +113,58 @@ def test_chunks_are_the_same_counted_either_way(onnx: OnnxEmbedder) -> None:
         )
 
     assert chunker(True).chunk(text) == chunker(False).chunk(text)
+
+
+PREFIXES = st.sampled_from(["notes.md", "Vaccination (papers/vax.md)", "Café 東京 (x/y.txt)", "a\x07b", "x" * 120])
+
+
+def _encoded(onnx: OnnxEmbedder, text: str) -> SpanTokens:
+    _, encoder = onnx._tokenizers()
+    encoder.no_padding()
+    try:
+        e = encoder.encode(text)
+    finally:
+        encoder.enable_padding(pad_id=onnx._pad_id, pad_token="[PAD]")
+    return SpanTokens(list(e.ids), [(int(a), int(b)) for a, b in e.offsets])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=texts, cuts=st.lists(st.integers(0, 400), max_size=12), prefix=PREFIXES)
+def test_span_tokens_are_what_the_encoder_gives_for_the_embedded_text(
+    onnx: OnnxEmbedder, text: str, cuts: list[int], prefix: str
+) -> None:
+    spans = spans_of(text, cuts)
+    given_tokens = onnx.span_tokens(text, spans, prefix)
+    assert len(given_tokens) == len(spans)
+    for (a, b), tokens in zip(spans, given_tokens, strict=True):
+        if tokens is not None:  # (None: the encoder tokenizes that one itself)
+            assert tokens == _encoded(onnx, f"{prefix}\n{text[a:b]}")
+
+
+def test_span_tokens_are_given_for_cuts_at_whitespace_and_not_inside_a_word(onnx: OnnxEmbedder) -> None:
+    text = "The Mitochondria of cells"
+    tokens = onnx.span_tokens(text, [(0, 3), (4, 16), (4, 10), (0, 25)], "cells.md")
+    assert [t is not None for t in tokens] == [True, True, False, True]
+    # Longer than the window once the prefix is added: the encoder would truncate, so none is given.
+    long = "word " * 300
+    assert onnx.span_tokens(long, [(0, len(long))], "p") == [None]
+
+
+def test_vectors_from_span_tokens_are_bit_for_bit_those_of_the_encoder(onnx: OnnxEmbedder) -> None:
+    text = (
+        "# Vaccination\n\nMitochondria are the powerhouse of the cell. They make ATP (see Fig. 3).\n\n"
+        "In 2020, 35% of the naïve café 東京 cells were studied.\tResults differ. " * 3
+    )
+    cuts = [0, 15, 88, 150, 260, len(text)]
+    spans = list(zip(cuts, cuts[1:], strict=False))
+    prefix = "Vaccination (vax.md)"
+    tokens = onnx.span_tokens(text, spans, prefix)
+    assert all(t is not None for t in tokens)
+    embedded = [f"{prefix}\n{text[a:b]}" for a, b in spans]
+    units = [[(len(prefix) + 1, len(prefix) + 1 + b - a)] for a, b in spans]
+    reused, reused_units = onnx.embed_tokens_with_units(embedded, units, tokens)
+    fresh, fresh_units = onnx.embed_with_units(embedded, units)
+    assert np.array_equal(np.asarray(reused), np.asarray(fresh))
+    for r, f in zip(reused_units, fresh_units, strict=True):
+        assert r is not None and f is not None and r.spans == f.spans
+        assert np.array_equal(r.vectors, f.vectors)
