@@ -60,6 +60,7 @@ from stores.ports import (
     EventRecord,
     IndexPoint,
     StateStore,
+    TokenReuse,
     VectorIndex,
 )
 from stores.sparse import Bm25Encoder
@@ -72,6 +73,7 @@ from stores.telemetry import (
     INGEST_LAG,
     bind,
 )
+from stores.token_spans import SpanTokens
 from stores.units import unit_spans
 
 log = logging.getLogger(__name__)
@@ -132,6 +134,7 @@ class Plan:
     embed_texts: list[str] = field(default_factory=list)
     unit_spans: list[list[tuple[int, int]]] = field(default_factory=list)  # per chunk, in its embed text
     token_counts: list[int] = field(default_factory=list)
+    tokens: list[SpanTokens | None] = field(default_factory=list)  # per chunk, its model input when known
     title: str | None = None
     content_type: str | None = None  # for the document record: the parsed type and its charset
     indexed_type: str | None = None  # for the chunks: the parsed type alone (what filters match)
@@ -411,6 +414,7 @@ class IngestWorker:
             revision=revision_name(ev.position, print_),
             chunks=chunks,
             embed_texts=[f"{prefix}\n{c.text}" for c in chunks],
+            tokens=self._chunk_tokens(parsed.text, chunks, prefix),
             # Each chunk's units, as spans of its embedded text: their vectors come from the same pass.
             unit_spans=[[(a + len(prefix) + 1, b + len(prefix) + 1) for a, b in unit_spans(c.text)] for c in chunks],
             token_counts=[c.token_count + reserved for c in chunks],
@@ -488,6 +492,15 @@ class IngestWorker:
         return text, counts
 
     # 3: embed, across the whole batch -----------------------------------------------------------------
+    def _chunk_tokens(self, text: str, chunks: Sequence[Chunk], prefix: str) -> list[SpanTokens | None]:
+        """Each chunk's model input (`prefix` + newline + chunk) from the document's tokenization, which the
+        chunker just made, where the embedder can take it (`TokenReuse`); None for the rest."""
+        if not isinstance(self.embedder, TokenReuse):
+            return [None] * len(chunks)
+        given = self.embedder.span_tokens(text, [(c.start, c.end) for c in chunks], prefix)
+        # The tokens are the document's at the chunk's span: only as good as the chunk's text is that span.
+        return [t if text[c.start : c.end] == c.text else None for c, t in zip(chunks, given, strict=True)]
+
     def _embed(self, plans: list[Plan], whole_batches_only: bool) -> None:
         """Embed the texts of `plans` (cache first); a plan gets its vectors once all of its texts have one
         (the vectors of a plan left half done wait on it for the next call)."""
@@ -501,6 +514,7 @@ class IngestWorker:
             scopes=[p.event.workspace for p, _ in wanted],
             spans=[p.unit_spans[i] for p, i in wanted],
             whole_batches_only=whole_batches_only,
+            tokens=[p.tokens[i] if p.tokens else None for p, i in wanted],
         )
         for (p, i), vec, cached in zip(wanted, vectors, stats.cached, strict=True):
             if vec is not None:

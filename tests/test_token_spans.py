@@ -5,7 +5,9 @@ cut anywhere."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,6 +18,9 @@ from ingest.chunking import Chunker
 from stores.embedding import SentenceTransformerEmbedder
 from stores.onnx_embedding import OnnxEmbedder
 from stores.token_spans import SpanCounter, SpanTokens
+from tests.conftest import Harness
+from tests.fakes.embedder import CountingEmbedder
+from tests.fakes.webhooks import file_event
 
 PIECES = [
     "cells",
@@ -168,3 +173,56 @@ def test_vectors_from_span_tokens_are_bit_for_bit_those_of_the_encoder(onnx: Onn
     for r, f in zip(reused_units, fresh_units, strict=True):
         assert r is not None and f is not None and r.spans == f.spans
         assert np.array_equal(r.vectors, f.vectors)
+
+
+class _Recording(OnnxEmbedder):
+    """The real ONNX embedder, remembering what it gave each text, and how many batches came with tokens."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(folder)
+        self.out: dict[str, tuple[list[float], Any]] = {}
+        self.given = 0
+
+    def embed_tokens_with_units(self, texts: Any, spans: Any, tokens: Any) -> Any:
+        self.given += sum(t is not None for t in tokens)
+        vectors, pooled = super().embed_tokens_with_units(texts, spans, tokens)
+        self.out.update(zip(texts, zip(vectors, pooled, strict=True), strict=True))
+        return vectors, pooled
+
+
+class _Hidden(CountingEmbedder):
+    """The same model without `TokenReuse`: every chunk is tokenized by the encoder."""
+
+    def __init__(self, inner: _Recording) -> None:
+        super().__init__(inner)
+        self.recording = inner
+
+    def embed_with_units(self, texts: Any, spans: Any) -> Any:
+        return self.recording.embed_tokens_with_units(texts, spans, [None] * len(texts))
+
+
+def test_the_worker_embeds_from_the_documents_tokens_and_indexes_the_same_vectors(
+    make_harness: Callable[..., Harness], onnx_dir: Path, tmp_path: Path
+) -> None:
+    docs = {
+        "vax": "# Vaccination\n\nMitochondria are the powerhouse of the cell. They make ATP (see Fig. 3).\n\n" * 4,
+        "cafe": "Naïve café 東京 results.\tIn 2020, 35% of the cells\x1cwere studied. " * 30,
+        "long": "Results differ between cohorts, as the tables show. " * 80,
+    }
+    runs = []
+    for hide in (False, True):
+        model = _Recording(onnx_dir)
+        h = make_harness(
+            model=_Hidden(model) if hide else model, embedding_backend="onnx", data_dir=tmp_path / f"hidden-{hide}"
+        )
+        for file_id, text in docs.items():
+            assert h.post_event(file_event("created", file_id, path=f"{file_id}.md", content=text)).status_code == 202
+        h.drain()
+        runs.append(model)
+    reused, fresh = runs
+    assert reused.given > 0 and fresh.given == 0
+    assert reused.given == len(reused.out)  # every chunk of these came with its tokens
+    assert reused.out.keys() == fresh.out.keys()
+    for text, (vector, units) in reused.out.items():
+        assert vector == fresh.out[text][0]
+        assert units.spans == fresh.out[text][1].spans and np.array_equal(units.vectors, fresh.out[text][1].vectors)
