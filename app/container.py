@@ -53,7 +53,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# A hook the crash tests use to kill the worker between steps (`ingest.worker.FaultHook`).
+# A hook the crash tests use to kill the worker between steps (`ingest.plans.FaultHook`).
 FaultHook = Callable[[str, Any], None]
 
 DEFAULT_WORKSPACE = "default"
@@ -806,8 +806,10 @@ def build_write_path(c: Container) -> WritePath:
     """The worker side of `c` (the worker and, with the embedded queue, its loop), over the sources and
     verifier. Imported and built here, on first use, so the read path never loads it."""
     from ingest.parsing import ParseLimits, parse
+    from ingest.planning import Parser
+    from ingest.plans import WorkerConfig
     from ingest.sandbox import ParserPool
-    from ingest.worker import IngestWorker, Parser, WorkerConfig
+    from ingest.worker import IngestWorker
     from ingest.worker_loop import WorkerLoop
 
     settings = c.settings

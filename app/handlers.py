@@ -77,7 +77,7 @@ def ingest_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     EVENTRAG_WORKER__MAX_ATTEMPTS (serverless.yml sets both from `maxAttempts`), so "failed" in the state
     store and "in the DLQ" mean the same thing. An unreadable message is sent on to the DLQ the same way.
     """
-    from ingest.worker import OutcomeKind
+    from ingest.plans import OutcomeKind
     from stores.events import EventKey
     from stores.ports import Job
     from stores.sqs import parse_message_body

@@ -53,7 +53,7 @@ def ingest(docs: list[Doc], backend: str, *, keep: bool = False) -> tuple[dict[s
     _ = store.recorder.dimension
     store.recorder.inner.embed_documents([d.text for d in docs[: store.recorder.inner.batch_size]])
     _ = store.container.loop
-    parser = store.container.write_path.worker.parser
+    parser = store.container.write_path.worker.planner.parser
     if isinstance(parser, ParserPool):
         parser.start()  # (started on the first file otherwise: half a second inside the clock)
     cpu0 = time.process_time()

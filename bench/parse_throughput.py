@@ -197,8 +197,8 @@ def ingest_share(sizes: list[int]) -> list[dict[str, Any]]:
             c = build_container(settings)
             try:
                 worker = c.worker
-                timed = _TimedParser(worker.parser)
-                worker.parser = timed
+                timed = _TimedParser(worker.planner.parser)
+                worker.planner.parser = timed
                 body = {
                     "type": "file.created",
                     "timestamp": "2026-01-01T00:00:00Z",
@@ -212,7 +212,7 @@ def ingest_share(sizes: list[int]) -> list[dict[str, Any]]:
                 event = build_event("bench-1", "default", parse_webhook_body(json.dumps(body).encode()))
                 c.state.add_event(event, EventStatus.QUEUED)
                 _ = c.embedder.dimension  # the model is loaded before the clock starts
-                if isinstance(worker.parser, _TimedParser) and isinstance(timed.inner, ParserPool):
+                if isinstance(worker.planner.parser, _TimedParser) and isinstance(timed.inner, ParserPool):
                     timed.inner.parse(b"warm", "text/plain", "warm.txt")  # the child is started, too
                     timed.seconds = 0.0
                 start = time.perf_counter()

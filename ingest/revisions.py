@@ -1,4 +1,5 @@
-"""Revision names: which event wrote a revision's points, and what they are made of.
+"""Revision names: which event wrote a revision's points, and what they are made of; and the clean-up of a
+file's older revisions in the index (`drop_older_revisions`, the worker's step 6).
 
 A revision is the set of points one event wrote for one file. Its name is `<position>#<fingerprint>`:
 
@@ -28,8 +29,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 
-from stores.events import FileEvent, position_is_newer
+from stores.events import EventKey, FileEvent, position_is_newer
+from stores.ports import VectorIndex
 
 # Bump when chunking or the point layout changes, so unchanged files are re-indexed the new way.
 REVISION_FORMAT = 1
@@ -76,3 +79,30 @@ def revision_fingerprint(revision: str | None) -> str | None:
 def is_older(revision: str, position: str) -> bool:
     """Whether `revision` was written by an event older than `position` (the order rule)."""
     return position_is_newer(position, revision_position(revision))
+
+
+def drop_older_revisions(
+    index: VectorIndex,
+    files: Sequence[tuple[FileEvent, str | None]],
+    found: dict[EventKey, dict[str, int]] | None = None,
+) -> None:
+    """For each (event, its active revision): delete the file's points of revisions older than the
+    event's position, except the active one (a kept revision's name is older than the event that keeps
+    it). A revision newer than it belongs to an event still being applied (or waiting for a retry) and
+    is left alone. One read per workspace finds them all, unless `found` has them."""
+    if found is None:
+        found = revisions_of(index, [ev for ev, _ in files])
+    for ev, active in files:
+        stale = [r for r in found.get(ev.key, {}) if r != active and is_older(r, ev.position)]
+        if stale:
+            index.delete_revisions(ev.workspace, ev.file_id, stale)
+
+
+def revisions_of(index: VectorIndex, events: Sequence[FileEvent]) -> dict[EventKey, dict[str, int]]:
+    """The points per revision of each event's file, in one index read per workspace."""
+    found: dict[EventKey, dict[str, int]] = {}
+    for ws in dict.fromkeys(ev.workspace for ev in events):
+        mine = [ev for ev in events if ev.workspace == ws]
+        counts = index.revisions_of(ws, [ev.file_id for ev in mine])
+        found.update({ev.key: counts.get(ev.file_id, {}) for ev in mine})
+    return found

@@ -26,8 +26,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from ingest.plans import Outcome, Plan
 from ingest.receiver import requeue_received
-from ingest.worker import IngestWorker, Outcome, Plan
+from ingest.worker import IngestWorker
 from stores.events import EventKey
 from stores.ports import Job, JobQueue
 

@@ -330,7 +330,8 @@ def test_the_worker_waits_as_long_as_retry_after_says() -> None:
     from datetime import UTC, datetime
 
     from ingest.errors import SourceUnavailableError
-    from ingest.worker import IngestWorker, WorkerConfig
+    from ingest.plans import WorkerConfig
+    from ingest.worker import IngestWorker
     from stores.events import EventStatus, EventType, FileEvent
     from stores.ports import EventRecord
     from stores.sqlite.database import SqliteDatabase
@@ -344,7 +345,7 @@ def test_the_worker_waits_as_long_as_retry_after_says() -> None:
                           config=WorkerConfig(backoff_seconds=2.0))  # fmt: skip
     now = datetime.now(UTC)
     record = EventRecord(ev, EventStatus.PROCESSING, now, now, attempts=1)
-    outcome = worker._failure(record, SourceUnavailableError("429 Too Many Requests", retry_after=90.0))
+    outcome = worker.settler.failure(record, SourceUnavailableError("429 Too Many Requests", retry_after=90.0))
     assert outcome.delay == 90.0  # not the 2 s backoff: sooner would be refused again
-    outcome = worker._failure(record, SourceUnavailableError("503", retry_after=None))
+    outcome = worker.settler.failure(record, SourceUnavailableError("503", retry_after=None))
     assert outcome.delay == 2.0

@@ -135,7 +135,7 @@ def test_a_bulk_resync_commits_and_writes_per_batch_not_per_file(
     h.drain()
     h.container.state.db._conn.set_trace_callback(None)  # type: ignore[attr-defined]
     loop = h.container.loop
-    assert loop is not None and loop.worker._started == {}  # nothing kept about settled events (no leak)
+    assert loop is not None and loop.worker.settler.started == {}  # nothing kept about settled events (no leak)
     claims = 3 + 1  # 16 + 16 + 8 events, then the claim that finds none
     # Per claim: the claim, the attempts, the switches, the settles, the acks.
     assert len(commits) <= 5 * claims, len(commits)
