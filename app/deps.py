@@ -1,4 +1,8 @@
-"""Shared request dependencies as `Annotated` aliases."""
+"""Shared request dependencies as `Annotated` aliases.
+
+They are `async def`: none waits on anything, and FastAPI runs a plain `def` dependency in its thread
+pool, a thread hop each (with the endpoint's own, most of what `/query` cost beyond its search and
+answer under Mangum)."""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from app.settings import Settings
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="API key of a workspace")
 
 
-def get_container(request: Request) -> Container:
+async def get_container(request: Request) -> Container:
     container: Container | None = getattr(request.app.state, "container", None)
     if container is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the service is starting")
@@ -31,7 +35,7 @@ def single_user_workspace(settings: Settings) -> str | None:
     return settings.anonymous_workspace if not settings.api_keys else None
 
 
-def caller_workspace(
+async def caller_workspace(
     request: Request, container: ContainerDep, key: Annotated[str | None, Depends(_api_key)] = None
 ) -> str:
     """The workspace of the caller's API key (X-API-Key, or `Authorization: Bearer` for OpenAI clients)."""

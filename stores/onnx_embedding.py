@@ -349,6 +349,11 @@ class OnnxEmbedder:
             feed["token_type_ids"] = np.zeros((len(batch), width), dtype=np.int64)
         return feed
 
+    def forget_queries(self) -> None:
+        """Forget the questions remembered by `embed_query` (a measurement that times one embedding each)."""
+        with self._lock:
+            self._recent.clear()
+
     def embed_query(self, text: str) -> list[float]:
         """One question's vector. The last few are remembered: one `/query` embeds its question for the
         search and again for choosing the extracts."""

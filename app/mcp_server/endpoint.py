@@ -92,8 +92,8 @@ class McpEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
         try:
-            container = get_container(request)
-            workspace = caller_workspace(request, container, request.headers.get("x-api-key"))
+            container = await get_container(request)
+            workspace = await caller_workspace(request, container, request.headers.get("x-api-key"))
         except HTTPException as exc:
             await _refusal(exc)(scope, receive, send)
             return
