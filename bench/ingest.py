@@ -10,11 +10,6 @@ from bench.common import Doc, Store, drain, open_store, send, timer
 from ingest.sandbox import ParserPool
 
 
-def raw_encode_seconds(store: Store) -> float:
-    """One call of the model on every text the worker embedded, longest first (as the worker sorts)."""
-    return raw_encode(store)[0]
-
-
 def raw_encode(store: Store) -> tuple[float, float]:
     """(wall, CPU) seconds of one call of the model on every text the worker embedded, longest first (as
     the worker sorts). CPU seconds are every thread's of this process: less moved by other load."""

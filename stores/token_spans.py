@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
 _WHITESPACE = frozenset(" \t\n\r")
+_Array = np.ndarray[Any, Any]
 
 
 def _additive(config: dict[str, object]) -> bool:
@@ -74,8 +75,7 @@ class SpanCounter:
         self._tokenizer = tokenizer
         self._count_tokens = count_tokens
         self._specials = len(tokenizer.encode("", add_special_tokens=True).ids)
-        self._last: tuple[str, np.ndarray[Any, Any] | None] = ("", None)
-        self._last_ids: tuple[str, list[int]] = ("", [])
+        self._last: tuple[str, np.ndarray[Any, Any] | None, list[int]] = ("", None, [])
         self._last_prefix: tuple[str, SpanTokens | None] = ("", None)
         self._around = _around(tokenizer)
 
@@ -87,25 +87,26 @@ class SpanCounter:
             return None
         return cls(tokenizer, count_tokens)
 
-    def _tokens(self, text: str) -> np.ndarray[Any, Any] | None:
+    def _tokens(self, text: str) -> tuple[np.ndarray[Any, Any] | None, list[int]]:
         """The (start, end) of each token of `text`, or None when they are not in order, each non-empty and
-        ending before the next starts (what the bisections of `count` assume)."""
-        last_text, last = self._last
+        ending before the next starts (what the bisections of `count` assume); and the tokens' ids."""
+        last_text, last, last_ids = self._last
         if text == last_text and last is not None:
-            return last
+            return last, last_ids
         encoding = self._tokenizer.encode(text, add_special_tokens=False)
         offsets = encoding.offsets
         bounds = np.fromiter(chain.from_iterable(offsets), dtype=np.int64, count=2 * len(offsets)).reshape(-1, 2)
         ordered = bool(np.all(bounds[:, 0] < bounds[:, 1]) and np.all(bounds[:-1, 1] <= bounds[1:, 0]))
         found = bounds if ordered else None
-        # (one assignment each: another thread sees the old pair or the new)
-        self._last_ids = (text, encoding.ids)
-        self._last = (text, found)
-        return found
+        self._last = (text, found, encoding.ids)  # (one assignment: another thread sees the old or the new)
+        return found, encoding.ids
 
-    def _exact(self, text: str, spans: Sequence[tuple[int, int]]) -> tuple[np.ndarray[Any, Any], ...] | None:
-        """For each span: whether it holds exactly the whole text's tokens from `first` to `end`, and those."""
-        bounds = self._tokens(text)
+    def _exact(
+        self, text: str, spans: Sequence[tuple[int, int]]
+    ) -> tuple[_Array, _Array, _Array, _Array, list[int]] | None:
+        """For each span: whether it holds exactly the whole text's tokens from `first` to `end`, and those;
+        then the whole text's token bounds and ids."""
+        bounds, ids = self._tokens(text)
         if bounds is None:
             return None
         wanted = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
@@ -120,7 +121,7 @@ class SpanCounter:
         clean = np.fromiter(
             (_at_whitespace(text, a) and _at_whitespace(text, b) for a, b in spans), dtype=bool, count=len(spans)
         )
-        return clean & before & within, first, end, bounds
+        return clean & before & within, first, end, bounds, ids
 
     def count(self, text: str, spans: Sequence[tuple[int, int]]) -> list[int]:
         if not spans:
@@ -128,7 +129,7 @@ class SpanCounter:
         found = self._exact(text, spans)
         counts = np.full(len(spans), -1, dtype=np.int64)  # -1: counted alone, below
         if found is not None:
-            exact, first, end, _ = found
+            exact, first, end, _, _ = found
             counts[exact] = (end - first)[exact] + self._specials
         alone = np.flatnonzero(counts < 0).tolist()
         if alone:
@@ -147,10 +148,7 @@ class SpanCounter:
         found = self._exact(text, spans) if spans and head is not None and self._around is not None else None
         if found is None or head is None or self._around is None:
             return out
-        exact, first, end, bounds = found
-        last_text, ids = self._last_ids
-        if last_text != text:  # another thread tokenized another text meanwhile
-            return out
+        exact, first, end, bounds, ids = found
         cls, sep = self._around
         shift = len(prefix) + 1
         for k in np.flatnonzero(exact & (end - first + len(head.ids) + 2 <= max_tokens)).tolist():
