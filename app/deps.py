@@ -7,13 +7,18 @@ answer under Mangum)."""
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, ParamSpec, TypeVar
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import APIKeyHeader
+from starlette.concurrency import run_in_threadpool
 
 from app.container import Container
 from app.settings import Settings
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="API key of a workspace")
 
@@ -60,3 +65,16 @@ async def caller_workspace(
 
 
 Workspace = Annotated[str, Depends(caller_workspace)]
+
+
+async def run_blocking(request: Request, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """`fn(*args, **kwargs)`, work that blocks (the model, the index, SQLite, the LLM), kept off the event
+    loop: in the thread pool, as FastAPI runs a plain `def` endpoint, so one request never holds up the
+    others. Inline when the app serves one request at a time (`create_app(one_request_at_a_time=True)`, the
+    Lambda handler: an execution environment never runs two invocations at once, and under Mangum every
+    invocation would start a thread of its own, since anyio's worker threads end with the task that started
+    them). An endpoint that runs its work here is `async def` and makes this one hop, where a `def` endpoint
+    with a response model makes two (the endpoint, then the response's validation)."""
+    if getattr(request.app.state, "one_request_at_a_time", False):
+        return fn(*args, **kwargs)
+    return await run_in_threadpool(fn, *args, **kwargs)

@@ -41,9 +41,16 @@ from stores.errors import EventragError
 log = logging.getLogger(__name__)
 
 
-def create_app(container: Container | Callable[[], Container] | None = None, *, start_worker: bool = True) -> FastAPI:
+def create_app(
+    container: Container | Callable[[], Container] | None = None,
+    *,
+    start_worker: bool = True,
+    one_request_at_a_time: bool = False,
+) -> FastAPI:
     """Build the app. `container` may be ready-made (tests), a factory, or None (built from the environment
-    at start-up, never at import). The in-process worker starts only with the embedded queue."""
+    at start-up, never at import). The in-process worker starts only with the embedded queue.
+    `one_request_at_a_time`: the app is never given two requests at once (AWS Lambda), so the question
+    routes do their blocking work inline instead of in a thread (`app.deps.run_blocking`)."""
     mcp = McpEndpoint()
 
     @asynccontextmanager
@@ -72,6 +79,7 @@ def create_app(container: Container | Callable[[], Container] | None = None, *, 
         lifespan=lifespan,
         responses={413: {"model": ErrorBody, "description": "The request body is larger than its limit"}},
     )
+    app.state.one_request_at_a_time = one_request_at_a_time
     if isinstance(container, Container):
         app.state.container = container  # usable without the lifespan (Lambda, tests)
     install_error_handlers(app)

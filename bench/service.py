@@ -27,6 +27,7 @@ def query_overhead(store: Store, questions: list[str]) -> dict[str, Any]:
     from fastapi.testclient import TestClient
     from mangum import Mangum
 
+    from app.handlers import lambda_api
     from app.main import create_app
     from stores.ports import SearchMode
 
@@ -40,9 +41,10 @@ def query_overhead(store: Store, questions: list[str]) -> dict[str, Any]:
     def echo(body: dict[str, Any]) -> dict[str, Any]:
         return body
 
-    app = create_app(c, start_worker=False)
+    app = create_app(c, start_worker=False)  # as `eventrag serve` runs it
     template = json.loads((REPO / "tests" / "events" / "apigw_http_v2.json").read_text())
-    lambdas: list[Any] = [Mangum(app, lifespan="off"), Mangum(bare_app, lifespan="off")]  # called (event, context)
+    # As the API function runs them, called (event, context).
+    lambdas: list[Any] = [lambda_api(c), Mangum(bare_app, lifespan="off")]
     times: dict[str, list[float]] = {k: [] for k in ("parts", "lambda", "lambda_bare", "client", "client_bare")}
     with TestClient(app) as client, TestClient(bare_app) as bare_client:
         # `embed_query` remembers its last questions (one /query embeds its question twice): each timed

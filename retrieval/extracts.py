@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,7 @@ from stores.ports import Embedder
 from stores.sparse import Bm25Encoder
 from stores.units import Unit, UnitVectors, units
 
+Term = str | int  # a word, or a BM25 term by its index
 _DIGIT = re.compile(r"\d")
 # Openers that point back at the sentence before: a quote starting with one reads wrong alone.
 _POINTS_BACK = frozenset(
@@ -96,9 +98,10 @@ class Extractor:
         self.number_bonus = number_bonus
         self.context_share = context_share
 
-    def tokens(self, text: str) -> set[str]:
+    def tokens(self, text: str) -> AbstractSet[Term]:
+        """The distinct terms of `text`: the BM25 index's (as their indices), or its lower-cased words."""
         if self.terms is not None:
-            return set(self.terms.tokenize(text))
+            return self.terms.term_set(text)
         return {w for w in re.findall(r"[^\W_]+", text.lower())}
 
     def score_units(
@@ -117,7 +120,7 @@ class Extractor:
         q_terms = self.tokens(question)
         unit_terms = [self.tokens(t) for t in texts]
         n = len(texts)
-        df: dict[str, int] = {}
+        df: dict[Term, int] = {}
         for ts in unit_terms:
             for t in ts & q_terms:
                 df[t] = df.get(t, 0) + 1

@@ -143,6 +143,13 @@ class Bm25Encoder:
                 memo.update(learned)
         return found
 
+    def term_set(self, text: str) -> set[int]:
+        """The distinct terms of `text` as their sparse-vector indices: `{token_index(t) for t in
+        tokenize(text)}`, with each word's stem looked up in the memo first (the extractor asks this of
+        every sentence of every passage it is shown, and most words come back)."""
+        index_of = self._indices_of(self._words(text))
+        return {i for i in index_of.values() if i is not None}
+
     def token_index(self, token: str) -> int:
         """Return the sparse-vector index of `token`: blake2b-32 of its UTF-8 bytes, masked to 31 bits.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 from collections.abc import Callable, Iterator
@@ -80,6 +81,38 @@ def test_webhook_and_query_through_lambda(lambda_app: Harness, sample: str) -> N
 
     r = handlers.api_handler(http_event(sample, "POST", "/query", q, {"content-type": "application/json"}), ctx)
     assert r["statusCode"] == 401
+
+
+def test_question_routes_work_inline_under_lambda_and_in_the_thread_pool_under_a_server(
+    lambda_app: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An execution environment runs one invocation at a time, so the API function answers on the event
+    loop's own thread; `eventrag serve`'s app (the harness's) keeps the loop free for other requests."""
+    raw, headers = sign(SECRET_ACME, file_event("created", "faq", content="Support is open from 9 to 5.", version=1))
+    assert lambda_app.client.post("/webhooks", content=raw, headers=headers).status_code == 202
+    assert lambda_app.drain() == 1
+    on_loop: list[bool] = []
+    agent = lambda_app.container.agent
+    answer = agent.answer
+
+    def recording(ask: Any) -> Any:
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)
+        except RuntimeError:
+            on_loop.append(False)
+        return answer(ask)
+
+    monkeypatch.setattr(agent, "answer", recording)
+    q = json.dumps({"question": "When is support open?"}).encode()
+    chat = json.dumps({"model": "eventrag", "messages": [{"role": "user", "content": "When is support open?"}]})
+    key = {"x-api-key": KEY_ACME, "content-type": "application/json"}
+    for path, body in (("/query", q), ("/v1/chat/completions", chat.encode())):
+        r = handlers.api_handler(http_event("apigw_http_v2.json", "POST", path, body, key), LambdaContext())
+        assert r["statusCode"] == 200, r["body"]
+        assert "faq" in r["body"]
+    assert lambda_app.query("When is support open?").json()["citations"][0]["file_id"] == "faq"
+    assert on_loop == [True, True, False]
 
 
 def test_ingest_handler_runs_the_same_worker(lambda_app: Harness, make_harness: Callable[..., Harness]) -> None:

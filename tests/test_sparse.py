@@ -6,6 +6,8 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from qdrant_client import QdrantClient, models
 
 from stores.sparse import ENGLISH_STOP_WORDS, Bm25Encoder
@@ -150,3 +152,14 @@ def test_memo_full_starts_over_with_the_same_vectors(monkeypatch: pytest.MonkeyP
     got = [encoder.encode_document(t) for t in texts]
     assert len(encoder._memo) <= 8 + 12  # replaced when full: at most one text's new words over the bound
     assert got == [Bm25Encoder().encode_document(t) for t in texts]  # each from an empty memo
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["Running", "runs", "café", "cafe\u0301", "the", "IS", "x-ray", "42", "ﬁle", "\n"])))
+def test_term_set_is_the_distinct_indices_of_the_tokens(words: list[str]) -> None:
+    """What the extractor compares sentences by: memoised, and the same terms as `tokenize` gives."""
+    encoder = Bm25Encoder()
+    text = " ".join(words)
+    expected = {encoder.token_index(t) for t in encoder.tokenize(text)}
+    assert encoder.term_set(text) == expected
+    assert encoder.term_set(text) == expected  # the second time from the memo

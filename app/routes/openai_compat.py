@@ -17,11 +17,12 @@ import uuid
 from collections.abc import Iterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.deps import ContainerDep, Workspace
+from app.container import Container
+from app.deps import ContainerDep, Workspace, run_blocking
 from app.routes.query import citations_out
 from app.schemas import QUESTION_MAX_CHARS, ErrorBody, Text
 from retrieval.agent import Ask
@@ -124,8 +125,13 @@ def list_models(workspace: Workspace) -> dict[str, Any]:
         504: {"description": "The language model timed out"},
     },
 )
-def chat_completions(body: ChatRequest, workspace: Workspace, container: ContainerDep) -> Any:
+async def chat_completions(body: ChatRequest, request: Request, workspace: Workspace, container: ContainerDep) -> Any:
     """OpenAI Chat Completions over the caller's documents, streaming and not."""
+    return await run_blocking(request, complete_chat, container, workspace, body)
+
+
+def complete_chat(container: Container, workspace: str, body: ChatRequest) -> Any:
+    """The work of `/v1/chat/completions`, all of it blocking: one hop off the loop."""
     turns = [m for m in body.messages if m.role in ("user", "assistant")]
     if not turns or turns[-1].role != "user" or not _text(turns[-1]).strip():
         return _error(400, "the last message must be a non-empty user message", "invalid_request_error")

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from app.container import Container
-from app.deps import ContainerDep, Workspace
+from app.deps import ContainerDep, Workspace, run_blocking
 from app.schemas import CitationOut, ErrorBody, QueryFilters, QueryRequest, QueryResponse, Span
 from retrieval.agent import AgentEvent, Ask
 from retrieval.answering import Answer
@@ -144,7 +144,7 @@ def _sse(event: str, data: object) -> str:
         504: {"model": ErrorBody, "description": "The language model timed out"},
     },
 )
-def query(body: QueryRequest, request: Request, workspace: Workspace, container: ContainerDep) -> object:
+async def query(body: QueryRequest, request: Request, workspace: Workspace, container: ContainerDep) -> object:
     """Answer a question from the caller's workspace only, citing the passages used.
 
     With an LLM configured (EVENTRAG_LLM_MODEL) the answer is written by the model from fenced passages (and
@@ -152,8 +152,14 @@ def query(body: QueryRequest, request: Request, workspace: Workspace, container:
     answer says so (`covered: false`). With `session_id` the conversation is kept and follow-ups are
     rewritten into standalone searches. Behind AWS Lambda (Mangum) a streamed response arrives whole.
     """
+    stream = body.stream or "text/event-stream" in request.headers.get("accept", "")
+    return await run_blocking(request, answer_query, container, workspace, body, stream=stream)
+
+
+def answer_query(container: Container, workspace: str, body: QueryRequest, *, stream: bool) -> object:
+    """The work of `/query`, all of it blocking (session store, search, model): one hop off the loop."""
     ask = make_ask(container, workspace, body, history_of(container, workspace, body.session_id))
-    if body.stream or "text/event-stream" in request.headers.get("accept", ""):
+    if stream:
         return stream_answer(container, ask, body)
     try:
         result = container.agent.answer(ask)
