@@ -168,9 +168,11 @@ class Extractor:
         # Score each distinct unit text once: overlapping chunks repeat sentences.
         distinct: dict[str, int] = {}
         known: list[np.ndarray[Any, Any] | None] = []
+        slot: list[list[int]] = []  # slot[p][i]: where unit i of passage p is in `distinct`
         for n, (p, us) in enumerate(zip(passages, per_passage, strict=True)):
             given = unit_vectors[n] if unit_vectors is not None else None
             stored = given.by_span() if given is not None else {}
+            slots = []
             for u in us:
                 key = " ".join(p[u.start : u.end].split())
                 at = distinct.setdefault(key, len(distinct))
@@ -178,13 +180,16 @@ class Extractor:
                     known.append(None)
                 if known[at] is None:
                     known[at] = stored.get((u.start, u.end))
+                slots.append(at)
+            slot.append(slots)
         scores = self.score_units(question, list(distinct), question_vector, known)
+        # A heading names a topic; it rarely answers.
+        by_unit = [
+            [scores[at] * 0.5 if u.kind == "heading" else scores[at] for u, at in zip(us, slots, strict=True)]
+            for us, slots in zip(per_passage, slot, strict=True)
+        ]
 
-        def unit_score(p: int, u: Unit) -> float:
-            s = scores[distinct[" ".join(passages[p][u.start : u.end].split())]]
-            return s * 0.5 if u.kind == "heading" else s  # a heading names a topic; it rarely answers
-
-        candidates = [_Candidate(p, i, unit_score(p, u)) for p, us in enumerate(per_passage) for i, u in enumerate(us)]
+        candidates = [_Candidate(p, i, score) for p, scored in enumerate(by_unit) for i, score in enumerate(scored)]
         # Best first; ties go to the better-ranked passage, then the earlier unit.
         candidates.sort(key=lambda c: (-c.score, c.passage, c.unit))
         chosen: list[Extract] = []
@@ -199,7 +204,7 @@ class Extractor:
             alone = Extract(c.passage, us[c.unit].start, us[c.unit].end, c.score)
             if _overlaps(alone.text(text), quoted):
                 continue
-            first, last = self._window(text, us, c.unit, [unit_score(c.passage, u) for u in us])
+            first, last = self._window(text, us, c.unit, by_unit[c.passage])
             extract = Extract(c.passage, us[first].start, us[last].end, c.score)
             if _overlaps(extract.text(text), quoted):
                 extract = alone  # widened into text already quoted: the unit alone
