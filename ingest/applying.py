@@ -170,8 +170,11 @@ class Applier:
                 metadata=dict(ev.metadata),
                 title=plan.title,
                 units=vec.units.shifted(-(len(text) - len(chunk.text))) if vec.units is not None else None,
+                layout=layout,
             )
-            for chunk, text, vec, sp in zip(plan.chunks, plan.embed_texts, plan.vectors, sparse, strict=True)
+            for chunk, text, vec, sp, layout in zip(
+                plan.chunks, plan.embed_texts, plan.vectors, sparse, plan.layouts, strict=True
+            )
         ]
         self.index.upsert(points)
         self.step("upserted", ev)

@@ -35,7 +35,7 @@ from stores.ports import (
 from stores.sparse import Bm25Encoder
 from stores.telemetry import bind
 from stores.token_spans import SpanTokens
-from stores.units import unit_spans
+from stores.units import Layout, units
 
 # Bytes, content type, path -> parsed text: `ingest.parsing.parse`, or the sandboxed `ingest.sandbox.ParserPool`.
 Parser = Callable[[bytes, str | None, str], ParsedDocument]
@@ -172,6 +172,7 @@ class Planner:
         if parsed.locations:
             chunks = [self._locate(parsed, c) for c in chunks]
         self.step("chunked", ev)
+        found = [units(c.text) for c in chunks]
         if not chunks:
             return Plan(
                 record,
@@ -189,7 +190,9 @@ class Planner:
             embed_texts=[f"{prefix}\n{c.text}" for c in chunks],
             tokens=self._chunk_tokens(parsed.text, chunks, prefix),
             # Each chunk's units, as spans of its embedded text: their vectors come from the same pass.
-            unit_spans=[[(a + len(prefix) + 1, b + len(prefix) + 1) for a, b in unit_spans(c.text)] for c in chunks],
+            unit_spans=[[(u.start + len(prefix) + 1, u.end + len(prefix) + 1) for u in us] for us in found],
+            # The units again as spans of the chunk text, with their terms: what the answers read back.
+            layouts=[Layout.of(c.text, us, self.sparse) for c, us in zip(chunks, found, strict=True)],
             token_counts=[c.token_count + reserved for c in chunks],
             title=title,
             content_type=_recorded_type(parsed),

@@ -13,6 +13,7 @@ from stores.embedding import Embedded
 from stores.events import FileEvent
 from stores.ports import Chunk, DocumentRecord, DocumentStatus, EventRecord
 from stores.token_spans import SpanTokens
+from stores.units import Layout
 
 # A hook the crash tests use to kill the worker between steps; production passes none.
 FaultHook = Callable[[str, FileEvent], None]
@@ -62,6 +63,7 @@ class Plan:
     chunks: list[Chunk] = field(default_factory=list)
     embed_texts: list[str] = field(default_factory=list)
     unit_spans: list[list[tuple[int, int]]] = field(default_factory=list)  # per chunk, in its embed text
+    layouts: list[Layout] = field(default_factory=list)  # per chunk
     token_counts: list[int] = field(default_factory=list)
     tokens: list[SpanTokens | None] = field(default_factory=list)  # per chunk, its model input when known
     title: str | None = None

@@ -27,7 +27,7 @@ from retrieval.llm import ChatModel
 from retrieval.search import Searcher, SearchRequest, SearchResults
 from stores.ports import Hit, SearchFilter, SearchMode
 from stores.sparse import Bm25Encoder
-from stores.units import UnitVectors
+from stores.units import Layout, UnitVectors
 
 NOT_COVERED = "The indexed documents do not cover this question."
 NOT_ANSWERED = "None of the passages found answers this directly; the closest are:"
@@ -339,6 +339,7 @@ def extractive_answer(
         max_quotes=max_quotes,
         question_vector=question_vector,
         unit_vectors=stored,
+        layouts=[Layout.from_payload(h.layout, len(h.text)) for h in hits],
     )
     # Shown by passage rank, and in the passage's own order within one passage.
     ordered = sorted(extracts, key=lambda e: (e.passage, e.start))

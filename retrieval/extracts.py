@@ -30,7 +30,7 @@ import numpy as np
 
 from stores.ports import Embedder
 from stores.sparse import Bm25Encoder
-from stores.units import Unit, UnitVectors, units
+from stores.units import Layout, Unit, UnitVectors, units
 
 Term = str | int  # a word, or a BM25 term by its index
 _DIGIT = re.compile(r"\d")
@@ -110,15 +110,18 @@ class Extractor:
         texts: Sequence[str],
         question_vector: Sequence[float] | None = None,
         known: Sequence[np.ndarray[Any, Any] | None] | None = None,
+        known_terms: Sequence[AbstractSet[Term] | None] | None = None,
     ) -> list[float]:
         """One score per unit text: term coverage, similarity and the number bonus, combined.
         `question_vector` is the question's embedding by `self.embedder` when the caller has it already
         (the search made it); without it the question is embedded here. `known[i]`: the vector of
-        `texts[i]` stored at ingest, when there is one; only the others are embedded here."""
+        `texts[i]` stored at ingest, when there is one; only the others are embedded here. `known_terms[i]`:
+        the terms of `texts[i]` stored at ingest (`tokens` of it, by the same encoder), when there are."""
         if not texts:
             return []
         q_terms = self.tokens(question)
-        unit_terms = [self.tokens(t) for t in texts]
+        given = known_terms if known_terms is not None else [None] * len(texts)
+        unit_terms = [ts if ts is not None else self.tokens(t) for t, ts in zip(texts, given, strict=True)]
         n = len(texts)
         df: dict[Term, int] = {}
         for ts in unit_terms:
@@ -157,32 +160,42 @@ class Extractor:
         *,
         question_vector: Sequence[float] | None = None,
         unit_vectors: Sequence[UnitVectors | None] | None = None,
+        layouts: Sequence[Layout | None] | None = None,
     ) -> list[Extract]:
         """At most `max_quotes` non-overlapping extracts, best first; each one span of one passage.
 
         `passages` are the passage texts in rank order. Overlap is judged on the text: a sentence that two
         overlapping chunks of one file both hold is quoted once. `question_vector`: see `score_units`.
         `unit_vectors[p]`: the vectors the index stored for passage p's units (by span), if any.
+        `layouts[p]`: passage p's units and their terms as the index stored them (`units(p)`), if any.
         """
-        per_passage = [units(p) for p in passages]
+        laid = layouts if layouts is not None else [None] * len(passages)
+        space = self.terms.term_space if self.terms is not None else None
+        per_passage = [list(lay.units) if lay is not None else units(p) for p, lay in zip(passages, laid, strict=True)]
         # Score each distinct unit text once: overlapping chunks repeat sentences.
         distinct: dict[str, int] = {}
         known: list[np.ndarray[Any, Any] | None] = []
+        known_terms: list[AbstractSet[Term] | None] = []
         slot: list[list[int]] = []  # slot[p][i]: where unit i of passage p is in `distinct`
         for n, (p, us) in enumerate(zip(passages, per_passage, strict=True)):
             given = unit_vectors[n] if unit_vectors is not None else None
             stored = given.by_span() if given is not None else {}
+            lay = laid[n]
+            terms = lay.terms_in(space) if lay is not None else None
             slots = []
-            for u in us:
+            for i, u in enumerate(us):
                 key = " ".join(p[u.start : u.end].split())
                 at = distinct.setdefault(key, len(distinct))
                 if at == len(known):
                     known.append(None)
+                    known_terms.append(None)
                 if known[at] is None:
                     known[at] = stored.get((u.start, u.end))
+                if known_terms[at] is None and terms is not None:
+                    known_terms[at] = terms[i]
                 slots.append(at)
             slot.append(slots)
-        scores = self.score_units(question, list(distinct), question_vector, known)
+        scores = self.score_units(question, list(distinct), question_vector, known, known_terms)
         # A heading names a topic; it rarely answers.
         by_unit = [
             [scores[at] * 0.5 if u.kind == "heading" else scores[at] for u, at in zip(us, slots, strict=True)]

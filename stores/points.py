@@ -63,6 +63,7 @@ def payload_of(p: IndexPoint) -> dict[str, Any]:
         "title": p.title,
         "metadata": p.metadata,
         **({"units": p.units.to_payload()} if p.units is not None and p.units.spans else {}),
+        **({"layout": p.layout.to_payload()} if p.layout is not None else {}),
     }
 
 
@@ -87,6 +88,7 @@ def hit_of(pid: str, score: float, pl: dict[str, Any]) -> Hit:
         page_end=pl.get("page_end"),
         sheet=pl.get("sheet"),
         units=pl.get("units"),
+        layout=pl.get("layout"),
     )
 
 

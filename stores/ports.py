@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from stores.token_spans import SpanTokens
-    from stores.units import UnitVectors
+    from stores.units import Layout, UnitVectors
 
 
 class DocumentStatus(StrEnum):
@@ -399,6 +399,8 @@ class IndexPoint:
     title: str | None = None
     # A vector per unit of the chunk's text (spans into `chunk.text`), stored in the payload for the answers.
     units: UnitVectors | None = None
+    # The units of the chunk's text and their terms, stored in the payload for the answers.
+    layout: Layout | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -450,6 +452,8 @@ class Hit:
     # The stored unit vectors as the payload holds them (`stores.units.UnitVectors.from_payload` reads them
     # when an answer quotes this passage); None for chunks indexed before they were stored.
     units: dict[str, Any] | None = None
+    # The stored layout (`stores.units.Layout.from_payload` reads it), None for chunks indexed without one.
+    layout: dict[str, Any] | None = None
 
 
 class Ranked(NamedTuple):

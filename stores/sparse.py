@@ -60,6 +60,9 @@ _INDEX_MASK = 0x7FFFFFFF
 # Words whose index (or whose lack of one: a word that stems to "") an encoder remembers: stemming and
 # hashing each occurrence again was half of a document's encoding. Full, the memo starts over.
 _MEMO_WORDS = 65536
+# Part of `Bm25Encoder.term_space`: bump it when the words, their stems or their indices change, so that
+# terms stored with older chunks (`stores.units.Layout`) are not compared with new ones.
+TERMS_VERSION = 1
 
 
 class Bm25Encoder:
@@ -142,6 +145,11 @@ class Bm25Encoder:
             else:
                 memo.update(learned)
         return found
+
+    @property
+    def term_space(self) -> str:
+        """The name of the space `term_set` maps into: the same name, the same indices for the same text."""
+        return f"bm25/{self.language}/{TERMS_VERSION}"
 
     def term_set(self, text: str) -> set[int]:
         """The distinct terms of `text` as their sparse-vector indices: `{token_index(t) for t in

@@ -21,8 +21,8 @@ import base64
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from itertools import chain
-from typing import Any
+from itertools import accumulate, chain
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -44,9 +44,9 @@ _RULE = re.compile(r"([-=*_])(?:[ \t]*\1){2,}")  # "---", "===", "* * *": a them
 _FENCE = re.compile(r"[ \t]{0,3}(```|~~~)")
 
 
-@dataclass(frozen=True, slots=True)
-class Unit:
-    """A sentence, list-item sentence, heading or table row: `text[start:end]` of the passage, trimmed."""
+class Unit(NamedTuple):
+    """A sentence, list-item sentence, heading or table row: `text[start:end]` of the passage, trimmed.
+    (A tuple: an answer reads a few dozen back from the index per question, `Layout.from_payload`.)"""
 
     start: int
     end: int
@@ -133,6 +133,112 @@ def _ends_clause(text: str, paragraph: tuple[int, int]) -> bool:
 def unit_spans(text: str) -> list[tuple[int, int]]:
     """The (start, end) offsets of the units of `text`, in order."""
     return [(u.start, u.end) for u in units(text)]
+
+
+# The payload format of `Layout`; bump it when `units` changes, and stored layouts of the old format are
+# ignored (the query path then finds the units itself, as before they were stored).
+LAYOUT_FORMAT = 1
+_KIND_CODES = {"sentence": "s", "heading": "h", "row": "r", "code": "c"}
+_KINDS_OF = {code: kind for kind, code in _KIND_CODES.items()}
+
+
+class TermSets(Protocol):
+    """What finds a unit's terms (`stores.sparse.Bm25Encoder`): a text's distinct term indices, and the name
+    of the term space they are in (a layout's terms are used only by an encoder of the same space)."""
+
+    @property
+    def term_space(self) -> str: ...
+
+    def term_set(self, text: str) -> set[int]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """A chunk's units (`units(text)`) and each one's distinct BM25 terms, found at ingest and stored with
+    the chunk, so that an extractive answer neither splits its passages into sentences again nor tokenizes
+    them: on the query path, that work runs right after the model, whose weights have pushed the
+    interpreter's own data out of the CPU caches (docs/performance.md)."""
+
+    units: tuple[Unit, ...]
+    terms: tuple[frozenset[int], ...] | None  # per unit; None when no encoder found them
+    term_space: str | None
+
+    @classmethod
+    def of(cls, text: str, found: Sequence[Unit], encoder: TermSets | None) -> Layout:
+        """The layout of `text` whose units are `found` (`units(text)`), its terms by `encoder`."""
+        if encoder is None:
+            return cls(tuple(found), None, None)
+        terms = tuple(frozenset(encoder.term_set(text[u.start : u.end])) for u in found)
+        return cls(tuple(found), terms, encoder.term_space)
+
+    def terms_in(self, term_space: str | None) -> tuple[frozenset[int], ...] | None:
+        """The units' terms, if they are of `term_space`."""
+        return self.terms if term_space is not None and term_space == self.term_space else None
+
+    def to_payload(self) -> dict[str, Any]:
+        # Offsets, blocks and terms as little-endian uint32 in base64: read back in one call each, and
+        # never negative or fractional whatever the payload holds.
+        out: dict[str, Any] = {
+            "format": LAYOUT_FORMAT,
+            "units": _packed([x for u in self.units for x in (u.start, u.end, u.block)]),
+            "kinds": "".join(_KIND_CODES[u.kind] for u in self.units),
+        }
+        if self.terms is not None and self.term_space is not None:
+            ids = [t for ts in self.terms for t in sorted(ts)]
+            out["term_space"] = self.term_space
+            out["term_counts"] = [len(ts) for ts in self.terms]
+            out["terms"] = _packed(ids)
+        return out
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any] | None, text_length: int) -> Layout | None:
+        """The stored layout of a chunk of `text_length` characters, or None when there is none, it is of
+        another format, or malformed: units out of order or out of the text, terms that do not add up (a
+        payload is data from the index: it is checked, never trusted)."""
+        if not isinstance(payload, Mapping) or payload.get("format") != LAYOUT_FORMAT:
+            return None
+        try:
+            flat = _unpacked(payload["units"])
+            kinds = [_KINDS_OF[c] for c in payload["kinds"]] if isinstance(payload["kinds"], str) else None
+        except (KeyError, TypeError, ValueError):
+            return None
+        if kinds is None or len(flat) != 3 * len(kinds):
+            return None
+        starts, ends, blocks = flat[0::3], flat[1::3], flat[2::3]
+        if kinds and not (
+            ends[-1] <= text_length
+            and all(a < b for a, b in zip(starts, ends, strict=True))
+            and all(b <= a for b, a in zip(ends, starts[1:], strict=False))
+            and all(x <= y for x, y in zip(blocks, blocks[1:], strict=False))
+        ):
+            return None
+        found = tuple(map(Unit, starts, ends, blocks, kinds))
+        n = len(found)
+        space = payload.get("term_space")
+        if space is None:
+            return cls(found, None, None)
+        try:
+            counts = [int(x) for x in payload["term_counts"]]
+            ids = _unpacked(payload["terms"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        if not isinstance(space, str) or len(counts) != n or min(counts, default=0) < 0 or sum(counts) != len(ids):
+            return None
+        bounds = [0, *accumulate(counts)]
+        terms = tuple(frozenset(ids[bounds[i] : bounds[i + 1]]) for i in range(n))
+        return cls(found, terms, space)
+
+
+def _packed(values: Sequence[int]) -> str:
+    return base64.b64encode(np.asarray(values, dtype="<u4").tobytes()).decode("ascii")
+
+
+def _unpacked(text: Any) -> list[int]:
+    """Raises TypeError or ValueError (binascii.Error) for what `_packed` does not make."""
+    raw = base64.b64decode(text, validate=True)
+    if len(raw) % 4:
+        raise ValueError("not a whole number of uint32")
+    return np.frombuffer(raw, dtype="<u4").tolist()  # type: ignore[no-any-return]
 
 
 # The payload format of `UnitVectors`; bump it when `units` or the pooling changes, and stored vectors of the

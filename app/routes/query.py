@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterator
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from app.container import Container
 from app.deps import ContainerDep, Workspace, run_blocking
@@ -153,7 +153,12 @@ async def query(body: QueryRequest, request: Request, workspace: Workspace, cont
     rewritten into standalone searches. Behind AWS Lambda (Mangum) a streamed response arrives whole.
     """
     stream = body.stream or "text/event-stream" in request.headers.get("accept", "")
-    return await run_blocking(request, answer_query, container, workspace, body, stream=stream)
+    out = await run_blocking(request, answer_query, container, workspace, body, stream=stream)
+    if isinstance(out, QueryResponse):
+        # Validated when it was made: serialised once here, not validated again by FastAPI against
+        # `response_model` (the same JSON; the schema still documents it).
+        return Response(out.model_dump_json(), media_type="application/json")
+    return out
 
 
 def answer_query(container: Container, workspace: str, body: QueryRequest, *, stream: bool) -> object:
