@@ -25,7 +25,7 @@ from stores.sparse import Bm25Encoder
 from stores.units import LAYOUT_FORMAT, Layout, units
 from tests.conftest import Harness
 from tests.test_extracts import MPL_TERMINATION, SETUPS, documents, hit_for, word
-from tests.test_unit_vectors import index_licences
+from tests.test_unit_vectors import index_licences, licence_chunks
 
 ENGLISH = Bm25Encoder()
 
@@ -129,13 +129,8 @@ def test_the_index_stores_a_layout_and_a_query_tokenizes_only_its_question(
 ) -> None:
     h = make_harness()
     index_licences(h)
-    for file_id in ("mpl", "apache"):
-        doc = h.container.state.get_document("acme", file_id)
-        assert doc is not None and doc.revision is not None
-        chunks = h.container.index.file_chunks("acme", file_id, doc.revision)
-        assert chunks
-        for hit in chunks:
-            assert Layout.from_payload(hit.layout, len(hit.text)) == Layout.of(hit.text, units(hit.text), ENGLISH)
+    for hit in licence_chunks(h):
+        assert Layout.from_payload(hit.layout, len(hit.text)) == Layout.of(hit.text, units(hit.text), ENGLISH)
     extractor = h.container.agent.answerer.extractor
     counting = CountingTerms()
     extractor.terms = counting

@@ -146,20 +146,27 @@ def index_licences(h: Harness) -> None:
     assert h.drain() == 2
 
 
+def licence_chunks(h: Harness) -> list[Any]:
+    """The active chunks of both licences, each file's asserted non-empty."""
+    out = []
+    for file_id in ("mpl", "apache"):
+        doc = h.container.state.get_document("acme", file_id)
+        assert doc is not None and doc.revision is not None
+        chunks = h.container.index.file_chunks("acme", file_id, doc.revision)
+        assert chunks
+        out.extend(chunks)
+    return out
+
+
 def test_the_index_stores_a_vector_per_unit_and_a_query_embeds_only_its_question(
     make_harness: Callable[..., Harness], embedder: SentenceTransformerEmbedder
 ) -> None:
     counting = CountingEmbedder(embedder)
     h = make_harness(model=counting)
     index_licences(h)
-    for file_id in ("mpl", "apache"):
-        doc = h.container.state.get_document("acme", file_id)
-        assert doc is not None and doc.revision is not None
-        chunks = h.container.index.file_chunks("acme", file_id, doc.revision)
-        assert chunks
-        for hit in chunks:
-            stored = UnitVectors.from_payload(hit.units, embedder.dimension)
-            assert stored is not None and stored.spans == tuple(unit_spans(hit.text))
+    for hit in licence_chunks(h):
+        stored = UnitVectors.from_payload(hit.units, embedder.dimension)
+        assert stored is not None and stored.spans == tuple(unit_spans(hit.text))
     counting.queries.clear()
     counting.documents.clear()
     question = "How many days after receiving notice of non-compliance does a licensee have to become compliant?"
