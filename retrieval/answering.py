@@ -27,7 +27,7 @@ from retrieval.llm import ChatModel
 from retrieval.search import Searcher, SearchRequest, SearchResults
 from stores.ports import Hit, SearchFilter, SearchMode
 from stores.sparse import Bm25Encoder
-from stores.units import Layout, UnitVectors
+from stores.units import Layout, stored_similarities
 
 NOT_COVERED = "The indexed documents do not cover this question."
 NOT_ANSWERED = "None of the passages found answers this directly; the closest are:"
@@ -327,18 +327,19 @@ def extractive_answer(
     its passage (whitespace runs shown as single spaces), and its citation records the span's offsets.
     `question_vector`: the question's embedding by the extractor's embedder, when already made."""
     citations = [Citation.from_hit(n, hit) for n, hit in enumerate(hits, start=1)]
-    # The unit vectors stored with each passage, in the extractor's space only (the index's model).
-    stored = (
-        [UnitVectors.from_payload(h.units, extractor.embedder.dimension) for h in hits]
-        if extractor.embedder is not None
-        else None
-    )
+    # The cosines of the unit vectors stored with each passage, in the extractor's space only (the index's
+    # model), to the question: all passages in one product.
+    similar = None
+    if extractor.embedder is not None and extractor.dense_weight > 0:
+        if question_vector is None:
+            question_vector = extractor.embedder.embed_query(question)
+        similar = stored_similarities([h.units for h in hits], question_vector, extractor.embedder.dimension)
     extracts = extractor.choose(
         question,
         [h.text for h in hits],
         max_quotes=max_quotes,
         question_vector=question_vector,
-        unit_vectors=stored,
+        unit_similarities=similar,
         layouts=[Layout.from_payload(h.layout, len(h.text)) for h in hits],
     )
     # Shown by passage rank, and in the passage's own order within one passage.

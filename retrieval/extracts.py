@@ -21,16 +21,15 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from stores.ports import Embedder
 from stores.sparse import Bm25Encoder
-from stores.units import Layout, Unit, UnitVectors, units
+from stores.units import Layout, Unit, units
 
 Term = str | int  # a word, or a BM25 term by its index
 _DIGIT = re.compile(r"\d")
@@ -109,14 +108,15 @@ class Extractor:
         question: str,
         texts: Sequence[str],
         question_vector: Sequence[float] | None = None,
-        known: Sequence[np.ndarray[Any, Any] | None] | None = None,
+        known: Sequence[float | None] | None = None,
         known_terms: Sequence[AbstractSet[Term] | None] | None = None,
     ) -> list[float]:
         """One score per unit text: term coverage, similarity and the number bonus, combined.
         `question_vector` is the question's embedding by `self.embedder` when the caller has it already
-        (the search made it); without it the question is embedded here. `known[i]`: the vector of
-        `texts[i]` stored at ingest, when there is one; only the others are embedded here. `known_terms[i]`:
-        the terms of `texts[i]` stored at ingest (`tokens` of it, by the same encoder), when there are."""
+        (the search made it); without it the question is embedded here. `known[i]`: the cosine of
+        `texts[i]`'s vector stored at ingest to `question_vector`, when there is one; only the other units
+        are embedded here. `known_terms[i]`: the terms of `texts[i]` stored at ingest (`tokens` of it, by
+        the same encoder), when there are."""
         if not texts:
             return []
         q_terms = self.tokens(question)
@@ -136,13 +136,14 @@ class Extractor:
                 question_vector if question_vector is not None else self.embedder.embed_query(question),
                 dtype=np.float32,
             )
-            vectors: list[np.ndarray[Any, Any] | None] = list(known) if known is not None else [None] * n
-            todo = [i for i, v in enumerate(vectors) if v is None]
+            similar: list[float | None] = list(known) if known is not None else [None] * n
+            todo = [i for i, v in enumerate(similar) if v is None]
             if todo:
-                for i, v in zip(todo, self.embedder.embed_documents([texts[i] for i in todo]), strict=True):
-                    vectors[i] = np.asarray(v, dtype=np.float32)
-            # Unit-length vectors (the index is cosine): the dot product is the cosine similarity.
-            dense = [float(np.dot(q, v)) if v is not None else 0.0 for v in vectors]
+                vectors = np.asarray(self.embedder.embed_documents([texts[i] for i in todo]), dtype=np.float32)
+                # Unit-length vectors (the index is cosine): the dot product is the cosine similarity.
+                for i, v in zip(todo, (vectors @ q).tolist(), strict=True):
+                    similar[i] = v
+            dense = [v if v is not None else 0.0 for v in similar]
         wants_number = bool(_WANTS_NUMBER.search(question))
         scores = []
         for i, text in enumerate(texts):
@@ -159,14 +160,15 @@ class Extractor:
         max_quotes: int = 3,
         *,
         question_vector: Sequence[float] | None = None,
-        unit_vectors: Sequence[UnitVectors | None] | None = None,
+        unit_similarities: Sequence[Mapping[tuple[int, int], float] | None] | None = None,
         layouts: Sequence[Layout | None] | None = None,
     ) -> list[Extract]:
         """At most `max_quotes` non-overlapping extracts, best first; each one span of one passage.
 
         `passages` are the passage texts in rank order. Overlap is judged on the text: a sentence that two
         overlapping chunks of one file both hold is quoted once. `question_vector`: see `score_units`.
-        `unit_vectors[p]`: the vectors the index stored for passage p's units (by span), if any.
+        `unit_similarities[p]`: the cosines to `question_vector` of the vectors the index stored for
+        passage p's units, by span (`stores.units.stored_similarities`), if any.
         `layouts[p]`: passage p's units and their terms as the index stored them (`units(p)`), if any.
         """
         laid = layouts if layouts is not None else [None] * len(passages)
@@ -174,12 +176,12 @@ class Extractor:
         per_passage = [list(lay.units) if lay is not None else units(p) for p, lay in zip(passages, laid, strict=True)]
         # Score each distinct unit text once: overlapping chunks repeat sentences.
         distinct: dict[str, int] = {}
-        known: list[np.ndarray[Any, Any] | None] = []
+        known: list[float | None] = []
         known_terms: list[AbstractSet[Term] | None] = []
         slot: list[list[int]] = []  # slot[p][i]: where unit i of passage p is in `distinct`
         for n, (p, us) in enumerate(zip(passages, per_passage, strict=True)):
-            given = unit_vectors[n] if unit_vectors is not None else None
-            stored = given.by_span() if given is not None else {}
+            given = unit_similarities[n] if unit_similarities is not None else None
+            stored = given if given is not None else {}
             lay = laid[n]
             terms = lay.terms_in(space) if lay is not None else None
             slots = []

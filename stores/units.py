@@ -281,21 +281,65 @@ class UnitVectors:
     def from_payload(cls, payload: Mapping[str, Any] | None, dimension: int | None = None) -> UnitVectors | None:
         """The stored vectors, or None when there are none, they are of another format or malformed (a
         payload is data from the index: it is checked, never trusted)."""
-        if not isinstance(payload, Mapping) or payload.get("format") != UNITS_FORMAT:
+        stored = _stored_units(payload, dimension)
+        if stored is None:
             return None
-        try:
-            flat = [int(x) for x in payload["spans"]]
-            scales = np.asarray(payload["scales"], dtype=np.float32)
-            q = np.frombuffer(base64.b64decode(payload["int8"], validate=True), dtype=np.int8)
-        except (KeyError, TypeError, ValueError):
-            return None
-        n = len(scales)
-        if len(flat) != 2 * n or n == 0 or len(q) % n or (dimension is not None and len(q) != n * dimension):
-            return None
-        vectors = q.reshape(n, -1).astype(np.float32) * scales[:, None]
+        spans, scales, raw = stored
+        vectors = np.frombuffer(raw, dtype=np.int8).reshape(len(spans), -1).astype(np.float32) * scales[:, None]
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         vectors = vectors / np.where(norms > 0, norms, 1.0)
-        return cls(tuple(zip(flat[0::2], flat[1::2], strict=True)), vectors)
+        return cls(spans, vectors)
+
+
+def _stored_units(
+    payload: Mapping[str, Any] | None, dimension: int | None
+) -> tuple[tuple[tuple[int, int], ...], np.ndarray[Any, Any], bytes] | None:
+    """The spans, scales and int8 rows of a `UnitVectors` payload, or None when it is not one of this
+    format (and of `dimension`, when given) with at least one unit."""
+    if not isinstance(payload, Mapping) or payload.get("format") != UNITS_FORMAT:
+        return None
+    try:
+        flat = [int(x) for x in payload["spans"]]
+        scales = np.asarray(payload["scales"], dtype=np.float32)
+        raw = base64.b64decode(payload["int8"], validate=True)
+    except (KeyError, TypeError, ValueError):
+        return None
+    if scales.ndim != 1:
+        return None
+    n = len(scales)
+    if len(flat) != 2 * n or n == 0 or len(raw) % n:
+        return None
+    if dimension is not None and len(raw) != n * dimension:
+        return None
+    return tuple(zip(flat[0::2], flat[1::2], strict=True)), scales, raw
+
+
+def stored_similarities(
+    payloads: Sequence[Mapping[str, Any] | None], question: Sequence[float], dimension: int
+) -> list[dict[tuple[int, int], float] | None]:
+    """For each chunk's stored unit vectors (`UnitVectors.to_payload`), the cosine of each unit's vector
+    to `question` (a unit vector of the same model), by span; None for a chunk without valid ones. The
+    same cosines as `UnitVectors.from_payload` and a dot product give, up to float rounding, in one product
+    over all the chunks: a row's positive scale drops out of its cosine, which is the int8 row's dot
+    product with the question over the row's norm."""
+    found = [_stored_units(p, dimension) for p in payloads]
+    rows = [raw for f in found if f is not None for raw in (f[2],)]
+    if not rows:
+        return [None] * len(payloads)
+    units = np.frombuffer(b"".join(rows), dtype=np.int8).reshape(-1, dimension).astype(np.float32)
+    norms = np.sqrt(np.einsum("ij,ij->i", units, units))
+    cosines = (units @ np.asarray(question, dtype=np.float32)) / np.where(norms > 0, norms, 1.0)
+    values = cosines.tolist()
+    out: list[dict[tuple[int, int], float] | None] = []
+    at = 0
+    for f in found:
+        if f is None:
+            out.append(None)
+            continue
+        spans = f[0]
+        out.append(dict(zip(spans, values[at : at + len(spans)], strict=True)))
+        at += len(spans)
+    return out
 
 
 def pool_spans(

@@ -4,6 +4,8 @@
   embeddings of the forward pass that embeds the chunk: no extra model call;
 - the torch model and its ONNX export give the same unit vectors, the int8 export nearly;
 - stored as int8 in the payload, they come back to cosine >= 0.9999, and a malformed payload is ignored;
+  the cosines to a question read straight from the int8 rows of several chunks at once are those of the
+  vectors read back;
 - `/query` then embeds the question and nothing else; an index without them (filled before, or by a model
   that cannot give them) still answers, embedding the units it lacks;
 - a changed document reuses the cached vectors of its unchanged chunks, units included.
@@ -21,7 +23,7 @@ import pytest
 
 from stores.embedding import SentenceTransformerEmbedder, SqliteEmbeddingCache, embed_with_cache
 from stores.onnx_embedding import OnnxEmbedder
-from stores.units import UNITS_FORMAT, UnitVectors, pool_spans, unit_spans
+from stores.units import UNITS_FORMAT, UnitVectors, pool_spans, stored_similarities, unit_spans
 from tests.conftest import Harness
 from tests.fakes.embedder import CountingEmbedder
 from tests.fakes.webhooks import file_event
@@ -81,10 +83,39 @@ def test_stored_unit_vectors_come_back_and_bad_payloads_are_ignored(embedder: Se
         {**payload, "spans": payload["spans"][:-2]},  # spans and rows disagree
         {k: v for k, v in payload.items() if k != "scales"},
         {**payload, "scales": []},
+        {**payload, "scales": 0.5},  # one number, not one per unit
+        {**payload, "scales": [[0.5]] * len(units.spans)},
+        {**payload, "scales": ["x"] * len(units.spans)},
     ]
+    question = embedder.embed_query("What do mitochondria make?")
     for b in bad:
         assert UnitVectors.from_payload(b, embedder.dimension) is None, b
+        assert stored_similarities([b], question, embedder.dimension) == [None], b
     assert UnitVectors.from_payload(payload, embedder.dimension + 1) is None  # another model's size
+    assert stored_similarities([payload], question, embedder.dimension + 1) == [None]
+
+
+def test_stored_similarities_are_the_cosines_of_the_vectors_read_back(embedder: SentenceTransformerEmbedder) -> None:
+    _, pooled = embedder.embed_with_units(TEXTS, [unit_spans(t) for t in TEXTS])
+    payloads: list[dict[str, Any] | None] = [u.to_payload() for u in pooled if u is not None]
+    assert len(payloads) == len(TEXTS)
+    payloads.insert(1, None)  # a chunk stored without them keeps its place
+    question = embedder.embed_query("What share of the cells was studied in 2020?")
+    found = stored_similarities(payloads, question, embedder.dimension)
+    assert len(found) == len(payloads) and found[1] is None
+    q = np.asarray(question, dtype=np.float32)
+    for payload, similar in zip(payloads, found, strict=True):
+        if payload is None:
+            continue
+        back = UnitVectors.from_payload(payload, embedder.dimension)
+        assert back is not None and similar is not None and list(similar) == list(back.spans)
+        expected = back.vectors @ q
+        assert np.allclose(list(similar.values()), expected, atol=1e-6), (similar, expected)
+    # The units that answer score highest: the cosines are not merely of the right shape.
+    cells = found[0]
+    assert cells is not None
+    best = max(cells, key=lambda span: cells[span])
+    assert TEXTS[0][best[0] : best[1]].startswith("In 2020, 35% of the cells")
 
 
 def test_a_span_no_token_reaches_gets_no_vector() -> None:
