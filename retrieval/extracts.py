@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
@@ -109,7 +109,7 @@ class Extractor:
         texts: Sequence[str],
         question_vector: Sequence[float] | None = None,
         known: Sequence[float | None] | None = None,
-        known_terms: Sequence[AbstractSet[Term] | None] | None = None,
+        known_terms: Sequence[Collection[Term] | None] | None = None,
     ) -> list[float]:
         """One score per unit text: term coverage, similarity and the number bonus, combined.
         `question_vector` is the question's embedding by `self.embedder` when the caller has it already
@@ -119,17 +119,21 @@ class Extractor:
         the same encoder), when there are."""
         if not texts:
             return []
-        q_terms = self.tokens(question)
+        q_terms = set(self.tokens(question))
         given = known_terms if known_terms is not None else [None] * len(texts)
-        unit_terms = [ts if ts is not None else self.tokens(t) for t, ts in zip(texts, given, strict=True)]
+        # Each unit's terms that the question holds (stored terms are a sequence: distinct, in order).
+        shared = [
+            q_terms.intersection(ts if ts is not None else self.tokens(t)) for t, ts in zip(texts, given, strict=True)
+        ]
         n = len(texts)
         df: dict[Term, int] = {}
-        for ts in unit_terms:
-            for t in ts & q_terms:
+        for found in shared:
+            for t in found:
                 df[t] = df.get(t, 0) + 1
         weight = {t: math.log(1.0 + n / (1.0 + df.get(t, 0))) for t in q_terms}
-        total = sum(weight.values()) or 1.0
-        lexical = [sum(weight[t] for t in ts & q_terms) / total for ts in unit_terms]
+        total = math.fsum(weight.values()) or 1.0
+        # fsum: exactly rounded, so the order a set gives its terms in never moves a score
+        lexical = [math.fsum([weight[t] for t in found]) / total for found in shared]
         dense = [0.0] * n
         if self.embedder is not None and self.dense_weight > 0:
             q = np.asarray(
@@ -177,7 +181,7 @@ class Extractor:
         # Score each distinct unit text once: overlapping chunks repeat sentences.
         distinct: dict[str, int] = {}
         known: list[float | None] = []
-        known_terms: list[AbstractSet[Term] | None] = []
+        known_terms: list[Collection[Term] | None] = []
         slot: list[list[int]] = []  # slot[p][i]: where unit i of passage p is in `distinct`
         for n, (p, us) in enumerate(zip(passages, per_passage, strict=True)):
             given = unit_similarities[n] if unit_similarities is not None else None

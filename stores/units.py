@@ -160,7 +160,7 @@ class Layout:
     interpreter's own data out of the CPU caches (docs/performance.md)."""
 
     units: tuple[Unit, ...]
-    terms: tuple[frozenset[int], ...] | None  # per unit; None when no encoder found them
+    terms: tuple[tuple[int, ...], ...] | None  # per unit, its distinct terms in order; None when no encoder found them
     term_space: str | None
 
     @classmethod
@@ -168,10 +168,10 @@ class Layout:
         """The layout of `text` whose units are `found` (`units(text)`), its terms by `encoder`."""
         if encoder is None:
             return cls(tuple(found), None, None)
-        terms = tuple(frozenset(encoder.term_set(text[u.start : u.end])) for u in found)
+        terms = tuple(tuple(sorted(encoder.term_set(text[u.start : u.end]))) for u in found)
         return cls(tuple(found), terms, encoder.term_space)
 
-    def terms_in(self, term_space: str | None) -> tuple[frozenset[int], ...] | None:
+    def terms_in(self, term_space: str | None) -> tuple[tuple[int, ...], ...] | None:
         """The units' terms, if they are of `term_space`."""
         return self.terms if term_space is not None and term_space == self.term_space else None
 
@@ -184,7 +184,7 @@ class Layout:
             "kinds": "".join(_KIND_CODES[u.kind] for u in self.units),
         }
         if self.terms is not None and self.term_space is not None:
-            ids = [t for ts in self.terms for t in sorted(ts)]
+            ids = [t for ts in self.terms for t in ts]
             out["term_space"] = self.term_space
             out["term_counts"] = [len(ts) for ts in self.terms]
             out["terms"] = _packed(ids)
@@ -225,7 +225,7 @@ class Layout:
         if not isinstance(space, str) or len(counts) != n or min(counts, default=0) < 0 or sum(counts) != len(ids):
             return None
         bounds = [0, *accumulate(counts)]
-        terms = tuple(frozenset(ids[bounds[i] : bounds[i + 1]]) for i in range(n))
+        terms = tuple(tuple(ids[bounds[i] : bounds[i + 1]]) for i in range(n))
         return cls(found, terms, space)
 
 
