@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from stores.embedding import Embedder
+from stores.points import rank_order
 from stores.ports import ActiveRevision, Hit, Ranked, SearchFilter, SearchMode, StateStore, VectorIndex
 from stores.sparse import Bm25Encoder
 from stores.telemetry import SEARCH_SECONDS
@@ -154,7 +155,7 @@ class Searcher:
             base = req.flt or SearchFilter()
             reread = replace(base, revisions=tuple(missed))
             kept.extend(r for r in run(want, reread) if revision.get(r.file_id) == r.revision)
-            kept.sort(key=lambda r: -r.score)
+            kept.sort(key=rank_order)
         return kept, active
 
 

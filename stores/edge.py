@@ -51,9 +51,7 @@ from stores.edge_shard import (
 from stores.errors import EmbeddingModelMismatchError, StoreLockedError
 from stores.points import (
     DENSE,
-    MIN_PREFETCH,
     RANKING_FIELDS,
-    RRF_K,
     SCHEMA_VERSION,
     SPARSE,
     Conditions,
@@ -63,6 +61,7 @@ from stores.points import (
     payload_of,
     point_id,
     ranked_of,
+    ranking,
 )
 from stores.ports import Hit, IndexPoint, Ranked, SearchFilter, SearchMode
 
@@ -375,38 +374,16 @@ class EdgeIndex(ScrolledReads):
             return []
         qfilter = _WHERE.where(workspace, flt)
         sparse_vec = qe.SparseVector(list(sparse[0]), list(sparse[1])) if sparse and sparse[0] else None
-        if mode is SearchMode.DENSE or (mode is SearchMode.HYBRID and sparse_vec is None):
-            assert dense is not None
-            mode = SearchMode.DENSE
+
+        def nearest(vector: Any, using: str, kind: SearchMode, n: int) -> list[Ranked]:
             request = qe.QueryRequest(
-                limit=limit, query=qe.Query.Nearest(dense, using=DENSE), filter=qfilter, with_payload=RANKING_FIELDS
+                limit=n, query=qe.Query.Nearest(vector, using=using), filter=qfilter, with_payload=RANKING_FIELDS
             )
-        elif mode is SearchMode.SPARSE:
-            if sparse_vec is None:
-                return []
-            request = qe.QueryRequest(
-                limit=limit,
-                query=qe.Query.Nearest(sparse_vec, using=SPARSE),
-                filter=qfilter,
-                with_payload=RANKING_FIELDS,
-            )
-        else:
-            assert dense is not None and sparse_vec is not None
-            depth = max(limit, MIN_PREFETCH)
-            # The workspace filter sits inside every prefetch: fusion never sees another tenant's points.
-            request = qe.QueryRequest(
-                limit=limit,
-                prefetches=[
-                    qe.Prefetch(limit=depth, query=qe.Query.Nearest(dense, using=DENSE), filter=qfilter),
-                    qe.Prefetch(limit=depth, query=qe.Query.Nearest(sparse_vec, using=SPARSE), filter=qfilter),
-                ],
-                query=qe.Fusion.Rrf(k=RRF_K),  # type: ignore[arg-type]  # the stub omits Fusion.Rrf
-                filter=qfilter,
-                with_payload=RANKING_FIELDS,
-            )
-        with self.reading() as shard:
-            points = shard.query(request) if shard is not None else []
-        return ranked_of(((str(p.id), p.score, p.payload or {}) for p in points), mode)
+            with self.reading() as shard:
+                points = shard.query(request) if shard is not None else []
+            return ranked_of(((str(p.id), p.score, p.payload or {}) for p in points), kind)
+
+        return ranking(nearest, mode, dense, sparse_vec, limit)
 
     def hits(self, workspace: str, ranked: Sequence[Ranked], dense: list[float] | None) -> list[Hit]:
         if not ranked or self._gen is None:

@@ -7,8 +7,9 @@ moved between them (re-sent files) answers identically. Nothing here imports an 
 
 from __future__ import annotations
 
+import math
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,8 @@ RRF_K = 2
 # Every prefetch of a hybrid query reads at least this deep, so fusion has enough candidates.
 MIN_PREFETCH = 50
 FILES_PER_READ = 256
+# How far past `limit` a ranking reads to take in every point tied with the last one kept (`settled`).
+MAX_TIE_READ = 1024
 # What a ranking reads of each point (`VectorIndex.rank`): the rest of the payload is read for the hits kept.
 RANKING_FIELDS = ["file_id", "revision"]  # files named in one filter of a batched read
 _POINT_NAMESPACE = uuid.UUID("6f1c7f53-3f43-4a8e-9a39-6f8d0a4b1e27")
@@ -109,6 +112,81 @@ def ranked_of(points: Iterable[tuple[str, float, dict[str, Any]]], mode: SearchM
             )
         )
     return out
+
+
+def ranking(
+    nearest: Callable[[Any, str, SearchMode, int], list[Ranked]],
+    mode: SearchMode,
+    dense: list[float] | None,
+    sparse: Any | None,
+    limit: int,
+) -> list[Ranked]:
+    """`VectorIndex.rank` from an engine's one read, `nearest(vector, vector name, mode, n)`: the top n
+    points by that vector, in `ranked_of`'s form (`sparse` is the engine's sparse vector, None without
+    terms). Each list is `settled`; hybrid is `fused` here rather than by the engine's RRF, which numbers
+    tied points in an order of its own. Both lists are read under the caller's filter (the workspace is in
+    it): fusion never sees another tenant's points."""
+
+    def top(vector: Any, using: str, kind: SearchMode, depth: int) -> list[Ranked]:
+        return settled(lambda n: nearest(vector, using, kind, n), depth)
+
+    if mode is SearchMode.SPARSE:
+        return top(sparse, SPARSE, mode, limit) if sparse is not None else []
+    assert dense is not None
+    if mode is SearchMode.DENSE or sparse is None:  # a hybrid query without sparse terms ranks by dense alone
+        return top(dense, DENSE, SearchMode.DENSE, limit)
+    depth = max(limit, MIN_PREFETCH)
+    return fused([top(dense, DENSE, SearchMode.DENSE, depth), top(sparse, SPARSE, SearchMode.SPARSE, depth)], limit)
+
+
+def settled(fetch: Callable[[int], list[Ranked]], limit: int, first: int = 0) -> list[Ranked]:
+    """The best `limit` points of the ranking `fetch(n)` reads (its top n, in the engine's order), by score
+    and then by point id: engines return points of equal score in an order of their own (Qdrant Edge's
+    fusion changes it from one process to the next, and RRF scores tie often: each is a sum of 1/(k + rank)),
+    so which of them make the cut, and in what order, would otherwise not depend on the index alone. It reads
+    `first` points (or one more than `limit`) and reads deeper while the last point read ties with the
+    last one kept, up to `MAX_TIE_READ` past `limit`."""
+    if limit <= 0:
+        return []
+    n = max(first, limit + 1)
+    while True:
+        got = sorted(fetch(n), key=rank_order)
+        if len(got) < n or got[-1].score < got[limit - 1].score or n >= limit + MAX_TIE_READ:
+            return got[:limit]
+        n = min(2 * n, limit + MAX_TIE_READ)
+
+
+def fused(rankings: Sequence[Sequence[Ranked]], limit: int) -> list[Ranked]:
+    """Reciprocal rank fusion of `rankings` (each in `rank_order`), by Qdrant's formula: a point scores the
+    sum, over the rankings that hold it, of 1 / (RRF_K + its rank), ranks counted from 0. Points of equal
+    score in a ranking share its rank (the number of points scored above them): the engine's own fusion
+    numbers tied points one after another in an order that follows insertion, or the process, so copies of
+    one passage in two files would score apart, and which one came first would decide. A point carries the
+    cosine of the dense ranking and the BM25 score of the sparse one when those hold it."""
+    score: dict[str, float] = {}
+    seen: dict[str, Ranked] = {}
+    for ranking in rankings:
+        rank, above = 0, math.inf
+        for i, r in enumerate(ranking):
+            if r.score < above:
+                rank, above = i, r.score
+            score[r.point_id] = score.get(r.point_id, 0.0) + 1.0 / (RRF_K + rank)
+            first = seen.get(r.point_id)
+            if first is None:
+                seen[r.point_id] = r._replace(score=0.0)
+            else:
+                seen[r.point_id] = first._replace(
+                    similarity=first.similarity if first.similarity is not None else r.similarity,
+                    keyword_score=first.keyword_score if first.keyword_score is not None else r.keyword_score,
+                )
+    out = [seen[pid]._replace(score=s) for pid, s in score.items()]
+    out.sort(key=rank_order)
+    return out[:limit]
+
+
+def rank_order(r: Ranked) -> tuple[float, str]:
+    """Higher scores first, then point ids: the one order every ranking is given in."""
+    return (-r.score, r.point_id)
 
 
 def hits_from(workspace: str, ranked: Sequence[Ranked], records: Iterable[Any], dense: list[float] | None) -> list[Hit]:

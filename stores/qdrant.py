@@ -20,7 +20,6 @@ from stores.points import (
     DENSE,
     INTEGER_FIELDS,
     KEYWORD_FIELDS,
-    MIN_PREFETCH,
     RANKING_FIELDS,
     SCHEMA_VERSION,
     SPARSE,
@@ -31,6 +30,7 @@ from stores.points import (
     payload_of,
     point_id,
     ranked_of,
+    ranking,
 )
 from stores.ports import Hit, IndexPoint, Ranked, SearchFilter, SearchMode
 
@@ -173,44 +173,20 @@ class QdrantIndex(ScrolledReads):
     ) -> list[Ranked]:
         qfilter = _WHERE.where(workspace, flt)
         sparse_vec = models.SparseVector(indices=sparse[0], values=sparse[1]) if sparse and sparse[0] else None
-        with self._guard():
-            if mode is SearchMode.DENSE or (mode is SearchMode.HYBRID and sparse_vec is None):
-                assert dense is not None
-                mode = SearchMode.DENSE
+
+        def nearest(vector: Any, using: str, kind: SearchMode, n: int) -> list[Ranked]:
+            with self._guard():
                 res = self.client.query_points(
                     self.collection,
-                    query=dense,
-                    using=DENSE,
+                    query=vector,
+                    using=using,
                     query_filter=qfilter,
-                    limit=limit,
+                    limit=n,
                     with_payload=RANKING_FIELDS,
                 )
-            elif mode is SearchMode.SPARSE:
-                if sparse_vec is None:
-                    return []
-                res = self.client.query_points(
-                    self.collection,
-                    query=sparse_vec,
-                    using=SPARSE,
-                    query_filter=qfilter,
-                    limit=limit,
-                    with_payload=RANKING_FIELDS,
-                )
-            else:
-                assert dense is not None
-                # The workspace filter sits inside every prefetch: fusion never sees another tenant's points.
-                res = self.client.query_points(
-                    self.collection,
-                    prefetch=[
-                        models.Prefetch(query=dense, using=DENSE, filter=qfilter, limit=max(limit, MIN_PREFETCH)),
-                        models.Prefetch(query=sparse_vec, using=SPARSE, filter=qfilter, limit=max(limit, MIN_PREFETCH)),
-                    ],
-                    query=models.FusionQuery(fusion=models.Fusion.RRF),
-                    query_filter=qfilter,
-                    limit=limit,
-                    with_payload=RANKING_FIELDS,
-                )
-        return ranked_of(((str(p.id), p.score, p.payload or {}) for p in res.points), mode)
+            return ranked_of(((str(p.id), p.score, p.payload or {}) for p in res.points), kind)
+
+        return ranking(nearest, mode, dense, sparse_vec, limit)
 
     def hits(self, workspace: str, ranked: Sequence[Ranked], dense: list[float] | None) -> list[Hit]:
         if not ranked:

@@ -12,18 +12,22 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from qdrant_client import QdrantClient
 
 from app.container import build_index
 from app.settings import IndexBackend, Settings
 from stores.edge import EdgeIndex
 from stores.errors import EmbeddingModelMismatchError, StoreLockedError
+from stores.points import point_id
 from stores.ports import Chunk, IndexPoint, SearchFilter, SearchMode, VectorIndex
 from stores.qdrant import QdrantIndex
 
@@ -85,6 +89,18 @@ def point(
         metadata=metadata or {},
         title=file_id.upper(),
     )
+
+
+# Six files holding the same chunk (they tie in every mode), one that leads every mode, one far behind.
+TIED_POINTS = [
+    *(point(f"twin{n}", dense=unit(1.0, 0.5), sparse=([42, 7], [1.0, 1.0])) for n in range(6)),
+    point("lead", dense=unit(1.0), sparse=([42], [3.0])),
+    point("far", dense=unit(0.0, 0.0, 1.0), sparse=([42, 9], [0.2, 5.0])),
+]
+
+
+def p_id(p: IndexPoint) -> str:
+    return point_id(p.workspace, p.file_id, p.revision, p.chunk.index)
 
 
 def files(hits: list[Any]) -> list[str]:
@@ -329,6 +345,33 @@ class TestVectorIndexContract:
         assert index.revision_counts("acme") == {("f", "r1"): 4}
         chunks = index.file_chunks("acme", "f", "r1")
         assert [c.text for c in chunks] == [f"chunk {i}" for i in range(4)]
+
+    @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(order=st.permutations(range(len(TIED_POINTS))))
+    def test_points_of_equal_score_rank_by_point_id_whatever_order_they_were_written_in(
+        self, kind: str, order: list[int]
+    ) -> None:
+        """Copies of one chunk in several files tie in every mode (and RRF ties often otherwise): the
+        engine's own order among them follows insertion, or the process (Edge's fusion), so `rank` orders
+        ties by point id and reads past the cut until it has seen them all. Whichever order the points were
+        written in, every mode ranks the same, and the first n of a ranking are the ranking of n."""
+        idx = open_index(kind, Path(tempfile.mkdtemp(prefix="eventrag-ties-")))
+        try:
+            idx.ensure_ready(MODEL, DIM)
+            for i in order:
+                idx.upsert([TIED_POINTS[i]])
+            twins = sorted(p_id(p) for p in TIED_POINTS if p.file_id.startswith("twin"))
+            for mode in SearchMode:
+                full = idx.rank("acme", dense=unit(1.0), sparse=([42], [1.0]), mode=mode, limit=20)
+                assert len(full) == len(TIED_POINTS)
+                assert full == sorted(full, key=lambda r: (-r.score, r.point_id))
+                assert [r.point_id for r in full if r.file_id.startswith("twin")] == twins
+                assert len({r.score for r in full if r.file_id.startswith("twin")}) == 1, mode  # they do tie
+                for n in range(1, len(full)):
+                    cut = idx.rank("acme", dense=unit(1.0), sparse=([42], [1.0]), mode=mode, limit=n)
+                    assert [r.point_id for r in cut] == [r.point_id for r in full[:n]], (mode, n)
+        finally:
+            idx.close()
 
     def test_the_index_records_its_model(self, kind: str, tmp_path: Path) -> None:
         idx = open_index(kind, tmp_path)
