@@ -55,6 +55,7 @@ from stores.points import (
     SCHEMA_VERSION,
     SPARSE,
     Conditions,
+    Read,
     ScrolledReads,
     hits_from,
     model_mismatch_message,
@@ -375,13 +376,19 @@ class EdgeIndex(ScrolledReads):
         qfilter = _WHERE.where(workspace, flt)
         sparse_vec = qe.SparseVector(list(sparse[0]), list(sparse[1])) if sparse and sparse[0] else None
 
-        def nearest(vector: Any, using: str, kind: SearchMode, n: int) -> list[Ranked]:
-            request = qe.QueryRequest(
-                limit=n, query=qe.Query.Nearest(vector, using=using), filter=qfilter, with_payload=RANKING_FIELDS
-            )
-            with self.reading() as shard:
-                points = shard.query(request) if shard is not None else []
-            return ranked_of(((str(p.id), p.score, p.payload or {}) for p in points), kind)
+        def nearest(reads: Sequence[Read]) -> list[list[Ranked]]:
+            requests = [
+                qe.QueryRequest(
+                    limit=n, query=qe.Query.Nearest(vector, using=using), filter=qfilter, with_payload=RANKING_FIELDS
+                )
+                for vector, using, _, n in reads
+            ]
+            with self.reading() as shard:  # one read section: a swap between the two lists cannot part them
+                lists = [shard.query(r) if shard is not None else [] for r in requests]
+            return [
+                ranked_of(((str(p.id), p.score, p.payload or {}) for p in points), kind)
+                for (_, _, kind, _), points in zip(reads, lists, strict=True)
+            ]
 
         return ranking(nearest, mode, dense, sparse_vec, limit)
 

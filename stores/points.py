@@ -23,11 +23,11 @@ SCHEMA_VERSION = 1
 RRF_K = 2
 # Every prefetch of a hybrid query reads at least this deep, so fusion has enough candidates.
 MIN_PREFETCH = 50
-FILES_PER_READ = 256
+FILES_PER_READ = 256  # files named in one filter of a batched read
 # How far past `limit` a ranking reads to take in every point tied with the last one kept (`settled`).
 MAX_TIE_READ = 1024
 # What a ranking reads of each point (`VectorIndex.rank`): the rest of the payload is read for the hits kept.
-RANKING_FIELDS = ["file_id", "revision"]  # files named in one filter of a batched read
+RANKING_FIELDS = ["file_id", "revision"]
 _POINT_NAMESPACE = uuid.UUID("6f1c7f53-3f43-4a8e-9a39-6f8d0a4b1e27")
 
 # Payload fields with a keyword index (the workspace one is the tenant index) and the integer one.
@@ -114,46 +114,57 @@ def ranked_of(points: Iterable[tuple[str, float, dict[str, Any]]], mode: SearchM
     return out
 
 
+# One read of a ranking: (the engine's query vector, the vector's name, the mode it ranks in, how many points).
+Read = tuple[Any, str, SearchMode, int]
+
+
 def ranking(
-    nearest: Callable[[Any, str, SearchMode, int], list[Ranked]],
+    nearest: Callable[[Sequence[Read]], list[list[Ranked]]],
     mode: SearchMode,
     dense: list[float] | None,
     sparse: Any | None,
     limit: int,
 ) -> list[Ranked]:
-    """`VectorIndex.rank` from an engine's one read, `nearest(vector, vector name, mode, n)`: the top n
-    points by that vector, in `ranked_of`'s form (`sparse` is the engine's sparse vector, None without
-    terms). Each list is `settled`; hybrid is `fused` here rather than by the engine's RRF, which numbers
-    tied points in an order of its own. Both lists are read under the caller's filter (the workspace is in
-    it): fusion never sees another tenant's points."""
-
-    def top(vector: Any, using: str, kind: SearchMode, depth: int) -> list[Ranked]:
-        return settled(lambda n: nearest(vector, using, kind, n), depth)
-
+    """`VectorIndex.rank` from an engine's batched read, `nearest(reads)`: for each read, the top n points
+    by that vector, in `ranked_of`'s form (`sparse` is the engine's sparse vector, None without terms). The
+    reads of one ranking go to the engine together (one round trip to a Qdrant server, one read section of
+    an Edge shard). Each list is `settled`; hybrid is `fused` here rather than by the engine's RRF, which
+    numbers tied points in an order of its own. Both lists are read under the caller's filter (the workspace
+    is in it): fusion never sees another tenant's points."""
     if mode is SearchMode.SPARSE:
-        return top(sparse, SPARSE, mode, limit) if sparse is not None else []
+        if sparse is None:
+            return []
+        return settled(nearest, [(sparse, SPARSE, mode, limit)])[0]
     assert dense is not None
     if mode is SearchMode.DENSE or sparse is None:  # a hybrid query without sparse terms ranks by dense alone
-        return top(dense, DENSE, SearchMode.DENSE, limit)
+        return settled(nearest, [(dense, DENSE, SearchMode.DENSE, limit)])[0]
     depth = max(limit, MIN_PREFETCH)
-    return fused([top(dense, DENSE, SearchMode.DENSE, depth), top(sparse, SPARSE, SearchMode.SPARSE, depth)], limit)
+    both = settled(nearest, [(dense, DENSE, SearchMode.DENSE, depth), (sparse, SPARSE, SearchMode.SPARSE, depth)])
+    return fused(both, limit)
 
 
-def settled(fetch: Callable[[int], list[Ranked]], limit: int, first: int = 0) -> list[Ranked]:
-    """The best `limit` points of the ranking `fetch(n)` reads (its top n, in the engine's order), by score
-    and then by point id: engines return points of equal score in an order of their own (Qdrant Edge's
-    fusion changes it from one process to the next, and RRF scores tie often: each is a sum of 1/(k + rank)),
-    so which of them make the cut, and in what order, would otherwise not depend on the index alone. It reads
-    `first` points (or one more than `limit`) and reads deeper while the last point read ties with the
-    last one kept, up to `MAX_TIE_READ` past `limit`."""
-    if limit <= 0:
-        return []
-    n = max(first, limit + 1)
-    while True:
-        got = sorted(fetch(n), key=rank_order)
-        if len(got) < n or got[-1].score < got[limit - 1].score or n >= limit + MAX_TIE_READ:
-            return got[:limit]
-        n = min(2 * n, limit + MAX_TIE_READ)
+def settled(fetch: Callable[[Sequence[Read]], list[list[Ranked]]], wanted: Sequence[Read]) -> list[list[Ranked]]:
+    """For each of `wanted`'s reads (n = the points to keep), the best n points of that ranking by score and
+    then by point id, from `fetch`, which answers a batch of reads with each one's top points in the
+    engine's order. Engines return points of equal score in an order of their own (Qdrant Edge's fusion
+    changed it from one process to the next, and RRF scores tie often: each is a sum of 1/(k + rank)), so
+    which of them make the cut, and in what order, would otherwise not depend on the index alone. Each
+    ranking is read one point deeper than it keeps, and read again deeper (only the rankings that need it,
+    batched again) while the last point read ties with the last one kept, up to `MAX_TIE_READ` past it."""
+    out: list[list[Ranked]] = [[] for _ in wanted]
+    depth = {i: read[3] + 1 for i, read in enumerate(wanted) if read[3] > 0}
+    while depth:
+        pending = list(depth)
+        lists = fetch([(*wanted[i][:3], depth[i]) for i in pending])
+        for i, points in zip(pending, lists, strict=True):
+            keep, n = wanted[i][3], depth[i]
+            got = sorted(points, key=rank_order)
+            if len(got) < n or got[-1].score < got[keep - 1].score or n >= keep + MAX_TIE_READ:
+                out[i] = got[:keep]
+                del depth[i]
+            else:
+                depth[i] = min(2 * n, keep + MAX_TIE_READ)
+    return out
 
 
 def fused(rankings: Sequence[Sequence[Ranked]], limit: int) -> list[Ranked]:

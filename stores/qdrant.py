@@ -24,6 +24,7 @@ from stores.points import (
     SCHEMA_VERSION,
     SPARSE,
     Conditions,
+    Read,
     ScrolledReads,
     hits_from,
     model_mismatch_message,
@@ -174,17 +175,17 @@ class QdrantIndex(ScrolledReads):
         qfilter = _WHERE.where(workspace, flt)
         sparse_vec = models.SparseVector(indices=sparse[0], values=sparse[1]) if sparse and sparse[0] else None
 
-        def nearest(vector: Any, using: str, kind: SearchMode, n: int) -> list[Ranked]:
-            with self._guard():
-                res = self.client.query_points(
-                    self.collection,
-                    query=vector,
-                    using=using,
-                    query_filter=qfilter,
-                    limit=n,
-                    with_payload=RANKING_FIELDS,
-                )
-            return ranked_of(((str(p.id), p.score, p.payload or {}) for p in res.points), kind)
+        def nearest(reads: Sequence[Read]) -> list[list[Ranked]]:
+            requests = [
+                models.QueryRequest(query=vector, using=using, filter=qfilter, limit=n, with_payload=RANKING_FIELDS)
+                for vector, using, _, n in reads
+            ]
+            with self._guard():  # one round trip for both lists of a hybrid query
+                responses = self.client.query_batch_points(self.collection, requests=requests)
+            return [
+                ranked_of(((str(p.id), p.score, p.payload or {}) for p in res.points), kind)
+                for (_, _, kind, _), res in zip(reads, responses, strict=True)
+            ]
 
         return ranking(nearest, mode, dense, sparse_vec, limit)
 

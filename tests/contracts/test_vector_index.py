@@ -469,6 +469,35 @@ def test_a_second_process_gets_the_clear_locked_message(backend: IndexBackend, t
     build_index(Settings(data_dir=tmp_path, index_backend=backend)).close()
 
 
+def test_a_hybrid_question_is_one_round_trip_to_a_qdrant_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Against a Qdrant server each client call is a network round trip: the dense and sparse lists of a
+    hybrid ranking go in one batch, and a ranking whose last points tie reads deeper in another batch
+    only for the list that needs it."""
+    idx = QdrantIndex(QdrantClient(path=str(tmp_path / "qdrant")), "eventrag")
+    idx.ensure_ready(MODEL, DIM)
+    idx.upsert(TIED_POINTS)
+    calls: list[list[int]] = []
+    batch = idx.client.query_batch_points
+
+    def counted(collection_name: str, requests: Any, **kw: Any) -> Any:
+        calls.append([r.limit for r in requests])
+        return batch(collection_name, requests=requests, **kw)
+
+    monkeypatch.setattr(idx.client, "query_batch_points", counted)
+    monkeypatch.setattr(idx.client, "query_points", lambda *a, **kw: pytest.fail("a read outside the batch"))
+    ranked = idx.rank("acme", dense=unit(1.0), sparse=([42], [1.0]), mode=SearchMode.HYBRID, limit=3)
+    assert len(ranked) == 3 and calls == [[51, 51]]  # both lists, one past MIN_PREFETCH, in one call
+    calls.clear()
+    # Dense alone, kept to 2: "lead", then six twins tied for second: the cut falls inside the tie.
+    ranked = idx.rank("acme", dense=unit(1.0), sparse=None, mode=SearchMode.DENSE, limit=2)
+    first_twin = min((p for p in TIED_POINTS if p.file_id.startswith("twin")), key=p_id)
+    assert [r.point_id for r in ranked] == [p_id(TIED_POINTS[6]), p_id(first_twin)]
+    assert calls == [[3], [6], [12]]  # read one deeper than kept, then twice as deep while the last two tie
+    idx.close()
+
+
 def test_edge_metadata_file_names_the_model(tmp_path: Path) -> None:
     idx = EdgeIndex(tmp_path / "edge")
     idx.ensure_ready(MODEL, DIM)
