@@ -57,11 +57,11 @@ from stores.points import (
     Conditions,
     Read,
     ScrolledReads,
+    Triples,
     hits_from,
     model_mismatch_message,
     payload_of,
     point_id,
-    ranked_of,
     ranking,
 )
 from stores.ports import Hit, IndexPoint, Ranked, SearchFilter, SearchMode
@@ -376,7 +376,7 @@ class EdgeIndex(ScrolledReads):
         qfilter = _WHERE.where(workspace, flt)
         sparse_vec = qe.SparseVector(list(sparse[0]), list(sparse[1])) if sparse and sparse[0] else None
 
-        def nearest(reads: Sequence[Read]) -> list[list[Ranked]]:
+        def nearest(reads: Sequence[Read]) -> list[Triples]:
             requests = [
                 qe.QueryRequest(
                     limit=n, query=qe.Query.Nearest(vector, using=using), filter=qfilter, with_payload=RANKING_FIELDS
@@ -385,10 +385,7 @@ class EdgeIndex(ScrolledReads):
             ]
             with self.reading() as shard:  # one read section: a swap between the two lists cannot part them
                 lists = [shard.query(r) if shard is not None else [] for r in requests]
-            return [
-                ranked_of(((str(p.id), p.score, p.payload or {}) for p in points), kind)
-                for (_, _, kind, _), points in zip(reads, lists, strict=True)
-            ]
+            return [[(str(p.id), p.score, p.payload or {}) for p in points] for points in lists]
 
         return ranking(nearest, mode, dense, sparse_vec, limit)
 

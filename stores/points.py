@@ -118,19 +118,27 @@ def ranked_of(points: Iterable[tuple[str, float, dict[str, Any]]], mode: SearchM
 Read = tuple[Any, str, SearchMode, int]
 
 
+# What an engine gives for one read: its top points as (id, score, `RANKING_FIELDS` payload), in its order.
+Triples = Iterable[tuple[str, float, dict[str, Any]]]
+
+
 def ranking(
-    nearest: Callable[[Sequence[Read]], list[list[Ranked]]],
+    engine: Callable[[Sequence[Read]], list[Triples]],
     mode: SearchMode,
     dense: list[float] | None,
     sparse: Any | None,
     limit: int,
 ) -> list[Ranked]:
-    """`VectorIndex.rank` from an engine's batched read, `nearest(reads)`: for each read, the top n points
-    by that vector, in `ranked_of`'s form (`sparse` is the engine's sparse vector, None without terms). The
+    """`VectorIndex.rank` from an engine's batched read, `engine(reads)`: for each read, the top n points
+    by that vector (`sparse` is the engine's sparse vector, None without terms). The
     reads of one ranking go to the engine together (one round trip to a Qdrant server, one read section of
     an Edge shard). Each list is `settled`; hybrid is `fused` here rather than by the engine's RRF, which
     numbers tied points in an order of its own. Both lists are read under the caller's filter (the workspace
     is in it): fusion never sees another tenant's points."""
+
+    def nearest(reads: Sequence[Read]) -> list[list[Ranked]]:
+        return [ranked_of(points, read[2]) for read, points in zip(reads, engine(reads), strict=True)]
+
     if mode is SearchMode.SPARSE:
         if sparse is None:
             return []

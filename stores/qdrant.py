@@ -26,11 +26,11 @@ from stores.points import (
     Conditions,
     Read,
     ScrolledReads,
+    Triples,
     hits_from,
     model_mismatch_message,
     payload_of,
     point_id,
-    ranked_of,
     ranking,
 )
 from stores.ports import Hit, IndexPoint, Ranked, SearchFilter, SearchMode
@@ -175,17 +175,14 @@ class QdrantIndex(ScrolledReads):
         qfilter = _WHERE.where(workspace, flt)
         sparse_vec = models.SparseVector(indices=sparse[0], values=sparse[1]) if sparse and sparse[0] else None
 
-        def nearest(reads: Sequence[Read]) -> list[list[Ranked]]:
+        def nearest(reads: Sequence[Read]) -> list[Triples]:
             requests = [
                 models.QueryRequest(query=vector, using=using, filter=qfilter, limit=n, with_payload=RANKING_FIELDS)
                 for vector, using, _, n in reads
             ]
             with self._guard():  # one round trip for both lists of a hybrid query
                 responses = self.client.query_batch_points(self.collection, requests=requests)
-            return [
-                ranked_of(((str(p.id), p.score, p.payload or {}) for p in res.points), kind)
-                for (_, _, kind, _), res in zip(reads, responses, strict=True)
-            ]
+            return [[(str(p.id), p.score, p.payload or {}) for p in res.points] for res in responses]
 
         return ranking(nearest, mode, dense, sparse_vec, limit)
 
