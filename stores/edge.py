@@ -56,8 +56,8 @@ from stores.points import (
     SPARSE,
     Conditions,
     Read,
+    Scored,
     ScrolledReads,
-    Triples,
     hits_from,
     model_mismatch_message,
     payload_of,
@@ -88,6 +88,9 @@ class _EdgeConditions(Conditions):
 
     def any(self, should: Sequence[Any]) -> qe.Filter:
         return qe.Filter(should=list(should))
+
+    def has_id(self, point_ids: Sequence[str]) -> qe.HasIdCondition:
+        return qe.HasIdCondition(set(point_ids))
 
     def equals(self, key: str, value: Any) -> Any:
         if isinstance(value, bool):
@@ -376,18 +379,32 @@ class EdgeIndex(ScrolledReads):
         qfilter = _WHERE.where(workspace, flt)
         sparse_vec = qe.SparseVector(list(sparse[0]), list(sparse[1])) if sparse and sparse[0] else None
 
-        def nearest(reads: Sequence[Read]) -> list[Triples]:
+        def nearest(reads: Sequence[Read]) -> list[list[Scored]]:
+            # Ids and scores only: reading payloads was most of a read's cost (`fields` reads the kept ones).
             requests = [
                 qe.QueryRequest(
-                    limit=n, query=qe.Query.Nearest(vector, using=using), filter=qfilter, with_payload=RANKING_FIELDS
+                    limit=r.limit,
+                    query=qe.Query.Nearest(r.vector, using=r.using),
+                    filter=qfilter if r.among is None else _WHERE.all([qfilter, _WHERE.has_id(r.among)]),
+                    score_threshold=r.at_least,
+                    with_payload=False,
                 )
-                for vector, using, _, n in reads
+                for r in reads
             ]
             with self.reading() as shard:  # one read section: a swap between the two lists cannot part them
                 lists = [shard.query(r) if shard is not None else [] for r in requests]
-            return [[(str(p.id), p.score, p.payload or {}) for p in points] for points in lists]
+            return [[(p.id, p.score, None) for p in points] for points in lists]
 
-        return ranking(nearest, mode, dense, sparse_vec, limit)
+        def fields(ids: Sequence[Any]) -> dict[Any, dict[str, Any]]:
+            with self.reading() as shard:
+                records = (
+                    shard.retrieve(list(ids), with_payload=RANKING_FIELDS, with_vector=False)
+                    if shard is not None
+                    else []
+                )
+            return {r.id: r.payload or {} for r in records}
+
+        return ranking(nearest, fields, mode, dense, sparse_vec, limit)
 
     def hits(self, workspace: str, ranked: Sequence[Ranked], dense: list[float] | None) -> list[Hit]:
         if not ranked or self._gen is None:
@@ -406,7 +423,7 @@ class EdgeIndex(ScrolledReads):
         if self._gen is None or not sparse[0]:
             return dict.fromkeys(point_ids, 0.0)
         # The sparse query restricted to the points asked for: the score a sparse search gives each.
-        qfilter = _WHERE.all([_WHERE.match("workspace", workspace), qe.HasIdCondition(set(point_ids))])
+        qfilter = _WHERE.all([_WHERE.match("workspace", workspace), _WHERE.has_id(point_ids)])
         request = qe.QueryRequest(
             limit=len(point_ids),
             query=qe.Query.Nearest(qe.SparseVector(list(sparse[0]), list(sparse[1])), using=SPARSE),

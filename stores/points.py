@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -26,6 +26,11 @@ MIN_PREFETCH = 50
 FILES_PER_READ = 256  # files named in one filter of a batched read
 # How far past `limit` a ranking reads to take in every point tied with the last one kept (`settled`).
 MAX_TIE_READ = 1024
+# How much deeper each re-read of a dense ranking past a tie goes (an HNSW read costs more the deeper it
+# goes; ties there are copies of a passage, seldom many). A sparse read costs little more deep than shallow
+# (its inverted index scores every point holding a term either way) and often ends in a long tie: it is
+# read again once, down to the bound.
+TIE_GROWTH = 4
 # What a ranking reads of each point (`VectorIndex.rank`): the rest of the payload is read for the hits kept.
 RANKING_FIELDS = ["file_id", "revision"]
 _POINT_NAMESPACE = uuid.UUID("6f1c7f53-3f43-4a8e-9a39-6f8d0a4b1e27")
@@ -95,112 +100,174 @@ def hit_of(pid: str, score: float, pl: dict[str, Any]) -> Hit:
     )
 
 
-def ranked_of(points: Iterable[tuple[str, float, dict[str, Any]]], mode: SearchMode) -> list[Ranked]:
-    """A ranking from an engine's (id, score, `RANKING_FIELDS` payload) triples, in `mode` (the mode that
-    ran: a hybrid query without sparse terms ran dense)."""
-    out = []
-    for pid, score, pl in points:
-        score = float(score)
-        out.append(
-            Ranked(
-                pid,
-                score,
-                pl["file_id"],
-                pl["revision"],
-                similarity=score if mode is SearchMode.DENSE else None,
-                keyword_score=score if mode is SearchMode.SPARSE else None,
-            )
-        )
-    return out
+# One read of a ranking: the engine's query vector, the vector's name, how many points, the least score the
+# engine need return (None: any; a re-read past a tie needs only the points that can still tie), the only
+# points it may return (None: any under the caller's filter), and whether points tied at the cut are all
+# kept (a fusion's candidate list, where points of equal score share a rank) or cut by point id.
+class Read(NamedTuple):
+    vector: Any
+    using: str
+    limit: int
+    at_least: float | None = None
+    among: Sequence[str] | None = None
+    whole_ties: bool = False
 
 
-# One read of a ranking: (the engine's query vector, the vector's name, the mode it ranks in, how many points).
-Read = tuple[Any, str, SearchMode, int]
-
-
-# What an engine gives for one read: its top points as (id, score, `RANKING_FIELDS` payload), in its order.
-Triples = Iterable[tuple[str, float, dict[str, Any]]]
+# One point of a read, in the engine's order: (id, score, its `RANKING_FIELDS` or None). The id is the
+# engine's own (a str, or the UUID Qdrant Edge returns: its text orders as the UUID does, so ties order alike;
+# `ranking` makes text only of the ids it keeps). An engine reads the fields with the lists when a round trip
+# costs more than they do (a Qdrant server); Qdrant Edge reads ids and scores only (reading payloads was
+# most of a read's cost, and more so deep in a tie), and `ranking` reads the fields of the points it keeps.
+Scored = tuple[Any, float, dict[str, Any] | None]
 
 
 def ranking(
-    engine: Callable[[Sequence[Read]], list[Triples]],
+    engine: Callable[[Sequence[Read]], list[list[Scored]]],
+    fields: Callable[[Sequence[Any]], dict[Any, dict[str, Any]]],
     mode: SearchMode,
     dense: list[float] | None,
     sparse: Any | None,
     limit: int,
 ) -> list[Ranked]:
-    """`VectorIndex.rank` from an engine's batched read, `engine(reads)`: for each read, the top n points
-    by that vector (`sparse` is the engine's sparse vector, None without terms). The
+    """`VectorIndex.rank` from an engine's batched read, `engine(reads)`: for each read, the top points by
+    that vector (`sparse` is the engine's sparse vector, None without terms), and `fields(ids)`, the
+    `RANKING_FIELDS` of the points the engine read without them (a point no longer there is left out). The
     reads of one ranking go to the engine together (one round trip to a Qdrant server, one read section of
     an Edge shard). Each list is `settled`; hybrid is `fused` here rather than by the engine's RRF, which
     numbers tied points in an order of its own. Both lists are read under the caller's filter (the workspace
     is in it): fusion never sees another tenant's points."""
-
-    def nearest(reads: Sequence[Read]) -> list[list[Ranked]]:
-        return [ranked_of(points, read[2]) for read, points in zip(reads, engine(reads), strict=True)]
-
     if mode is SearchMode.SPARSE:
         if sparse is None:
             return []
-        return settled(nearest, [(sparse, SPARSE, mode, limit)])[0]
+        return _described(fields, [(*p, None, p[1]) for p in settled(engine, [Read(sparse, SPARSE, limit)])[0]])
     assert dense is not None
     if mode is SearchMode.DENSE or sparse is None:  # a hybrid query without sparse terms ranks by dense alone
-        return settled(nearest, [(dense, DENSE, SearchMode.DENSE, limit)])[0]
+        return _described(fields, [(*p, p[1], None) for p in settled(engine, [Read(dense, DENSE, limit)])[0]])
     depth = max(limit, MIN_PREFETCH)
-    both = settled(nearest, [(dense, DENSE, SearchMode.DENSE, depth), (sparse, SPARSE, SearchMode.SPARSE, depth)])
-    return fused(both, limit)
+    wanted = [Read(dense, DENSE, depth, whole_ties=True), Read(sparse, SPARSE, depth, whole_ties=True)]
+    first = engine([read._replace(limit=depth + 1) for read in wanted])  # both lists in one read
+    dense_list = settled(engine, wanted[:1], first[:1])[0]
+    sparse_list = _shared_tie(engine, wanted[1], first[1], dense_list, limit)
+    if sparse_list is None:
+        sparse_list = settled(engine, wanted[1:], first[1:])[0]
+    return _described(fields, fused([dense_list, sparse_list], limit))
 
 
-def settled(fetch: Callable[[Sequence[Read]], list[list[Ranked]]], wanted: Sequence[Read]) -> list[list[Ranked]]:
-    """For each of `wanted`'s reads (n = the points to keep), the best n points of that ranking by score and
-    then by point id, from `fetch`, which answers a batch of reads with each one's top points in the
-    engine's order. Engines return points of equal score in an order of their own (Qdrant Edge's fusion
-    changed it from one process to the next, and RRF scores tie often: each is a sum of 1/(k + rank)), so
-    which of them make the cut, and in what order, would otherwise not depend on the index alone. Each
-    ranking is read one point deeper than it keeps, and read again deeper (only the rankings that need it,
-    batched again) while the last point read ties with the last one kept, up to `MAX_TIE_READ` past it."""
-    out: list[list[Ranked]] = [[] for _ in wanted]
-    depth = {i: read[3] + 1 for i, read in enumerate(wanted) if read[3] > 0}
-    while depth:
-        pending = list(depth)
-        lists = fetch([(*wanted[i][:3], depth[i]) for i in pending])
-        for i, points in zip(pending, lists, strict=True):
-            keep, n = wanted[i][3], depth[i]
-            got = sorted(points, key=rank_order)
-            if len(got) < n or got[-1].score < got[keep - 1].score or n >= keep + MAX_TIE_READ:
-                out[i] = got[:keep]
-                del depth[i]
-            else:
-                depth[i] = min(2 * n, keep + MAX_TIE_READ)
+def _shared_tie(
+    engine: Callable[[Sequence[Read]], list[list[Scored]]],
+    read: Read,
+    points: list[Scored],
+    dense_list: Sequence[Scored],
+    limit: int,
+) -> list[Scored] | None:
+    """The sparse candidates of a hybrid ranking from its first read (`points`, one past its limit),
+    without reading on through a tie at the cut when that cannot change the fused top `limit`; None when
+    the list must be `settled`. A tie that starts at rank r >= `limit` gives each of its points
+    1 / (RRF_K + r) < 1 / (RRF_K + limit - 1), the least that each of the dense list's first `limit` points
+    scores, so a point of the tie outside the dense list never reaches the fused top `limit`. The points of
+    the tie that matter are then those of the dense list, and one read restricted to them finds which of
+    them tie. A sparse read often ends in a long tie (short queries, chunks of like length), which would
+    otherwise be read to its end, up to `MAX_TIE_READ` points."""
+    depth = read.limit
+    got = sorted(points, key=_order)
+    if len(got) <= depth or got[depth][1] < got[depth - 1][1]:
+        return None  # no tie across the cut: nothing to read past it
+    tie = got[depth][1]
+    start = next(i for i, p in enumerate(got) if p[1] <= tie)
+    if start < limit:
+        return None
+    seen = {p[0] for p in got}
+    unseen = [p[0] for p in dense_list if p[0] not in seen]
+    found = engine([read._replace(limit=len(unseen), among=unseen)])[0] if unseen else []
+    tied = [p for p in got[start:] if p[1] >= tie] + [p for p in found if _same(p[1], tie)]
+    return got[:start] + sorted(((pid, tie, pl) for pid, _, pl in tied), key=_order)
+
+
+def _same(a: float, b: float) -> bool:
+    """Equal scores, as two reads compute them (the order of a float32 sum may differ between them)."""
+    return abs(a - b) <= 1e-6 * max(abs(a), abs(b))
+
+
+# A point of a ranking before its fields are read: (id, score, fields or None, cosine, BM25 score).
+_Kept = tuple[Any, float, dict[str, Any] | None, float | None, float | None]
+
+
+def _described(fields: Callable[[Sequence[Any]], dict[Any, dict[str, Any]]], kept: Sequence[_Kept]) -> list[Ranked]:
+    missing = [p[0] for p in kept if p[2] is None]
+    found = fields(missing) if missing else {}
+    out = []
+    for pid, score, payload, similarity, keyword_score in kept:
+        pl = payload if payload is not None else found.get(pid)
+        if pl is not None:
+            out.append(Ranked(str(pid), score, pl["file_id"], pl["revision"], similarity, keyword_score))
     return out
 
 
-def fused(rankings: Sequence[Sequence[Ranked]], limit: int) -> list[Ranked]:
-    """Reciprocal rank fusion of `rankings` (each in `rank_order`), by Qdrant's formula: a point scores the
-    sum, over the rankings that hold it, of 1 / (RRF_K + its rank), ranks counted from 0. Points of equal
-    score in a ranking share its rank (the number of points scored above them): the engine's own fusion
-    numbers tied points one after another in an order that follows insertion, or the process, so copies of
-    one passage in two files would score apart, and which one came first would decide. A point carries the
-    cosine of the dense ranking and the BM25 score of the sparse one when those hold it."""
-    score: dict[str, float] = {}
-    seen: dict[str, Ranked] = {}
-    for ranking in rankings:
-        rank, above = 0, math.inf
-        for i, r in enumerate(ranking):
-            if r.score < above:
-                rank, above = i, r.score
-            score[r.point_id] = score.get(r.point_id, 0.0) + 1.0 / (RRF_K + rank)
-            first = seen.get(r.point_id)
-            if first is None:
-                seen[r.point_id] = r._replace(score=0.0)
+def settled(
+    fetch: Callable[[Sequence[Read]], list[list[Scored]]],
+    wanted: Sequence[Read],
+    first: Sequence[list[Scored]] | None = None,
+) -> list[list[Scored]]:
+    """For each of `wanted`'s reads (limit = the points to keep), the best points of that ranking by score
+    and then by point id, from `fetch`, which answers a batch of reads with each one's top points in the
+    engine's order (`first`: what the caller read already, one point past each limit). Engines return
+    points of equal score in an order of their own (Qdrant Edge's fusion changed it from one process to
+    the next), so which of them make the cut, and in what order, would otherwise not depend on the index
+    alone. Each ranking is read one point deeper than it keeps, and read again deeper (`TIE_GROWTH`; only
+    the rankings that need it, batched again, and only down to just under the tied score) while the last
+    point read ties with the last one kept, up to `MAX_TIE_READ` past it. A read with `whole_ties`
+    keeps every point of that tie."""
+    out: list[list[Scored]] = [[] for _ in wanted]
+    reads = {i: read._replace(limit=read.limit + 1) for i, read in enumerate(wanted) if read.limit > 0}
+    lists = [first[i] for i in reads] if first is not None else None
+    while reads:
+        pending = list(reads)
+        if lists is None:
+            lists = fetch([reads[i] for i in pending])
+        for i, points in zip(pending, lists, strict=True):
+            keep, n = wanted[i].limit, reads[i].limit
+            got = sorted(points, key=_order)
+            if len(got) < n or got[-1][1] < got[keep - 1][1] or n >= keep + MAX_TIE_READ:
+                last = got[keep - 1][1] if len(got) >= keep else -math.inf
+                out[i] = [p for p in got if p[1] >= last] if wanted[i].whole_ties else got[:keep]
+                del reads[i]
             else:
-                seen[r.point_id] = first._replace(
-                    similarity=first.similarity if first.similarity is not None else r.similarity,
-                    keyword_score=first.keyword_score if first.keyword_score is not None else r.keyword_score,
-                )
-    out = [seen[pid]._replace(score=s) for pid, s in score.items()]
-    out.sort(key=rank_order)
-    return out[:limit]
+                # An engine may keep or drop a point scoring exactly the threshold (qdrant-client's local
+                # mode drops it), and scores are float32 in some engines: the threshold sits a little under.
+                tie = got[keep - 1][1]
+                at_least = tie - max(abs(tie), 1e-30) * 1e-5
+                deeper = TIE_GROWTH * n if wanted[i].using == DENSE else keep + MAX_TIE_READ
+                reads[i] = reads[i]._replace(limit=min(deeper, keep + MAX_TIE_READ), at_least=at_least)
+        lists = None
+    return out
+
+
+def _order(p: Scored) -> tuple[float, str]:
+    return (-p[1], p[0])
+
+
+def fused(rankings: Sequence[Sequence[Scored]], limit: int) -> list[_Kept]:
+    """Reciprocal rank fusion of a dense and a sparse ranking (each in score order, then by point id), by
+    Qdrant's formula: a point scores the sum, over the rankings that hold it, of 1 / (RRF_K + its rank),
+    ranks counted from 0. Points of equal score in a ranking share its rank (the number of points scored
+    above them): the engine's own fusion numbers tied points one after another in an order that follows
+    insertion, or the process, so copies of one passage in two files would score apart, and which one came
+    first would decide. A point carries the cosine of the dense ranking and the BM25 score of the sparse one
+    when those hold it."""
+    score: dict[str, float] = {}
+    payload: dict[str, dict[str, Any] | None] = {}
+    of_mode: tuple[dict[str, float], dict[str, float]] = ({}, {})
+    for ranking, given in zip(rankings, of_mode, strict=True):
+        rank, above = 0, math.inf
+        for i, (pid, s, pl) in enumerate(ranking):
+            if s < above:
+                rank, above = i, s
+            score[pid] = score.get(pid, 0.0) + 1.0 / (RRF_K + rank)
+            given[pid] = s
+            if payload.get(pid) is None:
+                payload[pid] = pl
+    best = sorted(score.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
+    return [(pid, s, payload[pid], of_mode[0].get(pid), of_mode[1].get(pid)) for pid, s in best]
 
 
 def rank_order(r: Ranked) -> tuple[float, str]:
@@ -213,19 +280,26 @@ def hits_from(workspace: str, ranked: Sequence[Ranked], records: Iterable[Any], 
     `payload` and `vector`, as both engines' clients return them). A point no longer there, or of another
     workspace, is left out. The cosine a ranking did not give is the dot product of the stored dense vector
     with `dense` (stored vectors are unit length)."""
-    found = {str(r.id): r for r in records}
-    query = np.asarray(dense, dtype=np.float32) if dense is not None else None
+    # Each of a record's `payload` and `vector` is read once: Qdrant Edge's records build them anew on
+    # every access (the whole payload, text and all).
+    found = {str(r.id): (r.payload or {}, r.vector) for r in records}
+    missing = [r.point_id for r in ranked if r.similarity is None and r.point_id in found]
+    cosines: dict[str, float] = {}
+    if dense is not None and missing:
+        vectors = [found[pid][1] for pid in missing]
+        kept = [(pid, v[DENSE]) for pid, v in zip(missing, vectors, strict=True) if isinstance(v, dict) and DENSE in v]
+        if kept:
+            matrix = np.asarray([v for _, v in kept], dtype=np.float32)
+            products = matrix @ np.asarray(dense, dtype=np.float32)
+            cosines = {pid: float(x) for (pid, _), x in zip(kept, products, strict=True)}
     hits = []
     for r in ranked:
-        record = found.get(r.point_id)
-        if record is None or (record.payload or {}).get("workspace") != workspace:
+        payload, _ = found.get(r.point_id, (None, None))
+        if payload is None or payload.get("workspace") != workspace:
             continue
-        payload = record.payload
-        vector = record.vector.get(DENSE) if isinstance(record.vector, dict) else None
         hit = hit_of(r.point_id, r.score, payload)
-        hit.similarity, hit.keyword_score = r.similarity, r.keyword_score
-        if hit.similarity is None and query is not None and vector is not None:
-            hit.similarity = float(np.dot(np.asarray(vector, dtype=np.float32), query))
+        hit.similarity = r.similarity if r.similarity is not None else cosines.get(r.point_id)
+        hit.keyword_score = r.keyword_score
         hits.append(hit)
     return hits
 
@@ -257,6 +331,9 @@ class Conditions:
         raise NotImplementedError
 
     def any(self, should: Sequence[Any]) -> Any:
+        raise NotImplementedError
+
+    def has_id(self, point_ids: Sequence[str]) -> Any:
         raise NotImplementedError
 
     def equals(self, key: str, value: Any) -> Any:

@@ -25,8 +25,8 @@ from stores.points import (
     SPARSE,
     Conditions,
     Read,
+    Scored,
     ScrolledReads,
-    Triples,
     hits_from,
     model_mismatch_message,
     payload_of,
@@ -51,6 +51,9 @@ class _ClientConditions(Conditions):
 
     def any(self, should: Sequence[Any]) -> models.Filter:
         return models.Filter(should=list(should))
+
+    def has_id(self, point_ids: Sequence[str]) -> models.HasIdCondition:
+        return models.HasIdCondition(has_id=list(point_ids))
 
 
 _WHERE = _ClientConditions()
@@ -175,16 +178,29 @@ class QdrantIndex(ScrolledReads):
         qfilter = _WHERE.where(workspace, flt)
         sparse_vec = models.SparseVector(indices=sparse[0], values=sparse[1]) if sparse and sparse[0] else None
 
-        def nearest(reads: Sequence[Read]) -> list[Triples]:
+        def nearest(reads: Sequence[Read]) -> list[list[Scored]]:
+            # With the ranking fields: to a server, another round trip costs more than reading them here.
             requests = [
-                models.QueryRequest(query=vector, using=using, filter=qfilter, limit=n, with_payload=RANKING_FIELDS)
-                for vector, using, _, n in reads
+                models.QueryRequest(
+                    query=r.vector,
+                    using=r.using,
+                    filter=qfilter if r.among is None else _WHERE.all([qfilter, _WHERE.has_id(r.among)]),
+                    limit=r.limit,
+                    score_threshold=r.at_least,
+                    with_payload=RANKING_FIELDS,
+                )
+                for r in reads
             ]
             with self._guard():  # one round trip for both lists of a hybrid query
                 responses = self.client.query_batch_points(self.collection, requests=requests)
             return [[(str(p.id), p.score, p.payload or {}) for p in res.points] for res in responses]
 
-        return ranking(nearest, mode, dense, sparse_vec, limit)
+        def fields(ids: Sequence[str]) -> dict[str, dict[str, Any]]:  # not called: every read carries them
+            with self._guard():
+                records = self.client.retrieve(self.collection, ids=list(ids), with_payload=RANKING_FIELDS)
+            return {str(r.id): r.payload or {} for r in records}
+
+        return ranking(nearest, fields, mode, dense, sparse_vec, limit)
 
     def hits(self, workspace: str, ranked: Sequence[Ranked], dense: list[float] | None) -> list[Hit]:
         if not ranked:
@@ -206,7 +222,7 @@ class QdrantIndex(ScrolledReads):
             return {}
         if not sparse[0]:
             return dict.fromkeys(point_ids, 0.0)
-        qfilter = _WHERE.all([_WHERE.match("workspace", workspace), models.HasIdCondition(has_id=list(point_ids))])
+        qfilter = _WHERE.all([_WHERE.match("workspace", workspace), _WHERE.has_id(point_ids)])
         with self._guard():
             res = self.client.query_points(
                 self.collection,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import subprocess
 import sys
 import tempfile
@@ -27,7 +28,7 @@ from app.container import build_index
 from app.settings import IndexBackend, Settings
 from stores.edge import EdgeIndex
 from stores.errors import EmbeddingModelMismatchError, StoreLockedError
-from stores.points import point_id
+from stores.points import MIN_PREFETCH, RRF_K, point_id
 from stores.ports import Chunk, IndexPoint, SearchFilter, SearchMode, VectorIndex
 from stores.qdrant import QdrantIndex
 
@@ -373,6 +374,58 @@ class TestVectorIndexContract:
         finally:
             idx.close()
 
+    @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(
+        above=st.integers(0, 14),
+        tied=st.integers(30, 80),
+        misses=st.integers(0, 6),
+        limit=st.sampled_from([1, 5, 10]),
+        seed=st.integers(0, 2**16),
+    )
+    def test_a_hybrid_ranking_is_the_fusion_of_its_two_whole_lists(
+        self, kind: str, above: int, tied: int, misses: int, limit: int, seed: int
+    ) -> None:
+        """A sparse list often ends in a long tie (short queries). Whether the tie is read to its end or,
+        when it cannot reach the top `limit`, only for the dense list's points, a hybrid ranking is RRF of
+        the dense and sparse lists cut at `MIN_PREFETCH` with every point tied at a cut kept at its shared
+        rank: computed here from the two full rankings, in whatever order the points were written."""
+        rng = random.Random(seed)
+        weights = [3.0] * above + [1.0] * tied + [0.0] * misses
+        points = [
+            point(
+                f"f{i:03d}",
+                dense=unit(*(rng.uniform(-1, 1) for _ in range(DIM))),
+                sparse=([42], [w]) if w else ([7], [1.0]),
+            )
+            for i, w in enumerate(weights)
+        ]
+        rng.shuffle(points)
+        idx = open_index(kind, Path(tempfile.mkdtemp(prefix="eventrag-fusion-")))
+        try:
+            idx.ensure_ready(MODEL, DIM)
+            for i in range(0, len(points), 17):
+                idx.upsert(points[i : i + 17])
+            query = unit(*(rng.uniform(-1, 1) for _ in range(DIM)))
+            args: dict[str, Any] = {"dense": query, "sparse": ([42], [1.0])}
+            everything = len(points)
+            lists = [idx.rank("acme", **args, mode=m, limit=everything) for m in (SearchMode.DENSE, SearchMode.SPARSE)]
+            assert len(lists[1]) == above + tied and len({r.score for r in lists[1][above:]}) == 1  # they tie
+            expected: dict[str, float] = {}
+            for ranked in lists:
+                cut = [r for r in ranked if r.score >= ranked[min(MIN_PREFETCH, len(ranked)) - 1].score]
+                for r in cut:
+                    rank = next(i for i, other in enumerate(cut) if other.score == r.score)
+                    expected[r.point_id] = expected.get(r.point_id, 0.0) + 1.0 / (RRF_K + rank)
+            best = sorted(expected.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
+            hybrid = idx.rank("acme", **args, mode=SearchMode.HYBRID, limit=limit)
+            assert [r.point_id for r in hybrid] == [pid for pid, _ in best]
+            assert [r.score for r in hybrid] == pytest.approx([score for _, score in best])
+            sparse_of = {r.point_id: r.score for r in lists[1]}
+            for r in hybrid:  # the BM25 score when the sparse list holds the point
+                assert r.keyword_score is None or r.keyword_score == pytest.approx(sparse_of[r.point_id])
+        finally:
+            idx.close()
+
     def test_the_index_records_its_model(self, kind: str, tmp_path: Path) -> None:
         idx = open_index(kind, tmp_path)
         assert idx.recorded_model() is None  # nothing created yet, and asking creates nothing
@@ -473,28 +526,46 @@ def test_a_hybrid_question_is_one_round_trip_to_a_qdrant_server(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Against a Qdrant server each client call is a network round trip: the dense and sparse lists of a
-    hybrid ranking go in one batch, and a ranking whose last points tie reads deeper in another batch
-    only for the list that needs it."""
+    hybrid ranking go in one batch with the fields a ranking needs (no read of them afterwards), and a
+    ranking whose last points tie reads deeper in another batch only for the list that needs it, and
+    only the points that can still tie."""
     idx = QdrantIndex(QdrantClient(path=str(tmp_path / "qdrant")), "eventrag")
     idx.ensure_ready(MODEL, DIM)
     idx.upsert(TIED_POINTS)
     calls: list[list[int]] = []
+    thresholds: list[list[float | None]] = []
     batch = idx.client.query_batch_points
 
     def counted(collection_name: str, requests: Any, **kw: Any) -> Any:
         calls.append([r.limit for r in requests])
+        thresholds.append([r.score_threshold for r in requests])
         return batch(collection_name, requests=requests, **kw)
 
     monkeypatch.setattr(idx.client, "query_batch_points", counted)
     monkeypatch.setattr(idx.client, "query_points", lambda *a, **kw: pytest.fail("a read outside the batch"))
+    monkeypatch.setattr(idx.client, "retrieve", lambda *a, **kw: pytest.fail("a read outside the batch"))
     ranked = idx.rank("acme", dense=unit(1.0), sparse=([42], [1.0]), mode=SearchMode.HYBRID, limit=3)
     assert len(ranked) == 3 and calls == [[51, 51]]  # both lists, one past MIN_PREFETCH, in one call
     calls.clear()
+    thresholds.clear()
     # Dense alone, kept to 2: "lead", then six twins tied for second: the cut falls inside the tie.
     ranked = idx.rank("acme", dense=unit(1.0), sparse=None, mode=SearchMode.DENSE, limit=2)
     first_twin = min((p for p in TIED_POINTS if p.file_id.startswith("twin")), key=p_id)
     assert [r.point_id for r in ranked] == [p_id(TIED_POINTS[6]), p_id(first_twin)]
-    assert calls == [[3], [6], [12]]  # read one deeper than kept, then twice as deep while the last two tie
+    # Read one deeper than kept, then (the last two tie) four times as deep, down to just under the tie:
+    # the lead and the six twins, fewer than asked for, so the whole tie is in.
+    assert calls == [[3], [12]]
+    twin_score = sum(a * b for a, b in zip(unit(1.0), first_twin.dense, strict=True))
+    assert thresholds[0] == [None] and thresholds[1][0] is not None
+    assert twin_score - 1e-4 < thresholds[1][0] < twin_score
+    # A sparse list that ends in a long tie, from rank 20 on: past the fused top 10's reach, so it is not
+    # read to its end; one read restricted to the dense list's points finds which of them tie.
+    idx.upsert(
+        [point(f"kw{i:02d}", dense=unit(1.0, 0.2 + i / 20), sparse=([77], [3.0 if i < 20 else 1.0])) for i in range(80)]
+    )
+    calls.clear()
+    ranked = idx.rank("acme", dense=unit(1.0), sparse=([77], [1.0]), mode=SearchMode.HYBRID, limit=10)
+    assert len(ranked) == 10 and calls[0] == [51, 51] and len(calls) == 2 and calls[1][0] <= 51
     idx.close()
 
 
