@@ -242,7 +242,7 @@ def settled(
     return out
 
 
-def _order(p: Scored) -> tuple[float, str]:
+def _order(p: Scored) -> tuple[float, Any]:
     return (-p[1], p[0])
 
 

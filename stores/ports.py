@@ -492,13 +492,15 @@ class VectorIndex(Protocol):
       ranks (`Hit.score`); whatever the mode, when `dense` is given every hit carries `similarity` (its
       cosine to `dense`), and in sparse mode `keyword_score` too (equal to `score`).
     - `search` is `rank` then `hits`, and callers that drop or group hits call the two themselves: `rank`
-      reads only the file and revision of each point (a deep ranking of a thousand points would otherwise
-      spend most of its time turning payloads it throws away into Python), `hits` reads the passages of
-      the points kept, in the order given, with `similarity` and `keyword_score` as `search` gives them. A
-      point deleted since it was ranked (its file switched revisions) is absent from `hits`.
+      reads only ids and scores, and the file and revision of the points it keeps (a deep ranking of a
+      thousand points would otherwise spend most of its time reading payloads it throws away), `hits`
+      reads the passages of the points kept, in the order given, with `similarity` and `keyword_score` as
+      `search` gives them. A point deleted since it was ranked (its file switched revisions) is absent
+      from `hits`.
     - `rank` orders by score, and points of equal score by point id (`stores.points.settled`): engines give
       tied points in an order of their own (Qdrant Edge's fusion changes it from one process to the next),
-      and which of them make the cut must depend only on what is indexed.
+      and which of them make the cut must depend only on what is indexed. A hybrid ranking fuses two
+      candidate lists that each keep every point tied at their cut, at the rank they share.
     - `keyword_scores` is the BM25 score of each of `point_ids` (of `workspace`) for the sparse query: the
       score a sparse search would give it, 0.0 for a point that holds none of the query's terms. Callers
       ask it for the few hits they keep, since a fused (hybrid) or dense ranking does not carry it.
