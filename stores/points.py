@@ -123,7 +123,7 @@ Scored = tuple[Any, float, dict[str, Any] | None]
 
 def ranking(
     engine: Callable[[Sequence[Read]], list[list[Scored]]],
-    fields: Callable[[Sequence[Any]], dict[Any, dict[str, Any]]],
+    fields: Callable[[Sequence[Any]], dict[Any, dict[str, Any]]] | None,
     mode: SearchMode,
     dense: list[float] | None,
     sparse: Any | None,
@@ -131,7 +131,8 @@ def ranking(
 ) -> list[Ranked]:
     """`VectorIndex.rank` from an engine's batched read, `engine(reads)`: for each read, the top points by
     that vector (`sparse` is the engine's sparse vector, None without terms), and `fields(ids)`, the
-    `RANKING_FIELDS` of the points the engine read without them (a point no longer there is left out). The
+    `RANKING_FIELDS` of the points the engine read without them (a point no longer there is left out;
+    None for an engine whose reads always carry them). The
     reads of one ranking go to the engine together (one round trip to a Qdrant server, one read section of
     an Edge shard). Each list is `settled`; hybrid is `fused` here rather than by the engine's RRF, which
     numbers tied points in an order of its own. Both lists are read under the caller's filter (the workspace
@@ -192,9 +193,12 @@ def _same(a: float, b: float) -> bool:
 _Kept = tuple[Any, float, dict[str, Any] | None, float | None, float | None]
 
 
-def _described(fields: Callable[[Sequence[Any]], dict[Any, dict[str, Any]]], kept: Sequence[_Kept]) -> list[Ranked]:
+def _described(
+    fields: Callable[[Sequence[Any]], dict[Any, dict[str, Any]]] | None, kept: Sequence[_Kept]
+) -> list[Ranked]:
     missing = [p[0] for p in kept if p[2] is None]
-    found = fields(missing) if missing else {}
+    assert fields is not None or not missing, "the engine read points without their fields"
+    found = fields(missing) if fields is not None and missing else {}
     out = []
     for pid, score, payload, similarity, keyword_score in kept:
         pl = payload if payload is not None else found.get(pid)

@@ -195,12 +195,7 @@ class QdrantIndex(ScrolledReads):
                 responses = self.client.query_batch_points(self.collection, requests=requests)
             return [[(str(p.id), p.score, p.payload or {}) for p in res.points] for res in responses]
 
-        def fields(ids: Sequence[str]) -> dict[str, dict[str, Any]]:  # not called: every read carries them
-            with self._guard():
-                records = self.client.retrieve(self.collection, ids=list(ids), with_payload=RANKING_FIELDS)
-            return {str(r.id): r.payload or {} for r in records}
-
-        return ranking(nearest, fields, mode, dense, sparse_vec, limit)
+        return ranking(nearest, None, mode, dense, sparse_vec, limit)  # every read carries the fields
 
     def hits(self, workspace: str, ranked: Sequence[Ranked], dense: list[float] | None) -> list[Hit]:
         if not ranked:
