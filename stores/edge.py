@@ -89,7 +89,7 @@ class _EdgeConditions(Conditions):
     def any(self, should: Sequence[Any]) -> qe.Filter:
         return qe.Filter(should=list(should))
 
-    def has_id(self, point_ids: Sequence[str]) -> qe.HasIdCondition:
+    def has_id(self, point_ids: Sequence[Any]) -> qe.HasIdCondition:
         return qe.HasIdCondition(set(point_ids))
 
     def equals(self, key: str, value: Any) -> Any:
@@ -385,7 +385,7 @@ class EdgeIndex(ScrolledReads):
                 qe.QueryRequest(
                     limit=r.limit,
                     query=qe.Query.Nearest(r.vector, using=r.using),
-                    filter=qfilter if r.among is None else _WHERE.all([qfilter, _WHERE.has_id(r.among)]),
+                    filter=_WHERE.of_read(qfilter, r),
                     score_threshold=r.at_least,
                     with_payload=False,
                 )

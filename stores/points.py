@@ -109,7 +109,7 @@ class Read(NamedTuple):
     using: str
     limit: int
     at_least: float | None = None
-    among: Sequence[str] | None = None
+    among: Sequence[Any] | None = None
     whole_ties: bool = False
 
 
@@ -337,8 +337,12 @@ class Conditions:
     def any(self, should: Sequence[Any]) -> Any:
         raise NotImplementedError
 
-    def has_id(self, point_ids: Sequence[str]) -> Any:
+    def has_id(self, point_ids: Sequence[Any]) -> Any:
         raise NotImplementedError
+
+    def of_read(self, flt: Any, read: Read) -> Any:
+        """The filter of one ranking read: the caller's, kept to `read.among` when the read names points."""
+        return flt if read.among is None else self.all([flt, self.has_id(read.among)])
 
     def equals(self, key: str, value: Any) -> Any:
         """Equality for any JSON scalar: keywords, integers and booleans match exactly; a float has no exact

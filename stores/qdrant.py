@@ -52,7 +52,7 @@ class _ClientConditions(Conditions):
     def any(self, should: Sequence[Any]) -> models.Filter:
         return models.Filter(should=list(should))
 
-    def has_id(self, point_ids: Sequence[str]) -> models.HasIdCondition:
+    def has_id(self, point_ids: Sequence[Any]) -> models.HasIdCondition:
         return models.HasIdCondition(has_id=list(point_ids))
 
 
@@ -184,7 +184,7 @@ class QdrantIndex(ScrolledReads):
                 models.QueryRequest(
                     query=r.vector,
                     using=r.using,
-                    filter=qfilter if r.among is None else _WHERE.all([qfilter, _WHERE.has_id(r.among)]),
+                    filter=_WHERE.of_read(qfilter, r),
                     limit=r.limit,
                     score_threshold=r.at_least,
                     with_payload=RANKING_FIELDS,
