@@ -102,6 +102,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, set[s
         default="ingest,resync,query,cold,search,optimize",
         help=f"comma-separated, of {', '.join(SECTIONS)}",
     )
+    parser.add_argument(
+        "--terms",
+        default="text",
+        choices=("text", "flat"),
+        help="synthetic sparse vectors of the search and optimize sections: text-shaped (BM25 values, calibrated "
+        "on SciFact) or flat (every value 1.0: the worst case for ties)",
+    )
     parser.add_argument("--optimize-size", type=int, default=50000, help="chunks for the online optimize bench")
     parser.add_argument(
         "--peers", action="store_true", help='also LlamaIndex and LangChain (the extra: pip install -e ".[bench]")'
@@ -223,11 +230,11 @@ def main(argv: list[str] | None = None) -> int:
 
         rows = []
         for size in [int(x) for x in args.sizes.split(",") if x]:
-            edge = measure("edge", size, 200)
+            edge = measure("edge", size, 200, terms=args.terms)
             rows.append(edge)
             print(f"  edge {size}: p50 {edge['hybrid_p50_ms']} ms", flush=True)
             if size <= args.local_max:
-                local = measure("qdrant-local", size, 20 if size > 10000 else 50)
+                local = measure("qdrant-local", size, 20 if size > 10000 else 50, terms=args.terms)
                 local["edge_speedup_p50"] = round(local["hybrid_p50_ms"] / edge["hybrid_p50_ms"], 1)
                 rows.append(local)
                 print(f"  local {size}: p50 {local['hybrid_p50_ms']} ms", flush=True)
@@ -252,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     if "optimize" in sections:
         from bench.online_optimize import measure_online
 
-        online = measure_online(args.optimize_size)
+        online = measure_online(args.optimize_size, terms=args.terms)
         report["optimize"] = online
         stalls = online.pop("longest_stall_ms")
         emit(_table("Edge optimized online while serving (synthetic, clustered vectors)", [online], list(online)))

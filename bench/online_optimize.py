@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import median, percentile
-from bench.search import DIM, VOCAB, _points
+from bench.search import DIM, Terms, _points
 from stores.ports import SearchMode
 
 
@@ -61,17 +61,16 @@ class _Ticker:
         return max((g for t, g in self.gaps if start <= t - g - 0.001 <= end), default=0.0)
 
 
-def _query(rng: np.random.Generator) -> tuple[list[float], tuple[list[int], list[float]]]:
+def _query(rng: np.random.Generator, terms: Terms) -> tuple[list[float], tuple[list[int], list[float]]]:
     q = rng.standard_normal(DIM).astype(np.float32)
     q /= np.linalg.norm(q)
-    terms = sorted({int(t) for t in rng.zipf(1.3, 6) % VOCAB})
-    return q.tolist(), (terms, [1.0] * len(terms))
+    return q.tolist(), terms.query(rng)
 
 
-def _hybrid_latencies(index: Any, rng: np.random.Generator, n: int) -> list[float]:
+def _hybrid_latencies(index: Any, rng: np.random.Generator, n: int, terms: Terms) -> list[float]:
     out = []
     for _ in range(n):
-        dense, sparse = _query(rng)
+        dense, sparse = _query(rng, terms)
         t0 = time.perf_counter()
         index.search("bench", dense=dense, sparse=sparse, mode=SearchMode.HYBRID, limit=25)
         out.append(time.perf_counter() - t0)
@@ -82,11 +81,11 @@ def _ms(x: float) -> float:
     return round(x * 1000, 2)
 
 
-def _clustered_points(rng: np.random.Generator, centers: np.ndarray, start: int, n: int) -> list[Any]:
+def _clustered_points(rng: np.random.Generator, centers: np.ndarray, start: int, n: int, terms: Terms) -> list[Any]:
     """`bench.search`'s points with dense vectors drawn around a few hundred centres: like real embeddings,
     they have structure. (Independent random 384-d vectors are HNSW's worst case: after any optimize,
     in place or online, recall@10 on them was 0.39 to 0.42 at 20,000 points; on these, 1.0.)"""
-    points = _points(rng, start, n)
+    points = _points(rng, start, n, terms)
     vecs = centers[rng.integers(0, len(centers), n)] + 0.35 * rng.standard_normal((n, DIM)).astype(np.float32)
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
     return [replace(p, dense=v.tolist()) for p, v in zip(points, vecs, strict=True)]
@@ -96,8 +95,9 @@ class _Load:
     """What a serving process does meanwhile: queries back to back in this thread (5 ms apart) and a
     writer thread upserting 20 points of another workspace every `write_every` seconds."""
 
-    def __init__(self, index: Any, seed: int, write_every: float) -> None:
+    def __init__(self, index: Any, seed: int, write_every: float, terms: Terms) -> None:
         self.index = index
+        self.terms = terms
         self.write_every = write_every
         self.rng = np.random.default_rng(seed)
         self.queries: list[float] = []
@@ -112,7 +112,7 @@ class _Load:
             # Another workspace's files: the probes' exact answers (workspace "bench") stay the same.
             batch = [
                 replace(p, workspace="other")
-                for p in _points(wrng, 10_000_000 + self._seed * 100_000 + self.written, 20)
+                for p in _points(wrng, 10_000_000 + self._seed * 100_000 + self.written, 20, self.terms)
             ]
             t0 = time.perf_counter()
             self.index.upsert(batch)
@@ -124,7 +124,7 @@ class _Load:
         writer.start()
         try:
             while not until():
-                dense, sparse = _query(self.rng)
+                dense, sparse = _query(self.rng, self.terms)
                 t0 = time.perf_counter()
                 self.index.search("bench", dense=dense, sparse=sparse, mode=SearchMode.HYBRID, limit=25)
                 self.queries.append(time.perf_counter() - t0)
@@ -155,11 +155,13 @@ def measure_online(
     baseline_seconds: float = 30.0,
     incremental: int = 10_000,
     seed: int = 11,
+    terms: str = "text",
 ) -> dict[str, Any]:
     from stores.edge import EdgeIndex
     from stores.edge_rebuild import optimize_online
 
     rng = np.random.default_rng(seed)
+    shape = Terms(terms)
     centers = rng.standard_normal((300, DIM)).astype(np.float32)
     with tempfile.TemporaryDirectory(prefix="bench-online-") as tmp:
         marks: dict[str, float] = {}
@@ -170,8 +172,8 @@ def measure_online(
         index = EdgeIndex(Path(tmp) / "edge", fault=mark)
         index.ensure_ready("bench/synthetic", DIM)
         for start in range(0, size, 2000):
-            index.upsert(_clustered_points(rng, centers, start, min(2000, size - start)))
-        before = _hybrid_latencies(index, rng, queries)
+            index.upsert(_clustered_points(rng, centers, start, min(2000, size - start), shape))
+        before = _hybrid_latencies(index, rng, queries, shape)
         probes = []
         for _ in range(50):
             q = centers[rng.integers(0, len(centers))] + 0.35 * rng.standard_normal(DIM).astype(np.float32)
@@ -182,7 +184,7 @@ def measure_online(
         ]
 
         # The same load without an optimize first: what this machine does to the figures on its own.
-        baseline = _Load(index, seed + 2, write_every)
+        baseline = _Load(index, seed + 2, write_every, shape)
         with _Ticker() as quiet:
             t_end = time.perf_counter() + baseline_seconds
             baseline.run(lambda: time.perf_counter() > t_end)
@@ -196,7 +198,7 @@ def measure_online(
             except BaseException as exc:
                 failure.append(exc)
 
-        during = _Load(index, seed + 3, write_every)
+        during = _Load(index, seed + 3, write_every, shape)
         with _Ticker() as ticker:
             started = time.perf_counter()
             optimizer = threading.Thread(target=run)
@@ -215,7 +217,7 @@ def measure_online(
         stalls = {name: _ms(ticker.longest(a, b)) for name, a, b in steps}
 
         count_ok = index.points_count() == size + baseline.written + during.written
-        after = _hybrid_latencies(index, rng, queries)
+        after = _hybrid_latencies(index, rng, queries, shape)
         recall = [
             len(
                 set(e)
@@ -227,7 +229,7 @@ def measure_online(
 
         # The alternative: optimize in place, in steps. One step = the points written since.
         for start in range(0, incremental, 2000):
-            index.upsert(_clustered_points(rng, centers, 20_000_000 + start, min(2000, incremental - start)))
+            index.upsert(_clustered_points(rng, centers, 20_000_000 + start, min(2000, incremental - start), shape))
         with _Ticker() as step_ticker:
             t0 = time.perf_counter()
             index.optimize()
@@ -236,6 +238,7 @@ def measure_online(
 
     return {
         "chunks": size,
+        "terms": terms,
         "before_p50_ms": _ms(median(before)),
         "before_p99_ms": _ms(percentile(before, 99)),
         **baseline.figures("baseline"),

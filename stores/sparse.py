@@ -27,7 +27,7 @@ import re
 import threading
 import unicodedata
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import Stemmer
 
@@ -177,6 +177,11 @@ class Bm25Encoder:
             if index is not None:
                 term_freqs[index] = term_freqs.get(index, 0) + n
                 length += n
+        return self.document_vector(term_freqs, length)
+
+    def document_vector(self, term_freqs: Mapping[int, int], length: int) -> SparseVector:
+        """The BM25 vector of a document of `length` indexable tokens whose terms occur `term_freqs[index]`
+        times (`encode_document` once the text is counted; the synthetic corpora of `bench` too)."""
         if not length:
             return [], []
         length_norm = self.k1 * (1.0 - self.b + self.b * length / self.avg_doc_tokens)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -70,6 +71,12 @@ class TestEncodeDocument:
         short = weight_of(encoder, "apple pear", "appl")
         long = weight_of(encoder, "apple " + " ".join(f"w{i}" for i in range(200)), "appl")
         assert long < short
+
+    def test_document_vector_is_encode_document_of_the_counted_text(self, encoder: Bm25Encoder) -> None:
+        text = "cells cells grow; cells divide and grow in tissue"
+        counts = Counter(encoder.token_index(t) for t in encoder.tokenize(text))
+        assert encoder.document_vector(counts, sum(counts.values())) == encoder.encode_document(text)
+        assert encoder.document_vector({}, 0) == ([], [])
 
     def test_encode_documents_matches_single(self, encoder: Bm25Encoder) -> None:
         texts = ["running fast", "", "p53 binds DNA"]
