@@ -95,6 +95,10 @@ class Recorder:
     def max_tokens(self) -> int:
         return int(self.inner.max_tokens)
 
+    @property
+    def call_tokens(self) -> int:
+        return int(self.inner.call_tokens)
+
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return list(self.inner.count_tokens(texts))
 

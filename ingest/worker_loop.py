@@ -4,7 +4,9 @@ Full batches: the embedding model is fastest on full, length-sorted batches, but
 `batch_size` events whose chunks rarely fill whole batches. So while claims come back full (more work is
 queued), only whole embedding batches are embedded; the plans whose texts would make the last, partial
 batch are *carried* (with their jobs, still leased) into the next round, where they are embedded first. A
-short claim, a plan carried `MAX_CARRY_ROUNDS` times, or a lease half gone embeds everything.
+short claim, a plan carried `MAX_CARRY_ROUNDS` times, or a lease half gone embeds everything. Within the
+texts embedded, `stores.embedding.padded_batches` may still end a batch early where the padding it saves
+pays for the extra model call.
 
 Pipelined: while one claim is embedded and written, a helper thread claims and prepares the next (fetch,
 parse, chunk: work that needs no model runs beside it, not before it). The queue never hands out two jobs

@@ -2,7 +2,8 @@
 
 `embed_with_cache` is the only way the worker embeds: it looks every text up in the content-addressed
 cache, sorts what is missing by token length *across all documents of the batch* (padding to the longest
-text of a batch is the main hidden cost of embedding on a CPU), and embeds the rest in batches.
+text of a batch is the main hidden cost of embedding on a CPU), and embeds the rest in batches cut where
+the padding saved pays for another model call (`padded_batches`).
 
 Cache keys include the workspace: a tenant reuses only vectors of its own passages, so neither the
 `reused` counts of `GET /documents` nor the time an upload takes can tell it what another tenant indexed.
@@ -41,6 +42,13 @@ def default_model_path() -> str:
 
 
 DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+# What one more torch call costs, in padded tokens (`Embedder.call_tokens`): fitted to the batch-size
+# measurements of docs/performance.md (120 SciFact abstracts, longest first, in batches of 32, 16 and 8) as
+# seconds = a * padded tokens + b * calls, b / a = 730 tokens (about three full 256-token texts). At torch's
+# batches of 32 the worker's rounds on SciFact's first 1,000 abstracts then pad 4.4% fewer tokens than full
+# batches, for 26% more calls.
+TORCH_CALL_TOKENS = 768
 
 
 class SentenceTransformerEmbedder:
@@ -84,6 +92,10 @@ class SentenceTransformerEmbedder:
         dim = getter()
         assert dim is not None
         return int(dim)
+
+    @property
+    def call_tokens(self) -> int:
+        return TORCH_CALL_TOKENS
 
     @property
     def max_tokens(self) -> int:
@@ -221,9 +233,17 @@ def embed_with_cache(
     `spans`: per text, the character spans (its units) to pool vectors for from the same forward pass
     (`Embedder.embed_with_units`); they are cached with the text's vector, as one entry.
 
+    The texts to embed are sorted longest first and cut into batches of at most `batch_size` by
+    `padded_batches` on their token counts (`token_counts`, else the embedder's): a batch is padded to its
+    longest text, so a run of long texts can go alone rather than pad shorter ones to its length.
+
     `whole_batches_only`: embed only as many of the missing texts (the first ones, in input order) as fill
     whole batches of `batch_size`; the others get None and wait for a later call (the worker loop carries
-    them into the next round, so the model never sees a partial batch while more work is queued).
+    them into the next round, where they are sorted among more texts). That rule picks *which* texts are
+    embedded, before and apart from the cut: the oldest go first whatever their length (a plan waiting for
+    a long text is not passed over round after round), and as a multiple of `batch_size` they can always
+    be cut into full batches, so the cut chosen pads no more than that, and splits a batch only where the
+    padding saved is worth another call (then the model does see a partial batch, on purpose).
 
     `tokens` (with `spans`, for an embedder that `TokenReuse`s): per text, its model input when the caller
     has it from the document's tokenization (`TokenReuse.span_tokens`), or None.
@@ -256,9 +276,14 @@ def embed_with_cache(
             length_of = dict(zip(order, embedder.count_tokens([texts[i] for i in order]), strict=True))
         # Longest first, so the first batch fails fast on memory and similar lengths share a batch.
         order.sort(key=lambda i: -length_of[i])
+        # A text longer than the window is truncated to it: it pads its batch to the window, no further.
+        window = embedder.max_tokens if order else 0
+        sizes = padded_batches([min(length_of[i], window) for i in order], batch_size, embedder.call_tokens)
         fresh: dict[str, Embedded] = {}
-        for b in range(0, len(order), batch_size):
-            part = order[b : b + batch_size]
+        start = 0
+        for size in sizes:
+            part = order[start : start + size]
+            start += size
             started = time.perf_counter()
             batch = [texts[i] for i in part]
             if spans is not None and tokens is not None and isinstance(embedder, TokenReuse):
@@ -280,6 +305,41 @@ def embed_with_cache(
             cache.put_many(embedder.model_id, {k: _pack(e, spans_of.get(k)) for k, e in keep.items()})
         found = {**found, **fresh}
     return [found.get(k) for k in keys], stats
+
+
+def padded_batches(lengths: Sequence[int], batch_size: int, call_overhead: int) -> list[int]:
+    """The sizes of the consecutive batches to cut texts of these token `lengths` into, in their order (the
+    caller sorts them longest first): each at most `batch_size`, together the cheapest cut, where a batch
+    costs its size times its longest text (the tokens the model runs on once it is padded) plus
+    `call_overhead` tokens (the embedder's `call_tokens`). On sorted lengths the cheapest cut is also the
+    cheapest grouping of the texts into batches of at most `batch_size`, consecutive or not: moving a text
+    into the batch of longer ones, in exchange for a shorter one, pads neither batch further.
+
+    Dynamic programming over suffixes, O(len(lengths) * batch_size): the cheapest cut of `lengths[i:]` is,
+    over the sizes k of its first batch, the cheapest sum of that batch's cost and the cheapest cut of
+    `lengths[i + k:]`. Between cuts of equal cost the one with the larger first batch is kept.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+    if call_overhead < 0:
+        raise ValueError(f"call_overhead must not be negative, not {call_overhead}")
+    n = len(lengths)
+    best = [0] * (n + 1)  # best[i]: the cost of the cheapest cut of lengths[i:]
+    first = [0] * n  # first[i]: the size of that cut's first batch
+    for i in range(n - 1, -1, -1):
+        longest = lengths[i]
+        best[i], first[i] = longest + call_overhead + best[i + 1], 1
+        for k in range(2, min(batch_size, n - i) + 1):
+            longest = max(longest, lengths[i + k - 1])
+            cost = k * longest + call_overhead + best[i + k]
+            if cost <= best[i]:
+                best[i], first[i] = cost, k
+    sizes: list[int] = []
+    i = 0
+    while i < n:
+        sizes.append(first[i])
+        i += first[i]
+    return sizes
 
 
 def _pack(e: Embedded, spans: Sequence[tuple[int, int]] | None) -> np.ndarray[Any, Any]:

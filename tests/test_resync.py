@@ -1,6 +1,7 @@
 """Re-syncs and full batches: unchanged files are recognised without re-chunking, re-embedding or
 re-writing points, yet their new version, path and metadata reach the registry, the citations and the
-filters; the embedder always gets full batches while more work is queued; a new file deletes nothing."""
+filters; the embedder gets full batches while more work is queued (unless a short one pads less); a new
+file deletes nothing."""
 
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from stores.embedding import TORCH_CALL_TOKENS
 from stores.ports import Embedder
 from stores.units import UnitVectors
 
@@ -38,6 +39,10 @@ class HashEmbedder:
     @property
     def max_tokens(self) -> int:
         return self._max_tokens
+
+    @property
+    def call_tokens(self) -> int:
+        return TORCH_CALL_TOKENS  # priced like the model it stands in for
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return [len(_TOKEN.findall(t)) + 2 for t in texts]
@@ -97,6 +102,10 @@ class CountingEmbedder:
     @property
     def max_tokens(self) -> int:
         return self.inner.max_tokens
+
+    @property
+    def call_tokens(self) -> int:
+        return self.inner.call_tokens
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return self.inner.count_tokens(texts)
