@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from stores.embedding import TORCH_CALL_TOKENS, SentenceTransformerEmbedder, embed_with_cache, padded_batches
 from stores.ports import Embedder
 from stores.units import UnitVectors
-from tests.fakes.embedder import HashEmbedder
+from tests.fakes.embedder import CountingEmbedder, HashEmbedder
 
 lengths_st = st.lists(st.integers(1, 300), max_size=6)
 
@@ -125,50 +125,22 @@ def test_the_short_batch_goes_where_it_saves_the_most() -> None:
         padded_batches([10], 4, call_overhead=-1)
 
 
-class BatchRecorder:
+class BatchRecorder(CountingEmbedder):
     """An embedder that records the texts of every model call it passes on to `inner`."""
 
     def __init__(self, inner: Embedder) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.batches: list[list[str]] = []
-
-    @property
-    def model_id(self) -> str:
-        return self.inner.model_id
-
-    @property
-    def dimension(self) -> int:
-        return self.inner.dimension
-
-    @property
-    def max_tokens(self) -> int:
-        return self.inner.max_tokens
-
-    @property
-    def call_tokens(self) -> int:
-        return self.inner.call_tokens
-
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        return self.inner.count_tokens(texts)
-
-    def token_offsets(self, text: str) -> list[tuple[int, int]]:
-        return self.inner.token_offsets(text)
-
-    def count_spans(self, text: str, spans: Sequence[tuple[int, int]]) -> list[int]:
-        return self.inner.count_spans(text, spans)
 
     def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
         self.batches.append(list(texts))
-        return self.inner.embed_documents(texts)
-
-    def embed_query(self, text: str) -> list[float]:
-        return self.inner.embed_query(text)
+        return super().embed_documents(texts)
 
     def embed_with_units(
         self, texts: Sequence[str], spans: Sequence[Sequence[tuple[int, int]]]
     ) -> tuple[list[list[float]], list[UnitVectors | None]]:
         self.batches.append(list(texts))
-        return self.inner.embed_with_units(texts, spans)
+        return super().embed_with_units(texts, spans)
 
 
 def random_texts(rng: random.Random, n: int) -> list[str]:
