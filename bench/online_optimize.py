@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import median, percentile
-from bench.search import DIM, Terms, _points
+from bench.search import DIM, Terms, _points, query
 from stores.ports import SearchMode
 
 
@@ -61,16 +61,10 @@ class _Ticker:
         return max((g for t, g in self.gaps if start <= t - g - 0.001 <= end), default=0.0)
 
 
-def _query(rng: np.random.Generator, terms: Terms) -> tuple[list[float], tuple[list[int], list[float]]]:
-    q = rng.standard_normal(DIM).astype(np.float32)
-    q /= np.linalg.norm(q)
-    return q.tolist(), terms.query(rng)
-
-
 def _hybrid_latencies(index: Any, rng: np.random.Generator, n: int, terms: Terms) -> list[float]:
     out = []
     for _ in range(n):
-        dense, sparse = _query(rng, terms)
+        dense, sparse = query(rng, terms)
         t0 = time.perf_counter()
         index.search("bench", dense=dense, sparse=sparse, mode=SearchMode.HYBRID, limit=25)
         out.append(time.perf_counter() - t0)
@@ -124,7 +118,7 @@ class _Load:
         writer.start()
         try:
             while not until():
-                dense, sparse = _query(self.rng, self.terms)
+                dense, sparse = query(self.rng, self.terms)
                 t0 = time.perf_counter()
                 self.index.search("bench", dense=dense, sparse=sparse, mode=SearchMode.HYBRID, limit=25)
                 self.queries.append(time.perf_counter() - t0)

@@ -91,6 +91,13 @@ class Terms:
         return terms, [1.0] * len(terms)
 
 
+def query(rng: np.random.Generator, terms: Terms) -> tuple[list[float], SparseVector]:
+    """A synthetic hybrid query: a random unit vector and `terms.query`."""
+    q = rng.standard_normal(DIM).astype(np.float32)
+    q /= np.linalg.norm(q)
+    return q.tolist(), terms.query(rng)
+
+
 def _points(rng: np.random.Generator, start: int, n: int, terms: Terms) -> list[IndexPoint]:
     dense = rng.standard_normal((n, DIM)).astype(np.float32)
     dense /= np.linalg.norm(dense, axis=1, keepdims=True)
@@ -150,15 +157,13 @@ def measure(
             optimize_seconds = round(time.perf_counter() - t0, 1)
         latencies, dense_latencies = [], []
         for _ in range(queries):
-            q = rng.standard_normal(DIM).astype(np.float32)
-            q /= np.linalg.norm(q)
-            sparse = shape.query(rng)
+            dense, sparse = query(rng, shape)
             t0 = time.perf_counter()
-            hits = index.search("bench", dense=q.tolist(), sparse=sparse, mode=SearchMode.HYBRID, limit=25)
+            hits = index.search("bench", dense=dense, sparse=sparse, mode=SearchMode.HYBRID, limit=25)
             latencies.append(time.perf_counter() - t0)
             assert all(h.workspace == "bench" for h in hits)
             t0 = time.perf_counter()
-            index.search("bench", dense=q.tolist(), sparse=None, mode=SearchMode.DENSE, limit=25)
+            index.search("bench", dense=dense, sparse=None, mode=SearchMode.DENSE, limit=25)
             dense_latencies.append(time.perf_counter() - t0)
         deletes = []
         for f in range(1, 41):
