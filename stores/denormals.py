@@ -59,24 +59,30 @@ def available() -> bool:
     return bool(_functions())
 
 
+def _environment() -> tuple[Any, Any, int] | None:
+    """(the C library, this thread's floating-point environment as read now, its control register's value),
+    or None where that cannot be read."""
+    libm = _functions()
+    if not libm:
+        return None
+    size, offset, _ = _LAYOUTS[platform.machine().lower()]
+    env = (ctypes.c_ubyte * size)()
+    if libm.fegetenv(env) != 0:
+        return None
+    return libm, env, int.from_bytes(bytes(env[offset : offset + 4]), "little")
+
+
 @contextmanager
 def flushed() -> Iterator[None]:
     """Denormals flushed to zero on this thread inside the block; its floating-point environment restored
     after it (also when the block raises)."""
-    libm = _functions()
-    if not libm:
+    found = _environment()
+    _, offset, bits = _LAYOUTS.get(platform.machine().lower(), (0, 0, 0))
+    if found is None or found[2] & bits == bits:  # (set already, by whoever owns this thread: nothing to undo)
         yield
         return
-    size, offset, bits = _LAYOUTS[platform.machine().lower()]
-    saved = (ctypes.c_ubyte * size)()
-    if libm.fegetenv(saved) != 0:
-        yield
-        return
-    control = int.from_bytes(bytes(saved[offset : offset + 4]), "little")
-    if control & bits == bits:  # set already (by whoever owns this thread): nothing to undo
-        yield
-        return
-    changed = (ctypes.c_ubyte * size).from_buffer_copy(saved)
+    libm, saved, control = found
+    changed = type(saved).from_buffer_copy(saved)
     changed[offset : offset + 4] = list((control | bits).to_bytes(4, "little"))
     if libm.fesetenv(changed) != 0:
         yield
@@ -90,33 +96,22 @@ def flushed() -> Iterator[None]:
 @contextmanager
 def preserved() -> Iterator[None]:
     """This thread's floating-point environment as it was before the block (whatever the block set)."""
-    libm = _functions()
-    if not libm:
-        yield
-        return
-    size, _, _ = _LAYOUTS[platform.machine().lower()]
-    saved = (ctypes.c_ubyte * size)()
-    if libm.fegetenv(saved) != 0:
-        yield
-        return
+    found = _environment()
     try:
         yield
     finally:
-        libm.fesetenv(saved)
+        if found is not None:
+            found[0].fesetenv(found[1])
 
 
 def control_bits() -> int | None:
     """This thread's floating-point mode (MXCSR without its six exception flags, or FPCR), or None where
     `flushed` does nothing (for tests)."""
-    libm = _functions()
-    if not libm:
+    found = _environment()
+    if found is None:
         return None
-    size, offset, _ = _LAYOUTS[platform.machine().lower()]
-    env = (ctypes.c_ubyte * size)()
-    if libm.fegetenv(env) != 0:
-        return None
-    value = int.from_bytes(bytes(env[offset : offset + 4]), "little")
-    return value & ~0x3F if offset else value  # (MXCSR's bits 0-5 are the sticky flags, not the mode)
+    offset = _LAYOUTS[platform.machine().lower()][1]
+    return found[2] & ~0x3F if offset else found[2]  # (MXCSR's bits 0-5 are the sticky flags, not the mode)
 
 
 def flush_bits() -> int:
