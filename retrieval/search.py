@@ -86,12 +86,13 @@ class Searcher:
             return SearchResults([], None)
         dense = self.embedder.embed_query(req.query)
         for _ in range(_READS):
-            ranked, active = self._rank(req, dense, sparse, mode)
+            ranked, active, settled = self._rank(req, dense, sparse, mode)
             hits = self.index.hits(req.workspace, ranked, dense)
-            if len(hits) == len(ranked):
+            if len(hits) == len(ranked) and settled:
                 break
             # A point ranked, then deleted before its passage was read: its file switched revisions in
-            # between. Ranking again finds the revision that replaced it.
+            # between. Or a file re-read at its active revision had none left: it switched again during
+            # the re-read. Ranking again finds the revision that replaced it.
         for h in hits:  # the registry's version: a kept revision's points hold the one they were written at
             h.version = active[h.file_id].version
         self._add_keyword_scores(req.workspace, sparse, hits)
@@ -103,9 +104,10 @@ class Searcher:
         dense: list[float],
         sparse: tuple[list[int], list[float]] | None,
         mode: SearchMode,
-    ) -> tuple[list[Ranked], dict[str, ActiveRevision]]:
-        """The best `top_k` points of active revisions (one per file when grouping), and the registry's
-        record of their files."""
+    ) -> tuple[list[Ranked], dict[str, ActiveRevision], bool]:
+        """The best `top_k` points of active revisions (one per file when grouping), the registry's record
+        of their files, and whether every file the ranking saw was found at its active revision (see
+        `_active_only`)."""
 
         def run(limit: int, flt: SearchFilter | None) -> list[Ranked]:
             return self.index.rank(req.workspace, dense=dense, sparse=sparse, mode=mode, limit=limit, flt=flt)
@@ -116,7 +118,7 @@ class Searcher:
         limit = want * self.overfetch + 10
         for _ in range(4):
             raw = run(limit, req.flt)
-            kept, active = self._active_only(req, raw, run, want)
+            kept, active, settled = self._active_only(req, raw, run, want)
             found = len({r.file_id for r in kept}) if req.group_by_document else len(kept)
             if found >= req.top_k or len(raw) < limit:
                 break
@@ -125,7 +127,7 @@ class Searcher:
             kept = [r for r in kept if r.score >= req.score_threshold]
         if req.group_by_document:
             kept = _best_per_document(kept)
-        return kept[: req.top_k], active
+        return kept[: req.top_k], active, settled
 
     def _add_keyword_scores(
         self, workspace: str, sparse: tuple[list[int], list[float]] | None, hits: list[Hit]
@@ -142,7 +144,10 @@ class Searcher:
 
     def _active_only(
         self, req: SearchRequest, raw: list[Ranked], run: Callable[[int, SearchFilter | None], list[Ranked]], want: int
-    ) -> tuple[list[Ranked], dict[str, ActiveRevision]]:
+    ) -> tuple[list[Ranked], dict[str, ActiveRevision], bool]:
+        """The points of `raw` at their file's active revision, files seen only at another one re-read at
+        theirs; and False when such a re-read found none of a file (it switched again meanwhile, and its
+        revision read is already gone: ranking again finds the newer one)."""
         active = self.state.active_revisions(req.workspace, [r.file_id for r in raw])
         revision = {f: a.revision for f, a in active.items()}
         kept = [r for r in raw if revision.get(r.file_id) == r.revision]
@@ -154,9 +159,13 @@ class Searcher:
         if missed:
             base = req.flt or SearchFilter()
             reread = replace(base, revisions=tuple(missed))
-            kept.extend(r for r in run(want, reread) if revision.get(r.file_id) == r.revision)
+            read = run(want, reread)
+            found = [r for r in read if revision.get(r.file_id) == r.revision]
+            kept.extend(found)
             kept.sort(key=rank_order)
-        return kept, active
+            # (A full read may leave out a file only because others rank above it.)
+            return kept, active, len(read) >= want or {r.file_id for r in found} >= {f for f, _ in missed}
+        return kept, active, True
 
 
 def _best_per_document(ranked: Sequence[Ranked]) -> list[Ranked]:

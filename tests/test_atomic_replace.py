@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import pytest
 
@@ -116,3 +117,38 @@ def test_a_switch_between_ranking_and_reading_the_passages_ranks_again(
     assert len(hits) == chunks_per_version
     assert {hit.version for hit in hits} == {2}
     assert all("edition 2" in hit.text for hit in hits)
+
+
+def test_a_file_switching_twice_during_one_query_is_still_found(make_harness: Callable[..., Harness]) -> None:
+    """The ranking reads version 1; the registry, read next, names version 2; by the time version 2 is read
+    again, version 3 has replaced it and version 2's points are gone. The search ranks again and finds 3,
+    not nothing."""
+    h = make_harness(
+        model=HashEmbedder(),
+        chunking={"chunk_tokens": 32, "overlap_tokens": 0},
+        worker={"mass_delete_share": 1.0},
+    )
+    h.post_event(file_event("created", "handbook", content=content(1), version=1))
+    h.drain()
+    searcher = h.container.searcher
+    original = searcher.state.active_revisions
+    calls = 0
+
+    def switching(workspace: str, file_ids: Sequence[str]) -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            return original(workspace, file_ids)
+        h.post_event(file_event("updated", "handbook", content=content(2), version=2))
+        h.drain()
+        answer = original(workspace, file_ids)  # version 2 is active now
+        h.post_event(file_event("updated", "handbook", content=content(3), version=3))
+        h.drain()  # version 3 switched in, version 2's points deleted
+        return answer
+
+    searcher.state.active_revisions = switching  # type: ignore[method-assign]
+    req = SearchRequest("acme", "handbook rules topic edition", top_k=50, mode=SearchMode.DENSE)
+    hits = searcher.search(req)
+    assert calls >= 2
+    assert hits and {hit.version for hit in hits} == {3}
+    assert len(hits) == h.get("/documents/handbook").json()["chunk_count"]
