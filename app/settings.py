@@ -338,6 +338,13 @@ class Settings(BaseSettings):
     embedding_batch_size: int | None = Field(
         None, ge=1, le=1024, description="texts per model call; unset = 32 for torch, 8 for the ONNX backends"
     )
+    embedding_runs: int | None = Field(
+        None,
+        ge=1,
+        le=32,
+        description="ONNX ingest: model calls at once, each on its share of the cores; unset = 2 with two"
+        " or more cores, else 1 (torch: always 1)",
+    )
     llm_model: str | None = Field(None, description="chat model name; unset = extractive answers")
     llm_timeout_seconds: float = Field(60.0, gt=0)
 

@@ -6,6 +6,7 @@ import json
 import os
 import statistics
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -78,7 +79,26 @@ class Recorder:
         self.inner = inner
         self.texts: list[str] = []
         self.batches: list[int] = []
-        self.model_seconds = 0.0
+        self.model_seconds = 0.0  # wall seconds with at least one model call running (`runs` overlap)
+        self._lock = threading.Lock()
+        self._running = 0
+        self._since = 0.0
+
+    @contextmanager
+    def _call(self, texts: Sequence[str]) -> Iterator[None]:
+        with self._lock:
+            if self._running == 0:
+                self._since = time.perf_counter()
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._running -= 1
+                if self._running == 0:
+                    self.model_seconds += time.perf_counter() - self._since
+                self.texts.extend(texts)
+                self.batches.append(len(texts))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -99,6 +119,10 @@ class Recorder:
     def call_tokens(self) -> int:
         return int(self.inner.call_tokens)
 
+    @property
+    def runs(self) -> int:
+        return int(self.inner.runs)
+
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return list(self.inner.count_tokens(texts))
 
@@ -109,11 +133,8 @@ class Recorder:
         return list(self.inner.count_spans(text, spans))
 
     def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
-        t0 = time.perf_counter()
-        out = self.inner.embed_documents(texts)
-        self.model_seconds += time.perf_counter() - t0
-        self.texts.extend(texts)
-        self.batches.append(len(texts))
+        with self._call(texts):
+            out = self.inner.embed_documents(texts)
         return list(out)
 
     def embed_query(self, text: str) -> list[float]:
@@ -129,21 +150,15 @@ class Recorder:
     ) -> tuple[list[list[float]], list[Any]]:
         if not isinstance(self.inner, TokenReuse):
             return self.embed_with_units(texts, spans)
-        t0 = time.perf_counter()
-        vectors, pooled = self.inner.embed_tokens_with_units(texts, spans, tokens)
-        self.model_seconds += time.perf_counter() - t0
-        self.texts.extend(texts)
-        self.batches.append(len(texts))
+        with self._call(texts):
+            vectors, pooled = self.inner.embed_tokens_with_units(texts, spans, tokens)
         return list(vectors), list(pooled)
 
     def embed_with_units(
         self, texts: Sequence[str], spans: Sequence[Sequence[tuple[int, int]]]
     ) -> tuple[list[list[float]], list[Any]]:
-        t0 = time.perf_counter()
-        vectors, pooled = self.inner.embed_with_units(texts, spans)
-        self.model_seconds += time.perf_counter() - t0
-        self.texts.extend(texts)
-        self.batches.append(len(texts))
+        with self._call(texts):
+            vectors, pooled = self.inner.embed_with_units(texts, spans)
         return list(vectors), list(pooled)
 
 
@@ -153,6 +168,9 @@ class Store:
     recorder: Recorder
     data_dir: Path
     _tmp: Any = field(default=None, repr=False)
+    # The same model run one call at a time on every core, as its own `encode` runs: the ingest section's
+    # raw encode. The recorder's own when its calls are that already (`runs` 1).
+    plain: Any = None
 
     def close(self, *, keep_files: bool = False) -> None:
         self.container.close()
@@ -186,7 +204,8 @@ def open_store(
     chosen = EmbeddingBackend(backend)
     recorder = Recorder(build_embedder(s, chosen))
     container = build_container(s, embedder=recorder, query_embedder=build_query_embedder(s, chosen))
-    return Store(container, recorder, data_dir, tmp)
+    plain = recorder.inner if recorder.runs == 1 else build_embedder(s.model_copy(update={"embedding_runs": 1}), chosen)
+    return Store(container, recorder, data_dir, tmp, plain)
 
 
 def send(store: Store, docs: Sequence[Doc], version: int, *, edit: set[str] | None = None) -> float:

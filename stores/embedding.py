@@ -3,7 +3,7 @@
 `embed_with_cache` is the only way the worker embeds: it looks every text up in the content-addressed
 cache, sorts what is missing by token length *across all documents of the batch* (padding to the longest
 text of a batch is the main hidden cost of embedding on a CPU), and embeds the rest in batches cut where
-the padding saved pays for another model call (`padded_batches`).
+the padding saved pays for another model call (`padded_batches`), `Embedder.runs` calls at once.
 
 Cache keys include the workspace: a tenant reuses only vectors of its own passages, so neither the
 `reused` counts of `GET /documents` nor the time an upload takes can tell it what another tenant indexed.
@@ -17,6 +17,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -96,6 +97,10 @@ class SentenceTransformerEmbedder:
     @property
     def call_tokens(self) -> int:
         return TORCH_CALL_TOKENS
+
+    @property
+    def runs(self) -> int:
+        return 1  # (torch's threads are per process: one call at a time uses them all)
 
     @property
     def max_tokens(self) -> int:
@@ -279,11 +284,12 @@ def embed_with_cache(
         # A text longer than the window is truncated to it: it pads its batch to the window, no further.
         window = embedder.max_tokens if order else 0
         sizes = padded_batches([min(length_of[i], window) for i in order], batch_size, embedder.call_tokens)
-        fresh: dict[str, Embedded] = {}
-        start = 0
+        parts, start = [], 0
         for size in sizes:
-            part = order[start : start + size]
+            parts.append(order[start : start + size])
             start += size
+
+        def embed(part: list[int]) -> tuple[list[list[float]], list[UnitVectors | None]]:
             started = time.perf_counter()
             batch = [texts[i] for i in part]
             if spans is not None and tokens is not None and isinstance(embedder, TokenReuse):
@@ -296,6 +302,18 @@ def embed_with_cache(
                 vectors, pooled = embedder.embed_documents(batch), [None] * len(part)
             EMBED_SECONDS.observe(time.perf_counter() - started)
             EMBED_BATCH_SIZE.observe(len(part))
+            return vectors, pooled
+
+        runs = min(embedder.runs, len(parts))
+        if runs > 1:
+            # Calls at once, each on its share of the cores (`Embedder.runs`): the batches are taken longest
+            # first as before; what each gives is kept by its texts' keys, whichever call ends first.
+            with ThreadPoolExecutor(runs, thread_name_prefix="eventrag-embed") as pool:
+                results = list(pool.map(embed, parts))
+        else:
+            results = [embed(part) for part in parts]
+        fresh: dict[str, Embedded] = {}
+        for part, (vectors, pooled) in zip(parts, results, strict=True):
             for i, vec, units in zip(part, vectors, pooled, strict=True):
                 fresh[keys[i]] = Embedded(vec, units)
         stats.embedded = len(fresh)

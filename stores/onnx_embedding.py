@@ -165,7 +165,13 @@ ONNX_CALL_TOKENS = 64
 
 class OnnxEmbedder:
     """`Embedder` over an exported model folder. Loads the session on first embed, never at construction;
-    `dimension`, `max_tokens` and `model_id` come from the folder's metadata without loading the model."""
+    `dimension`, `max_tokens` and `model_id` come from the folder's metadata without loading the model.
+
+    `runs`: how many calls `embed_with_cache` makes at once on the one session (onnxruntime's `run` is
+    thread-safe and releases the GIL), each with `threads` intra-op threads, by default the cores shared
+    out among them. Ingest runs two single-threaded calls on two cores: they embedded the worker's batches
+    13-15% faster than one call on both cores (docs/performance.md); questions keep one call on every core,
+    the fastest for one text."""
 
     def __init__(
         self,
@@ -174,12 +180,17 @@ class OnnxEmbedder:
         quantized: bool = False,
         batch_size: int = 32,
         threads: int | None = None,
+        runs: int = 1,
     ) -> None:
+        if runs < 1:
+            raise ValueError(f"runs must be at least 1, not {runs}")
         self.folder = Path(folder)
         self.info = OnnxModelInfo.read(self.folder)
         self.quantized = quantized
         self.batch_size = batch_size
-        self._threads = threads
+        # `runs` calls at once (`Embedder.runs`), each on its share of the cores unless `threads` says.
+        self._runs = runs
+        self._threads = threads if threads is not None or runs == 1 else max(1, (os.cpu_count() or 1) // runs)
         self._session: onnxruntime.InferenceSession | None = None
         self._counter: Tokenizer | None = None
         self._encoder: Tokenizer | None = None
@@ -209,6 +220,10 @@ class OnnxEmbedder:
     @property
     def call_tokens(self) -> int:
         return ONNX_CALL_TOKENS
+
+    @property
+    def runs(self) -> int:
+        return self._runs
 
     # tokenizers: one counts (no truncation, no padding), one feeds the model (truncated to the window,
     # padded to the longest text of the batch); two objects because their settings are per object.

@@ -57,3 +57,28 @@ def test_a_configured_backend_wins_and_a_mismatch_is_refused(tmp_path: Path, onn
             c.index  # noqa: B018 - the torch-filled index refuses int8 vectors
     finally:
         c.close()
+
+
+@pytest.mark.parametrize(("configured", "runs"), [(None, 2), (1, 1), (3, 3)])
+def test_ingest_runs_model_calls_at_once_and_questions_one_at_a_time(
+    tmp_path: Path, onnx_dir: Path, monkeypatch: pytest.MonkeyPatch, configured: int | None, runs: int
+) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 2)  # (the default is for a machine of two cores or more)
+    c = build_container(base_settings(tmp_path, onnx_dir=onnx_dir, embedding_runs=configured))
+    try:
+        ingest, query = c.embedder, c.query_embedder
+        assert isinstance(ingest, OnnxEmbedder) and isinstance(query, OnnxEmbedder)
+        assert (ingest.runs, query.runs) == (runs, 1)
+        # Each run its share of the two cores; a question every core (onnxruntime's default).
+        assert ingest._threads == (None if runs == 1 else max(1, 2 // runs)) and query._threads is None
+    finally:
+        c.close()
+
+
+def test_one_core_runs_one_call(tmp_path: Path, onnx_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 1)
+    c = build_container(base_settings(tmp_path, onnx_dir=onnx_dir))
+    try:
+        assert c.embedder.runs == 1
+    finally:
+        c.close()

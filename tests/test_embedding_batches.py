@@ -11,8 +11,11 @@
 from __future__ import annotations
 
 import itertools
+import os
 import random
+import threading
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stores.embedding import TORCH_CALL_TOKENS, SentenceTransformerEmbedder, embed_with_cache, padded_batches
+from stores.onnx_embedding import OnnxEmbedder
 from stores.ports import Embedder
 from stores.units import UnitVectors
 from tests.fakes.embedder import CountingEmbedder, HashEmbedder
@@ -209,3 +213,64 @@ def test_the_real_model_gives_the_same_vectors_cut_either_way(embedder: Sentence
     # The fixed cut (all eight in one call, padded to the long one) and each text alone agree with it.
     assert np.allclose(got, np.asarray(embedder.embed_documents(texts)), atol=1e-5)
     assert np.allclose(got, np.asarray([embedder.embed_documents([t])[0] for t in texts]), atol=1e-5)
+
+
+class MeetingEmbedder(BatchRecorder):
+    """The first `runs` model calls each wait for the others to be running at the same time (a barrier):
+    calls made one after the other never meet, and the barrier breaks."""
+
+    def __init__(self, inner: Embedder) -> None:
+        super().__init__(inner)
+        self.meeting = threading.Barrier(inner.runs, timeout=10)
+        self._calls = itertools.count()
+
+    def _meet(self) -> None:
+        if next(self._calls) < self.meeting.parties:
+            self.meeting.wait()
+
+    def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
+        self._meet()
+        return super().embed_documents(texts)
+
+    def embed_with_units(
+        self, texts: Sequence[str], spans: Sequence[Sequence[tuple[int, int]]]
+    ) -> tuple[list[list[float]], list[UnitVectors | None]]:
+        self._meet()
+        return super().embed_with_units(texts, spans)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_runs_embed_their_batches_at_once_and_every_vector_comes_back_to_its_place(seed: int) -> None:
+    rng = random.Random(seed)
+    texts = [" ".join(f"w{rng.randrange(10_000)}" for _ in range(40)) + f" {n}" for n in range(32)]  # 4 x 8
+    together = MeetingEmbedder(HashEmbedder(max_tokens=256, runs=2))
+    vectors, stats = embed_with_cache(together, None, texts, batch_size=8)
+    assert sorted(len(b) for b in together.batches) == [8, 8, 8, 8] and not together.meeting.broken
+    alone = [v.vector for v in embed_with_cache(HashEmbedder(max_tokens=256), None, texts, batch_size=8)[0] if v]
+    assert [v.vector for v in vectors if v] == alone and stats.embedded == len(texts)
+
+
+def test_a_failing_call_among_runs_fails_the_embedding() -> None:
+    class Failing(HashEmbedder):
+        def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
+            if any(t.startswith("bad") for t in texts):
+                raise RuntimeError("out of memory")
+            return super().embed_documents(texts)
+
+    texts = [f"good text {n}" for n in range(8)] + [f"bad text {n}" for n in range(8)]
+    with pytest.raises(RuntimeError, match="out of memory"):
+        embed_with_cache(Failing(max_tokens=256, runs=2), None, texts, batch_size=8)
+
+
+def test_the_onnx_model_gives_the_same_vectors_in_two_runs(onnx_dir: Path) -> None:
+    texts = [f"Visitors park on level {n}; the lift is by the east door." * (1 + n % 5) for n in range(24)]
+    spans = [[(0, 8), (9, len(t))] for t in texts]
+    one = OnnxEmbedder(onnx_dir, quantized=True, batch_size=8)
+    two = OnnxEmbedder(onnx_dir, quantized=True, batch_size=8, runs=2)
+    assert two.runs == 2 and two._threads == max(1, (os.cpu_count() or 1) // 2)
+    want, _ = embed_with_cache(one, None, texts, batch_size=8, spans=spans)
+    got, _ = embed_with_cache(MeetingEmbedder(two), None, texts, batch_size=8, spans=spans)
+    for w, g in zip(want, got, strict=True):
+        assert w is not None and g is not None and w.units is not None and g.units is not None
+        assert np.allclose(w.vector, g.vector, atol=1e-6)
+        assert np.allclose(w.units.vectors, g.units.vectors, atol=1e-6)

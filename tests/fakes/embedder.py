@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -22,10 +23,14 @@ _TOKEN = re.compile(r"\w+|[^\w\s]")
 
 
 class HashEmbedder:
-    def __init__(self, dimension: int = 64, max_tokens: int = 256, model_id: str = "test/hash-embedder") -> None:
+    def __init__(
+        self, dimension: int = 64, max_tokens: int = 256, model_id: str = "test/hash-embedder", runs: int = 1
+    ) -> None:
         self._dimension = dimension
         self._max_tokens = max_tokens
         self._model_id = model_id
+        self._runs = runs
+        self._lock = threading.Lock()
         self.embedded_texts = 0  # how many texts went through `embed_documents` (for the cache tests)
 
     @property
@@ -43,6 +48,10 @@ class HashEmbedder:
     @property
     def call_tokens(self) -> int:
         return TORCH_CALL_TOKENS  # priced like the model it stands in for
+
+    @property
+    def runs(self) -> int:
+        return self._runs
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return [len(_TOKEN.findall(t)) + 2 for t in texts]
@@ -64,7 +73,8 @@ class HashEmbedder:
         return [x / norm for x in v]
 
     def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
-        self.embedded_texts += len(texts)
+        with self._lock:  # (`runs` > 1: called from several threads at once)
+            self.embedded_texts += len(texts)
         return [self._vector(t) for t in texts]
 
     def embed_query(self, text: str) -> list[float]:
@@ -106,6 +116,10 @@ class CountingEmbedder:
     @property
     def call_tokens(self) -> int:
         return self.inner.call_tokens
+
+    @property
+    def runs(self) -> int:
+        return self.inner.runs
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return self.inner.count_tokens(texts)
