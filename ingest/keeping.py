@@ -64,11 +64,17 @@ class Keeper:
             kept = []
         told: list[Delivery] = []
         failures: dict[EventKey, Exception] = {}
+        for plan in kept:
+            try:  # (outside the settle's transaction, as in `Applier.apply`: a step may read the state)
+                self.step("cleaned", plan.event)
+            except Exception as exc:
+                failures[plan.event.key] = exc
         with self.state.batch():
             for plan in kept:
+                if plan.event.key in failures:
+                    continue
                 with bind(**log_fields(plan.event)):
                     try:
-                        self.step("cleaned", plan.event)
                         outcomes[plan.event.key] = self._settle_kept(plan, told)
                     except Exception as exc:
                         failures[plan.event.key] = exc

@@ -201,3 +201,26 @@ def test_reconcile_in_the_middle_of_a_write_reports_no_damage(make_harness: Call
     (report,) = seen
     assert report["skipped_in_flight"] == 1 and report["problems"] == []
     assert reconcile(h, repair=False)["clean"]
+
+
+@pytest.mark.parametrize("step", ["switched", "cleaned"])
+def test_reconcile_in_the_middle_of_a_keep_reports_no_damage(make_harness: Callable[..., Harness], step: str) -> None:
+    """The same for an unchanged re-send (the keep path: the record moves, nothing is written): the fault
+    hook runs outside the settle's transaction there too, so what it reads is committed state."""
+    box: dict[str, Harness] = {}
+    seen: list[dict[str, Any]] = []
+
+    def fault(s: str, event: FileEvent) -> None:
+        if s == step and event.version == 2:
+            seen.append(reconcile(box["h"], repair=False))
+
+    h = box["h"] = make_harness(model=HashEmbedder(), fault=fault, worker=FAST)
+    h.post_event(file_event("created", "f", content=doc(1), version=1))
+    h.drain()
+    h.post_event(file_event("updated", "f", content=doc(1), version=2))
+    h.drain()
+    (report,) = seen
+    assert report["skipped_in_flight"] == 1 and report["problems"] == []
+    assert reconcile(h, repair=False)["clean"]
+    d = h.container.state.get_document("acme", "f")
+    assert d is not None and d.version == 2 and d.reused == d.chunk_count and d.embedded == 0
