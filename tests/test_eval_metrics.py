@@ -112,3 +112,29 @@ def test_load_beir_names_the_broken_line(tmp_path: Path) -> None:
         fh.write("{not json\n")
     with pytest.raises(DatasetFormatError, match=r"queries\.jsonl:5"):
         load_beir(dataset, "test")
+
+
+def test_two_runs_order_tied_documents_the_same_way(tmp_path: Path) -> None:
+    """Equal scores are ordered by point id, and a point's id comes from the event that wrote it: the
+    evaluation's events say the same time in every run, so a tie (twelve identical abstracts here) is
+    ranked the same way by two indexes of the same corpus, and the figures repeat run after run."""
+    from app.cli.evaluate import eval_store_factory
+    from app.evaluation.runner import CHUNKED, BeirDocument, index_corpus, rank_documents
+    from stores.ports import SearchMode
+    from tests.conftest import base_settings
+    from tests.fakes.embedder import HashEmbedder
+
+    corpus = [BeirDocument(f"d{n:02d}", "Basalt", "Lava from the volcano cools into basalt.") for n in range(12)]
+    embedder = HashEmbedder(dimension=64, max_tokens=256)
+    rankings = []
+    for run in range(2):
+        store = eval_store_factory(base_settings(tmp_path / f"base{run}"), embedder, 4, embedder)(
+            tmp_path / f"run{run}", CHUNKED
+        )
+        try:
+            index_corpus(store, corpus)
+            rankings.append([rank_documents(store.searcher, "basalt lava", m) for m in SearchMode])
+        finally:
+            store.close()
+    assert all(sorted(r) == sorted(d.doc_id for d in corpus) for r in rankings[0])  # every one found
+    assert rankings[0] == rankings[1]

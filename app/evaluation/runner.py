@@ -51,6 +51,12 @@ if TYPE_CHECKING:
     from rich.progress import Progress
 
 EVAL_WORKSPACE = "eval"
+# The time every evaluation event says it was sent. A point's id comes from its revision, which names the
+# event's position (its timestamp among it): a fixed time gives every run the same point ids, so scores
+# that tie (BM25 often does; fused ranks too) are ordered the same way in every run, and a figure moves
+# only when the code or the data does. (`datetime.now()` here moved hybrid nDCG@10 on SciFact train by up
+# to 0.0017 between identical runs.)
+EVAL_SENT_AT = datetime(2026, 1, 1, tzinfo=UTC)
 RANK_DEPTH = 100  # recall@100 needs the top 100 documents
 
 
@@ -195,7 +201,7 @@ StoreFactory = Callable[[Path, IndexVariant], EvalStore]
 
 def document_event(doc: BeirDocument, workspace: str = EVAL_WORKSPACE, received: datetime | None = None) -> FileEvent:
     """The webhook event a file source would send for one document (created, version 1)."""
-    stamp = received or datetime.now(UTC)
+    stamp = received or EVAL_SENT_AT
     return FileEvent(
         event_id=f"eval-{doc.doc_id}",
         workspace=workspace,
@@ -233,9 +239,8 @@ def index_corpus(
         raise EvaluationError("the evaluation needs the local queue and its worker loop")
     from ingest.receiver import record_and_enqueue
 
-    received = datetime.now(UTC)
     for doc in docs:
-        record_and_enqueue(document_event(doc, received=received), state=store.state, queue=store.queue)
+        record_and_enqueue(document_event(doc), state=store.state, queue=store.queue)
     with _task(progress, f"indexing {label}".strip(), len(docs)) as advance:
         store.loop.drain(on_batch=advance)
     failed = []
