@@ -706,9 +706,9 @@ def build_embedder(settings: Settings, backend: EmbeddingBackend) -> Embedder:
 
 def embedding_runs(settings: Settings) -> int:
     """`EVENTRAG_EMBEDDING_RUNS`, or 2 on a machine with two cores or more: two single-threaded onnxruntime
-    calls at once embedded the worker's batches 5-10% faster than one call on both cores, which waits on
-    the other between its operators (docs/performance.md). Questions are embedded one call at a time on
-    every core (`build_query_embedder`): a lone question is then fastest."""
+    calls at once made ingest 10-13% faster than one call on both cores (docs/performance.md). Questions
+    are embedded one call at a time on every core (`build_query_embedder`): a lone question is then
+    fastest."""
     if settings.embedding_runs is not None:
         return settings.embedding_runs
     return 2 if (os.cpu_count() or 1) >= 2 else 1

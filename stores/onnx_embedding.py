@@ -169,8 +169,8 @@ class OnnxEmbedder:
 
     `runs`: how many calls `embed_with_cache` makes at once on the one session (onnxruntime's `run` is
     thread-safe and releases the GIL), each with `threads` intra-op threads, by default the cores shared
-    out among them. Ingest runs two single-threaded calls on two cores: they embedded the worker's batches
-    13-15% faster than one call on both cores (docs/performance.md); questions keep one call on every core,
+    out among them. Ingest runs two single-threaded calls on two cores: they made ingest 10-13% faster
+    than one call on both cores (docs/performance.md); questions keep one call on every core,
     the fastest for one text."""
 
     def __init__(

@@ -199,16 +199,15 @@ WHOLE_DOCUMENT = IndexVariant("whole-document", whole_documents=True)
 StoreFactory = Callable[[Path, IndexVariant], EvalStore]
 
 
-def document_event(doc: BeirDocument, workspace: str = EVAL_WORKSPACE, received: datetime | None = None) -> FileEvent:
-    """The webhook event a file source would send for one document (created, version 1)."""
-    stamp = received or EVAL_SENT_AT
+def document_event(doc: BeirDocument, workspace: str = EVAL_WORKSPACE) -> FileEvent:
+    """The webhook event a file source would send for one document (created, version 1, `EVAL_SENT_AT`)."""
     return FileEvent(
         event_id=f"eval-{doc.doc_id}",
         workspace=workspace,
         type=EventType.CREATED,
         file_id=doc.doc_id,
         path=f"{doc.doc_id}.md",
-        timestamp=stamp,
+        timestamp=EVAL_SENT_AT,
         version=1,
         content_type="text/markdown",
         content=doc.markdown(),
